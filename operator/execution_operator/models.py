@@ -17,7 +17,15 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Final, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from execution_operator.errors import ErrorInfo, ErrorType
@@ -74,6 +82,19 @@ def _tail(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[-limit:]
 
 
+def _head(limit: int) -> BeforeValidator:
+    """Clamp a string to its first `limit` characters instead of refusing it."""
+    return BeforeValidator(lambda v: v[:limit] if isinstance(v, str) else v)
+
+
+#: A stream tail: longer text keeps its last STREAM_TAIL_BYTES characters (the end is what matters).
+StreamTail = Annotated[
+    str,
+    BeforeValidator(lambda v: _tail(v, STREAM_TAIL_BYTES) if isinstance(v, str) else v),
+    Field(max_length=STREAM_TAIL_BYTES),
+]
+
+
 class ApiModel(BaseModel):
     """camelCase on the wire, snake_case in code; unknown keys are ignored (the server prunes them)."""
 
@@ -93,7 +114,7 @@ def _quantity(value: Any) -> Any:
 
 
 #: A Kubernetes quantity, kept as written (`"500m"`, `"1Gi"`); integers become their string form.
-Quantity = Annotated[str, BeforeValidator(_quantity), Field(pattern=QUANTITY_PATTERN)]
+Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN), BeforeValidator(_quantity)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -249,8 +270,8 @@ class ExecutionStatus(ApiModel):
     phase: Phase | None = None
     success: bool | None = None
     output: Any = None
-    stdout: str | None = None
-    stderr: str | None = None
+    stdout: StreamTail | None = None
+    stderr: StreamTail | None = None
     stdout_truncated: bool | None = None
     stderr_truncated: bool | None = None
     exit_code: int | None = None
@@ -275,15 +296,24 @@ class ExecutionStatus(ApiModel):
     observed_generation: int | None = Field(default=None, ge=0)
     conditions: list[Condition] = Field(default_factory=list)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _mark_clamped_streams(cls, data: Any) -> Any:
+        """A stream longer than the tail bound is cut below, so flag it as truncated here."""
+        if not isinstance(data, Mapping):
+            return data
+        marked = dict(data)
+        for stream in ("stdout", "stderr"):
+            text = marked.get(stream)
+            if isinstance(text, str) and len(text) > STREAM_TAIL_BYTES:
+                marked.pop(f"{stream}_truncated", None)
+                marked[f"{stream}Truncated"] = True
+        return marked
+
     @field_validator("attempts")
     @classmethod
     def _keep_last_attempts(cls, value: list[AttemptRecord]) -> list[AttemptRecord]:
         return value[-MAX_ATTEMPT_RECORDS:]
-
-    @field_validator("stdout", "stderr")
-    @classmethod
-    def _keep_stream_tail(cls, value: str | None) -> str | None:
-        return None if value is None else _tail(value, STREAM_TAIL_BYTES)
 
     @field_validator("error")
     @classmethod
@@ -350,7 +380,9 @@ class CircuitState(StrEnum):
 
 class LastFailure(ApiModel):
     type: ErrorType
-    message: str | None = None
+    message: (
+        Annotated[str, _head(MAX_ERROR_MESSAGE_CHARS), Field(max_length=MAX_ERROR_MESSAGE_CHARS)] | None
+    ) = None
     time: str | None = None
 
 
@@ -392,8 +424,8 @@ class DeadLetterSpec(ApiModel):
     attempt_history: list[AttemptRecord] = Field(default_factory=list)
     exit_code: int | None = None
     exit_code_source: ExitCodeSource | None = None
-    stdout: str | None = None
-    stderr: str | None = None
+    stdout: StreamTail | None = None
+    stderr: StreamTail | None = None
     pod_name: str | None = None
     failed_at: str | None = None
     correlation_id: str | None = Field(default=None, max_length=MAX_CORRELATION_ID_CHARS)
@@ -405,11 +437,6 @@ class DeadLetterSpec(ApiModel):
     @classmethod
     def _keep_last_attempts(cls, value: list[AttemptRecord]) -> list[AttemptRecord]:
         return value[-MAX_ATTEMPT_RECORDS:]
-
-    @field_validator("stdout", "stderr")
-    @classmethod
-    def _keep_stream_tail(cls, value: str | None) -> str | None:
-        return None if value is None else _tail(value, STREAM_TAIL_BYTES)
 
     @field_validator("error")
     @classmethod
