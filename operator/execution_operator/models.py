@@ -28,6 +28,10 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from execution_operator.breaker import BreakerState
+from execution_operator.breaker import CircuitState as CircuitState  # re-exported
+from execution_operator.breaker import LastFailure as LastFailure  # re-exported
+from execution_operator.breaker import ProbeLease as ProbeLease  # re-exported
 from execution_operator.errors import ErrorInfo, ErrorType
 from execution_operator.quantity import QUANTITY_PATTERN, is_quantity
 
@@ -80,11 +84,6 @@ def json_size(value: Any) -> int:
 
 def _tail(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[-limit:]
-
-
-def _head(limit: int) -> BeforeValidator:
-    """Clamp a string to its first `limit` characters instead of refusing it."""
-    return BeforeValidator(lambda v: v[:limit] if isinstance(v, str) else v)
 
 
 #: A stream tail: longer text keeps its last STREAM_TAIL_BYTES characters (the end is what matters).
@@ -348,6 +347,8 @@ class CircuitBreakerPolicy(ApiModel):
     failure_threshold: int = Field(default=5, ge=1, le=1000)
     open_seconds: int = Field(default=30, ge=1, le=86400)
     success_threshold: int = Field(default=2, ge=1, le=1000)
+    #: Probe launches allowed at once while half-open; defaults to `success_threshold`.
+    half_open_max_probes: int | None = Field(default=None, ge=1, le=1000)
 
 
 class DeadLetterPolicy(StrEnum):
@@ -372,33 +373,12 @@ class ExecutionClassSpec(ApiModel):
     dead_letter: DeadLetterPolicy = DeadLetterPolicy.ALL
 
 
-class CircuitState(StrEnum):
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-
-class LastFailure(ApiModel):
-    type: ErrorType
-    message: (
-        Annotated[str, _head(MAX_ERROR_MESSAGE_CHARS), Field(max_length=MAX_ERROR_MESSAGE_CHARS)] | None
-    ) = None
-    time: str | None = None
-
-
-class CircuitBreakerStatus(ApiModel):
-    """The class's breaker, persisted in its status so it survives operator restarts."""
-
-    state: CircuitState = CircuitState.CLOSED
-    failure_count: int = Field(default=0, ge=0)
-    success_count: int = Field(default=0, ge=0)
-    last_failure: LastFailure | None = None
-    opened_at: str | None = None
-    retry_at: str | None = None
+#: `status.circuitBreaker` is the breaker's own state model (breaker.py), re-exported here.
+CircuitBreakerStatus = BreakerState
 
 
 class ExecutionClassStatus(ApiModel):
-    circuit_breaker: CircuitBreakerStatus | None = None
+    circuit_breaker: BreakerState | None = None
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = Field(default=None, ge=0)
 
