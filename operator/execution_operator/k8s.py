@@ -1,0 +1,203 @@
+"""A small async Kubernetes API client on aiohttp that speaks raw JSON.
+
+Built once at startup and shared: building a client per event is ruinous (an SSL context and a CA load
+each time), and the official client's model (de)serialisation is costly on hot paths. Credentials come
+from kopf's own login helpers (service account first, then the kubeconfig), so the operator and kopf
+always talk to the same cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import kopf
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+
+#: Called after every request with (verb, status code, seconds): feeds the API metrics.
+RequestObserver = Callable[[str, int, float], None]
+
+
+class ApiError(Exception):
+    """A non-2xx answer from the API server, with the fields of its `kind: Status` body."""
+
+    def __init__(self, status: int, body: Mapping[str, Any] | None = None, *, text: str = "") -> None:
+        self.status = status
+        self.body: dict[str, Any] = dict(body or {})
+        self.reason: str = str(self.body.get("reason") or "")
+        self.message: str = str(self.body.get("message") or text or f"HTTP {status}")
+        super().__init__(f"{status} {self.reason}: {self.message}")
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409 and self.reason != "AlreadyExists"
+
+    @property
+    def already_exists(self) -> bool:
+        return self.status == 409 and self.reason == "AlreadyExists"
+
+
+def load_connection_info() -> kopf.ConnectionInfo:
+    """In-cluster service account first, then the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    settings = kopf.OperatorSettings()
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+        settings=settings
+    )
+    if info is None:
+        raise RuntimeError("no Kubernetes credentials: set KUBECONFIG or run in a pod with a service account")
+    return info
+
+
+def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+    if not info.server.startswith("https"):
+        return False
+    if info.insecure:
+        return False
+    ctx = ssl.create_default_context(
+        cafile=str(info.ca_path) if info.ca_path else None,
+        cadata=_text(info.ca_data) if info.ca_data else None,
+    )
+    cert = info.certificate_path
+    key = info.private_key_path
+    if info.certificate_data and info.private_key_data:
+        # ssl only loads client certificates from files: write them to private temporary files once.
+        cert = _to_tempfile(info.certificate_data)
+        key = _to_tempfile(info.private_key_data)
+    if cert and key:
+        ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+def _text(data: str | bytes) -> str:
+    raw = data if isinstance(data, bytes) else data.encode()
+    if b"-----BEGIN" not in raw:
+        raw = base64.b64decode(raw)
+    return raw.decode()
+
+
+def _to_tempfile(data: str | bytes) -> str:
+    with tempfile.NamedTemporaryFile("w", delete=False, suffix=".pem") as handle:
+        handle.write(_text(data))
+        return handle.name
+
+
+class KubeClient:
+    """Raw-JSON requests against one API server; one aiohttp session with a bounded connection pool."""
+
+    def __init__(
+        self,
+        info: kopf.ConnectionInfo,
+        *,
+        user_agent: str = "execution-operator",
+        observer: RequestObserver | None = None,
+        pool_size: int = 32,
+        timeout: float = 30.0,
+    ) -> None:
+        self.server = info.server.rstrip("/")
+        self._headers = {"User-Agent": user_agent, "Accept": "application/json"}
+        if info.token:
+            self._headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
+        self._auth = (
+            aiohttp.BasicAuth(info.username, info.password or "") if info.username and not info.token else None
+        )
+        self._ssl = _ssl_context(info)
+        self._pool_size = pool_size
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=10)
+        self._observer = observer
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        # Created lazily so the session binds to the loop that uses it (kopf runs its own loop).
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._pool_size, ssl=self._ssl)
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=self._headers, auth=self._auth, timeout=self._timeout
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        raw: bool = False,
+    ) -> Any:
+        started = time.monotonic()
+        data = None if body is None else json.dumps(body, separators=(",", ":"))
+        headers = {"Content-Type": content_type} if data is not None else None
+        status = 0
+        try:
+            async with self._get_session().request(
+                method, self.server + path, params=params, data=data, headers=headers
+            ) as response:
+                status = response.status
+                text = await response.text()
+        finally:
+            if self._observer is not None:
+                self._observer(method.lower(), status, time.monotonic() - started)
+        if status >= 400:
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = None
+            raise ApiError(status, parsed if isinstance(parsed, dict) else None, text=text[:500])
+        if raw:
+            return text
+        return json.loads(text) if text else {}
+
+    async def get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", path, params=params)
+        return result
+
+    async def get_text(self, path: str, params: Mapping[str, str] | None = None) -> str:
+        result: str = await self.request("GET", path, params=params, raw=True)
+        return result
+
+    async def post(self, path: str, body: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("POST", path, body=body)
+        return result
+
+    async def patch(self, path: str, body: Any, *, content_type: str = MERGE_PATCH) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("PATCH", path, body=body, content_type=content_type)
+        return result
+
+    async def delete(self, path: str, body: Any = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("DELETE", path, body=body)
+        return result
+
+
+def path_for(
+    api_version: str, plural: str, namespace: str | None = None, name: str | None = None, sub: str | None = None
+) -> str:
+    """The REST path of a resource: core (`v1`) under /api, groups under /apis."""
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    if namespace:
+        base += f"/namespaces/{quote(namespace)}"
+    base += f"/{plural}"
+    if name:
+        base += f"/{quote(name)}"
+    if sub:
+        base += f"/{sub}"
+    return base

@@ -1,0 +1,266 @@
+"""Pure construction of the sandbox pod and its code/input carrier.
+
+Everything here is deterministic in (execution, class, attempt), so a repeated launch after a crash
+finds the pod it made before (409 AlreadyExists) instead of making a second one.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from execution_operator import API_VERSION, MANAGED_BY
+from execution_operator.models import ExecutionClassSpec, ExecutionSpec, ResourceList
+
+DEFAULT_CPU = "500m"
+DEFAULT_MEMORY = "256Mi"
+RUNNER_COMMAND = ["python", "-m", "execution_operator.runner"]
+SANDBOX_UID = 65532
+NETWORK_DENY_LABEL = "sandbox.dev/network"
+NETWORK_POLICY_NAME = "execution-operator-sandbox-deny-all"
+PAYLOAD_DIR = "/sandbox/payload"
+#: Pod annotations are limited to 256 KiB in total: carry payloads up to this size in them.
+ANNOTATION_CARRIER_MAX_BYTES = 200 * 1024
+#: ConfigMaps are limited to 1 MiB of data.
+CONFIGMAP_CARRIER_MAX_BYTES = 1000 * 1024
+CODE_ANNOTATION = "sandbox.dev/code"
+INPUT_ANNOTATION = "sandbox.dev/input"
+OUTPUT_LIMIT_BYTES = 131072
+STREAM_TAIL_BYTES = 16384
+GRACE_SECONDS = 5
+
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+class PayloadTooLarge(ValueError):
+    """Code and input do not fit a carrier even compressed."""
+
+
+@dataclass(frozen=True)
+class ExecutionRef:
+    """What the pod builder needs to know about the Execution object itself."""
+
+    namespace: str
+    name: str
+    uid: str
+    correlation_id: str
+
+
+def short_hash(*parts: str, length: int = 6) -> str:
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:length]
+
+
+def _dns_prefix(name: str, max_len: int) -> str:
+    cleaned = re.sub(r"[^a-z0-9-]", "-", name.lower())[:max_len].strip("-")
+    return cleaned or "ex"
+
+
+def pod_name(ref: ExecutionRef, attempt: int) -> str:
+    """`<name prefix>-<uid hash>-a<attempt>`: stable per attempt, at most 63 characters."""
+    return f"{_dns_prefix(ref.name, 45)}-{short_hash(ref.uid)}-a{attempt}"
+
+
+def carrier_name(ref: ExecutionRef) -> str:
+    return f"{_dns_prefix(ref.name, 45)}-{short_hash(ref.uid)}-payload"
+
+
+def label_value(value: str) -> str:
+    """A label-safe form of any string: itself when valid, else a truncated prefix plus a hash."""
+    if len(value) <= 63 and _LABEL_VALUE.match(value):
+        return value
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", value)[:54].strip("-_.")
+    return f"{cleaned}-{short_hash(value, length=8)}".strip("-")
+
+
+def is_label_safe(value: str) -> bool:
+    return len(value) <= 63 and bool(_LABEL_VALUE.match(value))
+
+
+def effective_resources(spec: ExecutionSpec, cls: ExecutionClassSpec) -> dict[str, str]:
+    defaults = cls.resources.defaults if cls.resources and cls.resources.defaults else None
+    requested = spec.resources or ResourceList()
+    return {
+        "cpu": str(requested.cpu or (defaults.cpu if defaults and defaults.cpu else DEFAULT_CPU)),
+        "memory": str(requested.memory or (defaults.memory if defaults and defaults.memory else DEFAULT_MEMORY)),
+    }
+
+
+def input_json(spec: ExecutionSpec) -> str | None:
+    return None if spec.input is None else json.dumps(spec.input, separators=(",", ":"))
+
+
+def owner_reference(ref: ExecutionRef) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Execution",
+        "name": ref.name,
+        "uid": ref.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def labels_for(ref: ExecutionRef, class_name: str, attempt: int | None, allow_network: bool) -> dict[str, str]:
+    labels = {
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/name": "sandbox",
+        "sandbox.dev/execution": label_value(ref.name),
+        "sandbox.dev/execution-class": label_value(class_name),
+    }
+    if attempt is not None:
+        labels["sandbox.dev/attempt"] = str(attempt)
+    if is_label_safe(ref.correlation_id):
+        labels["sandbox.dev/correlation-id"] = ref.correlation_id
+    if not allow_network:
+        labels[NETWORK_DENY_LABEL] = "deny"
+    return labels
+
+
+def uses_configmap_carrier(spec: ExecutionSpec) -> bool:
+    size = len(spec.code.encode()) + len((input_json(spec) or "").encode())
+    return size > ANNOTATION_CARRIER_MAX_BYTES
+
+
+def build_carrier(ref: ExecutionRef, spec: ExecutionSpec, class_name: str) -> dict[str, Any]:
+    """A ConfigMap with the gzip-compressed code and input, for payloads too big for annotations."""
+    binary = {"code.py.gz": base64.b64encode(gzip.compress(spec.code.encode(), 6, mtime=0)).decode()}
+    data = input_json(spec)
+    if data is not None:
+        binary["input.json.gz"] = base64.b64encode(gzip.compress(data.encode(), 6, mtime=0)).decode()
+    size = sum(len(v) for v in binary.values())
+    if size > CONFIGMAP_CARRIER_MAX_BYTES:
+        raise PayloadTooLarge(f"code and input take {size} bytes compressed; the limit is 1000 KiB")
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": carrier_name(ref),
+            "namespace": ref.namespace,
+            "labels": labels_for(ref, class_name, None, True) | {NETWORK_DENY_LABEL: "none"},
+            "ownerReferences": [owner_reference(ref)],
+        },
+        "binaryData": binary,
+        "immutable": True,
+    }
+
+
+def _payload_volume(ref: ExecutionRef, spec: ExecutionSpec) -> tuple[dict[str, Any], dict[str, str]]:
+    """The payload volume and the pod annotations that feed it."""
+    if uses_configmap_carrier(spec):
+        items = [{"key": "code.py.gz", "path": "code.py.gz"}]
+        if spec.input is not None:
+            items.append({"key": "input.json.gz", "path": "input.json.gz"})
+        return {"name": "payload", "configMap": {"name": carrier_name(ref), "items": items}}, {}
+    annotations = {CODE_ANNOTATION: spec.code}
+    items = [{"path": "code.py", "fieldRef": {"fieldPath": f"metadata.annotations['{CODE_ANNOTATION}']"}}]
+    data = input_json(spec)
+    if data is not None:
+        annotations[INPUT_ANNOTATION] = data
+        items.append({"path": "input.json", "fieldRef": {"fieldPath": f"metadata.annotations['{INPUT_ANNOTATION}']"}})
+    return {"name": "payload", "downwardAPI": {"items": items}}, annotations
+
+
+def active_deadline_seconds(spec: ExecutionSpec, cls: ExecutionClassSpec) -> int:
+    """A backstop only: the runner enforces the user's timeout itself, the operator the pending timeout."""
+    return int(cls.pending_timeout_seconds + spec.timeout_seconds + 30)
+
+
+def build_pod(ref: ExecutionRef, spec: ExecutionSpec, cls: ExecutionClassSpec, attempt: int) -> dict[str, Any]:
+    """The hardened sandbox pod (Pod Security Standard `restricted`) for one attempt."""
+    resources = effective_resources(spec, cls)
+    payload, annotations = _payload_volume(ref, spec)
+    env = [
+        {"name": "SANDBOX_PAYLOAD_DIR", "value": PAYLOAD_DIR},
+        {"name": "SANDBOX_INPUT_DIR", "value": "/input"},
+        {"name": "SANDBOX_OUTPUT_DIR", "value": "/output"},
+        {"name": "SANDBOX_TIMEOUT_SECONDS", "value": str(spec.timeout_seconds)},
+        {"name": "SANDBOX_OUTPUT_LIMIT_BYTES", "value": str(OUTPUT_LIMIT_BYTES)},
+        {"name": "SANDBOX_STREAM_TAIL_BYTES", "value": str(STREAM_TAIL_BYTES)},
+        {"name": "SANDBOX_TERMINATION_LOG", "value": "/dev/termination-log"},
+        {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    env += [{"name": e.name, "value": e.value or ""} for e in cls.env or []]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
+        "activeDeadlineSeconds": active_deadline_seconds(spec, cls),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": SANDBOX_UID,
+            "runAsGroup": SANDBOX_UID,
+            "fsGroup": SANDBOX_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": "sandbox",
+                "image": cls.image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": list(cls.command or RUNNER_COMMAND),
+                "env": env,
+                "workingDir": "/tmp",
+                "resources": {"requests": dict(resources), "limits": dict(resources)},
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "runAsNonRoot": True,
+                    "privileged": False,
+                    "capabilities": {"drop": ["ALL"]},
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "terminationMessagePath": "/dev/termination-log",
+                "terminationMessagePolicy": "File",
+                "volumeMounts": [
+                    {"name": "payload", "mountPath": PAYLOAD_DIR, "readOnly": True},
+                    {"name": "tmp", "mountPath": "/tmp"},
+                    {"name": "input", "mountPath": "/input"},
+                    {"name": "output", "mountPath": "/output"},
+                ],
+            }
+        ],
+        "volumes": [
+            payload,
+            {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+            {"name": "input", "emptyDir": {"sizeLimit": "4Mi"}},
+            {"name": "output", "emptyDir": {"sizeLimit": "16Mi"}},
+        ],
+    }
+    if cls.runtime_class_name:
+        pod_spec["runtimeClassName"] = cls.runtime_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(ref, attempt),
+            "namespace": ref.namespace,
+            "labels": labels_for(ref, spec.execution_class_name, attempt, cls.allow_network),
+            "annotations": annotations | {"sandbox.dev/correlation-id": ref.correlation_id},
+            "ownerReferences": [owner_reference(ref)],
+        },
+        "spec": pod_spec,
+    }
+
+
+def deny_all_network_policy(namespace: str) -> dict[str, Any]:
+    """One per namespace: sandbox pods labelled `sandbox.dev/network=deny` get no ingress and no egress."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": NETWORK_POLICY_NAME,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": MANAGED_BY},
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {NETWORK_DENY_LABEL: "deny"}},
+            "policyTypes": ["Ingress", "Egress"],
+        },
+    }
