@@ -1,0 +1,161 @@
+"""The runner's report channel: names, bounds and encoders shared by the supervisor and the classifier.
+
+This module is imported by the runner inside the sandbox, so it must stay dependency-free and cheap to
+import (no pydantic, no errors.py): the error-type names below are the string values of
+`execution_operator.errors.ErrorType` (a unit test keeps them in step).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+#: Prefix of the supervisor's final stdout line: `SANDBOX-REPORT <nonce> <compact JSON full report>`.
+MARKER = "SANDBOX-REPORT"
+REPORT_VERSION = 1
+#: The kubelet truncates a termination message at 4096 bytes; the summary stays below this.
+TERMINATION_LIMIT = 4000
+MESSAGE_LIMIT = 512
+EXCEPTION_TYPE_LIMIT = 100
+DETAILS_LIMIT = 8192
+
+#: The supervisor's exit code when it fails itself: neither 0 nor 1, so its report is never trusted.
+SUPERVISOR_FAILURE_EXIT = 2
+
+# Error-type names (values of errors.ErrorType) the runner can produce.
+SYNTAX_ERROR = "syntax_error"
+IMPORT_ERROR = "import_error"
+TYPE_ERROR = "type_error"
+VALUE_ERROR = "value_error"
+KEY_ERROR = "key_error"
+INDEX_ERROR = "index_error"
+ATTRIBUTE_ERROR = "attribute_error"
+NAME_ERROR = "name_error"
+FILE_NOT_FOUND = "file_not_found"
+RECURSION_ERROR = "recursion_error"
+DIVISION_ERROR = "division_error"
+ENCODING_ERROR = "encoding_error"
+JSON_ERROR = "json_error"
+RUNTIME_ERROR = "runtime_error"
+PERMISSION = "permission"
+OS_ERROR = "os_error"
+NETWORK_ERROR = "network_error"
+NETWORK_TIMEOUT = "network_timeout"
+OOM = "oom"
+TIMEOUT = "timeout"
+SEGFAULT = "segfault"
+ABORT = "abort"
+BUS_ERROR = "bus_error"
+ARITHMETIC_ERROR = "arithmetic_error"
+PIPE_ERROR = "pipe_error"
+KILLED = "killed"
+OUTPUT_TOO_LARGE = "output_too_large"
+OUTPUT_ERROR = "output_error"
+INTERNAL_ERROR = "internal_error"
+
+#: What the child process may claim: outcomes the user's code could also produce honestly.
+CHILD_CLAIMABLE_TYPES: frozenset[str] = frozenset(
+    {
+        SYNTAX_ERROR,
+        IMPORT_ERROR,
+        TYPE_ERROR,
+        VALUE_ERROR,
+        KEY_ERROR,
+        INDEX_ERROR,
+        ATTRIBUTE_ERROR,
+        NAME_ERROR,
+        FILE_NOT_FOUND,
+        RECURSION_ERROR,
+        DIVISION_ERROR,
+        ENCODING_ERROR,
+        JSON_ERROR,
+        RUNTIME_ERROR,
+        PERMISSION,
+        OS_ERROR,
+        NETWORK_ERROR,
+        NETWORK_TIMEOUT,
+        OOM,
+        OUTPUT_TOO_LARGE,
+        OUTPUT_ERROR,
+    }
+)
+
+#: Every type a trusted runner report may carry (the supervisor adds the signal/timeout/setup ones).
+RUNNER_TYPES: frozenset[str] = CHILD_CLAIMABLE_TYPES | {
+    TIMEOUT,
+    SEGFAULT,
+    ABORT,
+    BUS_ERROR,
+    ARITHMETIC_ERROR,
+    PIPE_ERROR,
+    KILLED,
+    INTERNAL_ERROR,
+}
+
+#: Signals with their own error type when the user's process dies of them (exit code 128+N).
+SIGNAL_ERROR_TYPES: dict[int, tuple[str, str, str]] = {
+    11: ("SIGSEGV", SEGFAULT, "segmentation fault"),
+    6: ("SIGABRT", ABORT, "aborted"),
+    7: ("SIGBUS", BUS_ERROR, "bus error"),
+    8: ("SIGFPE", ARITHMETIC_ERROR, "floating-point exception"),
+    13: ("SIGPIPE", PIPE_ERROR, "broken pipe"),
+    9: ("SIGKILL", KILLED, "killed"),
+}
+
+# Characters JSON leaves raw that some line splitters treat as line breaks.
+_LINE_BREAKERS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085", "\x1c": "\\u001c",
+                  "\x1d": "\\u001d", "\x1e": "\\u001e", "\x0b": "\\u000b", "\x0c": "\\u000c"}
+_BREAKER_TABLE = str.maketrans(_LINE_BREAKERS)
+
+
+def compact_json(value: Any) -> str:
+    """One-line JSON: no raw line-break characters anywhere, so `str.splitlines` cannot split it.
+
+    Those characters can only occur inside JSON strings, where their escaped form is equivalent.
+    """
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).translate(_BREAKER_TABLE)
+
+
+def rfc3339(epoch: float) -> str:
+    """UTC timestamp with milliseconds, e.g. `2026-01-02T03:04:05.678Z`."""
+    millis = int(epoch * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{millis:03d}Z"
+
+
+def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """Collapse whitespace and bound the length: a `message` is one human line."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def summary_of(report: dict[str, Any]) -> dict[str, Any]:
+    """The termination-message summary of a full report (the fields the contract lists)."""
+    return {
+        "v": REPORT_VERSION,
+        "nonce": report["nonce"],
+        "success": report["success"],
+        "exitCode": report["exitCode"],
+        "errorType": report["errorType"],
+        "exceptionType": report["exceptionType"],
+        "message": report["message"],
+        "userCodeStarted": report["userCodeStarted"],
+        "startedAt": report["startedAt"],
+        "finishedAt": report["finishedAt"],
+        "durationSeconds": report["durationSeconds"],
+    }
+
+
+def encode_summary(report: dict[str, Any]) -> bytes:
+    """The termination message, always under TERMINATION_LIMIT bytes (the message shrinks if needed)."""
+    summary = summary_of(report)
+    data = compact_json(summary).encode()
+    while len(data) > TERMINATION_LIMIT and summary["message"]:
+        summary["message"] = summary["message"][: len(summary["message"]) // 2]
+        data = compact_json(summary).encode()
+    return data
+
+
+def marker_line(report: dict[str, Any]) -> bytes:
+    """The final stdout line carrying the full report."""
+    return f"{MARKER} {report['nonce']} {compact_json(report)}\n".encode()
