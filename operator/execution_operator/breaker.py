@@ -135,8 +135,14 @@ class BreakerState(BaseModel):
         return cls.model_validate(dict(data))
 
     def to_status(self) -> dict[str, Any]:
-        """The JSON for `status.circuitBreaker` (camelCase; unset optional fields as null)."""
-        return self.model_dump(mode="json", by_alias=True)
+        """The JSON for `status.circuitBreaker` (camelCase; unset optional fields as null).
+
+        Top-level nulls delete the field under a merge patch; inside the `probes` array (which a
+        merge patch replaces wholesale) they would be stored, so they are left out there.
+        """
+        data = self.model_dump(mode="json", by_alias=True)
+        data["probes"] = [{k: v for k, v in lease.items() if v is not None} for lease in data["probes"]]
+        return data
 
 
 @dataclass(frozen=True)

@@ -433,6 +433,8 @@ def test_status_round_trip_uses_design_field_names() -> None:
     assert data["probesInFlight"] == 1
     assert data["probes"] == [{"holder": "ns/a#1", "startedAt": "2026-07-01T10:00:31Z"}]
     assert BreakerState.from_status(data) == state
+    anonymous = admit(half_open(), POLICY, at(31)).new_state.to_status()
+    assert anonymous["probes"] == [{"startedAt": "2026-07-01T10:00:31Z"}]
     assert BreakerState.from_status(None) == BreakerState()
 
 

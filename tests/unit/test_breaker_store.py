@@ -8,10 +8,12 @@ import itertools
 import random
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +26,7 @@ from execution_operator.breaker import (
     ControlMode,
     admit,
     advance,
+    apply_control,
     record_failure,
     record_success,
 )
@@ -33,10 +36,12 @@ from execution_operator.breaker_store import (
     breaker_of,
     class_path,
     record_launch,
+    status_patch,
     sync_breaker,
     update_breaker,
 )
 from execution_operator.errors import ErrorType
+from localcluster.schema import default_and_prune, validate
 
 T0 = datetime(2026, 7, 1, 10, 0, 0, tzinfo=UTC)
 NAME = "default"
@@ -509,3 +514,40 @@ def test_concurrent_writers_are_linearizable(writers: list[list[tuple[Any, ...]]
         assert (before, after) in steps
         assert before.state == after.state or (before.state, after.state) in LEGAL
     assert breaker_of(cluster.obj) == history[-1]
+
+
+# -- the CRD keeps what the store writes --------------------------------------------------------
+
+CRD = Path(__file__).resolve().parents[2] / "crds" / "executionclasses.sandbox.dev.yaml"
+
+
+def _crd_schema() -> dict[str, Any]:
+    if not CRD.exists():
+        pytest.skip("no ExecutionClass CRD in this tree")
+    crd = yaml.safe_load(CRD.read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
+    return version["schema"]["openAPIV3Schema"]
+
+
+def _sample_states() -> list[BreakerState]:
+    policy = BreakerPolicy(failure_threshold=1)
+    opened = record_failure(BreakerState(), policy, ErrorType.IMAGE_PULL_ERROR, "pull failed", T0)[0]
+    probing = admit(opened, policy, T0 + timedelta(seconds=31), holder="ns/a#1").new_state
+    anonymous = admit(probing, policy, T0 + timedelta(seconds=32)).new_state
+    forced = apply_control(opened, {MODE_ANNOTATION: "force-open", RESET_ANNOTATION: "r"}, T0)[0]
+    return [BreakerState(), opened, probing, anonymous, forced]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_written_status_survives_crd_pruning_and_validation(index: int) -> None:
+    schema = _crd_schema()
+    state = _sample_states()[index]
+    obj = exc_object()
+    obj["metadata"]["resourceVersion"] = "7"
+    patch = status_patch(obj, state, T0)
+    assert patch is not None
+    stored = merge_patch(obj, {"status": patch["status"]})
+    stored = default_and_prune(schema, stored)
+    assert validate(schema, stored) == []
+    assert breaker_of(stored) == state
+    assert available(stored)["type"] == "Available"
