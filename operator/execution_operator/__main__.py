@@ -1,0 +1,62 @@
+"""`python -m execution_operator` / `execution-operator`: run the operator against KUBECONFIG or in-cluster."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import threading
+
+import kopf
+
+from execution_operator import __version__, handlers, metrics
+from execution_operator.logs import configure_logging
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="execution-operator", description=__doc__)
+    parser.add_argument("-n", "--namespace", action="append", default=[],
+                        help="watch only this namespace (repeatable; glob patterns allowed); default: all")
+    parser.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces (default)")
+    parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", "8080")),
+                        help="Prometheus metrics on :PORT/metrics (0 to disable)")
+    parser.add_argument("--liveness-port", type=int, default=int(os.environ.get("LIVENESS_PORT", "8081")),
+                        help="kopf liveness endpoint on :PORT/healthz (0 to disable)")
+    parser.add_argument("--bind-address", default=os.environ.get("BIND_ADDRESS", "0.0.0.0"))
+    parser.add_argument("--log-format", choices=["auto", "json", "console"],
+                        default=os.environ.get("LOG_FORMAT", "auto"))
+    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, *, stop_flag: threading.Event | None = None,
+        ready_flag: threading.Event | None = None) -> None:
+    configure_logging(args.log_level, args.log_format)
+    metrics.METRICS.set_info(__version__)
+    if args.metrics_port:
+        metrics.start_metrics_server(args.metrics_port, args.bind_address)
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry)
+    liveness = f"http://{args.bind_address}:{args.liveness_port}/healthz" if args.liveness_port else None
+    scope: dict[str, object] = (
+        {"namespaces": args.namespace} if args.namespace and not args.all_namespaces else {"clusterwide": True}
+    )
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            standalone=True,
+            liveness_endpoint=liveness,
+            memo=handlers.OperatorContext(),
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+            **scope,  # type: ignore[arg-type]
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

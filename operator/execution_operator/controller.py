@@ -1,0 +1,716 @@
+"""The Execution controller: a level-triggered reconcile loop over (Execution, its current pod, now).
+
+kopf delivers raw watch events (no kopf writes per object); every event, pod event or timer runs
+`reconcile(key)` under a per-Execution lock, which looks at the freshest known Execution body and pod
+and takes the next step. Status writes are merge patches guarded by `metadata.resourceVersion`, so an
+older view never overwrites a newer one; a conflict re-reads and re-decides. Names are deterministic
+per attempt, so a step repeated after a crash finds what the first try made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pydantic
+import structlog
+
+from execution_operator import API_VERSION, metrics
+from execution_operator import status as st
+from execution_operator.classify import (
+    Verdict,
+    classify_create_error,
+    classify_finished_pod,
+    classify_stuck_pod,
+    classify_vanished_pod,
+    pod_finished,
+)
+from execution_operator.errors import ErrorInfo, ErrorType
+from execution_operator.gates import Gates
+from execution_operator.k8s import ApiError, KubeClient, path_for
+from execution_operator.models import ExecutionClassSpec, ExecutionSpec
+from execution_operator.retry import backoff_delay, decide_retry
+from execution_operator.sandbox import (
+    ExecutionRef,
+    PayloadTooLarge,
+    build_carrier,
+    build_pod,
+    deny_all_network_policy,
+    label_value,
+    pod_name,
+    uses_configmap_carrier,
+)
+from execution_operator.status import is_terminal, parse_time, rfc3339
+from execution_operator.validation import validate_execution
+
+Key = tuple[str, str]
+log = structlog.get_logger("execution_operator.controller")
+
+EXECUTIONS = "executions"
+LOG_TAIL_LINES = 8
+RECONCILE_ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def _rv(body: Mapping[str, Any]) -> int:
+    try:
+        return int(body.get("metadata", {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+def key_of(body: Mapping[str, Any]) -> Key:
+    meta = body["metadata"]
+    return meta.get("namespace", ""), meta["name"]
+
+
+def correlation_id(body: Mapping[str, Any]) -> str:
+    """spec.correlationId, else the annotation, else one derived from the uid (stable across restarts)."""
+    spec = body.get("spec") or {}
+    meta = body.get("metadata") or {}
+    return str(
+        spec.get("correlationId")
+        or (meta.get("annotations") or {}).get("sandbox.dev/correlation-id")
+        or (body.get("status") or {}).get("correlationId")
+        or f"ex-{str(meta.get('uid') or uuid.uuid4()).replace('-', '')[:16]}"
+    )
+
+
+def _execution_owner(pod: Mapping[str, Any]) -> str | None:
+    for ref in pod.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == "Execution" and ref.get("apiVersion", "").startswith("sandbox.dev/"):
+            return str(ref["name"])
+    return None
+
+
+def container_started_at(pod: Mapping[str, Any]) -> str | None:
+    for cs in pod.get("status", {}).get("containerStatuses") or []:
+        state = cs.get("state") or {}
+        if "running" in state:
+            return str(state["running"].get("startedAt") or "") or None
+        if "terminated" in state and state["terminated"].get("startedAt"):
+            return str(state["terminated"]["startedAt"])
+    return None
+
+
+class Conflict(Exception):
+    """Our view of the Execution was stale: re-read and decide again."""
+
+
+@dataclass
+class _Timer:
+    when: float
+    handle: asyncio.TimerHandle
+
+
+class Controller:
+    """Holds the client, small caches fed by watch events, per-Execution locks and wake-up timers."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        *,
+        clock: Callable[[], datetime] = now_utc,
+        rng: random.Random | None = None,
+        gates: Gates | None = None,
+    ) -> None:
+        self.client = client
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.gates = gates or Gates(client, clock=clock)
+        self.gates.post_event = self._event
+        self.executions: dict[Key, dict[str, Any]] = {}
+        self.pods: dict[Key, dict[str, Any]] = {}
+        self.vanished: dict[Key, dict[str, Any]] = {}
+        self.classes: dict[str, dict[str, Any]] = self.gates.classes
+        self.locks: dict[Key, asyncio.Lock] = {}
+        self.timers: dict[Key, _Timer] = {}
+        self.error_counts: dict[Key, int] = {}
+        self.network_policies: set[str] = set()
+        self.queued: dict[str, set[Key]] = {}
+        self.phases: dict[Key, tuple[str, str]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    # ----------------------------------------------------------------- watch events
+
+    async def on_execution_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
+        key = key_of(body)
+        if event_type == "DELETED":
+            self._forget(key)
+            return
+        self._remember(key, body)
+        await self.reconcile(key)
+
+    async def on_pod_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
+        meta = body.get("metadata", {})
+        pkey = (meta.get("namespace", ""), meta.get("name", ""))
+        if event_type == "DELETED":
+            self.pods.pop(pkey, None)
+            self.vanished[pkey] = dict(body)
+        else:
+            current = self.pods.get(pkey)
+            if current is None or _rv(body) >= _rv(current):
+                self.pods[pkey] = dict(body)
+        owner = _execution_owner(body)
+        if owner is None:
+            return
+        key = (pkey[0], owner)
+        if key in self.executions:
+            await self.reconcile(key)
+        if event_type == "DELETED" or pod_finished(body):
+            self._release_queue_slot(str(meta.get("labels", {}).get("sandbox.dev/execution-class", "")))
+
+    async def on_class_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
+        name = body["metadata"]["name"]
+        if event_type == "DELETED":
+            self.classes.pop(name, None)
+        else:
+            self.classes[name] = dict(body)
+        await self.gates.on_class_event(body, event_type)
+
+    # ----------------------------------------------------------------- caches and timers
+
+    def _remember(self, key: Key, body: Mapping[str, Any]) -> None:
+        current = self.executions.get(key)
+        if current is None or _rv(body) >= _rv(current) or current["metadata"].get("uid") != body["metadata"].get(
+            "uid"
+        ):
+            self.executions[key] = dict(body)
+
+    def _forget(self, key: Key) -> None:
+        self.executions.pop(key, None)
+        self.error_counts.pop(key, None)
+        timer = self.timers.pop(key, None)
+        if timer:
+            timer.handle.cancel()
+        self._track_phase(key, None, None)
+        for waiting in self.queued.values():
+            waiting.discard(key)
+
+    def _track_phase(self, key: Key, cls: str | None, phase: str | None) -> None:
+        """Keep the in-flight gauge by (class, phase) in step with what we last saw."""
+        before = self.phases.get(key)
+        after = (cls, phase) if cls and phase and phase not in st.TERMINAL_PHASES else None
+        if before == after:
+            return
+        if before:
+            metrics.move_in_flight(before[0], before[1], None)
+            self.phases.pop(key, None)
+        if after:
+            metrics.move_in_flight(after[0], None, after[1])
+            self.phases[key] = after  # type: ignore[assignment]
+
+    def wake_at(self, key: Key, when: datetime) -> None:
+        """Reconcile `key` again at `when` (the earliest requested time wins)."""
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, (when - self.clock()).total_seconds())
+        at = loop.time() + delay
+        existing = self.timers.get(key)
+        if existing and existing.when <= at and not existing.handle.cancelled():
+            return
+        if existing:
+            existing.handle.cancel()
+
+        def fire() -> None:
+            self.timers.pop(key, None)
+            self._spawn(self._wake(key))
+
+        self.timers[key] = _Timer(at, loop.call_at(at, fire))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _wake(self, key: Key) -> None:
+        if key not in self.executions:
+            try:
+                body = await self.client.get(path_for(API_VERSION, EXECUTIONS, key[0], key[1]))
+            except ApiError as exc:
+                if exc.not_found:
+                    return
+                raise
+            self._remember(key, body)
+        await self.reconcile(key)
+
+    # ----------------------------------------------------------------- reconcile
+
+    async def reconcile(self, key: Key) -> None:
+        lock = self.locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            try:
+                for _ in range(8):
+                    body = self.executions.get(key)
+                    if body is None:
+                        return
+                    try:
+                        await self._reconcile_once(key, body)
+                        break
+                    except Conflict:
+                        await self._refresh(key)
+                self.error_counts.pop(key, None)
+            except ApiError as exc:
+                if exc.not_found and key not in self.executions:
+                    return
+                self._reconcile_failed(key, exc)
+            except Exception as exc:
+                self._reconcile_failed(key, exc)
+            finally:
+                if key not in self.executions and not lock.locked():
+                    self.locks.pop(key, None)
+
+    def _reconcile_failed(self, key: Key, exc: BaseException) -> None:
+        count = self.error_counts.get(key, 0)
+        self.error_counts[key] = count + 1
+        delay = RECONCILE_ERROR_BACKOFF[min(count, len(RECONCILE_ERROR_BACKOFF) - 1)]
+        metrics.record_reconcile_error("Execution")
+        log.warning("reconcile failed; will retry", namespace=key[0], execution=key[1], retry_in=delay,
+                    error=f"{type(exc).__name__}: {exc}"[:500])
+        self.wake_at(key, self.clock() + timedelta(seconds=delay))
+
+    async def _refresh(self, key: Key) -> None:
+        try:
+            body = await self.client.get(path_for(API_VERSION, EXECUTIONS, key[0], key[1]))
+        except ApiError as exc:
+            if exc.not_found:
+                self._forget(key)
+                return
+            raise
+        self.executions[key] = body
+
+    async def _patch_status(self, key: Key, body: Mapping[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+        """A merge patch of status guarded by the resourceVersion we decided on."""
+        rv = body["metadata"].get("resourceVersion")
+        try:
+            updated = await self.client.patch(
+                path_for(API_VERSION, EXECUTIONS, key[0], key[1], "status"),
+                {"metadata": {"resourceVersion": rv}, "status": patch},
+            )
+        except ApiError as exc:
+            if exc.conflict or (exc.status == 422 and "resourceVersion" in exc.message):
+                raise Conflict() from exc
+            raise
+        self.executions[key] = updated
+        return updated
+
+    def _event(self, body: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
+        """Post a Kubernetes Event about the Execution without waiting for it."""
+        self._spawn(post_event(self.client, body, etype, reason, message, self.clock()))
+
+    async def _reconcile_once(self, key: Key, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        if meta.get("deletionTimestamp"):
+            return
+        status: dict[str, Any] = body.get("status") or {}
+        spec_raw: dict[str, Any] = body.get("spec") or {}
+        class_name = str(spec_raw.get("executionClassName") or "default")
+        self._track_phase(key, class_name, status.get("phase") or "Pending")
+        if is_terminal(status):
+            await self._after_terminal(key, body)
+            return
+        ctx = _Ctx(self, key, body)
+        try:
+            spec = ExecutionSpec.model_validate(spec_raw)
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            await self._invalid(ctx, f"spec.{where}: {first.get('msg')}")
+            return
+        cls_body = await self._class(spec.execution_class_name)
+        if cls_body is None:
+            await self._invalid(
+                ctx,
+                f'ExecutionClass "{spec.execution_class_name}" does not exist: create it or set '
+                f"spec.executionClassName to one of: {', '.join(sorted(self.classes)) or '(none)'}",
+            )
+            return
+        cls = ExecutionClassSpec.model_validate(cls_body.get("spec") or {})
+        problem = validate_execution(spec, cls, class_name=spec.execution_class_name)
+        if problem:
+            await self._invalid(ctx, problem)
+            return
+        ctx.spec, ctx.cls = spec, cls
+        attempt = int(status.get("attempt") or 0)
+        phase = status.get("phase")
+        if spec.cancel:
+            await self._cancel(ctx, attempt)
+            return
+        if attempt == 0 or phase == "Retrying":
+            next_at = parse_time(status.get("nextAttemptAt"))
+            if phase == "Retrying" and next_at and next_at > self.clock():
+                self.wake_at(key, next_at)
+                return
+            await self._launch(ctx, attempt + 1 if phase == "Retrying" else max(attempt, 1))
+            return
+        pod_key = (key[0], str(status.get("podName") or pod_name(ctx.ref, attempt)))
+        pod = self.pods.get(pod_key)
+        if pod is None and pod_key not in self.vanished:
+            try:
+                pod = await self.client.get(path_for("v1", "pods", *pod_key))
+                self.pods[pod_key] = pod
+            except ApiError as exc:
+                if not exc.not_found:
+                    raise
+        if pod is None or pod["metadata"].get("uid") is None:
+            last = self.vanished.get(pod_key)
+            verdict = classify_vanished_pod(last, cancel_requested=spec.cancel)
+            await self._attempt_done(ctx, attempt, verdict, pod=None)
+            return
+        await self._observe_pod(ctx, attempt, pod)
+
+    async def _class(self, name: str) -> dict[str, Any] | None:
+        cached = self.classes.get(name)
+        if cached is not None:
+            return cached
+        try:
+            body = await self.client.get(path_for(API_VERSION, "executionclasses", None, name))
+        except ApiError as exc:
+            if exc.not_found:
+                return None
+            raise
+        self.classes[name] = body
+        return body
+
+    # ----------------------------------------------------------------- steps
+
+    async def _invalid(self, ctx: _Ctx, message: str) -> None:
+        error = ErrorInfo.of(ErrorType.VALIDATION_ERROR, message)
+        patch = st.invalid(ctx.status, error=error, now=ctx.now, generation=ctx.generation,
+                           correlation_id=ctx.correlation_id)
+        updated = await self._patch_status(ctx.key, ctx.body, patch)
+        self._event(updated, "Warning", "Invalid", message)
+        metrics.record_terminal(ctx.key[0], ctx.class_name, "failed", ErrorType.VALIDATION_ERROR, 0.0)
+        self._track_phase(ctx.key, ctx.class_name, None)
+        await self._after_terminal(ctx.key, updated)
+
+    async def _launch(self, ctx: _Ctx, attempt: int) -> None:
+        spec, cls = ctx.require()
+        if cls.max_concurrent and self._active_pods(ctx.class_name, ctx.key) >= cls.max_concurrent:
+            message = (f'Waiting for a slot: ExecutionClass "{ctx.class_name}" runs at most '
+                       f"{cls.max_concurrent} at once")
+            patch = st.held(ctx.status, reason="Queued", message=message, now=ctx.now,
+                            generation=ctx.generation, correlation_id=ctx.correlation_id)
+            if _differs(ctx.status, patch, ("phase",)) or _cond_reason(ctx.status, "Launched") != "Queued":
+                await self._patch_status(ctx.key, ctx.body, patch)
+            self.queued.setdefault(ctx.class_name, set()).add(ctx.key)
+            return
+        admission = await self.gates.admit(ctx.class_name, ctx.key, attempt)
+        if not admission.allowed:
+            error = ErrorInfo.of(ErrorType.SERVICE_UNAVAILABLE, admission.message,
+                                 **{"retryAt": admission.retry_at, "executionClass": ctx.class_name})
+            verdict = Verdict(success=False, error=error, exit_code=None, exit_code_source="unknown")
+            await self._attempt_done(ctx, attempt, verdict, pod=None, not_before=parse_time(admission.retry_at),
+                                     launched=False)
+            return
+        self.queued.get(ctx.class_name, set()).discard(ctx.key)
+        namespace = ctx.key[0]
+        try:
+            if not cls.allow_network:
+                await self._ensure_network_policy(namespace)
+            if uses_configmap_carrier(spec):
+                try:
+                    carrier = build_carrier(ctx.ref, spec, ctx.class_name)
+                except PayloadTooLarge as exc:
+                    await self._invalid(ctx, str(exc))
+                    return
+                await _create_or_get(self.client, path_for("v1", "configmaps", namespace), carrier)
+            manifest = build_pod(ctx.ref, spec, cls, attempt)
+            pod = await _create_or_get(self.client, path_for("v1", "pods", namespace), manifest)
+        except ApiError as exc:
+            if exc.status in (403, 422, 429) or exc.status >= 500:
+                error = classify_create_error(exc.status, exc.body)
+                verdict = Verdict(success=False, error=error, exit_code=None, exit_code_source="unknown")
+                await self._attempt_done(ctx, attempt, verdict, pod=None, launched=False)
+                return
+            raise
+        pod_key = (namespace, pod["metadata"]["name"])
+        if pod_key not in self.pods or _rv(pod) >= _rv(self.pods[pod_key]):
+            self.pods[pod_key] = pod
+        self.vanished.pop(pod_key, None)
+        patch = st.launched(ctx.status, attempt=attempt, pod=pod_key[1], now=ctx.now, generation=ctx.generation,
+                            correlation_id=ctx.correlation_id)
+        updated = await self._patch_status(ctx.key, ctx.body, patch)
+        self._track_phase(ctx.key, ctx.class_name, "Pending")
+        self._event(updated, "Normal", "Launched", f"Created pod {pod_key[1]} for attempt {attempt}")
+        log.info("launched", namespace=namespace, execution=ctx.key[1], attempt=attempt, pod=pod_key[1],
+                 correlation_id=ctx.correlation_id)
+        created = parse_time(pod["metadata"].get("creationTimestamp")) or self.clock()
+        self.wake_at(ctx.key, created + timedelta(seconds=cls.pending_timeout_seconds + 0.5))
+        # The pod may have finished already (a launch repeated after a restart): look again at once.
+        if pod_finished(pod) or container_started_at(pod):
+            self._spawn(self.reconcile(ctx.key))
+
+    async def _observe_pod(self, ctx: _Ctx, attempt: int, pod: dict[str, Any]) -> None:
+        spec, cls = ctx.require()
+        if pod_finished(pod):
+            log_tail = await self._log_tail(ctx.key[0], pod["metadata"]["name"])
+            verdict = classify_finished_pod(pod, log_tail, cancel_requested=spec.cancel, attempt=attempt)
+            if verdict.user_code_started_at and ctx.status.get("phase") != "Running":
+                await self._user_code_started(ctx, attempt, verdict.user_code_started_at)
+            await self._attempt_done(ctx, attempt, verdict, pod=pod)
+            return
+        started = container_started_at(pod)
+        if started:
+            if ctx.status.get("phase") != "Running":
+                patch = st.running(ctx.status, attempt=attempt, started_at=started, now=ctx.now,
+                                   generation=ctx.generation, correlation_id=ctx.correlation_id)
+                await self._patch_status(ctx.key, ctx.body, patch)
+                self._track_phase(ctx.key, ctx.class_name, "Running")
+                await self._user_code_started(ctx, attempt, started)
+            return
+        created = parse_time(pod["metadata"].get("creationTimestamp")) or self.clock()
+        pending_for = (self.clock() - created).total_seconds()
+        error = classify_stuck_pod(pod, pending_seconds=pending_for, pending_timeout=cls.pending_timeout_seconds)
+        if error is not None:
+            verdict = Verdict(success=False, error=error, exit_code=None, exit_code_source="unknown")
+            await self._attempt_done(ctx, attempt, verdict, pod=pod, delete_pod=True)
+            return
+        self.wake_at(ctx.key, created + timedelta(seconds=cls.pending_timeout_seconds + 0.5))
+
+    async def _user_code_started(self, ctx: _Ctx, attempt: int, started_at: str) -> None:
+        created = parse_time(ctx.body["metadata"].get("creationTimestamp"))
+        started = parse_time(started_at)
+        if created and started:
+            metrics.record_launch_latency(ctx.class_name, max(0.0, (started - created).total_seconds()))
+        await self.gates.record(ctx.class_name, ctx.key, attempt, reached_user_code=True)
+
+    async def _attempt_done(
+        self,
+        ctx: _Ctx,
+        attempt: int,
+        verdict: Verdict,
+        *,
+        pod: dict[str, Any] | None,
+        delete_pod: bool = False,
+        not_before: datetime | None = None,
+        launched: bool = True,
+    ) -> None:
+        spec, _ = ctx.require()
+        error = verdict.error
+        if not verdict.user_code_started_at:
+            # A launch that never reached the user's code: a breaker failure if its type says so.
+            await self.gates.record(ctx.class_name, ctx.key, attempt, reached_user_code=False, error=error)
+        disruptions = int(ctx.status.get("disruptions") or 0)
+        decision = None
+        if not verdict.success and error is not None:
+            # Attempts lost to disruptions (eviction, node lost) do not count against the user's budget.
+            decision = decide_retry(error.type, attempt, spec.retry.max_attempts, disruptions)
+        if decision is not None and decision.retry:
+            if not decision.consumes_budget:
+                disruptions += 1
+            delay = backoff_delay(attempt, spec.retry.backoff_seconds, spec.retry.max_backoff_seconds, self.rng)
+            next_at = self.clock() + timedelta(seconds=delay)
+            if not_before and not_before > next_at:
+                next_at = not_before
+            assert error is not None
+            patch = st.retrying(ctx.status, verdict=verdict, attempt=attempt, next_attempt_at=rfc3339(next_at),
+                                now=ctx.now, generation=ctx.generation, correlation_id=ctx.correlation_id,
+                                disruptions=disruptions)
+            updated = await self._patch_status(ctx.key, ctx.body, patch)
+            self._track_phase(ctx.key, ctx.class_name, "Retrying")
+            metrics.record_retry(ctx.class_name, error.type)
+            self._event(updated, "Warning", "Retrying",
+                        f"Attempt {attempt} failed with {error.type}: {error.message}; retrying at {rfc3339(next_at)}")
+            log.info("retrying", namespace=ctx.key[0], execution=ctx.key[1], attempt=attempt,
+                     correlation_id=ctx.correlation_id, error_type=str(error.type), next_attempt_at=rfc3339(next_at))
+            self.wake_at(ctx.key, next_at)
+        else:
+            patch = st.finished(ctx.status, verdict=verdict, attempt=attempt, now=ctx.now,
+                                generation=ctx.generation, correlation_id=ctx.correlation_id)
+            if not launched and "attempts" not in patch:
+                patch["attempts"] = st._attempts_with(ctx.status, attempt, completionTime=ctx.now,
+                                                      errorType=str(error.type) if error else None)
+            updated = await self._patch_status(ctx.key, ctx.body, patch)
+            outcome = "succeeded" if verdict.success else ("cancelled" if patch["phase"] == "Cancelled" else "failed")
+            duration = _duration(updated)
+            metrics.record_terminal(ctx.key[0], ctx.class_name, outcome, error.type if error else None, duration)
+            self._track_phase(ctx.key, ctx.class_name, None)
+            if verdict.success:
+                self._event(updated, "Normal", "Succeeded", f"Attempt {attempt} succeeded")
+            else:
+                assert error is not None
+                self._event(updated, "Warning", patch["phase"], f"{error.type}: {error.message}")
+            log.info("finished", namespace=ctx.key[0], execution=ctx.key[1], attempt=attempt,
+                     correlation_id=ctx.correlation_id, phase=patch["phase"],
+                     error_type=str(error.type) if error else None)
+            await self._after_terminal(ctx.key, updated)
+        if delete_pod and pod is not None:
+            await self._delete_pod(ctx.key[0], pod["metadata"]["name"])
+
+    async def _cancel(self, ctx: _Ctx, attempt: int) -> None:
+        stdout = stderr = ""
+        pod_key = (ctx.key[0], str(ctx.status.get("podName") or ""))
+        pod = self.pods.get(pod_key) if pod_key[1] else None
+        if pod is not None and not pod_finished(pod):
+            tail = await self._log_tail(pod_key[0], pod_key[1], lines=200)
+            if tail:
+                stdout = "\n".join(line for line in tail.splitlines() if not line.startswith("SANDBOX-REPORT "))
+                stdout = stdout[-16384:]
+        verdict = Verdict(
+            success=False,
+            error=ErrorInfo.of(ErrorType.CANCELLED, "Cancelled by spec.cancel",
+                               podName=pod_key[1] or None, attempt=attempt or None),
+            exit_code=None,
+            exit_code_source="unknown",
+            stdout=stdout,
+            stderr=stderr,
+        )
+        await self._attempt_done(ctx, max(attempt, 1), verdict, pod=pod, delete_pod=pod is not None,
+                                 launched=pod is not None)
+
+    async def _after_terminal(self, key: Key, body: Mapping[str, Any]) -> None:
+        """Work that follows the end: TTL deletion, then drop the cached body."""
+        status = body.get("status") or {}
+        spec = body.get("spec") or {}
+        ttl = spec.get("ttlSecondsAfterFinished")
+        finished_at = parse_time(status.get("completionTime"))
+        if ttl is not None and finished_at is not None:
+            due = finished_at + timedelta(seconds=int(ttl))
+            if due <= self.clock():
+                with contextlib.suppress(ApiError):
+                    await self.client.delete(
+                        path_for(API_VERSION, EXECUTIONS, key[0], key[1]),
+                        {"propagationPolicy": "Background",
+                         "preconditions": {"uid": body["metadata"].get("uid")}},
+                    )
+                self._forget(key)
+                return
+            self.wake_at(key, due)
+        self.executions.pop(key, None)
+        self._track_phase(key, None, None)
+
+    # ----------------------------------------------------------------- helpers
+
+    async def _log_tail(self, namespace: str, pod: str, lines: int = LOG_TAIL_LINES) -> str | None:
+        try:
+            return await self.client.get_text(
+                path_for("v1", "pods", namespace, pod, "log"),
+                {"container": "sandbox", "tailLines": str(lines)},
+            )
+        except ApiError:
+            return None
+
+    async def _delete_pod(self, namespace: str, name: str) -> None:
+        with contextlib.suppress(ApiError):
+            await self.client.delete(path_for("v1", "pods", namespace, name), {"gracePeriodSeconds": 1})
+
+    async def _ensure_network_policy(self, namespace: str) -> None:
+        if namespace in self.network_policies:
+            return
+        policy = deny_all_network_policy(namespace)
+        await _create_or_get(self.client, path_for("networking.k8s.io/v1", "networkpolicies", namespace), policy)
+        self.network_policies.add(namespace)
+
+    def _active_pods(self, class_name: str, key: Key) -> int:
+        """Unfinished sandbox pods of a class, other than those of `key` (from the pod watch)."""
+        label = label_value(class_name)
+        count = 0
+        for (namespace, _), pod in self.pods.items():
+            meta = pod.get("metadata", {})
+            if (meta.get("labels") or {}).get("sandbox.dev/execution-class") != label:
+                continue
+            if (namespace, _execution_owner(pod)) == key or pod_finished(pod):
+                continue
+            count += 1
+        return count
+
+    def _release_queue_slot(self, class_name: str) -> None:
+        waiting = self.queued.get(class_name)
+        if not waiting:
+            return
+        for key in sorted(waiting):
+            self._spawn(self.reconcile(key))
+
+
+class _Ctx:
+    """What one reconcile pass knows about its Execution."""
+
+    def __init__(self, controller: Controller, key: Key, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        self.key = key
+        self.body = body
+        self.status: dict[str, Any] = body.get("status") or {}
+        self.generation: int | None = meta.get("generation")
+        self.correlation_id = correlation_id(body)
+        self.class_name = str((body.get("spec") or {}).get("executionClassName") or "default")
+        self.now = rfc3339(controller.clock())
+        self.ref = ExecutionRef(namespace=key[0], name=key[1], uid=str(meta.get("uid", "")),
+                                correlation_id=self.correlation_id)
+        self.spec: ExecutionSpec | None = None
+        self.cls: ExecutionClassSpec | None = None
+
+    def require(self) -> tuple[ExecutionSpec, ExecutionClassSpec]:
+        assert self.spec is not None and self.cls is not None
+        return self.spec, self.cls
+
+
+def _differs(status: Mapping[str, Any], patch: Mapping[str, Any], fields: tuple[str, ...]) -> bool:
+    return any(status.get(f) != patch.get(f) for f in fields)
+
+
+def _cond_reason(status: Mapping[str, Any], ctype: str) -> str | None:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == ctype:
+            return str(cond.get("reason"))
+    return None
+
+
+def _duration(body: Mapping[str, Any]) -> float:
+    status = body.get("status") or {}
+    start = parse_time(body.get("metadata", {}).get("creationTimestamp"))
+    end = parse_time(status.get("completionTime"))
+    return max(0.0, (end - start).total_seconds()) if start and end else 0.0
+
+
+async def _create_or_get(client: KubeClient, collection: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Create; if it already exists (a repeated step), return the existing object instead."""
+    try:
+        return await client.post(collection, manifest)
+    except ApiError as exc:
+        if exc.already_exists:
+            return await client.get(f"{collection}/{manifest['metadata']['name']}")
+        raise
+
+
+async def post_event(
+    client: KubeClient, body: Mapping[str, Any], etype: str, reason: str, message: str, now: datetime
+) -> None:
+    """A core/v1 Event about an object; best effort (an Event is never worth failing a reconcile)."""
+    meta = body.get("metadata", {})
+    namespace = meta.get("namespace") or "default"
+    stamp = rfc3339(now)
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{meta.get('name')}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": body.get("apiVersion", API_VERSION),
+            "kind": body.get("kind", "Execution"),
+            "name": meta.get("name"),
+            "namespace": namespace,
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+        },
+        "type": etype,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": "execution-operator"},
+        "reportingComponent": "execution-operator",
+        "reportingInstance": "execution-operator",
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+    try:
+        await client.post(path_for("v1", "events", namespace), event)
+    except Exception as exc:
+        log.debug("event not posted", reason=reason, error=str(exc)[:200])

@@ -1,0 +1,181 @@
+"""Launch gating per ExecutionClass: the circuit breaker held in the class's status.
+
+The closed, healthy breaker is the common case and costs nothing: no read, no write. Only when the
+cached class shows failures, an open or half-open circuit, or a control annotation, does a launch
+go through the guarded read-modify-write in `breaker_store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from execution_operator import metrics
+from execution_operator.breaker import (
+    MODE_ANNOTATION,
+    RESET_ANNOTATION,
+    BreakerState,
+    CircuitState,
+    Transition,
+    format_time,
+    parse_mode,
+    state_gauge_value,
+)
+from execution_operator.breaker_store import admit_launch, breaker_of, record_launch, sync_breaker
+from execution_operator.errors import ErrorInfo, flags
+from execution_operator.k8s import KubeClient
+
+log = structlog.get_logger("execution_operator.gates")
+
+
+@dataclass(frozen=True)
+class GateAdmission:
+    allowed: bool
+    message: str = ""
+    retry_at: str | None = None
+    probe: bool = False
+
+
+def holder_of(key: tuple[str, str], attempt: int) -> str:
+    return f"{key[0]}/{key[1]}#{attempt}"
+
+
+class Gates:
+    """Admits launches and records their outcomes in the breaker of each ExecutionClass."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        classes: dict[str, dict[str, Any]] | None = None,
+        post_event: Callable[[Mapping[str, Any], str, str, str], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.clock = clock
+        self.classes: dict[str, dict[str, Any]] = classes if classes is not None else {}
+        self.post_event = post_event
+        self.sync_timers: dict[str, asyncio.TimerHandle] = {}
+
+    def _state(self, class_name: str) -> BreakerState:
+        body = self.classes.get(class_name) or {}
+        return breaker_of(body)
+
+    def _quiet(self, class_name: str) -> bool:
+        """Closed, no failures counted, no control annotation pending: nothing to gate or record."""
+        body = self.classes.get(class_name)
+        if body is None:
+            return False
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        state = self._state(class_name)
+        if annotations.get(RESET_ANNOTATION) and annotations[RESET_ANNOTATION] != state.last_reset:
+            return False
+        if not self._mode_matches(annotations.get(MODE_ANNOTATION), state):
+            return False
+        return state.state == CircuitState.CLOSED and state.failure_count == 0 and not state.probes
+
+    async def admit(self, class_name: str, key: tuple[str, str], attempt: int) -> GateAdmission:
+        if self._quiet(class_name):
+            return GateAdmission(allowed=True)
+        admission, transitions = await admit_launch(
+            self.client, class_name, holder=holder_of(key, attempt), clock=self.clock,
+            initial=self.classes.get(class_name),
+        )
+        self._announce(class_name, admission.new_state, transitions)
+        if admission.allowed:
+            return GateAdmission(allowed=True, probe=admission.probe)
+        retry_at = format_time(admission.retry_at) if admission.retry_at else None
+        state = admission.new_state
+        why = f"last failure {state.last_failure.type}" if state.last_failure else "forced open"
+        message = (
+            f'ExecutionClass "{class_name}" circuit is open ({why}, {state.failure_count} infrastructure '
+            f"failures); no launch until {retry_at or 'it closes'}"
+        )
+        if retry_at:
+            self._schedule_sync(class_name, admission.retry_at)
+        return GateAdmission(allowed=False, message=message, retry_at=retry_at)
+
+    async def record(
+        self, class_name: str, key: tuple[str, str], attempt: int, *, reached_user_code: bool,
+        error: ErrorInfo | None = None,
+    ) -> None:
+        """Tell the breaker how a launch ended; skipped when it cannot change anything."""
+        trips = error is not None and flags(error.type).trips_breaker
+        if self._quiet(class_name) and not trips:
+            return
+        state, transitions = await record_launch(
+            self.client, class_name, reached_user_code=reached_user_code,
+            error_type=error.type if trips and error else None,
+            message=error.message if error else "", holder=holder_of(key, attempt), clock=self.clock,
+            initial=self.classes.get(class_name),
+        )
+        self._announce(class_name, state, transitions)
+
+    async def on_class_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
+        name = body["metadata"]["name"]
+        if event_type == "DELETED":
+            timer = self.sync_timers.pop(name, None)
+            if timer:
+                timer.cancel()
+            return
+        state = breaker_of(body)
+        metrics.set_breaker_state(name, state_gauge_value(state))
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        control_pending = (
+            bool(annotations.get(RESET_ANNOTATION)) and annotations[RESET_ANNOTATION] != state.last_reset
+        ) or not self._mode_matches(annotations.get(MODE_ANNOTATION), state)
+        never_written = not (body.get("status") or {}).get("conditions")
+        if control_pending or never_written:
+            await self.sync(name, body)
+        elif state.state == CircuitState.OPEN and state.retry_at is not None:
+            self._schedule_sync(name, state.retry_at)
+
+    @staticmethod
+    def _mode_matches(annotation: str | None, state: BreakerState) -> bool:
+        mode = parse_mode(annotation)
+        return mode is None or mode == state.forced
+
+    async def sync(self, class_name: str, body: Mapping[str, Any] | None = None) -> None:
+        try:
+            state, transitions = await sync_breaker(self.client, class_name, clock=self.clock, initial=body)
+        except Exception as exc:
+            log.warning("breaker sync failed", execution_class=class_name, error=str(exc)[:300])
+            return
+        self._announce(class_name, state, transitions)
+
+    def _schedule_sync(self, class_name: str, when: datetime | None) -> None:
+        """Move open -> half_open in status when retryAt passes, so kubectl shows it promptly."""
+        if when is None:
+            return
+        loop = asyncio.get_running_loop()
+        old = self.sync_timers.pop(class_name, None)
+        if old:
+            old.cancel()
+        delay = max(0.0, (when - self.clock()).total_seconds()) + 0.05
+        self.sync_timers[class_name] = loop.call_later(
+            delay, lambda: asyncio.ensure_future(self.sync(class_name))
+        )
+
+    def _announce(self, class_name: str, state: BreakerState, transitions: list[Transition]) -> None:
+        metrics.set_breaker_state(class_name, state_gauge_value(state))
+        body = self.classes.get(class_name) or {
+            "apiVersion": "sandbox.dev/v1alpha1", "kind": "ExecutionClass", "metadata": {"name": class_name},
+        }
+        for transition in transitions:
+            metrics.record_breaker_transition(class_name, transition.to)
+            log.info("circuit breaker transition", execution_class=class_name, to=transition.to,
+                     reason=transition.reason)
+            if self.post_event is not None:
+                etype = "Warning" if transition.to_state == CircuitState.OPEN else "Normal"
+                reason = {"open": "CircuitOpen", "half_open": "CircuitHalfOpen", "closed": "CircuitClosed"}[
+                    transition.to
+                ]
+                self.post_event(
+                    body, etype, reason,
+                    f"circuit breaker {transition.from_state.value} -> {transition.to} ({transition.reason})",
+                )

@@ -1,0 +1,75 @@
+"""kopf wiring only: every handler is a few lines that hand raw watch events to the controller.
+
+Raw `on.event` handlers make kopf write nothing to our objects (no finalizers, no diff-base or progress
+annotations), so every API write per Execution is one the controller chose to make.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from execution_operator import GROUP, MANAGED_BY, VERSION, metrics
+from execution_operator.controller import Controller
+from execution_operator.k8s import KubeClient, load_connection_info
+
+SANDBOX_POD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+
+
+class OperatorContext:
+    """Shared by all handlers through kopf's memo; `__copy__` returns itself so there is one."""
+
+    def __init__(self) -> None:
+        self.controller: Controller | None = None
+
+    def __copy__(self) -> OperatorContext:
+        return self
+
+    def require(self) -> Controller:
+        assert self.controller is not None, "startup has not run"
+        return self.controller
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    """Attach the handlers to `registry` (an explicit registry keeps tests and embedding independent)."""
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, memo: OperatorContext, **_: Any) -> None:
+        # Server-side selection: only our sandbox pods reach us, not every pod in the cluster.
+        settings.watching.label_selectors[("v1", "pods")] = SANDBOX_POD_SELECTOR
+        settings.persistence.finalizer = f"{GROUP}/finalizer"
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP, v1=False)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, v1=False)
+        settings.posting.level = logging.WARNING
+        settings.networking.request_timeout = 60
+        settings.networking.connect_timeout = 10
+        client = KubeClient(load_connection_info(), observer=metrics.observe_api_request)
+        memo.controller = Controller(client)
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(memo: OperatorContext, **_: Any) -> None:
+        if memo.controller is not None:
+            await memo.controller.client.close()
+
+    @kopf.on.event(GROUP, VERSION, "executions", registry=registry)
+    async def execution_event(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> None:
+        await memo.require().on_execution_event(event["object"], event.get("type"))
+
+    @kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": MANAGED_BY}, registry=registry)
+    async def pod_event(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> None:
+        await memo.require().on_pod_event(event["object"], event.get("type"))
+
+    @kopf.on.event(GROUP, VERSION, "executionclasses", registry=registry)
+    async def class_event(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> None:
+        await memo.require().on_class_event(event["object"], event.get("type"))
+
+    @kopf.on.probe(id="controller", registry=registry)
+    def probe(memo: OperatorContext, **_: Any) -> dict[str, int]:
+        controller = memo.require()
+        return {"inFlight": len(controller.executions), "timers": len(controller.timers)}

@@ -1,0 +1,241 @@
+"""Pure builders of Execution status patches, one per lifecycle transition.
+
+Each builder takes the current status (as stored, camelCase) and returns the complete new values of the
+fields it changes; the caller sends them as one resourceVersion-guarded merge patch. Lists (conditions,
+attempts) are always sent whole, because a merge patch replaces lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from execution_operator.classify import Verdict
+from execution_operator.errors import ErrorInfo, ErrorType, condition_reason
+
+MAX_ATTEMPT_RECORDS = 20
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Cancelled"})
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def is_terminal(status: Mapping[str, Any]) -> bool:
+    return status.get("phase") in TERMINAL_PHASES
+
+
+def condition(
+    conditions: list[dict[str, Any]] | None,
+    ctype: str,
+    status: str,
+    reason: str,
+    message: str,
+    now: str,
+    generation: int | None,
+) -> list[dict[str, Any]]:
+    """Set one condition in metav1.Condition shape; lastTransitionTime moves only when status changes."""
+    result = [dict(c) for c in (conditions or []) if c.get("type") != ctype]
+    previous = next((c for c in conditions or [] if c.get("type") == ctype), None)
+    transition = previous["lastTransitionTime"] if previous and previous.get("status") == status else now
+    new: dict[str, Any] = {
+        "type": ctype,
+        "status": status,
+        "reason": reason,
+        "message": message[:32768],
+        "lastTransitionTime": transition,
+    }
+    if generation is not None:
+        new["observedGeneration"] = generation
+    result.append(new)
+    order = {"Succeeded": 0, "Launched": 1}
+    result.sort(key=lambda c: order.get(c["type"], 9))
+    return result
+
+
+def _attempts_with(
+    status: Mapping[str, Any], attempt: int, **fields: Any
+) -> list[dict[str, Any]]:
+    """The attempt history with one record created or updated; bounded to the latest records."""
+    records = [dict(r) for r in status.get("attempts") or []]
+    record = next((r for r in records if r.get("attempt") == attempt), None)
+    if record is None:
+        record = {"attempt": attempt}
+        records.append(record)
+    record.update({k: v for k, v in fields.items() if v is not None})
+    records.sort(key=lambda r: int(r.get("attempt", 0)))
+    return records[-MAX_ATTEMPT_RECORDS:]
+
+
+def common(status: Mapping[str, Any], generation: int | None, correlation_id: str) -> dict[str, Any]:
+    patch: dict[str, Any] = {"correlationId": correlation_id}
+    if generation is not None:
+        patch["observedGeneration"] = generation
+    return patch
+
+
+def launched(
+    status: Mapping[str, Any], *, attempt: int, pod: str, now: str, generation: int | None, correlation_id: str
+) -> dict[str, Any]:
+    conditions = condition(
+        status.get("conditions"), "Launched", "True", "PodCreated", f"Pod {pod} created for attempt {attempt}", now,
+        generation,
+    )
+    conditions = condition(
+        conditions, "Succeeded", "Unknown", "Pending", f"Attempt {attempt} is waiting for its pod to start", now,
+        generation,
+    )
+    return common(status, generation, correlation_id) | {
+        "phase": "Pending",
+        "attempt": attempt,
+        "podName": pod,
+        "startTime": status.get("startTime") or now,
+        "nextAttemptAt": None,
+        "attempts": _attempts_with(status, attempt, podName=pod, startTime=now),
+        "conditions": conditions,
+    }
+
+
+def running(
+    status: Mapping[str, Any], *, attempt: int, started_at: str, now: str, generation: int | None,
+    correlation_id: str,
+) -> dict[str, Any]:
+    conditions = condition(
+        status.get("conditions"), "Succeeded", "Unknown", "Running", f"Attempt {attempt} is running the code", now,
+        generation,
+    )
+    return common(status, generation, correlation_id) | {
+        "phase": "Running",
+        "conditions": conditions,
+        "attempts": _attempts_with(status, attempt, startTime=started_at),
+    }
+
+
+def held(
+    status: Mapping[str, Any], *, reason: str, message: str, now: str, generation: int | None, correlation_id: str,
+    next_attempt_at: str | None = None,
+) -> dict[str, Any]:
+    """Not launched yet: queued behind maxConcurrent, or waiting for an open circuit."""
+    conditions = condition(status.get("conditions"), "Launched", "False", reason, message, now, generation)
+    conditions = condition(conditions, "Succeeded", "Unknown", reason, message, now, generation)
+    patch = common(status, generation, correlation_id) | {
+        "phase": status.get("phase") if status.get("phase") in {"Retrying"} else "Pending",
+        "conditions": conditions,
+    }
+    if next_attempt_at is not None:
+        patch["nextAttemptAt"] = next_attempt_at
+    return patch
+
+
+def _verdict_fields(verdict: Verdict) -> dict[str, Any]:
+    return {
+        "output": verdict.output,
+        "stdout": verdict.stdout,
+        "stderr": verdict.stderr,
+        "stdoutTruncated": verdict.stdout_truncated or None,
+        "stderrTruncated": verdict.stderr_truncated or None,
+        "exitCode": verdict.exit_code,
+        "exitCodeSource": verdict.exit_code_source,
+        "executionTimeSeconds": (
+            round(verdict.duration_seconds, 3) if verdict.duration_seconds is not None else None
+        ),
+    }
+
+
+def error_dict(error: ErrorInfo | None) -> dict[str, Any] | None:
+    return None if error is None else error.model_dump(mode="json", exclude_none=True)
+
+
+def finished(
+    status: Mapping[str, Any], *, verdict: Verdict, attempt: int, now: str, generation: int | None,
+    correlation_id: str,
+) -> dict[str, Any]:
+    """The terminal status of an Execution whose last attempt produced `verdict`."""
+    error = verdict.error
+    if verdict.success:
+        phase, cond_status, reason, message = "Succeeded", "True", "Succeeded", f"Attempt {attempt} succeeded"
+    elif error is not None and error.type == ErrorType.CANCELLED:
+        phase, cond_status, reason, message = "Cancelled", "False", "Cancelled", error.message
+    else:
+        assert error is not None
+        phase, cond_status = "Failed", "False"
+        reason, message = condition_reason(error.type), error.message
+    conditions = condition(status.get("conditions"), "Succeeded", cond_status, reason, message, now, generation)
+    patch = common(status, generation, correlation_id) | _verdict_fields(verdict) | {
+        "phase": phase,
+        "success": verdict.success,
+        "error": error_dict(error),
+        "attempt": attempt,
+        "completionTime": now,
+        "nextAttemptAt": None,
+        "conditions": conditions,
+    }
+    if status.get("podName") or attempt_pod(status, attempt):
+        patch["attempts"] = _attempts_with(
+            status, attempt, completionTime=verdict.finished_at or now, exitCode=verdict.exit_code,
+            errorType=str(error.type) if error else None,
+        )
+    return patch
+
+
+def attempt_pod(status: Mapping[str, Any], attempt: int) -> str | None:
+    for record in status.get("attempts") or []:
+        if record.get("attempt") == attempt:
+            pod = record.get("podName")
+            return str(pod) if pod else None
+    return None
+
+
+def retrying(
+    status: Mapping[str, Any], *, verdict: Verdict, attempt: int, next_attempt_at: str, now: str,
+    generation: int | None, correlation_id: str, disruptions: int,
+) -> dict[str, Any]:
+    """Attempt `attempt` failed with a retryable error: wait, then launch the next one."""
+    error = verdict.error
+    assert error is not None
+    message = f"Attempt {attempt} failed ({error.type}: {error.message}); attempt {attempt + 1} at {next_attempt_at}"
+    launched_reason = "CircuitOpen" if error.type == ErrorType.SERVICE_UNAVAILABLE else "Retrying"
+    conditions = condition(status.get("conditions"), "Launched", "False", launched_reason, message, now, generation)
+    conditions = condition(conditions, "Succeeded", "Unknown", "Retrying", message, now, generation)
+    patch = common(status, generation, correlation_id) | _verdict_fields(verdict) | {
+        "phase": "Retrying",
+        "error": error_dict(error),
+        "attempt": attempt,
+        "nextAttemptAt": next_attempt_at,
+        "disruptions": disruptions,
+        "conditions": conditions,
+        "startTime": status.get("startTime") or now,
+        "attempts": _attempts_with(
+            status, attempt, completionTime=verdict.finished_at or now, exitCode=verdict.exit_code,
+            errorType=str(error.type),
+        ),
+    }
+    return patch
+
+
+def invalid(
+    status: Mapping[str, Any], *, error: ErrorInfo, now: str, generation: int | None, correlation_id: str
+) -> dict[str, Any]:
+    """The spec breaks a rule the schema cannot express: fail before launching anything."""
+    conditions = condition(status.get("conditions"), "Launched", "False", "Invalid", error.message, now, generation)
+    conditions = condition(conditions, "Succeeded", "False", condition_reason(error.type), error.message, now,
+                           generation)
+    return common(status, generation, correlation_id) | {
+        "phase": "Failed",
+        "success": False,
+        "error": error_dict(error),
+        "attempt": 0,
+        "completionTime": now,
+        "exitCodeSource": "unknown",
+        "conditions": conditions,
+    }
