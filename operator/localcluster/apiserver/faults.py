@@ -1,0 +1,86 @@
+"""Fault injection: make chosen requests fail or slow down, so clients' retry paths can be tested."""
+
+from __future__ import annotations
+
+import fnmatch
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class FaultRule:
+    """Matches requests by method/verb/resource/subresource/namespace/name glob; None matches anything.
+
+    `status` (e.g. 429, 500, 409) is answered instead of serving the request, after `delay`
+    seconds if given; a rule with only `delay` slows the request down and then serves it.
+    `times` limits how many requests the rule hits (None: until removed).
+    """
+
+    method: str | None = None
+    resource: str | None = None
+    name_pattern: str | None = None
+    status: int | None = None
+    retry_after: int | None = None
+    delay: float | None = None
+    times: int | None = None
+    verb: str | None = None
+    subresource: str | None = None
+    namespace: str | None = None
+    message: str | None = None
+    hits: int = 0
+
+    def matches(self, method: str, verb: str, resource: str, subresource: str, namespace: str,
+                name: str) -> bool:
+        if self.times is not None and self.hits >= self.times:
+            return False
+        if self.method and self.method.upper() != method:
+            return False
+        if self.verb and self.verb != verb:
+            return False
+        if self.resource and self.resource not in (resource, f"{resource}/{subresource}"):
+            return False
+        if self.subresource is not None and self.subresource != subresource:
+            return False
+        if self.namespace is not None and self.namespace != namespace:
+            return False
+        return not (self.name_pattern and not fnmatch.fnmatchcase(name, self.name_pattern))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Faults:
+    """The active rules; thread-safe because tests add rules from outside the server's loop."""
+
+    def __init__(self) -> None:
+        self._rules: list[FaultRule] = []
+        self._lock = threading.Lock()
+
+    def add(self, rule: FaultRule) -> FaultRule:
+        with self._lock:
+            self._rules.append(rule)
+        return rule
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rules.clear()
+
+    def remove(self, rule: FaultRule) -> None:
+        with self._lock:
+            if rule in self._rules:
+                self._rules.remove(rule)
+
+    @property
+    def rules(self) -> list[FaultRule]:
+        with self._lock:
+            return list(self._rules)
+
+    def match(self, method: str, verb: str, resource: str, subresource: str, namespace: str,
+              name: str) -> FaultRule | None:
+        with self._lock:
+            for rule in self._rules:
+                if rule.matches(method, verb, resource, subresource, namespace, name):
+                    rule.hits += 1
+                    return rule
+        return None

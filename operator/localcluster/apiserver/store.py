@@ -1,0 +1,195 @@
+"""The in-memory object store: objects, one global resourceVersion counter, event history, watchers.
+
+Objects are stored as plain dicts and never mutated after being stored (every write stores a new
+dict), so reads and lists can hand them out without copying. Each stored object is serialised
+once; lists, gets and every watcher reuse those bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from localcluster.apiserver.selectors import Matcher
+
+StoreKey = tuple[str, str]  # (group, plural)
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class Event:
+    """One change, serialised lazily and at most once per event type for all watchers."""
+
+    __slots__ = ("_enc", "key", "namespace", "obj", "obj_bytes", "old", "rv", "type")
+
+    def __init__(
+        self, rv: int, etype: str, key: StoreKey, namespace: str, obj: dict[str, Any],
+        obj_bytes: bytes, old: dict[str, Any] | None,
+    ) -> None:
+        self.rv = rv
+        self.type = etype
+        self.key = key
+        self.namespace = namespace
+        self.obj = obj
+        self.obj_bytes = obj_bytes
+        self.old = old
+        self._enc: dict[str, bytes] = {}
+
+    def encoded(self, etype: str) -> bytes:
+        enc = self._enc.get(etype)
+        if enc is None:
+            enc = b'{"type":"' + etype.encode() + b'","object":' + self.obj_bytes + b"}\n"
+            self._enc[etype] = enc
+        return enc
+
+
+@dataclass(eq=False)
+class Watcher:
+    """A watch connection's subscription; the server drains `queue`."""
+
+    key: StoreKey
+    namespace: str | None
+    matcher: Matcher | None
+    queue: asyncio.Queue[tuple[str, Event] | None] = field(default_factory=asyncio.Queue)
+
+    def classify(self, ev: Event) -> str | None:
+        """Which event type this watcher sees for `ev` (selector entry -> ADDED, exit -> DELETED)."""
+        if self.namespace is not None and ev.namespace != self.namespace:
+            return None
+        m = self.matcher
+        if m is None:
+            return ev.type
+        if ev.type == "MODIFIED":
+            new_m = m(ev.obj)
+            old_m = m(ev.old) if ev.old is not None else False
+            if new_m and old_m:
+                return "MODIFIED"
+            if new_m:
+                return "ADDED"
+            if old_m:
+                return "DELETED"
+            return None
+        return ev.type if m(ev.obj) else None
+
+    def offer(self, ev: Event) -> None:
+        etype = self.classify(ev)
+        if etype is not None:
+            self.queue.put_nowait((etype, ev))
+
+    def close(self) -> None:
+        self.queue.put_nowait(None)
+
+
+class Store:
+    """Objects by (group, plural) -> namespace -> name, plus the event history and watchers."""
+
+    def __init__(self, history_size: int = 10000) -> None:
+        self.rv = 0
+        self.objects: dict[StoreKey, dict[str, dict[str, dict[str, Any]]]] = {}
+        self._bytes: dict[int, bytes] = {}  # id(obj) -> serialised form of stored objects
+        self.history: list[Event] = []
+        self._history_rvs: list[int] = []
+        self.history_size = history_size
+        self.compacted_rv = 0  # events with rv <= this are no longer replayable
+        self.watchers: dict[StoreKey, set[Watcher]] = {}
+        self.listeners: list[Callable[[Event], None]] = []
+
+    # -- reads ---------------------------------------------------------------------------------
+    def get(self, key: StoreKey, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.objects.get(key, {}).get(namespace, {}).get(name)
+
+    def encoded(self, obj: dict[str, Any]) -> bytes:
+        b = self._bytes.get(id(obj))
+        if b is None:
+            b = dumps(obj)
+        return b
+
+    def iter(self, key: StoreKey, namespace: str | None = None) -> Iterator[dict[str, Any]]:
+        by_ns = self.objects.get(key, {})
+        if namespace is not None:
+            yield from by_ns.get(namespace, {}).values()
+            return
+        for objs in by_ns.values():
+            yield from objs.values()
+
+    def count(self, key: StoreKey, namespace: str | None = None) -> int:
+        by_ns = self.objects.get(key, {})
+        if namespace is not None:
+            return len(by_ns.get(namespace, {}))
+        return sum(len(v) for v in by_ns.values())
+
+    def resource_keys(self) -> list[StoreKey]:
+        return list(self.objects)
+
+    def find(self, group: str, plural: str, name: str, namespace: str = "") -> dict[str, Any] | None:
+        """Convenience for tests: the stored object or None."""
+        return self.get((group, plural), namespace, name)
+
+    # -- writes --------------------------------------------------------------------------------
+    def next_rv(self) -> int:
+        self.rv += 1
+        return self.rv
+
+    def commit(
+        self, key: StoreKey, namespace: str, name: str, obj: dict[str, Any], etype: str,
+        old: dict[str, Any] | None = None,
+    ) -> Event:
+        """Store (or remove, for DELETED) `obj`, whose metadata.resourceVersion is already set."""
+        rv = int(obj["metadata"]["resourceVersion"])
+        by_name = self.objects.setdefault(key, {}).setdefault(namespace, {})
+        prev = by_name.get(name)
+        if prev is not None:
+            self._bytes.pop(id(prev), None)
+        data = dumps(obj)
+        if etype == "DELETED":
+            by_name.pop(name, None)
+            if not by_name:
+                self.objects[key].pop(namespace, None)
+        else:
+            by_name[name] = obj
+            self._bytes[id(obj)] = data
+        ev = Event(rv, etype, key, namespace, obj, data, old)
+        self.history.append(ev)
+        self._history_rvs.append(rv)
+        if len(self.history) > self.history_size * 2:
+            cut = len(self.history) - self.history_size
+            self.compacted_rv = self.history[cut - 1].rv
+            del self.history[:cut]
+            del self._history_rvs[:cut]
+        for w in self.watchers.get(key, ()):
+            w.offer(ev)
+        for listener in self.listeners:
+            listener(ev)
+        return ev
+
+    def drop_key(self, key: StoreKey) -> None:
+        """Forget every object of a group/plural (CRD removal) without events."""
+        for objs in self.objects.pop(key, {}).values():
+            for obj in objs.values():
+                self._bytes.pop(id(obj), None)
+
+    # -- watch support -------------------------------------------------------------------------
+    def events_since(self, key: StoreKey, rv: int) -> list[Event]:
+        i = bisect.bisect_right(self._history_rvs, rv)
+        return [e for e in self.history[i:] if e.key == key]
+
+    def add_watcher(self, watcher: Watcher) -> None:
+        self.watchers.setdefault(watcher.key, set()).add(watcher)
+
+    def remove_watcher(self, watcher: Watcher) -> None:
+        self.watchers.get(watcher.key, set()).discard(watcher)
+
+    def drop_watches(self, key: StoreKey | None = None) -> int:
+        n = 0
+        for k, ws in self.watchers.items():
+            if key is None or k == key:
+                for w in list(ws):
+                    w.close()
+                    n += 1
+        return n
