@@ -34,11 +34,14 @@ from .breaker import (
     record_result,
 )
 from .errors import ErrorType
+from .retry import backoff_delay
 
 T = TypeVar("T")
 
 GROUP_VERSION = "sandbox.dev/v1alpha1"
 MERGE_PATCH = "application/merge-patch+json"
+#: Upper bound of one wait between conflicting writes.
+_MAX_CONFLICT_BACKOFF = 1.0
 
 log = structlog.get_logger(__name__)
 
@@ -104,9 +107,7 @@ def status_patch(obj: Mapping[str, Any], new_state: BreakerState, now: datetime)
     old_condition = next((c for c in conditions if c.get("type") == AVAILABLE), None)
     condition = available_condition(new_state, now, metadata.get("generation"))
     if old_condition is not None and old_condition.get("status") == condition["status"]:
-        condition["lastTransitionTime"] = old_condition.get(
-            "lastTransitionTime", condition["lastTransitionTime"]
-        )
+        condition["lastTransitionTime"] = old_condition.get("lastTransitionTime", condition["lastTransitionTime"])
     if breaker_of(obj) == new_state and old_condition == condition:
         return None
     if old_condition is None:
@@ -152,8 +153,9 @@ async def update_breaker_object(
             if not _is_conflict(exc):
                 raise
             log.debug("breaker write conflict, re-reading", execution_class=class_name, conflict=conflict + 1)
-            # Like client-go's DefaultRetry: a few milliseconds, jittered so writers spread out.
-            await asyncio.sleep(jitter.uniform(0, conflict_backoff * (conflict + 1)))
+            # Full-jitter exponential backoff from a few milliseconds: when many launches of one
+            # class report at once, it spreads the writers out instead of making them collide again.
+            await asyncio.sleep(backoff_delay(conflict + 1, conflict_backoff, _MAX_CONFLICT_BACKOFF, jitter))
             obj = await client.get(path)
             continue
         stored = breaker_of(written) if written.get("status") else new_state
@@ -196,9 +198,7 @@ async def update_breaker(
     )
 
 
-def _controlled(
-    state: BreakerState, obj: Mapping[str, Any], now: datetime
-) -> tuple[BreakerState, list[Transition]]:
+def _controlled(state: BreakerState, obj: Mapping[str, Any], now: datetime) -> tuple[BreakerState, list[Transition]]:
     annotations = (obj.get("metadata") or {}).get("annotations") or {}
     return apply_control(state, annotations, now)
 
@@ -218,9 +218,7 @@ async def admit_launch(
     twice when the launch is retried and is given back when its result is recorded.
     """
 
-    def step(
-        state: BreakerState, obj: Mapping[str, Any]
-    ) -> tuple[BreakerState, tuple[Admission, list[Transition]]]:
+    def step(state: BreakerState, obj: Mapping[str, Any]) -> tuple[BreakerState, tuple[Admission, list[Transition]]]:
         now = clock()
         state, transitions = _controlled(state, obj, now)
         admission = admit(state, policy_of(obj), now, holder=holder)

@@ -126,8 +126,10 @@ class FakeCluster:
         self.obj["status"] = status
         self.bump()
         self.history.append(breaker_of(self.obj))
+        # The answer is the object as this write left it, even if others write before it arrives.
+        answer = copy.deepcopy(self.obj)
         await self._interleave()
-        return copy.deepcopy(self.obj)
+        return answer
 
 
 def exc_object(
