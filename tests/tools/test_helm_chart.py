@@ -1,0 +1,257 @@
+"""The Helm chart rendered by the real helm: lint, templates per toggle, schema rejections, object validity."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+from typing import Any
+
+import jsonschema
+import pytest
+from toolkit import CHART, NAMESPACE, ROOT, HelmRun, Render, by_kind, crd_schemas, template_args
+
+from execution_operator import dashboard
+
+pytestmark = pytest.mark.tools
+
+K8S_VERSION = "1.30"
+CUSTOM_API_GROUPS = ("sandbox.dev/", "monitoring.coreos.com/")
+
+
+def test_lint_strict(run_helm: HelmRun) -> None:
+    proc = run_helm("lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in proc.stdout
+
+
+def test_lint_strict_with_everything_enabled(run_helm: HelmRun) -> None:
+    proc = run_helm(
+        "lint", "--strict", str(CHART),
+        "--set", "metrics.serviceMonitor.enabled=true,prometheusRule.enabled=true",
+        "--set", "peering.enabled=true,replicaCount=2,watchNamespaces={team-a,team-b}",
+    )  # fmt: skip
+    assert "0 chart(s) failed" in proc.stdout
+
+
+def test_crds_identical_to_repo() -> None:
+    repo = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
+    chart = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
+    assert repo, "no CRDs in crds/"
+    assert chart == repo, "run hack/sync-crds.sh"
+    for name in repo:
+        assert filecmp.cmp(ROOT / "crds" / name, CHART / "crds" / name, shallow=False), (
+            f"{name} differs: run hack/sync-crds.sh"
+        )
+
+
+def test_default_render(render: Render) -> None:
+    objs = render()
+    kinds = sorted(o["kind"] for o in objs)
+    assert kinds.count("Deployment") == 1
+    for kind in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "ConfigMap"):
+        assert kind in kinds
+    assert not by_kind(objs, "ServiceMonitor")
+    assert not by_kind(objs, "PrometheusRule")
+    assert not by_kind(objs, "CustomResourceDefinition"), "CRDs belong in crds/, not templates"
+    classes = {o["metadata"]["name"]: o for o in by_kind(objs, "ExecutionClass")}
+    assert classes["default"]["spec"]["image"] == "ghcr.io/execution-operator/sandbox:0.1.0"
+    assert classes["data-processing"]["spec"]["image"] == "ghcr.io/execution-operator/sandbox-data:0.1.0"
+
+
+def test_deployment_shape(render: Render) -> None:
+    (dep,) = by_kind(render(), "Deployment")
+    spec = dep["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"]["type"] == "Recreate"
+    pod = spec["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == "ghcr.io/execution-operator/operator:0.1.0"
+    assert "--all-namespaces" in c["args"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"metrics": 8080, "health": 8081}
+    assert c["resources"]["limits"]["memory"] and c["resources"]["requests"]["cpu"]
+    # Pod Security Standard "restricted".
+    psc = pod["securityContext"]
+    assert psc["runAsNonRoot"] is True and psc["runAsUser"] == 65532
+    assert psc["seccompProfile"]["type"] == "RuntimeDefault"
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+
+
+def test_namespaces_and_digest_values(render: Render) -> None:
+    (dep,) = by_kind(
+        render(["watchNamespaces={team-a,team-b}", "image.digest=sha256:" + "a" * 64]), "Deployment"
+    )
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert "--namespace=team-a" in c["args"] and "--namespace=team-b" in c["args"]
+    assert "--all-namespaces" not in c["args"]
+    assert c["image"] == "ghcr.io/execution-operator/operator@sha256:" + "a" * 64
+
+
+def test_rbac_least_privilege(render: Render) -> None:
+    (role,) = by_kind(render(), "ClusterRole")
+    rules = role["rules"]
+    for rule in rules:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+    perms: dict[str, set[str]] = {}
+    for rule in rules:
+        for res in rule["resources"]:
+            perms.setdefault(res, set()).update(rule["verbs"])
+    assert perms["executions"] == {"get", "list", "watch", "patch", "delete"}
+    assert perms["executions/status"] == {"get", "patch"}
+    assert perms["executionclasses"] == {"get", "list", "watch"}
+    assert perms["executionclasses/status"] == {"patch"}
+    assert perms["deadletters"] == {"create", "get", "list", "watch", "patch", "delete"}
+    assert perms["pods"] == {"create", "get", "list", "watch", "delete"}
+    assert perms["pods/log"] == {"get"}
+    assert perms["configmaps"] == {"create", "get", "delete"}
+    assert perms["networkpolicies"] == {"create", "get", "list"}
+    assert perms["namespaces"] == {"list", "watch"}
+    assert perms["customresourcedefinitions"] == {"list", "watch"}
+    assert "secrets" not in perms
+    assert "clusterkopfpeerings" not in perms
+
+
+def test_peering_option(render: Render, run_helm: HelmRun) -> None:
+    objs = render(["peering.enabled=true", "replicaCount=2"])
+    (dep,) = by_kind(objs, "Deployment")
+    assert dep["spec"]["replicas"] == 2
+    assert "--peering=execution-operator" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    crds = {o["metadata"]["name"] for o in by_kind(objs, "CustomResourceDefinition")}
+    assert crds == {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    (role,) = by_kind(objs, "ClusterRole")
+    assert any("clusterkopfpeerings" in r["resources"] for r in role["rules"])
+    # Two replicas without peering would run two active operators.
+    proc = run_helm(*template_args(["replicaCount=2"]), check=False)
+    assert proc.returncode != 0 and "peering.enabled" in proc.stderr
+
+
+def test_monitoring_gated_on_api(render: Render) -> None:
+    values = ["metrics.serviceMonitor.enabled=true", "prometheusRule.enabled=true"]
+    without_api = render(values)
+    assert not by_kind(without_api, "ServiceMonitor") and not by_kind(without_api, "PrometheusRule")
+    objs = render(values, monitoring=True)
+    (sm,) = by_kind(objs, "ServiceMonitor")
+    (svc,) = by_kind(objs, "Service")
+    endpoint = sm["spec"]["endpoints"][0]
+    assert endpoint["port"] == "metrics" and isinstance(endpoint["port"], str)
+    assert endpoint["honorLabels"] is True
+    assert any(p["name"] == "metrics" for p in svc["spec"]["ports"])
+    labels = svc["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())
+    (rule,) = by_kind(objs, "PrometheusRule")
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert alerts == {
+        "SandboxCircuitBreakerOpen",
+        "SandboxExecutionFailureRatioHigh",
+        "SandboxDeadLettersGrowing",
+        "SandboxOperatorDown",
+        "SandboxReconcileErrors",
+        "SandboxOperatorNotReconciling",
+        "SandboxApiErrors",
+    }
+    for r in (r for g in rule["spec"]["groups"] for r in g["rules"]):
+        assert r["labels"]["severity"] in {"warning", "critical"}
+        assert r["annotations"]["runbook_url"].endswith("#" + r["alert"].lower())
+
+
+def test_dashboard_configmap(render: Render) -> None:
+    (cm,) = [o for o in by_kind(render(["grafanaDashboard.folder=Sandbox"]), "ConfigMap")]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"]["grafana_folder"] == "Sandbox"
+    assert json.loads(cm["data"]["execution-operator.json"]) == dashboard.build_dashboard()
+    (custom,) = by_kind(render(["grafanaDashboard.label=dash", "grafanaDashboard.labelValue=yes"]), "ConfigMap")
+    assert custom["metadata"]["labels"]["dash"] == "yes"
+
+
+def test_sandbox_network_policies(render: Render) -> None:
+    pols = by_kind(render(["sandboxNetworkPolicy.namespaces={team-a,team-b}"]), "NetworkPolicy")
+    sandbox = [p for p in pols if p["metadata"]["name"] == "sandbox-deny-all"]
+    assert sorted(p["metadata"]["namespace"] for p in sandbox) == ["team-a", "team-b"]
+    for p in sandbox:
+        assert p["spec"]["podSelector"] == {"matchLabels": {"sandbox.dev/network": "deny"}}
+        assert p["spec"]["policyTypes"] == ["Ingress", "Egress"]
+        assert "ingress" not in p["spec"] and "egress" not in p["spec"]
+    default_ns = [p for p in by_kind(render(), "NetworkPolicy") if p["metadata"]["name"] == "sandbox-deny-all"]
+    assert [p["metadata"]["namespace"] for p in default_ns] == [NAMESPACE]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["replicaCount=abc"], "replicaCount"),
+        (["replicaCount=3"], "replicaCount"),
+        (["logFormat=xml"], "logFormat"),
+        (["image.pullPolicy=Sometimes"], "pullPolicy"),
+        (["image.digest=latest"], "digest"),
+        (["watchNamespaces={Bad_Namespace}"], "watchNamespaces"),
+        (["ports.metrics=80"], "metrics"),
+        (["unknownTopLevel=1"], "unknownTopLevel"),
+        (["prometheusRule.failureRatio=2"], "failureRatio"),
+        (["executionClasses.default.spec.deadLetter=Sometimes"], "deadLetter"),
+        (["executionClasses.default.spec.maxTimeoutSeconds=301"], "maxTimeoutSeconds"),
+        (["executionClasses.default.spec.image=x:1"], "image"),
+    ],
+)
+def test_schema_rejects_bad_values(run_helm: HelmRun, values: list[str], message: str) -> None:
+    proc = run_helm(*template_args(values), check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+
+
+def test_kube_version_constraint(run_helm: HelmRun) -> None:
+    proc = run_helm(*template_args(), "--kube-version", "1.27.0", check=False)
+    assert proc.returncode != 0 and "kubeVersion" in proc.stderr
+    run_helm(*template_args(), "--kube-version", "1.28.0")
+
+
+def test_notes_name_next_commands(run_helm: HelmRun) -> None:
+    proc = run_helm("install", "x", str(CHART), "--dry-run=client", "--namespace", NAMESPACE)
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert "kubectl get executionclasses" in notes
+    assert "kubectl wait --for=condition=Succeeded" in notes
+    assert "jsonpath='{.status.output}" in notes
+
+
+def _validate_custom(obj: dict[str, Any], schemas: dict[tuple[str, str], dict[str, Any]]) -> None:
+    key = (obj["apiVersion"], obj["kind"])
+    if key in schemas:
+        body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
+        errors = [e.message for e in jsonschema.Draft7Validator(schemas[key]).iter_errors(body)]
+        assert not errors, f"{obj['kind']}/{obj['metadata']['name']}: {errors}"
+    elif obj["kind"] == "ServiceMonitor":
+        for ep in obj["spec"]["endpoints"]:
+            assert isinstance(ep["port"], str)
+        assert obj["spec"]["selector"]["matchLabels"]
+    elif obj["kind"] == "PrometheusRule":
+        for group in obj["spec"]["groups"]:
+            for rule in group["rules"]:
+                assert rule["expr"] and ("alert" in rule or "record" in rule)
+    else:
+        pytest.fail(f"no schema for {key}")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param([], id="defaults"),
+        pytest.param(
+            ["metrics.serviceMonitor.enabled=true", "prometheusRule.enabled=true"], id="monitoring"
+        ),
+        pytest.param(["peering.enabled=true", "replicaCount=2", "watchNamespaces={a,b}"], id="peering"),
+    ],
+)
+def test_every_object_validates(render: Render, values: list[str]) -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    objs = render(values, monitoring=True, include_crds=True)
+    schemas = crd_schemas()
+    checked_custom = 0
+    for obj in objs:
+        if obj["apiVersion"].startswith(CUSTOM_API_GROUPS):
+            _validate_custom(obj, schemas)
+            checked_custom += 1
+            continue
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    assert checked_custom >= 2  # the two ExecutionClasses at least
