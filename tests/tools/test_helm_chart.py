@@ -81,9 +81,7 @@ def test_deployment_shape(render: Render) -> None:
 
 
 def test_namespaces_and_digest_values(render: Render) -> None:
-    (dep,) = by_kind(
-        render(["watchNamespaces={team-a,team-b}", "image.digest=sha256:" + "a" * 64]), "Deployment"
-    )
+    (dep,) = by_kind(render(["watchNamespaces={team-a,team-b}", "image.digest=sha256:" + "a" * 64]), "Deployment")
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     assert "--namespace=team-a" in c["args"] and "--namespace=team-b" in c["args"]
     assert "--all-namespaces" not in c["args"]
@@ -237,9 +235,7 @@ def _validate_custom(obj: dict[str, Any], schemas: dict[tuple[str, str], dict[st
     "values",
     [
         pytest.param([], id="defaults"),
-        pytest.param(
-            ["metrics.serviceMonitor.enabled=true", "prometheusRule.enabled=true"], id="monitoring"
-        ),
+        pytest.param(["metrics.serviceMonitor.enabled=true", "prometheusRule.enabled=true"], id="monitoring"),
         pytest.param(["peering.enabled=true", "replicaCount=2", "watchNamespaces={a,b}"], id="peering"),
     ],
 )

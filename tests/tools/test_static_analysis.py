@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from toolkit import CHART, ROOT, TOOLS_BIN, template_args, require_tool
+from toolkit import CHART, ROOT, TOOLS_BIN, require_tool, template_args
 
 pytestmark = pytest.mark.tools
 

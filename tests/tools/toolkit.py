@@ -65,9 +65,7 @@ Render = Callable[..., list[dict[str, Any]]]
 @pytest.fixture(scope="session")
 def run_helm(helm: str, helm_env: dict[str, str]) -> HelmRun:
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [helm, *args], capture_output=True, text=True, env=helm_env, timeout=120, check=False
-        )
+        proc = subprocess.run([helm, *args], capture_output=True, text=True, env=helm_env, timeout=120, check=False)
         if check and proc.returncode != 0:
             raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
         return proc
@@ -75,9 +73,7 @@ def run_helm(helm: str, helm_env: dict[str, str]) -> HelmRun:
     return run
 
 
-def template_args(
-    values: Sequence[str] = (), monitoring: bool = False, include_crds: bool = False
-) -> list[str]:
+def template_args(values: Sequence[str] = (), monitoring: bool = False, include_crds: bool = False) -> list[str]:
     args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE]
     if monitoring:
         args += ["--api-versions", MONITORING_API]
