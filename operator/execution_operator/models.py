@@ -56,6 +56,8 @@ OUTPUT_LIMIT_BYTES: Final = 131072
 STREAM_TAIL_BYTES: Final = 16384
 #: `status.attempts` keeps the last this many records.
 MAX_ATTEMPT_RECORDS: Final = 20
+#: `status.conditions` holds at most this many types.
+MAX_CONDITIONS: Final = 16
 #: `status.error.message` is one line of at most this many characters.
 MAX_ERROR_MESSAGE_CHARS: Final = 1024
 #: `status.error.details` keeps the tail of at most this many characters.
@@ -84,6 +86,11 @@ def json_size(value: Any) -> int:
 
 def _tail(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[-limit:]
+
+
+def _keep_last(limit: int) -> BeforeValidator:
+    """Clamp a list to its last `limit` items (the newest) instead of refusing it."""
+    return BeforeValidator(lambda v: list(v)[-limit:] if isinstance(v, list | tuple) else v)
 
 
 #: A stream tail: longer text keeps its last STREAM_TAIL_BYTES characters (the end is what matters).
@@ -179,9 +186,7 @@ def set_condition(conditions: list[Condition], new: Condition, now: str) -> list
     """
     old = get_condition(conditions, new.type)
     keep_time = old is not None and old.status == new.status and old.last_transition_time
-    stamped = new.model_copy(
-        update={"last_transition_time": old.last_transition_time if keep_time and old else now}
-    )
+    stamped = new.model_copy(update={"last_transition_time": old.last_transition_time if keep_time and old else now})
     if old is None:
         return [*conditions, stamped]
     return [stamped if c.type == new.type else c for c in conditions]
@@ -245,7 +250,7 @@ class AttemptRecord(ApiModel):
     """One attempt (one pod) in `status.attempts`."""
 
     attempt: int = Field(ge=1)
-    pod_name: str | None = None
+    pod_name: str | None = Field(default=None, max_length=253)
     start_time: str | None = None
     completion_time: str | None = None
     exit_code: int | None = None
@@ -277,10 +282,12 @@ class ExecutionStatus(ApiModel):
     exit_code_source: ExitCodeSource | None = None
     error: ErrorInfo | None = None
     attempt: int | None = Field(default=None, ge=0)
-    attempts: list[AttemptRecord] = Field(default_factory=list)
+    attempts: Annotated[list[AttemptRecord], _keep_last(MAX_ATTEMPT_RECORDS), Field(max_length=MAX_ATTEMPT_RECORDS)] = (
+        Field(default_factory=list)
+    )
     #: Attempts ended by a disruption (eviction, node loss, pod deleted): not charged to `retry`.
     disruptions: int | None = Field(default=None, ge=0)
-    pod_name: str | None = None
+    pod_name: str | None = Field(default=None, max_length=253)
     #: The first attempt's pod creation.
     start_time: str | None = None
     #: When the current attempt's user code started (from the runner's report).
@@ -291,9 +298,9 @@ class ExecutionStatus(ApiModel):
     #: When the next attempt may launch (phase Retrying).
     next_attempt_at: str | None = None
     correlation_id: str | None = Field(default=None, max_length=MAX_CORRELATION_ID_CHARS)
-    dead_letter_name: str | None = None
+    dead_letter_name: str | None = Field(default=None, max_length=253)
     observed_generation: int | None = Field(default=None, ge=0)
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list, max_length=MAX_CONDITIONS)
 
     @model_validator(mode="before")
     @classmethod
@@ -308,11 +315,6 @@ class ExecutionStatus(ApiModel):
                 marked.pop(f"{stream}_truncated", None)
                 marked[f"{stream}Truncated"] = True
         return marked
-
-    @field_validator("attempts")
-    @classmethod
-    def _keep_last_attempts(cls, value: list[AttemptRecord]) -> list[AttemptRecord]:
-        return value[-MAX_ATTEMPT_RECORDS:]
 
     @field_validator("error")
     @classmethod
@@ -379,7 +381,7 @@ CircuitBreakerStatus = BreakerState
 
 class ExecutionClassStatus(ApiModel):
     circuit_breaker: BreakerState | None = None
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list, max_length=MAX_CONDITIONS)
     observed_generation: int | None = Field(default=None, ge=0)
 
 
@@ -390,7 +392,7 @@ class ExecutionClassStatus(ApiModel):
 
 class ExecutionRef(ApiModel):
     name: str = Field(min_length=1, max_length=253)
-    uid: str | None = None
+    uid: str | None = Field(default=None, max_length=128)
 
 
 class DeadLetterSpec(ApiModel):
@@ -401,22 +403,19 @@ class DeadLetterSpec(ApiModel):
     error: ErrorInfo
     #: How many attempts were made.
     attempts: int = Field(ge=0)
-    attempt_history: list[AttemptRecord] = Field(default_factory=list)
+    attempt_history: Annotated[
+        list[AttemptRecord], _keep_last(MAX_ATTEMPT_RECORDS), Field(max_length=MAX_ATTEMPT_RECORDS)
+    ] = Field(default_factory=list)
     exit_code: int | None = None
     exit_code_source: ExitCodeSource | None = None
     stdout: StreamTail | None = None
     stderr: StreamTail | None = None
-    pod_name: str | None = None
+    pod_name: str | None = Field(default=None, max_length=253)
     failed_at: str | None = None
     correlation_id: str | None = Field(default=None, max_length=MAX_CORRELATION_ID_CHARS)
-    execution_class_name: str | None = None
+    execution_class_name: str | None = Field(default=None, max_length=253)
     #: True when `executionSpec.input` was replaced by a marker (see `input_snapshot`).
     input_truncated: bool = False
-
-    @field_validator("attempt_history")
-    @classmethod
-    def _keep_last_attempts(cls, value: list[AttemptRecord]) -> list[AttemptRecord]:
-        return value[-MAX_ATTEMPT_RECORDS:]
 
     @field_validator("error")
     @classmethod
@@ -444,12 +443,9 @@ class Replay(ApiModel):
 
 
 class DeadLetterStatus(ApiModel):
-    replays: list[Replay] = Field(default_factory=list)
-
-    @field_validator("replays")
-    @classmethod
-    def _keep_last_replays(cls, value: list[Replay]) -> list[Replay]:
-        return value[-MAX_REPLAY_RECORDS:]
+    replays: Annotated[list[Replay], _keep_last(MAX_REPLAY_RECORDS), Field(max_length=MAX_REPLAY_RECORDS)] = Field(
+        default_factory=list
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
