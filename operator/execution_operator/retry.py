@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from datetime import datetime
 
 from .errors import ErrorType, flags
 
@@ -30,6 +31,14 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
         raise ValueError("base and cap must not be negative")
     ceiling = min(cap, base * 2.0 ** min(attempt - 1, _MAX_EXPONENT))
     return rng.uniform(0.0, ceiling)
+
+
+def delay_until(not_before: datetime, now: datetime, rng: random.Random, spread: float = 5.0) -> float:
+    """Seconds to wait for a held launch: until `not_before` (e.g. an open breaker's `retryAt`),
+    plus uniform(0, spread) so the held Executions do not all come back in the same instant."""
+    if spread < 0:
+        raise ValueError("spread must not be negative")
+    return max(0.0, (not_before - now).total_seconds()) + rng.uniform(0.0, spread)
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from execution_operator.errors import ERROR_FLAGS, USER_CODE_TYPES, ErrorType, flags
-from execution_operator.retry import backoff_delay, budget_used, decide_retry
+from execution_operator.retry import backoff_delay, budget_used, decide_retry, delay_until
 
 
 @given(
@@ -18,9 +19,7 @@ from execution_operator.retry import backoff_delay, budget_used, decide_retry
     cap=st.floats(min_value=0, max_value=10_000, allow_nan=False),
     seed=st.integers(min_value=0, max_value=2**32),
 )
-def test_backoff_stays_within_the_full_jitter_window(
-    attempt: int, base: float, cap: float, seed: int
-) -> None:
+def test_backoff_stays_within_the_full_jitter_window(attempt: int, base: float, cap: float, seed: int) -> None:
     delay = backoff_delay(attempt, base, cap, random.Random(seed))
     assert 0.0 <= delay <= min(cap, base * 2.0 ** min(attempt - 1, 62))
 
@@ -126,3 +125,13 @@ def test_rejects_invalid_counts() -> None:
         decide_retry(ErrorType.EVICTED, attempt=0, max_attempts=2, disruptions=0)
     with pytest.raises(ValueError):
         decide_retry("no_such_type", attempt=1, max_attempts=2, disruptions=0)
+
+
+def test_delay_until_waits_for_the_time_plus_a_spread() -> None:
+    now = datetime(2026, 7, 1, tzinfo=UTC)
+    rng = random.Random(3)
+    delays = [delay_until(now + timedelta(seconds=20), now, rng, spread=5) for _ in range(500)]
+    assert all(20 <= d <= 25 for d in delays)
+    assert max(delays) - min(delays) > 4  # really spread out
+    assert 0 <= delay_until(now - timedelta(seconds=20), now, rng, spread=1) <= 1
+    assert delay_until(now, now, rng, spread=0) == 0
