@@ -1,0 +1,663 @@
+"""DeadLetters: one snapshot per terminally failed Execution, replay on request, retention without polling.
+
+A DeadLetter outlives its Execution (no owner reference) so the evidence survives the Execution's TTL
+and its pods. Everything here is idempotent by construction, because kopf redelivers events and the
+operator may crash between any two API calls:
+
+- The DeadLetter's name is derived from the Execution's uid, so a repeated `record` finds the first one
+  (409 AlreadyExists) instead of making a second.
+- A replay request (annotation `sandbox.dev/replay=true`) is first *consumed* in one resourceVersion-
+  guarded metadata patch that swaps it for `sandbox.dev/replay-pending=<n>`; only then is Execution `n`
+  created (deterministic name, 409 = already made) and recorded in `status.replays`, and the pending
+  marker removed. A redelivered event carries an old resourceVersion, so its consume fails with 409 and
+  the re-read shows the request already taken: one annotation makes exactly one Execution, even across
+  a crash at any point.
+- Retention keeps an in-memory index per namespace fed by the watch (including kopf's initial listing),
+  schedules each deletion with `loop.call_at` at creation + max age, and deletes the oldest first when a
+  namespace holds more than the cap. Deletes carry a uid precondition so a re-created object of the same
+  name is never removed by an old timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import structlog
+
+from execution_operator import metrics
+from execution_operator.errors import INFRASTRUCTURE_TYPES, ErrorInfo, ErrorType
+from execution_operator.k8s import ApiError, KubeClient, path_for
+from execution_operator.models import (
+    DEAD_LETTERS,
+    EXECUTIONS,
+    GROUP_VERSION,
+    MAX_CORRELATION_ID_CHARS,
+    STREAM_TAIL_BYTES,
+    DeadLetterPolicy,
+    DeadLetterSpec,
+    DeadLetterStatus,
+    Phase,
+    Replay,
+    input_snapshot,
+    json_size,
+    rfc3339,
+)
+from execution_operator.sandbox import is_label_safe, label_value, short_hash
+
+log = structlog.get_logger("execution_operator.deadletters")
+
+MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY: Final = "execution-operator"
+ERROR_TYPE_LABEL: Final = "sandbox.dev/error-type"
+CLASS_LABEL: Final = "sandbox.dev/execution-class"
+EXECUTION_LABEL: Final = "sandbox.dev/execution"
+CORRELATION_LABEL: Final = "sandbox.dev/correlation-id"
+REPLAY_OF: Final = "sandbox.dev/replay-of"
+#: Set to "true" by a user to ask for a replay.
+REPLAY_ANNOTATION: Final = "sandbox.dev/replay"
+#: Set by the operator while replay number <n> is being carried out (the request is already consumed).
+REPLAY_PENDING_ANNOTATION: Final = "sandbox.dev/replay-pending"
+
+DEFAULT_MAX_AGE_SECONDS: Final = 7 * 24 * 3600
+DEFAULT_MAX_PER_NAMESPACE: Final = 1000
+
+#: Bound on a DeadLetter as the API server stores it (Go JSON: UTF-8, `<>&` escaped as \\u003c).
+#: etcd's default request limit is 1.5 MiB; staying under 900 KiB leaves room for managedFields and
+#: `status.replays`.
+MAX_STORED_BYTES: Final = 900 * 1024
+#: Bound on the create request as our client sends it (ASCII JSON: non-ASCII as \\uXXXX escapes); the
+#: API server refuses request bodies over 3 MiB.
+MAX_REQUEST_BYTES: Final = 2560 * 1024
+
+_NAME_PREFIX_CHARS: Final = 40
+_MAX_NAME_CHARS: Final = 63
+_REPLAY_SUFFIX = re.compile(r"-r(\d+)$")
+_CONFLICT_RETRIES: Final = 8
+#: Seconds before a failed retention delete is tried again.
+RETENTION_RETRY_SECONDS: Final = 30.0
+
+
+class ReplayRefused(Exception):
+    """A replay that cannot be made as asked (the snapshot's input was dropped and the original is gone)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pure helpers
+# ---------------------------------------------------------------------------------------------------
+
+
+def _dns_label_prefix(name: str, max_chars: int) -> str:
+    cleaned = re.sub(r"[^a-z0-9-]", "-", name.lower())[:max_chars].strip("-")
+    return cleaned or "ex"
+
+
+def dead_letter_name(execution_name: str, execution_uid: str) -> str:
+    """`<execution name prefix>-dl-<hash of uid>`: one name per Execution uid, label-safe, <= 53 chars.
+
+    The uid (not the name) makes it unique: a re-created Execution of the same name gets its own.
+    Kept within 63 characters so it can also be a label value (`sandbox.dev/replay-of`).
+    """
+    return f"{_dns_label_prefix(execution_name, _NAME_PREFIX_CHARS)}-dl-{short_hash(execution_uid, length=10)}"
+
+
+def replay_name(dead_letter: str, replay_number: int) -> str:
+    """`<dead letter name>-r<n>`, shortened with a hash when it would pass 63 characters."""
+    suffix = f"-r{replay_number}"
+    if len(dead_letter) + len(suffix) <= _MAX_NAME_CHARS:
+        return dead_letter + suffix
+    keep = _MAX_NAME_CHARS - len(suffix) - 9
+    return f"{_dns_label_prefix(dead_letter, keep)}-{short_hash(dead_letter, length=8)}{suffix}"
+
+
+def replay_correlation_id(original: str, replay_number: int) -> str:
+    """`<original>-replay-<n>`; the original is cut (not the suffix) to stay within 128 characters."""
+    suffix = f"-replay-{replay_number}"
+    return original[: MAX_CORRELATION_ID_CHARS - len(suffix)] + suffix
+
+
+def wants_dead_letter(policy: DeadLetterPolicy | str, phase: str, error_type: ErrorType | str | None) -> bool:
+    """Whether a terminal Execution gets a DeadLetter under the class's policy.
+
+    Only `Failed` counts: a cancellation is a request that was honoured, not a failure.
+    """
+    if phase != Phase.FAILED or error_type == ErrorType.CANCELLED:
+        return False
+    match DeadLetterPolicy(policy):
+        case DeadLetterPolicy.ALL:
+            return True
+        case DeadLetterPolicy.INFRASTRUCTURE:
+            try:
+                return error_type is not None and ErrorType(error_type) in INFRASTRUCTURE_TYPES
+            except ValueError:
+                return False
+        case _:
+            return False
+
+
+def stored_size(obj: Any) -> int:
+    """Bytes of `obj` as the API server stores it: UTF-8 JSON with Go's HTML-safe escapes."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    html = text.count("<") + text.count(">") + text.count("&")
+    separators = text.count("\u2028") + text.count("\u2029")
+    return len(text.encode()) + 5 * html + 3 * separators
+
+
+def request_size(obj: Any) -> int:
+    """Bytes of `obj` as `KubeClient` sends it (ASCII JSON)."""
+    return len(json.dumps(obj, separators=(",", ":")))
+
+
+def _fits(obj: Any) -> bool:
+    return stored_size(obj) <= MAX_STORED_BYTES and request_size(obj) <= MAX_REQUEST_BYTES
+
+
+def _tail(text: str | None, limit: int) -> str | None:
+    if text is None:
+        return None
+    return text[-limit:] if limit > 0 and len(text) > limit else (text if limit > 0 else "")
+
+
+_ERROR_KEYS: Final = ("type", "message", "details", "retryable", "meta")
+
+
+def _error_of(status: Mapping[str, Any]) -> dict[str, Any]:
+    raw = status.get("error")
+    if isinstance(raw, Mapping) and raw.get("type"):
+        return {k: raw[k] for k in _ERROR_KEYS if k in raw}
+    fallback = ErrorInfo.of(ErrorType.INTERNAL_ERROR, "the Execution failed without an error record")
+    return fallback.model_dump(mode="json", exclude_none=True)
+
+
+def build_dead_letter(execution: Mapping[str, Any], class_name: str, now: str) -> dict[str, Any]:
+    """The DeadLetter for a failed Execution (its raw body with a terminal status), ready to create.
+
+    Kept: the spec (input replaced by a `{truncated, originalBytes}` marker when over
+    `DEAD_LETTER_MAX_INPUT_BYTES`), the error envelope, the attempt history, exit code, pod name,
+    correlation id and the stream tails. Not kept: the output (a failed Execution has none worth
+    keeping). If the whole object would still pass `MAX_STORED_BYTES`, the input is dropped first and
+    then the stdout/stderr/details tails are shortened; the code is always kept, so replay stays possible.
+    """
+    meta = execution.get("metadata") or {}
+    spec = dict(execution.get("spec") or {})
+    status = execution.get("status") or {}
+    name = str(meta["name"])
+    uid = str(meta.get("uid") or "")
+    namespace = meta.get("namespace")
+
+    stored_input, input_truncated = input_snapshot(spec.get("input"))
+    if input_truncated or spec.get("input") is not None:
+        spec["input"] = stored_input
+    history = list(status.get("attempts") or [])
+    attempts = int(status.get("attempt") or len(history) or 0)
+    correlation = status.get("correlationId") or spec.get("correlationId")
+    model = DeadLetterSpec.model_validate(
+        {
+            "executionRef": {"name": name, "uid": uid or None},
+            "executionSpec": spec,
+            "error": _error_of(status),
+            "attempts": attempts,
+            "attemptHistory": history,
+            "exitCode": status.get("exitCode"),
+            "exitCodeSource": status.get("exitCodeSource"),
+            "stdout": status.get("stdout"),
+            "stderr": status.get("stderr"),
+            "podName": status.get("podName"),
+            "failedAt": status.get("completionTime") or now,
+            "correlationId": correlation,
+            "executionClassName": class_name,
+            "inputTruncated": input_truncated,
+        }
+    )
+    dl_spec = model.to_k8s()
+
+    labels = {
+        MANAGED_BY_LABEL: MANAGED_BY,
+        ERROR_TYPE_LABEL: str(dl_spec["error"]["type"]),
+        CLASS_LABEL: label_value(class_name),
+        EXECUTION_LABEL: label_value(name),
+    }
+    if correlation and is_label_safe(str(correlation)):
+        labels[CORRELATION_LABEL] = str(correlation)
+    metadata: dict[str, Any] = {"name": dead_letter_name(name, uid or name), "labels": labels}
+    if namespace:
+        metadata["namespace"] = namespace
+    body = {"apiVersion": GROUP_VERSION, "kind": "DeadLetter", "metadata": metadata, "spec": dl_spec}
+    return _shrink_to_fit(body)
+
+
+def _shrink_to_fit(body: dict[str, Any]) -> dict[str, Any]:
+    """Drop the input, then halve the stream and details tails, until the object fits its bounds."""
+    if _fits(body):
+        return body
+    spec = body["spec"]
+    if "input" in spec["executionSpec"] and not spec.get("inputTruncated"):
+        spec["executionSpec"]["input"] = {
+            "truncated": True,
+            "originalBytes": json_size(spec["executionSpec"]["input"]),
+        }
+        spec["inputTruncated"] = True
+        if _fits(body):
+            return body
+    limit = STREAM_TAIL_BYTES
+    originals = {k: spec.get(k) for k in ("stdout", "stderr")}
+    details = spec["error"].get("details")
+    while not _fits(body) and limit > 0:
+        limit //= 2
+        for key, text in originals.items():
+            if text is not None:
+                spec[key] = _tail(text, limit)
+        if details is not None:
+            spec["error"]["details"] = _tail(details, limit)
+    return body
+
+
+def next_replay_number(replays: list[Mapping[str, Any]]) -> int:
+    """One past the highest replay so far; counts on past `status.replays`' cap of 50 entries."""
+    numbers = [len(replays)]
+    for entry in replays:
+        found = _REPLAY_SUFFIX.search(str(entry.get("name", "")))
+        if found:
+            numbers.append(int(found.group(1)))
+    return max(numbers) + 1
+
+
+def replay_execution(dead_letter: Mapping[str, Any], replay_number: int, original_input: Any | None) -> dict[str, Any]:
+    """The Execution that replay `replay_number` of this DeadLetter creates.
+
+    `original_input` is used only when the snapshot's input was dropped for size; then it is required.
+    """
+    meta = dead_letter.get("metadata") or {}
+    dl_name = str(meta["name"])
+    spec = dead_letter.get("spec") or {}
+    ex_spec = dict(spec.get("executionSpec") or {})
+    if spec.get("inputTruncated"):
+        if original_input is None:
+            raise ReplayRefused(f"the input of {dl_name} was too large to keep and no original is available")
+        ex_spec["input"] = original_input
+    ex_spec["cancel"] = False
+    original_id = str(
+        spec.get("correlationId")
+        or ex_spec.get("correlationId")
+        or (spec.get("executionRef") or {}).get("name")
+        or dl_name
+    )
+    ex_spec["correlationId"] = replay_correlation_id(original_id, replay_number)
+    metadata: dict[str, Any] = {
+        "name": replay_name(dl_name, replay_number),
+        "labels": {REPLAY_OF: label_value(dl_name)},
+        "annotations": {REPLAY_OF: dl_name},
+    }
+    if meta.get("namespace"):
+        metadata["namespace"] = meta["namespace"]
+    return {"apiVersion": GROUP_VERSION, "kind": "Execution", "metadata": metadata, "spec": ex_spec}
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stateful part: record, replay, retention
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    uid: str | None
+    created: datetime
+    timer: asyncio.TimerHandle | None = None
+    deleting: bool = False
+
+
+class DeadLetters:
+    """Creates DeadLetters, carries out replays and enforces retention; shares the controller's client.
+
+    `on_event` must see every DeadLetter watch event (kopf `on.event`, including the initial listing);
+    the retention index lives in memory and is rebuilt from that listing after a restart.
+    """
+
+    def __init__(
+        self,
+        client: KubeClient,
+        *,
+        clock: Callable[[], datetime] = _now_utc,
+        max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
+        max_per_namespace: int = DEFAULT_MAX_PER_NAMESPACE,
+        retry_seconds: float = RETENTION_RETRY_SECONDS,
+    ) -> None:
+        self.client = client
+        self.clock = clock
+        self.max_age = timedelta(seconds=max_age_seconds)
+        self.max_per_namespace = max_per_namespace
+        self.retry_seconds = retry_seconds
+        self._index: dict[str, dict[str, _Entry]] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- record ------------------------------------------------------------------------------------
+
+    async def record(self, execution: Mapping[str, Any], policy: DeadLetterPolicy | str) -> str | None:
+        """Create the DeadLetter of a failed Execution if the policy wants one; return its name.
+
+        Idempotent: the name comes from the uid, so a second call (a redelivered event, a restart) gets
+        409 AlreadyExists and returns the same name. An Execution whose status already names its
+        DeadLetter is not recorded again, so a purged DeadLetter does not come back after a restart.
+        """
+        status = execution.get("status") or {}
+        error_type = (status.get("error") or {}).get("type")
+        if not wants_dead_letter(policy, str(status.get("phase") or ""), error_type):
+            return None
+        if status.get("deadLetterName"):
+            return str(status["deadLetterName"])
+        class_name = str((execution.get("spec") or {}).get("executionClassName") or "default")
+        body = build_dead_letter(execution, class_name, rfc3339(self.clock()))
+        name = str(body["metadata"]["name"])
+        namespace = str(body["metadata"].get("namespace") or "default")
+        try:
+            await self.client.post(path_for(GROUP_VERSION, DEAD_LETTERS, namespace), body)
+        except ApiError as exc:
+            if not exc.already_exists:
+                raise
+            return name
+        metrics.record_dead_letter(namespace, class_name, body["spec"]["error"]["type"])
+        log.info(
+            "dead letter recorded",
+            namespace=namespace,
+            dead_letter=name,
+            execution=body["spec"]["executionRef"]["name"],
+            error_type=body["spec"]["error"]["type"],
+        )
+        return name
+
+    # -- events ------------------------------------------------------------------------------------
+
+    async def on_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
+        """Feed retention and carry out a requested replay; safe to call again with any old event."""
+        meta = body.get("metadata") or {}
+        name = meta.get("name")
+        if not name:
+            return
+        namespace = str(meta.get("namespace") or "default")
+        if event_type == "DELETED" or meta.get("deletionTimestamp"):
+            self._forget(namespace, str(name))
+            self._locks.pop((namespace, str(name)), None)
+            return
+        self._remember(namespace, str(name), meta)
+        annotations = meta.get("annotations") or {}
+        if annotations.get(REPLAY_ANNOTATION) == "true" or REPLAY_PENDING_ANNOTATION in annotations:
+            lock = self._locks.setdefault((namespace, str(name)), asyncio.Lock())
+            async with lock:
+                await self._replay(namespace, str(name), body)
+
+    # -- replay ------------------------------------------------------------------------------------
+
+    def _path(self, namespace: str, name: str, sub: str | None = None) -> str:
+        return path_for(GROUP_VERSION, DEAD_LETTERS, namespace, name, sub)
+
+    async def _replay(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        """Drive the replay state machine on the freshest view until no request is left."""
+        current: Mapping[str, Any] | None = body
+        for _ in range(_CONFLICT_RETRIES):
+            if current is None:
+                return
+            annotations = (current.get("metadata") or {}).get("annotations") or {}
+            try:
+                if REPLAY_PENDING_ANNOTATION in annotations:
+                    current = await self._finish_pending(namespace, name, current)
+                elif annotations.get(REPLAY_ANNOTATION) == "true":
+                    current = await self._consume_request(namespace, name, current)
+                else:
+                    return
+            except ApiError as exc:
+                if exc.not_found:
+                    return  # the DeadLetter was purged meanwhile
+                if not exc.conflict:
+                    raise
+                current = await self._reread(namespace, name)
+        log.warning("replay gave up after repeated conflicts", namespace=namespace, dead_letter=name)
+
+    async def _reread(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.client.get(self._path(namespace, name))
+        except ApiError as exc:
+            if exc.not_found:
+                return None
+            raise
+
+    async def _original_input(self, namespace: str, dead_letter: Mapping[str, Any]) -> Any | None:
+        """The original Execution's input, if that very Execution (same uid) still exists."""
+        ref = (dead_letter.get("spec") or {}).get("executionRef") or {}
+        try:
+            original = await self.client.get(path_for(GROUP_VERSION, EXECUTIONS, namespace, str(ref.get("name"))))
+        except ApiError as exc:
+            if exc.not_found:
+                return None
+            raise
+        if ref.get("uid") and (original.get("metadata") or {}).get("uid") != ref["uid"]:
+            return None
+        return (original.get("spec") or {}).get("input")
+
+    async def _consume_request(self, namespace: str, name: str, current: Mapping[str, Any]) -> dict[str, Any]:
+        """Swap `replay=true` for `replay-pending=<n>` in one guarded write (or refuse the replay)."""
+        meta = current.get("metadata") or {}
+        replays = list((current.get("status") or {}).get("replays") or [])
+        number = next_replay_number(replays)
+        pending: str | None = str(number)
+        truncated = bool((current.get("spec") or {}).get("inputTruncated"))
+        if truncated and await self._original_input(namespace, current) is None:
+            pending = None
+        patch = {
+            "metadata": {
+                "resourceVersion": meta.get("resourceVersion"),
+                "annotations": {REPLAY_ANNOTATION: None, REPLAY_PENDING_ANNOTATION: pending},
+            }
+        }
+        updated = await self.client.patch(self._path(namespace, name), patch)
+        if pending is None:
+            await self._event(
+                current,
+                "Warning",
+                "ReplayRefused",
+                "the snapshot's input was too large to keep and the original Execution is gone; "
+                "create a new Execution with the input instead",
+            )
+            log.warning("replay refused: input not kept and original gone", namespace=namespace, dead_letter=name)
+        return updated
+
+    async def _finish_pending(self, namespace: str, name: str, current: Mapping[str, Any]) -> dict[str, Any]:
+        """Create Execution n (409 = made before), record it in status, then clear the pending marker."""
+        meta = current.get("metadata") or {}
+        raw = str((meta.get("annotations") or {}).get(REPLAY_PENDING_ANNOTATION, ""))
+        number = int(raw) if raw.isdigit() and int(raw) > 0 else None
+        replays = list((current.get("status") or {}).get("replays") or [])
+        if number is not None:
+            target = replay_name(name, number)
+            if not any(entry.get("name") == target for entry in replays):
+                original = None
+                if (current.get("spec") or {}).get("inputTruncated"):
+                    original = await self._original_input(namespace, current)
+                try:
+                    manifest = replay_execution(current, number, original)
+                except ReplayRefused as exc:
+                    await self._event(current, "Warning", "ReplayRefused", str(exc))
+                else:
+                    created = await self._create_execution(namespace, manifest)
+                    entry = Replay(name=target, time=rfc3339(self.clock()))
+                    status = DeadLetterStatus.model_validate({"replays": [*replays, entry.to_k8s()]})
+                    current = await self.client.patch(
+                        self._path(namespace, name, "status"),
+                        {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": status.to_k8s()},
+                    )
+                    meta = current.get("metadata") or {}
+                    log.info(
+                        "dead letter replayed",
+                        namespace=namespace,
+                        dead_letter=name,
+                        execution=target,
+                        replay=number,
+                        created=created,
+                    )
+                    await self._event(current, "Normal", "Replayed", f"created Execution {target} (replay {number})")
+        return await self.client.patch(
+            self._path(namespace, name),
+            {
+                "metadata": {
+                    "resourceVersion": meta.get("resourceVersion"),
+                    "annotations": {REPLAY_PENDING_ANNOTATION: None},
+                }
+            },
+        )
+
+    async def _create_execution(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        """Create the replay Execution; False when an earlier try already made it."""
+        try:
+            await self.client.post(path_for(GROUP_VERSION, EXECUTIONS, namespace), manifest)
+        except ApiError as exc:
+            if exc.already_exists:
+                return False
+            raise
+        return True
+
+    async def _event(self, body: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
+        meta = body.get("metadata") or {}
+        about = {
+            "apiVersion": GROUP_VERSION,
+            "kind": "DeadLetter",
+            "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion")},
+        }
+        try:
+            from execution_operator.controller import post_event
+        except ImportError:  # pragma: no cover - the controller ships with the operator
+            return
+        await post_event(self.client, about, etype, reason, message, self.clock())
+
+    # -- retention ---------------------------------------------------------------------------------
+
+    def present(self, namespace: str) -> int:
+        """DeadLetters known in a namespace (not counting ones being deleted)."""
+        return sum(1 for e in self._index.get(namespace, {}).values() if not e.deleting)
+
+    def _remember(self, namespace: str, name: str, meta: Mapping[str, Any]) -> None:
+        entries = self._index.setdefault(namespace, {})
+        uid = meta.get("uid")
+        known = entries.get(name)
+        if known is not None and known.uid == uid:
+            return
+        if known is not None:  # the same name, a new object: the old timer is not its timer
+            self._forget(namespace, name)
+            entries = self._index.setdefault(namespace, {})
+        created = _parse_time(meta.get("creationTimestamp")) or self.clock()
+        entry = _Entry(uid=str(uid) if uid else None, created=created)
+        entries[name] = entry
+        loop = asyncio.get_running_loop()
+        delay = (created + self.max_age - self.clock()).total_seconds()
+        entry.timer = loop.call_at(loop.time() + max(delay, 0.0), self._expire_soon, namespace, name, entry.uid)
+        self._enforce_cap(namespace)
+        metrics.set_dead_letters_present(namespace, self.present(namespace))
+
+    def _forget(self, namespace: str, name: str) -> None:
+        entries = self._index.get(namespace)
+        if entries is None or name not in entries:
+            return
+        entry = entries.pop(name)
+        if entry.timer is not None:
+            entry.timer.cancel()
+        if not entries:
+            del self._index[namespace]
+        metrics.set_dead_letters_present(namespace, self.present(namespace))
+
+    def _enforce_cap(self, namespace: str) -> None:
+        """Delete the oldest beyond the cap.
+
+        Correct even mid-listing: an entry with at least `max_per_namespace` newer ones among those seen
+        has at least that many newer ones overall, so it is over the cap whatever comes next.
+        """
+        live = [(e.created, n) for n, e in self._index.get(namespace, {}).items() if not e.deleting]
+        excess = len(live) - self.max_per_namespace
+        for _, name in sorted(live)[: max(excess, 0)]:
+            self._spawn(self._delete(namespace, name, "count"))
+
+    def _retry_delete(self, namespace: str, name: str, uid: str | None) -> None:
+        """After a failed delete: age and cap are decided again from scratch."""
+        entry = self._index.get(namespace, {}).get(name)
+        if entry is None or entry.uid != uid:
+            return
+        if self.clock() >= entry.created + self.max_age:
+            self._expire_soon(namespace, name, uid)
+        else:
+            self._enforce_cap(namespace)
+            if not entry.deleting:
+                delay = (entry.created + self.max_age - self.clock()).total_seconds()
+                loop = asyncio.get_running_loop()
+                entry.timer = loop.call_later(max(delay, 0.0), self._expire_soon, namespace, name, uid)
+
+    def _expire_soon(self, namespace: str, name: str, uid: str | None) -> None:
+        entry = self._index.get(namespace, {}).get(name)
+        if entry is not None and entry.uid == uid and not entry.deleting:
+            self._spawn(self._delete(namespace, name, "age"))
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _delete(self, namespace: str, name: str, why: str) -> None:
+        """Delete one DeadLetter (uid-guarded); a failure un-marks it so the next event retries."""
+        entry = self._index.get(namespace, {}).get(name)
+        if entry is None or entry.deleting:
+            return
+        entry.deleting = True
+        body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        if entry.uid:
+            body["preconditions"] = {"uid": entry.uid}
+        try:
+            await self.client.delete(self._path(namespace, name), body)
+        except Exception as exc:  # a timer task has nobody to raise to
+            gone = isinstance(exc, ApiError) and (exc.not_found or exc.status == 409)  # 409: another uid now
+            if not gone:
+                entry.deleting = False
+                log.warning(
+                    "dead letter not deleted; will retry",
+                    namespace=namespace,
+                    dead_letter=name,
+                    why=why,
+                    error=str(exc)[:200],
+                )
+                loop = asyncio.get_running_loop()
+                if entry.timer is not None:
+                    entry.timer.cancel()
+                entry.timer = loop.call_later(self.retry_seconds, self._retry_delete, namespace, name, entry.uid)
+                return
+        log.info("dead letter deleted by retention", namespace=namespace, dead_letter=name, why=why)
+        if self._index.get(namespace, {}).get(name) is entry:
+            self._forget(namespace, name)
+
+    async def drain(self) -> None:
+        """Wait for the deletions started so far (tests; shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def close(self) -> None:
+        """Cancel every retention timer (operator shutdown)."""
+        for entries in self._index.values():
+            for entry in entries.values():
+                if entry.timer is not None:
+                    entry.timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
