@@ -194,7 +194,7 @@ class BreakerPolicy:
 
 @dataclass(frozen=True)
 class Transition:
-    """A change of `state` (or of forced mode); feeds Events and the transitions metric (`to`)."""
+    """A change of `state`; feeds Events (`reason`) and the transitions metric (label `to`)."""
 
     from_state: CircuitState
     to_state: CircuitState
