@@ -910,12 +910,14 @@ _CEL_CACHE: dict[str, _CompiledExpr] = {}
 class _CompiledExpr:
     """A parsed CEL expression and the facts about it the validator needs."""
 
-    __slots__ = ("error", "program", "uses_old_self")
+    __slots__ = ("error", "is_self_equals_old", "program", "true_if_unchanged", "uses_old_self")
 
     def __init__(self, text: str) -> None:
         self.error: str | None = None
         self.program: Any = None
         self.uses_old_self = False
+        self.is_self_equals_old = _strip_parens(_normalized(text)) in _SELF_EQUALS_OLD
+        self.true_if_unchanged = self.is_self_equals_old
         try:
             ast = _CEL_ENV.compile(text)
         except Exception as exc:
@@ -931,6 +933,7 @@ class _CompiledExpr:
             elif sub.data == "member_dot_arg" and len(sub.children) >= 2:
                 calls.add(str(sub.children[1]))
         self.uses_old_self = "oldSelf" in idents
+        self.true_if_unchanged = self.is_self_equals_old or _leading_disjunct_is_self_equals_old(ast, text)
         unknown_vars = sorted(i for i in idents - {"self", "oldSelf"} if i not in _KNOWN_IDENTS)
         unknown_calls = sorted(c for c in calls if c not in _KNOWN_FUNCTIONS)
         if unknown_vars:
@@ -940,6 +943,46 @@ class _CompiledExpr:
             self.error = f"undeclared reference to '{unknown_calls[0]}' (in container '')"
             return
         self.program = _CEL_ENV.program(ast, functions=_K8S_FUNCTIONS)
+
+
+_SELF_EQUALS_OLD = ("self==oldSelf", "oldSelf==self")
+
+
+def _normalized(text: str) -> str:
+    return "".join(text.split())
+
+
+def _leading_disjunct_is_self_equals_old(ast: Any, text: str) -> bool:
+    """True for ``self == oldSelf || ...``: such a rule holds whenever the value is unchanged.
+
+    celpy evaluates both sides of ``||``; recognising the idiom spares evaluating the (often
+    long) right-hand side on every update that leaves the value alone.
+    """
+    node = ast
+    if node.data == "expr":
+        if len(node.children) != 1:
+            return False
+        node = node.children[0]
+    if node.data != "conditionalor" or len(node.children) != 2:
+        return False
+    while node.data == "conditionalor" and len(node.children) == 2:
+        node = node.children[0]
+    meta = getattr(node, "meta", None)
+    if meta is None or getattr(meta, "empty", True):
+        return False
+    return _strip_parens(_normalized(text[meta.start_pos : meta.end_pos])) in _SELF_EQUALS_OLD
+
+
+def _strip_parens(s: str) -> str:
+    while s.startswith("(") and s.endswith(")"):
+        depth = 0
+        for i, ch in enumerate(s):
+            depth += ch == "("
+            depth -= ch == ")"
+            if depth == 0 and i < len(s) - 1:
+                return s
+        s = s[1:-1]
+    return s
 
 
 def _parse_error_text(exc: Exception) -> str:
@@ -1047,6 +1090,7 @@ def _eval_rules(node: _Node, data: Any, old: Any, path: str, errs: list[FieldErr
     self_val: Any = None
     old_val: Any = None
     converted = False
+    unchanged: bool | None = None
     for rule in node.rules:
         compiled = _compiled(rule.rule)
         if compiled.error is not None:
@@ -1056,6 +1100,18 @@ def _eval_rules(node: _Node, data: Any, old: Any, path: str, errs: list[FieldErr
             continue
         if compiled.uses_old_self and old is None and not rule.optional_old_self:
             continue
+        fast_path = compiled.true_if_unchanged and not rule.optional_old_self
+        if old is not None and (not compiled.uses_old_self or fast_path):
+            if unchanged is None:
+                unchanged = _json_equal(data, old)
+            # Unchanged value: a rule without oldSelf is ratcheted (the real server only warns),
+            # and `self == oldSelf [|| ...]` holds.
+            if unchanged:
+                continue
+            # The immutability idiom on a changed value fails, without the interpreter.
+            if fast_path and compiled.is_self_equals_old and not rule.message_expression:
+                _report_failure(node, rule, data, path, errs, None)
+                continue
         if not converted:
             view = _resource_root_view(data) if root else data
             self_val = _to_cel(view, node)
@@ -1077,14 +1133,21 @@ def _eval_rules(node: _Node, data: Any, old: Any, path: str, errs: list[FieldErr
         if not isinstance(result, bool | ct.BoolType):
             errs.append(_invalid(path, type_value, f"no such overload evaluating rule: {rule.error_string}"))
             continue
-        fld = _child(path, rule.field_path) if rule.field_path else path
-        detail = ""
-        if rule.message_expression:
-            detail = _message_expression(rule.message_expression, activation)
-        if not detail:
-            detail = rule.default_message
-        value: Any = _OMIT if node.type in ("object", "array") else data
-        errs.append(_error_for_reason(fld, value, detail, rule.reason))
+        _report_failure(node, rule, data, path, errs, activation)
+
+
+def _report_failure(
+    node: _Node, rule: _Rule, data: Any, path: str, errs: list[FieldError], activation: dict[str, Any] | None
+) -> None:
+    """The cause for a rule that evaluated to false."""
+    fld = _child(path, rule.field_path) if rule.field_path else path
+    detail = ""
+    if rule.message_expression and activation is not None:
+        detail = _message_expression(rule.message_expression, activation)
+    if not detail:
+        detail = rule.default_message
+    value: Any = _OMIT if node.type in ("object", "array") else data
+    errs.append(_error_for_reason(fld, value, detail, rule.reason))
 
 
 def _error_for_reason(path: str, value: Any, detail: str, reason: str) -> FieldError:
