@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import threading
 
@@ -32,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace, *, stop_flag: threading.Event | None = None,
         ready_flag: threading.Event | None = None) -> None:
     configure_logging(args.log_level, args.log_format)
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # kopf logs every handled watch event at INFO; our own lines say what happened, with context.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     metrics.METRICS.set_info(__version__)
     if args.metrics_port:
         metrics.start_metrics_server(args.metrics_port, args.bind_address)

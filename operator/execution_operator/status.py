@@ -101,6 +101,13 @@ def launched(
         "podName": pod,
         "startTime": status.get("startTime") or now,
         "nextAttemptAt": None,
+        # What the previous attempt left behind stays in `attempts` and the Events, not in the live fields.
+        "error": None,
+        "exitCode": None,
+        "exitCodeSource": None,
+        "output": None,
+        "stdout": None,
+        "stderr": None,
         "attempts": _attempts_with(status, attempt, podName=pod, startTime=now),
         "conditions": conditions,
     }
