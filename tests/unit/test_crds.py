@@ -712,3 +712,49 @@ def test_date_time_fields_are_rfc3339() -> None:
     checker = jsonschema.FormatChecker()
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", models.rfc3339())
     assert checker.conforms(models.rfc3339(), "date-time") or "date-time" not in checker.checkers
+
+
+# ---------------------------------------------------------------------------------------------------
+# The same verdicts from the local API server's schema engine (when it is present)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _local_schema() -> Any:
+    return pytest.importorskip("localcluster.schema")
+
+
+@pytest.mark.parametrize("kind", CRD_FILES)
+def test_local_api_server_accepts_the_crds(kind: str) -> None:
+    schema_engine = _local_schema()
+    assert [str(e) for e in schema_engine.validate_crd(load_crd(kind))] == []
+
+
+def _local_admit(kind: str, body: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+    engine = _local_schema()
+    schema = root_schema(kind)
+    unknown = [f"unknown field {p}" for p in engine.strict_unknown_fields(schema, body)]
+    new = engine.default_and_prune(schema, copy.deepcopy(body))
+    previous = engine.default_and_prune(schema, copy.deepcopy(old)) if old is not None else None
+    return unknown + [str(e) for e in engine.validate(schema, new, previous)]
+
+
+@pytest.mark.parametrize("case", REFUSED_EXECUTIONS)
+def test_local_api_server_refuses_bad_executions_naming_the_field(case: str) -> None:
+    spec, field = REFUSED_EXECUTIONS[case]
+    body = execution()
+    body["spec"] = spec
+    errors = _local_admit("Execution", body)
+    assert any(field in e for e in errors), errors
+
+
+def test_local_api_server_enforces_immutability_and_one_way_cancel() -> None:
+    old = execution(input={"n": 1})
+    assert _local_admit("Execution", old) == []
+    assert _local_admit("Execution", copy.deepcopy(old), old=old) == []
+    errors = _local_admit("Execution", execution(code="print(2)", input={"n": 1}), old=old)
+    assert len(errors) == 1 and "spec is immutable after creation; only cancel may change" in errors[0]
+    assert _local_admit("Execution", execution(input={"n": 2}), old=old) != []
+    cancelled = execution(input={"n": 1}, cancel=True)
+    assert _local_admit("Execution", cancelled, old=old) == []
+    errors = _local_admit("Execution", execution(input={"n": 1}, cancel=False), old=cancelled)
+    assert len(errors) == 1 and "cancel cannot be set back to false" in errors[0]
