@@ -142,6 +142,10 @@ class RequestRecord:
         return asdict(self)
 
 
+RI_KEY = web.RequestKey("ri", ReqInfo)
+VERB_KEY = web.RequestKey("verb", str)
+
+
 def _schema_module() -> Any:
     """The CRD schema functions, if present (they are developed separately)."""
     try:
@@ -233,8 +237,8 @@ class ApiServer:
         ri = parse_path(request.path)
         verb = request_verb(request.method, ri, request.query)
         ua = request.headers.get("User-Agent", "")
-        request["ri"] = ri
-        request["verb"] = verb
+        request[RI_KEY] = ri
+        request[VERB_KEY] = verb
         try:
             rule = None
             if ri.is_resource:
@@ -274,7 +278,7 @@ class ApiServer:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
-        ri: ReqInfo = request["ri"]
+        ri = request[RI_KEY]
         if ri.is_resource:
             return await self._resource(request, ri)
         if path.startswith("/debug/"):
@@ -365,7 +369,7 @@ class ApiServer:
     async def _resource(self, request: web.Request, ri: ReqInfo) -> web.StreamResponse:
         info = self._info(ri)
         q = request.query
-        verb: str = request["verb"]
+        verb = request[VERB_KEY]
         ns = ri.namespace if info.namespaced else ""
         if ri.sub and ri.sub not in info.subresources:
             raise ApiError(404, "the server could not find the requested resource", "NotFound")
@@ -442,7 +446,8 @@ class ApiServer:
             raw = self.store.encoded(obj)
         resp = self._json(obj, status, raw)
         for w in warnings or []:
-            resp.headers.add("Warning", f'299 - "{w}"')
+            escaped = w.replace("\\", "\\\\").replace('"', '\\"')
+            resp.headers.add("Warning", f'299 - "{escaped}"')
         return resp
 
     def _must_get(self, info: ResourceInfo, ns: str, name: str) -> dict[str, Any]:
@@ -747,6 +752,7 @@ class ApiServer:
             self._enforce_quota(ns, obj["metadata"]["name"])
         elif key == ("apiextensions.k8s.io", "customresourcedefinitions"):
             self._prepare_crd(obj)
+            self._validate_crd(obj)
         elif key == ("", "secrets"):
             obj.setdefault("type", "Opaque")
             for k, v in (obj.pop("stringData", None) or {}).items():
@@ -875,11 +881,22 @@ class ApiServer:
             obj["metadata"] = meta
             obj["apiVersion"] = obj.get("apiVersion") or info.api_version
             obj["kind"] = obj.get("kind") or info.kind
-        errors = mod.validate(info.schema, _body_without_meta(obj), _body_without_meta(old) if old else None)
+        errors = mod.validate(info.schema, obj, old)
         if errors:
             causes = [{"reason": e.type, "message": e.message, "field": e.field} for e in errors]
             raise invalid(info.kind_group, info.group, info.kind, (meta or {}).get("name", ""), causes)
         return obj
+
+    def _validate_crd(self, crd: dict[str, Any]) -> None:
+        """The structural-schema checks the real server applies to CRDs (when the schema module has them)."""
+        mod = _schema_module()
+        if mod is None or not hasattr(mod, "validate_crd"):
+            return
+        errors = mod.validate_crd(crd)
+        if errors:
+            causes = [{"reason": e.type, "message": e.message, "field": e.field} for e in errors]
+            raise invalid("CustomResourceDefinition.apiextensions.k8s.io", "apiextensions.k8s.io",
+                          "CustomResourceDefinition", crd["metadata"].get("name", ""), causes)
 
     def update_object(self, info: ResourceInfo, ns: str, name: str, body: dict[str, Any], sub: str = "",
                       dry_run: bool = False, _patched: bool = False) -> dict[str, Any]:
@@ -932,6 +949,7 @@ class ApiServer:
             self._check_pod_update(old, new)
         if info.store_key == ("apiextensions.k8s.io", "customresourcedefinitions") and sub != "status":
             self._prepare_crd(new)
+            self._validate_crd(new)
         new_meta = new["metadata"]
         new_meta["resourceVersion"] = old["metadata"]["resourceVersion"]
         if not new_meta.get("finalizers"):

@@ -1,0 +1,499 @@
+"""The API server emulator over HTTP: discovery, object semantics, patches, validation, deletion, GC."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from test_apiserver_support import (
+    APPLY,
+    JSONPATCH,
+    STRATEGIC,
+    WIDGET_CRD,
+    Api,
+    cm,
+    pod,
+)
+
+from localcluster.apiserver import ApiServer
+
+HAS_SCHEMA = importlib.util.find_spec("localcluster.schema") is not None
+needs_schema = pytest.mark.skipif(not HAS_SCHEMA, reason="localcluster.schema is not available")
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[ApiServer]:
+    s = ApiServer(tmp_path, bookmark_interval=0.2)
+    await s.start()
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+async def api(server: ApiServer) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession() as session:
+        yield Api(session, server.url)
+
+
+async def install_widgets(api: Api) -> dict[str, Any]:
+    status, crd = await api.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", WIDGET_CRD)
+    assert status == 201, crd
+    return crd
+
+
+def widget(name: str, size: int = 3, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "test.dev/v1", "kind": "Widget", "metadata": {"name": name},
+            "spec": {"size": size, **spec}}
+
+
+W = "/apis/test.dev/v1/namespaces/default/widgets"
+CM = "/api/v1/namespaces/default/configmaps"
+PODS = "/api/v1/namespaces/default/pods"
+
+
+# ---------------------------------------------------------------------------------------------- discovery
+async def test_discovery_documents(api: Api) -> None:
+    status, body = await api.get("/api")
+    assert status == 200 and body["versions"] == ["v1"]
+    _, v1 = await api.get("/api/v1")
+    by_name = {r["name"]: r for r in v1["resources"]}
+    assert by_name["pods"]["shortNames"] == ["po"]
+    assert by_name["pods"]["namespaced"] is True
+    assert "watch" in by_name["pods"]["verbs"]
+    assert by_name["pods/status"]["verbs"] == ["get", "patch", "update"]
+    assert by_name["pods/log"]["kind"] == "Pod"
+    assert by_name["namespaces"]["namespaced"] is False
+    _, groups = await api.get("/apis")
+    names = {g["name"] for g in groups["groups"]}
+    assert {"apps", "coordination.k8s.io", "networking.k8s.io", "events.k8s.io", "apiextensions.k8s.io",
+            "rbac.authorization.k8s.io", "policy"} <= names
+    _, coord = await api.get("/apis/coordination.k8s.io/v1")
+    assert coord["resources"][0]["kind"] == "Lease"
+    _, version = await api.get("/version")
+    assert version["gitVersion"].startswith("v1.35")
+    for path in ("/healthz", "/readyz", "/livez"):
+        assert (await api.get(path))[0] == 200
+
+
+async def test_crd_install_serves_resource_with_established_conditions(api: Api) -> None:
+    crd = await install_widgets(api)
+    conds = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
+    assert conds == {"Established": "True", "NamesAccepted": "True"}
+    _, groups = await api.get("/apis")
+    assert "test.dev" in {g["name"] for g in groups["groups"]}
+    _, res = await api.get("/apis/test.dev/v1")
+    by_name = {r["name"]: r for r in res["resources"]}
+    assert by_name["widgets"]["shortNames"] == ["wd"]
+    assert by_name["widgets"]["categories"] == ["testing"]
+    assert "widgets/status" in by_name
+    status, created = await api.post(W, widget("a"))
+    assert status == 201
+    assert created["kind"] == "Widget" and created["apiVersion"] == "test.dev/v1"
+    status, lst = await api.get(W)
+    assert lst["kind"] == "WidgetList" and lst["apiVersion"] == "test.dev/v1"
+    assert [i["metadata"]["name"] for i in lst["items"]] == ["a"]
+
+
+async def test_crd_deletion_removes_resource_and_objects(api: Api, server: ApiServer) -> None:
+    await install_widgets(api)
+    await api.post(W, widget("a"))
+    status, _ = await api.delete("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.test.dev")
+    assert status == 200
+    assert (await api.get(W))[0] == 404
+    assert server.store.count(("test.dev", "widgets")) == 0
+    assert (await api.get("/apis/test.dev/v1"))[0] == 404
+
+
+# ---------------------------------------------------------------------------------------------- object semantics
+async def test_create_sets_server_fields_and_rv_increases(api: Api) -> None:
+    _, a = await api.post(CM, cm("a", x="1"))
+    _, b = await api.post(CM, cm("b", x="1"))
+    for o in (a, b):
+        meta = o["metadata"]
+        assert meta["uid"] and meta["creationTimestamp"].endswith("Z") and meta["namespace"] == "default"
+        assert "managedFields" not in meta
+    assert int(b["metadata"]["resourceVersion"]) > int(a["metadata"]["resourceVersion"])
+
+
+async def test_generate_name(api: Api) -> None:
+    status, o = await api.post(CM, {"metadata": {"generateName": "job-"}, "data": {}})
+    assert status == 201
+    name = o["metadata"]["name"]
+    assert name.startswith("job-") and len(name) == len("job-") + 5
+    assert (await api.get(f"{CM}/{name}"))[0] == 200
+
+
+async def test_already_exists_is_a_status_409(api: Api) -> None:
+    await api.post(CM, cm("a"))
+    status, body = await api.post(CM, cm("a"))
+    assert status == 409
+    assert body["kind"] == "Status" and body["reason"] == "AlreadyExists" and body["code"] == 409
+    assert body["message"] == 'configmaps "a" already exists'
+    assert body["details"] == {"name": "a", "kind": "configmaps"}
+
+
+async def test_not_found_status(api: Api) -> None:
+    status, body = await api.get(f"{CM}/nope")
+    assert status == 404 and body["reason"] == "NotFound" and body["message"] == 'configmaps "nope" not found'
+
+
+async def test_put_with_stale_resource_version_conflicts(api: Api) -> None:
+    _, a = await api.post(CM, cm("a", x="1"))
+    stale = a["metadata"]["resourceVersion"]
+    a["data"]["x"] = "2"
+    status, updated = await api.put(f"{CM}/a", a)
+    assert status == 200 and updated["data"]["x"] == "2"
+    a["data"]["x"] = "3"
+    a["metadata"]["resourceVersion"] = stale
+    status, body = await api.put(f"{CM}/a", a)
+    assert status == 409 and body["reason"] == "Conflict"
+    assert "the object has been modified" in body["message"]
+
+
+async def test_merge_patch_guarded_by_resource_version(api: Api) -> None:
+    _, a = await api.post(CM, cm("a", x="1"))
+    rv = a["metadata"]["resourceVersion"]
+    status, p = await api.patch(f"{CM}/a", {"metadata": {"resourceVersion": rv}, "data": {"y": "2"}})
+    assert status == 200 and p["data"] == {"x": "1", "y": "2"}
+    status, body = await api.patch(f"{CM}/a", {"metadata": {"resourceVersion": rv}, "data": {"z": "3"}})
+    assert status == 409 and body["reason"] == "Conflict"
+    status, p = await api.patch(f"{CM}/a", {"data": {"x": None}})
+    assert status == 200 and p["data"] == {"y": "2"}
+
+
+async def test_json_patch_and_failed_test_is_422(api: Api) -> None:
+    _, a = await api.post(CM, cm("a", x="1"))
+    rv = a["metadata"]["resourceVersion"]
+    ops = [{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+           {"op": "add", "path": "/metadata/finalizers", "value": ["x/y"]},
+           {"op": "replace", "path": "/data/x", "value": "2"}]
+    status, p = await api.patch(f"{CM}/a", ops, JSONPATCH)
+    assert status == 200 and p["metadata"]["finalizers"] == ["x/y"] and p["data"]["x"] == "2"
+    status, body = await api.patch(f"{CM}/a", ops, JSONPATCH)
+    assert status == 422 and body["reason"] == "Invalid" and body["kind"] == "Status"
+    status, body = await api.patch(f"{CM}/a", [{"op": "remove", "path": "/data/missing"}], JSONPATCH)
+    assert status == 422
+
+
+async def test_noop_update_keeps_resource_version(api: Api, server: ApiServer) -> None:
+    _, a = await api.post(CM, cm("a", x="1"))
+    before = server.store.rv
+    status, p = await api.patch(f"{CM}/a", {"data": {"x": "1"}})
+    assert status == 200 and p["metadata"]["resourceVersion"] == a["metadata"]["resourceVersion"]
+    assert server.store.rv == before
+
+
+async def test_strategic_merge_for_core_kinds(api: Api) -> None:
+    deploy = "/apis/apps/v1/namespaces/default/deployments"
+    containers = [
+        {"name": "a", "image": "img:1", "env": [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}]},
+        {"name": "b", "image": "img:1"},
+    ]
+    await api.post(deploy, {"metadata": {"name": "d"}, "spec": {"template": {"spec": {"containers": containers}}}})
+    patch = {"spec": {"template": {"spec": {"containers": [
+        {"name": "b", "image": "img:2"}, {"name": "a", "env": [{"name": "Y", "$patch": "delete"}]}]}}},
+        "metadata": {"labels": {"l": "v"}}}
+    status, d = await api.patch(f"{deploy}/d", patch, STRATEGIC)
+    assert status == 200, d
+    cs = {c["name"]: c for c in d["spec"]["template"]["spec"]["containers"]}
+    assert cs["b"]["image"] == "img:2" and cs["a"]["image"] == "img:1"
+    assert cs["a"]["env"] == [{"name": "X", "value": "1"}]
+    assert d["metadata"]["labels"] == {"l": "v"}
+    assert d["metadata"]["generation"] == 2
+    # pods: container images may change (merged by name), the rest of the spec may not
+    await api.post(PODS, pod("p"))
+    status, p = await api.patch(f"{PODS}/p", {"spec": {"containers": [{"name": "main", "image": "busybox:2"}]}},
+                                STRATEGIC)
+    assert status == 200 and p["spec"]["containers"][0]["image"] == "busybox:2"
+    assert p["spec"]["containers"][0]["terminationMessagePolicy"] == "File"
+
+
+async def test_strategic_merge_on_custom_resource_is_415(api: Api) -> None:
+    await install_widgets(api)
+    await api.post(W, widget("a"))
+    status, body = await api.patch(f"{W}/a", {"spec": {"size": 4}}, STRATEGIC)
+    assert status == 415 and body["reason"] == "UnsupportedMediaType"
+
+
+async def test_server_side_apply_creates_then_merges(api: Api) -> None:
+    path = f"{CM}/ssa?fieldManager=test"
+    status, o = await api.patch(path, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"},
+                                       "data": {"a": "1"}}, APPLY)
+    assert status == 201 and o["data"] == {"a": "1"}
+    status, o = await api.patch(path, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"},
+                                       "data": {"b": "2"}}, APPLY)
+    assert status == 200 and o["data"] == {"a": "1", "b": "2"}
+    status, _body = await api.patch(f"{CM}/ssa", {"metadata": {"name": "ssa"}}, APPLY)
+    assert status == 400
+
+
+async def test_dry_run_does_not_persist(api: Api, server: ApiServer) -> None:
+    status, o = await api.post(f"{CM}?dryRun=All", cm("dry"))
+    assert status == 201 and o["metadata"]["name"] == "dry"
+    assert (await api.get(f"{CM}/dry"))[0] == 404
+    await api.post(CM, cm("a", x="1"))
+    status, o = await api.patch(f"{CM}/a?dryRun=All", {"data": {"x": "2"}})
+    assert status == 200 and o["data"]["x"] == "2"
+    assert (await api.get(f"{CM}/a"))[1]["data"]["x"] == "1"
+
+
+async def test_invalid_metadata_name_is_422(api: Api) -> None:
+    status, body = await api.post(CM, cm("Bad_Name"))
+    assert status == 422 and body["reason"] == "Invalid"
+    assert body["details"]["causes"][0]["field"] == "metadata.name"
+    assert "RFC 1123 subdomain" in body["message"]
+    status, body = await api.post(CM, {"metadata": {}})
+    assert status == 422 and "name or generateName is required" in body["message"]
+
+
+async def test_create_in_missing_namespace_is_404(api: Api) -> None:
+    status, body = await api.post("/api/v1/namespaces/nope/configmaps", cm("a"))
+    assert status == 404 and body["message"] == 'namespaces "nope" not found'
+
+
+# ---------------------------------------------------------------------------------------------- generation / status
+async def test_generation_and_status_subresource(api: Api) -> None:
+    await install_widgets(api)
+    body = widget("a")
+    body["status"] = {"phase": "ignored on create"}
+    _, o = await api.post(W, body)
+    assert o["metadata"]["generation"] == 1 and "status" not in o
+    status, o = await api.patch(f"{W}/a/status", {"status": {"phase": "Running"}, "spec": {"size": 99}})
+    assert status == 200 and o["status"] == {"phase": "Running"} and o["spec"]["size"] == 3
+    assert o["metadata"]["generation"] == 1
+    status, o = await api.patch(f"{W}/a", {"spec": {"size": 5}, "status": {"phase": "ignored"}})
+    assert o["metadata"]["generation"] == 2 and o["status"] == {"phase": "Running"}
+    status, o = await api.patch(f"{W}/a", {"metadata": {"labels": {"x": "y"}}})
+    assert o["metadata"]["generation"] == 2
+    o["status"] = {"phase": "Done"}
+    status, o = await api.put(f"{W}/a/status", o)
+    assert status == 200 and o["status"] == {"phase": "Done"}
+
+
+# ---------------------------------------------------------------------------------------------- validation
+@needs_schema
+async def test_custom_resource_validation_422_with_causes(api: Api) -> None:
+    await install_widgets(api)
+    status, body = await api.post(W, widget("a", size=301))
+    assert status == 422 and body["reason"] == "Invalid"
+    assert body["message"] == ('Widget.test.dev "a" is invalid: spec.size: Invalid value: 301: spec.size in body '
+                               "should be less than or equal to 300")
+    assert body["details"]["causes"][0]["field"] == "spec.size"
+    assert body["details"]["name"] == "a" and body["details"]["group"] == "test.dev"
+
+
+@needs_schema
+async def test_defaults_pruning_and_transition_rules(api: Api) -> None:
+    await install_widgets(api)
+    status, o = await api.post(W, widget("a", frozen="x", unknown="dropped"))
+    assert status == 201
+    assert o["spec"] == {"size": 3, "color": "blue", "frozen": "x"}
+    status, body = await api.patch(f"{W}/a", {"spec": {"frozen": "y"}})
+    assert status == 422 and "frozen is immutable" in body["message"]
+    status, o = await api.patch(f"{W}/a", {"spec": {"size": 4}})
+    assert status == 200
+
+
+@needs_schema
+async def test_field_validation_strict_warn_ignore(api: Api, server: ApiServer) -> None:
+    await install_widgets(api)
+    status, body = await api.post(f"{W}?fieldValidation=Strict", widget("a", bogus=1))
+    assert status == 400
+    assert 'strict decoding error: unknown field "spec.bogus"' in body["message"]
+    async with api.session.post(f"{server.url}{W}?fieldValidation=Warn", json=widget("b", bogus=1)) as resp:
+        assert resp.status == 201
+        assert 'unknown field \\"spec.bogus\\"' in resp.headers.get("Warning", "")
+    status, _ = await api.post(f"{W}?fieldValidation=Ignore", widget("c", bogus=1))
+    assert status == 201
+
+
+# ---------------------------------------------------------------------------------------------- deletion
+async def test_finalizers_hold_deletion(api: Api) -> None:
+    o = cm("a")
+    o["metadata"]["finalizers"] = ["test/hold"]
+    await api.post(CM, o)
+    status, d = await api.delete(f"{CM}/a")
+    assert status == 200 and d["metadata"]["deletionTimestamp"]
+    assert d["metadata"]["deletionGracePeriodSeconds"] == 0
+    assert (await api.get(f"{CM}/a"))[0] == 200
+    status, _body = await api.patch(f"{CM}/a", {"metadata": {"finalizers": ["test/hold", "test/other"]}})
+    assert status == 422
+    status, _ = await api.patch(f"{CM}/a", {"metadata": {"finalizers": None}})
+    assert status == 200
+    assert (await api.get(f"{CM}/a"))[0] == 404
+
+
+def owned(name: str, owner: dict[str, Any]) -> dict[str, Any]:
+    o = cm(name)
+    o["metadata"]["ownerReferences"] = [{"apiVersion": owner["apiVersion"], "kind": owner["kind"],
+                                         "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
+                                         "controller": True, "blockOwnerDeletion": True}]
+    return o
+
+
+async def test_gc_background(api: Api) -> None:
+    _, owner = await api.post(CM, cm("owner"))
+    await api.post(CM, owned("dep1", owner))
+    await api.post(CM, owned("dep2", owner))
+    await api.delete(f"{CM}/owner")
+    for n in ("owner", "dep1", "dep2"):
+        assert (await api.get(f"{CM}/{n}"))[0] == 404
+
+
+async def test_gc_foreground_waits_for_dependents(api: Api) -> None:
+    _, owner = await api.post(CM, cm("owner"))
+    dep = owned("dep", owner)
+    dep["metadata"]["finalizers"] = ["test/hold"]
+    await api.post(CM, dep)
+    status, o = await api.delete(f"{CM}/owner", {"propagationPolicy": "Foreground"})
+    assert status == 200
+    _, o = await api.get(f"{CM}/owner")
+    assert "foregroundDeletion" in o["metadata"]["finalizers"] and o["metadata"]["deletionTimestamp"]
+    _, d = await api.get(f"{CM}/dep")
+    assert d["metadata"]["deletionTimestamp"]
+    await api.patch(f"{CM}/dep", {"metadata": {"finalizers": None}})
+    assert (await api.get(f"{CM}/dep"))[0] == 404
+    assert (await api.get(f"{CM}/owner"))[0] == 404
+
+
+async def test_gc_orphan_removes_owner_references(api: Api) -> None:
+    _, owner = await api.post(CM, cm("owner"))
+    await api.post(CM, owned("dep", owner))
+    await api.delete(f"{CM}/owner?propagationPolicy=Orphan")
+    status, d = await api.get(f"{CM}/dep")
+    assert status == 200 and "ownerReferences" not in d["metadata"]
+
+
+async def test_delete_preconditions(api: Api) -> None:
+    _, a = await api.post(CM, cm("a"))
+    status, _body = await api.delete(f"{CM}/a", {"preconditions": {"uid": "other"}})
+    assert status == 409
+    status, _ = await api.delete(f"{CM}/a", {"preconditions": {"uid": a["metadata"]["uid"]}})
+    assert status == 200
+
+
+async def test_namespace_lifecycle_default_sa_and_cascade(api: Api) -> None:
+    status, ns = await api.post("/api/v1/namespaces", {"metadata": {"name": "team"}})
+    assert status == 201 and ns["status"]["phase"] == "Active"
+    _, sa = await api.get("/api/v1/namespaces/team/serviceaccounts/default")
+    assert sa["metadata"]["name"] == "default"
+    await api.post("/api/v1/namespaces/team/configmaps", cm("a"))
+    held = cm("held")
+    held["metadata"]["finalizers"] = ["test/hold"]
+    await api.post("/api/v1/namespaces/team/configmaps", held)
+    await api.delete("/api/v1/namespaces/team")
+    _, ns = await api.get("/api/v1/namespaces/team")
+    assert ns["status"]["phase"] == "Terminating"
+    assert (await api.get("/api/v1/namespaces/team/configmaps/a"))[0] == 404
+    status, body = await api.post("/api/v1/namespaces/team/configmaps", cm("new"))
+    assert status == 403 and "being terminated" in body["message"]
+    await api.patch("/api/v1/namespaces/team/configmaps/held", {"metadata": {"finalizers": None}})
+    assert (await api.get("/api/v1/namespaces/team"))[0] == 404
+    _, nss = await api.get("/api/v1/namespaces")
+    assert {"default", "kube-system", "kube-public"} <= {n["metadata"]["name"] for n in nss["items"]}
+
+
+# ---------------------------------------------------------------------------------------------- pods
+async def test_pod_defaults_and_pending_status(api: Api) -> None:
+    status, p = await api.post(PODS, pod("p"))
+    assert status == 201
+    assert p["status"]["phase"] == "Pending" and p["status"]["qosClass"] == "BestEffort"
+    c = p["spec"]["containers"][0]
+    assert c["terminationMessagePath"] == "/dev/termination-log" and c["terminationMessagePolicy"] == "File"
+    assert p["spec"]["restartPolicy"] == "Always" and p["spec"]["terminationGracePeriodSeconds"] == 30
+    assert "nodeName" not in p["spec"]
+
+
+async def test_pod_binding_sets_node_and_condition(api: Api) -> None:
+    await api.post(PODS, pod("p"))
+    status, body = await api.post(f"{PODS}/p/binding", {"apiVersion": "v1", "kind": "Binding",
+                                                        "metadata": {"name": "p"},
+                                                        "target": {"kind": "Node", "name": "local-node"}})
+    assert status == 201, body
+    _, p = await api.get(f"{PODS}/p")
+    assert p["spec"]["nodeName"] == "local-node"
+    assert {"type": "PodScheduled", "status": "True"}.items() <= p["status"]["conditions"][0].items()
+    status, _ = await api.post(f"{PODS}/p/binding", {"target": {"name": "other"}})
+    assert status == 409
+
+
+async def test_scheduled_pod_graceful_deletion_waits_for_node(api: Api) -> None:
+    await api.post(PODS, pod("p", nodeName="local-node"))
+    status, p = await api.delete(f"{PODS}/p")
+    assert status == 200
+    assert p["metadata"]["deletionGracePeriodSeconds"] == 30 and p["metadata"]["deletionTimestamp"]
+    assert (await api.get(f"{PODS}/p"))[0] == 200
+    await api.delete(f"{PODS}/p", {"gracePeriodSeconds": 0})
+    assert (await api.get(f"{PODS}/p"))[0] == 404
+
+
+async def test_unscheduled_or_finished_pod_deleted_at_once(api: Api) -> None:
+    await api.post(PODS, pod("p"))
+    await api.delete(f"{PODS}/p")
+    assert (await api.get(f"{PODS}/p"))[0] == 404
+    await api.post(PODS, pod("q", nodeName="local-node"))
+    await api.patch(f"{PODS}/q/status", {"status": {"phase": "Succeeded"}})
+    await api.delete(f"{PODS}/q")
+    assert (await api.get(f"{PODS}/q"))[0] == 404
+
+
+async def test_pod_spec_is_immutable(api: Api) -> None:
+    await api.post(PODS, pod("p"))
+    status, body = await api.patch(f"{PODS}/p", {"spec": {"restartPolicy": "Never"}})
+    assert status == 422 and "pod updates may not change fields" in body["message"]
+
+
+async def test_resource_quota_pods_limit(api: Api) -> None:
+    await api.post("/api/v1/namespaces/default/resourcequotas",
+                   {"metadata": {"name": "q"}, "spec": {"hard": {"count/pods": "2"}}})
+    assert (await api.post(PODS, pod("a")))[0] == 201
+    assert (await api.post(PODS, pod("b")))[0] == 201
+    status, body = await api.post(PODS, pod("c"))
+    assert status == 403 and body["reason"] == "Forbidden"
+    assert body["message"] == ('pods "c" is forbidden: exceeded quota: q, requested: count/pods=1, '
+                               "used: count/pods=2, limited: count/pods=2")
+
+
+async def test_eviction_deletes_pod(api: Api) -> None:
+    await api.post(PODS, pod("p"))
+    status, _ = await api.post(f"{PODS}/p/eviction", {"apiVersion": "policy/v1", "kind": "Eviction",
+                                                      "metadata": {"name": "p"}})
+    assert status == 201
+    assert (await api.get(f"{PODS}/p"))[0] == 404
+
+
+async def test_events_core_and_events_k8s_io(api: Api) -> None:
+    ev = {"metadata": {"generateName": "x."}, "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"},
+          "reason": "Started", "message": "hi", "type": "Normal"}
+    status, _ = await api.post("/api/v1/namespaces/default/events", ev)
+    assert status == 201
+    status, lst = await api.get("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dp")
+    assert [e["reason"] for e in lst["items"]] == ["Started"]
+    status, _ = await api.post("/apis/events.k8s.io/v1/namespaces/default/events",
+                               {"metadata": {"name": "e2"}, "reason": "R", "note": "n", "action": "A",
+                                "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "c",
+                                "reportingInstance": "i", "regarding": {"kind": "Pod", "name": "p"}})
+    assert status == 201
+
+
+async def test_cluster_scoped_and_other_builtin_kinds(api: Api) -> None:
+    for path, body in [
+        ("/apis/coordination.k8s.io/v1/namespaces/default/leases", {"metadata": {"name": "l"},
+                                                                    "spec": {"holderIdentity": "me"}}),
+        ("/apis/networking.k8s.io/v1/namespaces/default/networkpolicies",
+         {"metadata": {"name": "deny"}, "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}}),
+        ("/apis/rbac.authorization.k8s.io/v1/clusterroles", {"metadata": {"name": "r"}, "rules": []}),
+        ("/apis/apps/v1/namespaces/default/deployments", {"metadata": {"name": "d"}, "spec": {}}),
+        ("/apis/policy/v1/namespaces/default/poddisruptionbudgets", {"metadata": {"name": "p"}, "spec": {}}),
+        ("/api/v1/namespaces/default/secrets", {"metadata": {"name": "s"}, "stringData": {"k": "v"}}),
+        ("/api/v1/nodes", {"metadata": {"name": "n1"}}),
+    ]:
+        status, o = await api.post(path, body)
+        assert status == 201, (path, o)
+        assert (await api.get(f"{path}/{o['metadata']['name']}"))[0] == 200
+    _, s = await api.get("/api/v1/namespaces/default/secrets/s")
+    assert s["data"] == {"k": "dg=="} and s["type"] == "Opaque" and "stringData" not in s
