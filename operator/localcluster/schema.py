@@ -925,6 +925,7 @@ class _CompiledExpr:
             return
         idents: set[str] = set()
         calls: set[str] = set()
+        bound: set[str] = set()
         for sub in ast.iter_subtrees():
             if sub.data == "ident" and sub.children:
                 idents.add(str(sub.children[0]))
@@ -932,9 +933,13 @@ class _CompiledExpr:
                 calls.add(str(sub.children[0]))
             elif sub.data == "member_dot_arg" and len(sub.children) >= 2:
                 calls.add(str(sub.children[1]))
+                if str(sub.children[1]) in _MACROS and len(sub.children) >= 3:
+                    first = sub.children[2].children[0] if sub.children[2].children else None
+                    if first is not None:
+                        bound.update(str(t.children[0]) for t in first.iter_subtrees() if t.data == "ident")
         self.uses_old_self = "oldSelf" in idents
         self.true_if_unchanged = self.is_self_equals_old or _leading_disjunct_is_self_equals_old(ast, text)
-        unknown_vars = sorted(i for i in idents - {"self", "oldSelf"} if i not in _KNOWN_IDENTS)
+        unknown_vars = sorted(i for i in idents - bound - {"self", "oldSelf"} if i not in _KNOWN_IDENTS)
         unknown_calls = sorted(c for c in calls if c not in _KNOWN_FUNCTIONS)
         if unknown_vars:
             self.error = f"undeclared reference to '{unknown_vars[0]}' (in container '')"
@@ -945,6 +950,7 @@ class _CompiledExpr:
         self.program = _CEL_ENV.program(ast, functions=_K8S_FUNCTIONS)
 
 
+_MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 _SELF_EQUALS_OLD = ("self==oldSelf", "oldSelf==self")
 
 
@@ -1500,7 +1506,21 @@ def _fn_as_integer(a: Any) -> Any:
     return ct.IntType(int(v))
 
 
-_K8S_FUNCTIONS: dict[str, Callable[..., Any]] = {
+def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a library failure into a CEL error value, so `||`/`&&` can absorb it as CEL does."""
+
+    def call(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except _CelError as exc:
+            return CELEvalError(str(exc), _CelError, ())
+        except (TypeError, ValueError, AttributeError, IndexError, KeyError, InvalidOperation) as exc:
+            return CELEvalError("no such overload", type(exc), exc.args)
+
+    return call
+
+
+_K8S_LIBRARY: dict[str, Callable[..., Any]] = {
     "charAt": lambda s, i: ct.StringType(str(s)[int(i)] if int(i) < len(s) else ""),
     "indexOf": _fn_index_of,
     "lastIndexOf": _fn_last_index_of,
@@ -1540,6 +1560,8 @@ _K8S_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "value": _fn_value,
     "orValue": _fn_or_value,
 }
+
+_K8S_FUNCTIONS = {name: _guard(fn) for name, fn in _K8S_LIBRARY.items()}
 
 # Names rules may use: celpy built-ins, the macros, and the libraries above.
 _KNOWN_FUNCTIONS = frozenset(
