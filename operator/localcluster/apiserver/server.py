@@ -524,7 +524,7 @@ class ApiServer:
     async def _watch(self, request: web.Request, info: ResourceInfo, ri: ReqInfo,
                      table: str | None) -> web.StreamResponse:
         q = request.query
-        ns = ri.namespace if info.namespaced else None
+        ns = (ri.namespace or None) if info.namespaced else None
         matcher = combine(parse_label_selector(q.get("labelSelector")), parse_field_selector(q.get("fieldSelector")))
         if ri.legacy_watch and ri.name:
             name_m = parse_field_selector(f"metadata.name={ri.name}")
