@@ -144,6 +144,7 @@ class RequestRecord:
 
 RI_KEY = web.RequestKey("ri", ReqInfo)
 VERB_KEY = web.RequestKey("verb", str)
+RECORDED_KEY = web.RequestKey("recorded", bool)
 
 
 def _schema_module() -> Any:
@@ -264,7 +265,8 @@ class ApiServer:
         except Exception as e:
             err = ApiError(500, f"Internal error occurred: {type(e).__name__}: {e}")
             resp = web.Response(body=dumps(err.to_status()), status=500, content_type=JSON)
-        self._record(request, ri, verb, ua, resp.status, started)
+        if not request.get(RECORDED_KEY):
+            self._record(request, ri, verb, ua, resp.status, started)
         return resp
 
     def _record(self, request: web.Request, ri: ReqInfo, verb: str, ua: str, code: int, started: float) -> None:
@@ -565,6 +567,9 @@ class ApiServer:
             self._watch_tasks.add(task)
         try:
             await resp.prepare(request)
+            # A watch is logged when it starts streaming: it may stay open for the whole test.
+            self._record(request, ri, "watch", request.headers.get("User-Agent", ""), 200, time.time())
+            request[RECORDED_KEY] = True
             enc = self._event_encoder(info, table)
             for et, item in initial:
                 if isinstance(item, Event):
