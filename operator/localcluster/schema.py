@@ -161,29 +161,26 @@ def _go_quote(s: str) -> str:
 
 
 def _go_float(f: float) -> str:
-    """fmt %v of a float64 (strconv 'g' with the shortest digits, exponent from 1e21)."""
+    """fmt %v of a float64: strconv 'g' with the shortest digits (exponent form from 1e+06 and below 1e-04)."""
     if math.isnan(f):
         return "NaN"
     if math.isinf(f):
         return "+Inf" if f > 0 else "-Inf"
     if f == 0:
         return "0"
-    r = repr(float(f))
-    mant, _, exp_s = r.partition("e")
-    digits = mant.replace("-", "").replace(".", "").lstrip("0") or "0"
-    exp = int(exp_s) if exp_s else len(mant.replace("-", "").split(".")[0].lstrip("0") or "") - 1
-    if not exp_s and abs(f) < 1:
-        frac = mant.replace("-", "").split(".")[1]
-        exp = -(len(frac) - len(frac.lstrip("0")) + 1)
-    digits = digits.rstrip("0") or "0"
-    if exp < -4 or exp >= 21:
-        m = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
-        sign = "-" if f < 0 else ""
-        return f"{sign}{m}e{'+' if exp >= 0 else '-'}{abs(exp):02d}"
-    s = format(Decimal(r), "f")
-    if "." in s:
-        s = s.rstrip("0").rstrip(".")
-    return s
+    _, digit_tuple, exponent = Decimal(repr(float(f))).as_tuple()
+    digits = "".join(map(str, digit_tuple)).rstrip("0") or "0"
+    assert isinstance(exponent, int)
+    exp = exponent + len("".join(map(str, digit_tuple))) - 1
+    sign = "-" if f < 0 else ""
+    if exp < -4 or exp >= 6:
+        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        return f"{sign}{mantissa}e{'+' if exp >= 0 else '-'}{abs(exp):02d}"
+    if exp < 0:
+        return f"{sign}0.{'0' * (-exp - 1)}{digits}"
+    whole = digits[: exp + 1].ljust(exp + 1, "0")
+    frac = digits[exp + 1 :]
+    return f"{sign}{whole}.{frac}" if frac else f"{sign}{whole}"
 
 
 def _go_sharp(v: Any) -> str:
@@ -219,6 +216,21 @@ def _go_value(v: Any) -> str:
     if isinstance(v, str):
         return _go_quote(v)
     return _go_sharp(v)
+
+
+def _go_json(v: Any) -> str:
+    """encoding/json.Marshal of a decoded JSON value (sorted keys, whole floats without '.0')."""
+
+    def norm(x: Any) -> Any:
+        if isinstance(x, float) and x.is_integer() and abs(x) < 1e21:
+            return int(x)
+        if isinstance(x, Mapping):
+            return {k: norm(x[k]) for k in x}
+        if isinstance(x, list | tuple):
+            return [norm(i) for i in x]
+        return x
+
+    return json.dumps(norm(v), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 _OMIT = object()
@@ -258,7 +270,7 @@ def _internal(path: str, detail: str) -> FieldError:
 
 
 def _not_supported(path: str, value: Any, allowed: Iterable[Any]) -> FieldError:
-    vals = [a if isinstance(a, str) else json.dumps(a, separators=(",", ":")) for a in allowed]
+    vals = [a if isinstance(a, str) else _go_json(a) for a in allowed]
     detail = "supported values: " + ", ".join(_go_quote(v) for v in vals) if vals else ""
     return FieldError(NOT_SUPPORTED, _f(path), _body("Unsupported value", value, detail))
 
@@ -1118,28 +1130,103 @@ def _eval_rules(node: _Node, data: Any, old: Any, path: str, errs: list[FieldErr
             if fast_path and compiled.is_self_equals_old and not rule.message_expression:
                 _report_failure(node, rule, data, path, errs, None)
                 continue
-        if not converted:
-            view = _resource_root_view(data) if root else data
-            self_val = _to_cel(view, node)
-            if old is not None:
-                old_val = _to_cel(_resource_root_view(old) if root else old, node)
-            converted = True
-        activation: dict[str, Any] = {"self": self_val}
-        if compiled.uses_old_self:
-            if rule.optional_old_self:
-                activation["oldSelf"] = _Optional(old_val, old is not None)
+        key = _memo_key(node, rule, data, old if compiled.uses_old_self else _ABSENT)
+        outcome = _RULE_MEMO.get(key) if key is not None else None
+        activation: dict[str, Any] | None = None
+        if outcome is None:
+            if not converted:
+                self_val = _to_cel(_resource_root_view(data) if root else data, node)
+                if old is not None:
+                    old_val = _to_cel(_resource_root_view(old) if root else old, node)
+                converted = True
+            activation = _activation(compiled, rule, self_val, old_val, old is not None)
+            result, err = _run(compiled, activation)
+            if err is not None:
+                outcome = err
+            elif result is True or (isinstance(result, ct.BoolType) and bool(result)):
+                outcome = True
+            elif not isinstance(result, bool | ct.BoolType):
+                outcome = "no such overload"
             else:
-                activation["oldSelf"] = old_val
-        result, err = _run(compiled, activation)
-        if err is not None:
-            errs.append(_invalid(path, type_value, f"{err} evaluating rule: {rule.error_string}"))
+                outcome = False
+            if key is not None:
+                if len(_RULE_MEMO) >= _RULE_MEMO_SIZE:
+                    _RULE_MEMO.clear()
+                _RULE_MEMO[key] = outcome
+        if outcome is True:
             continue
-        if result is True or (isinstance(result, ct.BoolType) and bool(result)):
+        if isinstance(outcome, str):
+            errs.append(_invalid(path, type_value, f"{outcome} evaluating rule: {rule.error_string}"))
             continue
-        if not isinstance(result, bool | ct.BoolType):
-            errs.append(_invalid(path, type_value, f"no such overload evaluating rule: {rule.error_string}"))
-            continue
+        if rule.message_expression and activation is None:
+            if not converted:
+                self_val = _to_cel(_resource_root_view(data) if root else data, node)
+                if old is not None:
+                    old_val = _to_cel(_resource_root_view(old) if root else old, node)
+                converted = True
+            activation = _activation(compiled, rule, self_val, old_val, old is not None)
         _report_failure(node, rule, data, path, errs, activation)
+
+
+def _activation(compiled: _CompiledExpr, rule: _Rule, self_val: Any, old_val: Any, has_old: bool) -> dict[str, Any]:
+    activation: dict[str, Any] = {"self": self_val}
+    if compiled.uses_old_self:
+        activation["oldSelf"] = _Optional(old_val, has_old) if rule.optional_old_self else old_val
+    return activation
+
+
+# Rule outcomes for small values: CEL rules are pure, so (schema node, rule, self, oldSelf) decides
+# the result. It spares the interpreter (~0.2 ms a rule) on the many writes that repeat values.
+_ABSENT = object()
+_RULE_MEMO: dict[tuple[Any, ...], bool | str] = {}
+_RULE_MEMO_SIZE = 4096
+_MEMO_MAX_NODES = 64
+_MEMO_MAX_STRING = 512
+
+
+def _memo_key(node: _Node, rule: _Rule, data: Any, old: Any) -> tuple[Any, ...] | None:
+    budget = [_MEMO_MAX_NODES]
+    frozen = _freeze(data, budget)
+    if frozen is None:
+        return None
+    frozen_old = ("absent",) if old is _ABSENT or old is None else _freeze(old, budget)
+    if frozen_old is None:
+        return None
+    return (node, rule.rule, rule.optional_old_self, frozen, frozen_old)
+
+
+def _freeze(v: Any, budget: list[int]) -> Any:
+    """A hashable, type-exact image of a small JSON value; None when too large to be worth it."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        return None
+    if v is None:
+        return ("n",)
+    if isinstance(v, bool):
+        return ("b", v)
+    if isinstance(v, int):
+        return ("i", v)
+    if isinstance(v, float):
+        return ("f", v)
+    if isinstance(v, str):
+        return ("s", v) if len(v) <= _MEMO_MAX_STRING else None
+    if isinstance(v, list):
+        items = []
+        for x in v:
+            fx = _freeze(x, budget)
+            if fx is None:
+                return None
+            items.append(fx)
+        return ("l", tuple(items))
+    if isinstance(v, Mapping):
+        pairs = []
+        for k in sorted(v):
+            fx = _freeze(v[k], budget)
+            if fx is None:
+                return None
+            pairs.append((k, fx))
+        return ("m", tuple(pairs))
+    return None
 
 
 def _report_failure(

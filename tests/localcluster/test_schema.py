@@ -668,3 +668,16 @@ def test_validation_of_a_large_execution_is_fast(schema: dict[str, Any]) -> None
     # a busy CI machine does not flake, while a regression to per-call compilation would still fail.
     assert _median_seconds(lambda: validate(schema, obj)) < 0.002
     assert _median_seconds(lambda: default_and_prune(schema, obj)) < 0.002
+
+
+def test_cel_outcomes_stay_right_when_values_repeat() -> None:
+    schema = _cel_schema({"rule": "self.timeoutSeconds <= 60", "message": "too long"})
+    ok = default_and_prune(schema, _obj(timeoutSeconds=60))
+    bad = default_and_prune(schema, _obj(timeoutSeconds=61))
+    for _ in range(3):
+        assert validate(schema, ok) == []
+        assert _messages(validate(schema, bad)) == ["spec: Invalid value: too long"]
+    # The same values under a schema that types them differently are evaluated afresh.
+    other = _cel_schema({"rule": "self.timeoutSeconds <= 60", "message": "too long"})
+    other["properties"]["spec"]["properties"]["timeoutSeconds"]["maximum"] = 1000
+    assert _messages(validate(other, copy.deepcopy(bad))) == ["spec: Invalid value: too long"]
