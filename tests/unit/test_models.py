@@ -63,7 +63,7 @@ def test_camel_case_on_the_wire_snake_case_in_code() -> None:
     assert "input" not in dumped and "correlationId" not in dumped  # no nulls on the wire
 
 
-@pytest.mark.parametrize("value", [0, "", [], False, {}, [None]])
+@pytest.mark.parametrize("value", [0, "", [], False, {}, [None], {"a": None, "b": [{"c": None}]}])
 def test_falsy_inputs_survive_the_dump(value: Any) -> None:
     assert ExecutionSpec(code="1", input=value).to_k8s()["input"] == value
 
