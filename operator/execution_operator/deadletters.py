@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -257,7 +257,7 @@ def _shrink_to_fit(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def next_replay_number(replays: list[Mapping[str, Any]]) -> int:
+def next_replay_number(replays: Sequence[Mapping[str, Any]]) -> int:
     """One past the highest replay so far; counts on past `status.replays`' cap of 50 entries."""
     numbers = [len(replays)]
     for entry in replays:
@@ -565,9 +565,12 @@ class DeadLetters:
         created = _parse_time(meta.get("creationTimestamp")) or self.clock()
         entry = _Entry(uid=str(uid) if uid else None, created=created)
         entries[name] = entry
-        loop = asyncio.get_running_loop()
         delay = (created + self.max_age - self.clock()).total_seconds()
-        entry.timer = loop.call_at(loop.time() + max(delay, 0.0), self._expire_soon, namespace, name, entry.uid)
+        if delay <= 0:
+            self._start_delete(namespace, name, "age")
+        else:
+            loop = asyncio.get_running_loop()
+            entry.timer = loop.call_at(loop.time() + delay, self._expire_soon, namespace, name, entry.uid)
         self._enforce_cap(namespace)
         metrics.set_dead_letters_present(namespace, self.present(namespace))
 
@@ -591,7 +594,7 @@ class DeadLetters:
         live = [(e.created, n) for n, e in self._index.get(namespace, {}).items() if not e.deleting]
         excess = len(live) - self.max_per_namespace
         for _, name in sorted(live)[: max(excess, 0)]:
-            self._spawn(self._delete(namespace, name, "count"))
+            self._start_delete(namespace, name, "count")
 
     def _retry_delete(self, namespace: str, name: str, uid: str | None) -> None:
         """After a failed delete: age and cap are decided again from scratch."""
@@ -610,24 +613,26 @@ class DeadLetters:
     def _expire_soon(self, namespace: str, name: str, uid: str | None) -> None:
         entry = self._index.get(namespace, {}).get(name)
         if entry is not None and entry.uid == uid and not entry.deleting:
-            self._spawn(self._delete(namespace, name, "age"))
+            self._start_delete(namespace, name, "age")
 
-    def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _delete(self, namespace: str, name: str, why: str) -> None:
-        """Delete one DeadLetter (uid-guarded); a failure un-marks it so the next event retries."""
+    def _start_delete(self, namespace: str, name: str, why: str) -> None:
+        """Mark the entry as going (so the cap stops counting it) and delete it in a task."""
         entry = self._index.get(namespace, {}).get(name)
         if entry is None or entry.deleting:
             return
         entry.deleting = True
+        task = asyncio.get_running_loop().create_task(self._delete(namespace, name, entry, why))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _delete(self, namespace: str, name: str, entry: _Entry, why: str) -> None:
+        """Delete one DeadLetter (uid-guarded); a failure un-marks it and schedules another try."""
         body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         if entry.uid:
             body["preconditions"] = {"uid": entry.uid}
         try:
             await self.client.delete(self._path(namespace, name), body)
+            log.info("dead letter deleted by retention", namespace=namespace, dead_letter=name, why=why)
         except Exception as exc:  # a timer task has nobody to raise to
             gone = isinstance(exc, ApiError) and (exc.not_found or exc.status == 409)  # 409: another uid now
             if not gone:
@@ -644,7 +649,6 @@ class DeadLetters:
                     entry.timer.cancel()
                 entry.timer = loop.call_later(self.retry_seconds, self._retry_delete, namespace, name, entry.uid)
                 return
-        log.info("dead letter deleted by retention", namespace=namespace, dead_letter=name, why=why)
         if self._index.get(namespace, {}).get(name) is entry:
             self._forget(namespace, name)
 
