@@ -315,6 +315,7 @@ class _Node:
         "format",
         "has_default",
         "has_defaults_below",
+        "has_embedded_below",
         "has_listtype_below",
         "has_rules_below",
         "int_or_string",
@@ -395,6 +396,7 @@ class _Node:
         children = [*self.properties.values(), *(c for c in (self.additional, self.items) if c)]
         self.has_rules_below: bool = bool(self.rules) or any(c.has_rules_below for c in children)
         self.has_defaults_below: bool = any(c.has_default or c.has_defaults_below for c in children)
+        self.has_embedded_below: bool = any(c.embedded or c.has_embedded_below for c in children)
         self.has_listtype_below: bool = self.list_type in ("set", "map") or any(c.has_listtype_below for c in children)
 
 
@@ -585,6 +587,8 @@ def validate(schema: Mapping[str, Any], obj: Any, old: Any | None = None, path: 
     node = compile_schema(schema)
     errs: list[FieldError] = []
     _validate_node(node, obj, path, errs)
+    if node.has_embedded_below:
+        _validate_embedded(node, obj, path, errs)
     if node.has_listtype_below:
         _validate_lists(node, obj, path, errs)
     if node.has_rules_below:
@@ -850,6 +854,60 @@ _FORMATS: dict[str, Callable[[str], bool]] = {
     "duration": lambda s: bool(_RX_GO_DURATION.match(s) or _RX_DURATION.match(s)),
     "uri": _is_uri,
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# x-kubernetes-embedded-resource: apiVersion and kind are required (schemaobjectmeta).
+
+_RX_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DNS1035_MSG = (
+    "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an "
+    "alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', "
+    "regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"
+)
+
+
+def _validate_embedded(node: _Node, data: Any, path: str, errs: list[FieldError]) -> None:
+    if isinstance(data, Mapping):
+        if node.embedded:
+            _validate_embedded_resource(data, path, errs)
+        for k, v in data.items():
+            sub = node.properties.get(k)
+            if sub is None and k not in node.properties:
+                sub = node.additional
+            if sub is not None and (sub.embedded or sub.has_embedded_below):
+                _validate_embedded(sub, v, _child(path, k), errs)
+    elif isinstance(data, list) and node.items is not None:
+        it = node.items
+        if it.embedded or it.has_embedded_below:
+            for i, v in enumerate(data):
+                _validate_embedded(it, v, f"{path}[{i}]", errs)
+
+
+def _validate_embedded_resource(x: Mapping[str, Any], path: str, errs: list[FieldError]) -> None:
+    for key in ("apiVersion", "kind"):
+        if key not in x:
+            errs.append(_required(_child(path, key), "must not be empty"))
+    api_version = x.get("apiVersion")
+    if "apiVersion" in x:
+        if not isinstance(api_version, str):
+            errs.append(_invalid(_child(path, "apiVersion"), api_version, "must be a string"))
+        elif not api_version:
+            errs.append(_invalid(_child(path, "apiVersion"), api_version, "must not be empty"))
+        elif api_version.count("/") > 1:
+            detail = f"unexpected GroupVersion string: {api_version}"
+            errs.append(_invalid(_child(path, "apiVersion"), api_version, detail))
+    kind = x.get("kind")
+    if "kind" in x:
+        if not isinstance(kind, str):
+            errs.append(_invalid(_child(path, "kind"), kind, "must be a string"))
+        elif not kind:
+            errs.append(_invalid(_child(path, "kind"), kind, "must not be empty"))
+        elif len(kind) > 63 or not _RX_DNS1035.match(kind.lower()):
+            detail = "may have mixed case, but should otherwise match: " + (
+                "must be no more than 63 characters" if len(kind) > 63 else _DNS1035_MSG
+            )
+            errs.append(_invalid(_child(path, "kind"), kind, detail))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1980,7 +2038,7 @@ def _check_structural(s: Mapping[str, Any], level: int, path: str, errs: list[Fi
         if isinstance(sub, Mapping):
             _check_structural(sub, _FIELD, _key(f"{path}.properties", k), errs)
     ap = s.get("additionalProperties")
-    if ap is not None and ap is not True:
+    if ap is not None:
         if level == _ROOT:
             errs.append(_forbidden(f"{path}.additionalProperties", "must not be used at the root"))
         if isinstance(ap, Mapping):

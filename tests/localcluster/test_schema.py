@@ -681,3 +681,13 @@ def test_cel_outcomes_stay_right_when_values_repeat() -> None:
     other = _cel_schema({"rule": "self.timeoutSeconds <= 60", "message": "too long"})
     other["properties"]["spec"]["properties"]["timeoutSeconds"]["maximum"] = 1000
     assert _messages(validate(other, copy.deepcopy(bad))) == ["spec: Invalid value: too long"]
+
+
+def test_embedded_resources_need_api_version_and_kind(schema: dict[str, Any]) -> None:
+    obj = default_and_prune(schema, _obj(template={"metadata": {"name": "x"}, "spec": {}}))
+    assert _messages(validate(schema, obj)) == [
+        "spec.template.apiVersion: Required value: must not be empty",
+        "spec.template.kind: Required value: must not be empty",
+    ]
+    obj = default_and_prune(schema, _obj(template={"apiVersion": "v1", "kind": "Pod"}))
+    assert validate(schema, obj) == []
