@@ -407,9 +407,7 @@ def render() -> str:
 def queries(dashboard: dict[str, Any] | None = None) -> list[tuple[str, str]]:
     """(panel title, PromQL) for every target of every non-row panel."""
     d = dashboard if dashboard is not None else build_dashboard()
-    return [
-        (p["title"], t["expr"]) for p in d["panels"] if p.get("type") != "row" for t in p.get("targets", [])
-    ]
+    return [(p["title"], t["expr"]) for p in d["panels"] if p.get("type") != "row" for t in p.get("targets", [])]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,9 +32,7 @@ def rules_dir(render: Render, tmp_path: Path) -> Path:
 
 def _promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     promtool = require_tool("promtool")
-    return subprocess.run(
-        [promtool, *args], capture_output=True, text=True, cwd=cwd, timeout=120, check=False
-    )
+    return subprocess.run([promtool, *args], capture_output=True, text=True, cwd=cwd, timeout=120, check=False)
 
 
 def test_promtool_check_rules(rules_dir: Path) -> None:

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from toolkit import CHART, ROOT, TOOLS_BIN, require_tool, template_args
@@ -19,7 +20,7 @@ def _checkov() -> str:
     return require_tool("checkov", ROOT / ".tools" / "checkov" / "bin" / "checkov")
 
 
-def _run_checkov(args: list[str], helm_env: dict[str, str], helm: str) -> dict[str, object]:
+def _run_checkov(args: list[str], helm_env: dict[str, str], helm: str) -> dict[str, Any]:
     env = dict(helm_env)
     env["PATH"] = f"{Path(helm).parent}:{TOOLS_BIN}:{env.get('PATH', '')}"
     proc = subprocess.run(
