@@ -11,21 +11,17 @@ import builtins
 import contextlib
 import errno
 import faulthandler
-import gzip
 import json
 import linecache
 import os
-import socket
 import sys
-import traceback
 import types
 from typing import Any
 
 from execution_operator.runner import report as r
 
 FILENAME = "<execution>"
-#: The environment variable naming the report socket's fd (removed before the user's code runs).
-REPORT_FD_ENV = "SANDBOX_REPORT_FD"
+REPORT_FD_ENV = r.REPORT_FD_ENV
 
 _NETWORK_TIMEOUT_NAMES = frozenset({"Timeout", "ConnectTimeout", "ReadTimeout", "TimeoutException"})
 _NETWORK_ERROR_NAMES = frozenset({"ConnectionError", "ConnectError", "NetworkError", "ProtocolError"})
@@ -71,7 +67,8 @@ def _os_error_type(exc: OSError) -> str:
         return r.PERMISSION
     if isinstance(exc, TimeoutError):  # socket.timeout is an alias
         return r.NETWORK_TIMEOUT
-    if isinstance(exc, (ConnectionError, socket.gaierror)):
+    socket = sys.modules.get("socket")  # the code raised a socket error only if it imported socket
+    if isinstance(exc, ConnectionError) or (socket is not None and isinstance(exc, socket.gaierror)):
         return r.NETWORK_ERROR
     # urllib's URLError wraps the real cause in `reason`.
     reason = getattr(exc, "reason", None)
@@ -101,6 +98,8 @@ def _safe(call: Any, default: str) -> str:
 
 def describe(exc: BaseException) -> tuple[str, str, int | None]:
     """(one-line message, traceback tail without the harness's frames, line in the user's code)."""
+    import traceback  # only on failure: keeps the start fast
+
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename != FILENAME:
         tb = tb.tb_next
@@ -185,6 +184,8 @@ def _read_payload(directory: str, name: str) -> str | None:
             return fh.read().decode("utf-8")
     packed = plain + ".gz"
     if os.path.exists(packed):
+        import gzip
+
         with gzip.open(packed, "rb") as fh:
             return fh.read().decode("utf-8")
     return None
@@ -235,9 +236,11 @@ def main() -> None:
     write_fd = os.write
     dumps = json.dumps
     fd = int(os.environ.pop(REPORT_FD_ENV))
-    channel = socket.socket(fileno=fd)
     os.set_inheritable(fd, False)  # programs the code runs do not get the channel
-    send = channel.send
+
+    def send(data: bytes) -> None:
+        if write_fd(fd, data) != len(data):  # a SOCK_SEQPACKET write is one whole record or an error
+            raise OSError(errno.EMSGSIZE, "short write")
 
     def report(frame: dict[str, Any]) -> None:
         # A frame is one datagram: a JSON header line, then the output's JSON text as it is.

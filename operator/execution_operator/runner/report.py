@@ -20,6 +20,9 @@ MESSAGE_LIMIT = 512
 EXCEPTION_TYPE_LIMIT = 100
 DETAILS_LIMIT = 8192
 
+#: The environment variable naming the child's report socket fd (removed before the user's code runs).
+REPORT_FD_ENV = "SANDBOX_REPORT_FD"
+
 #: The supervisor's exit code when it fails itself: neither 0 nor 1, so its report is never trusted.
 SUPERVISOR_FAILURE_EXIT = 2
 
