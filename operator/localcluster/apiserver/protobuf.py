@@ -13,7 +13,7 @@ from typing import Any
 
 MAGIC = b"k8s\x00"
 
-# A field spec is (name, type, nested spec or None). Types: string, bytes, int, bool, msg, time,
+# A field spec is (name, type, nested spec or None). Types: string, bytes, int, int0, bool, msg, time,
 # map_ss (map<string,string>), map_sb (map<string,bytes>), rep_string, rep_msg.
 Spec = dict[int, tuple[str, str, Any]]
 
@@ -44,6 +44,14 @@ KINDS: dict[tuple[str, str], Spec] = {
                                3: ("imagePullSecrets", "rep_msg", LOCAL_REF),
                                4: ("automountServiceAccountToken", "bool", None)},
 }
+DELETE_OPTIONS: Spec = {
+    1: ("gracePeriodSeconds", "int0", None),
+    2: ("preconditions", "msg", {1: ("uid", "string", None), 2: ("resourceVersion", "string", None)}),
+    3: ("orphanDependents", "bool", None), 4: ("propagationPolicy", "string", None),
+    5: ("dryRun", "rep_string", None),
+}
+KINDS[("v1", "DeleteOptions")] = DELETE_OPTIONS
+KINDS[("meta.k8s.io/v1", "DeleteOptions")] = DELETE_OPTIONS
 TYPE_META: Spec = {1: ("apiVersion", "string", None), 2: ("kind", "string", None)}
 UNKNOWN: Spec = {1: ("typeMeta", "msg", TYPE_META), 2: ("raw", "bytes", None),
                  3: ("contentEncoding", "string", None), 4: ("contentType", "string", None)}
@@ -107,6 +115,8 @@ def decode_message(buf: bytes, spec: Spec) -> dict[str, Any]:
         elif typ == "int":
             if val:
                 out[name] = _signed(val)
+        elif typ == "int0":  # optional (pointer) integers: zero is meaningful
+            out[name] = _signed(val)
         elif typ == "bool":
             out[name] = bool(val)
         elif typ == "msg":
