@@ -74,8 +74,7 @@ def egress_denied(pod: dict[str, Any], policies: list[dict[str, Any]]) -> bool:
     selecting = [
         p
         for p in policies
-        if match_label_selector((p.get("spec") or {}).get("podSelector") or {}, labels)
-        and "Egress" in _policy_types(p)
+        if match_label_selector((p.get("spec") or {}).get("podSelector") or {}, labels) and "Egress" in _policy_types(p)
     ]
     return bool(selecting) and all(not (p.get("spec") or {}).get("egress") for p in selecting)
 
@@ -296,9 +295,7 @@ async def _fill_source(
             if source.get("optional"):
                 return
             raise ContainerConfigError(f'configmap "{name}" not found')
-        files = _project_keys(
-            _configmap_data(cm), source.get("items"), "configmap", bool(source.get("optional"))
-        )
+        files = _project_keys(_configmap_data(cm), source.get("items"), "configmap", bool(source.get("optional")))
     elif kind == "secret":
         name = source.get("secretName") or source.get("name", "")
         secret = await lookups.get_secret(namespace, name)
@@ -306,9 +303,7 @@ async def _fill_source(
             if source.get("optional"):
                 return
             raise ContainerConfigError(f'secret "{name}" not found')
-        files = _project_keys(
-            _secret_data(secret), source.get("items"), "secret", bool(source.get("optional"))
-        )
+        files = _project_keys(_secret_data(secret), source.get("items"), "secret", bool(source.get("optional")))
     elif kind == "downwardAPI":
         files = []
         for item in source.get("items") or []:
@@ -326,9 +321,7 @@ async def _fill_source(
         _write_file(root, rel, content, item_mode if item_mode is not None else mode)
 
 
-async def materialize_volumes(
-    pod: dict[str, Any], pod_dir: Path, lookups: Lookups, host_ip: str
-) -> dict[str, Path]:
+async def materialize_volumes(pod: dict[str, Any], pod_dir: Path, lookups: Lookups, host_ip: str) -> dict[str, Path]:
     """Create each pod volume under `pod_dir/volumes/<name>` and return name -> host path.
 
     emptyDir is a plain directory (its `sizeLimit` is not enforced); configMap, secret, downwardAPI and
@@ -386,8 +379,6 @@ def container_mounts(container: dict[str, Any], volumes: dict[str, Path]) -> lis
             source = source / sub_path
             if not source.exists():
                 source.mkdir(parents=True, exist_ok=True)
-        mounts.append(
-            Mount(source=source, target=vm.get("mountPath", ""), read_only=bool(vm.get("readOnly")))
-        )
+        mounts.append(Mount(source=source, target=vm.get("mountPath", ""), read_only=bool(vm.get("readOnly"))))
     mounts.sort(key=lambda m: len(Path(m.target).parts))
     return mounts

@@ -8,7 +8,9 @@ reported as complete `PodStatus` dicts to a callback. It knows nothing about HTT
 Isolation per container: a read-only view of the host root (each top-level entry bound read-only onto
 a fresh root, so volumes can be mounted at paths the host lacks), private /dev, /proc, /tmp, PID, IPC
 and UTS namespaces, a new session, `--die-with-parent`, a user namespace when the container runs as a
-non-root uid, and no network when a NetworkPolicy denies all egress.
+non-root uid, and no network when a NetworkPolicy denies all egress. The command runs as PID 1 of its
+PID namespace, so, as in a real container, it ignores SIGTERM unless it installs a handler, and its
+exit takes every other process of the container with it.
 
 Resource limits: `limits.memory` is enforced by polling the process tree's RSS (no cgroups here);
 CPU limits are ignored. emptyDir `sizeLimit` is not enforced.
@@ -119,7 +121,7 @@ class _Watch:
 class MemoryMonitor:
     """Polls /proc and calls back when a watched tree's RSS passes its limit; one loop for all pods.
 
-    Only processes below the two bubblewrap processes (depth >= 2 under the watched root) count. To keep
+    Only the processes below the bubblewrap process (depth >= 1 under the watched root) count. To keep
     the cost low with many pods, a pid seen outside every tree is not re-read until it disappears (a new
     process can join a tree only by being forked there, which gives it a new pid).
     """
@@ -170,7 +172,7 @@ class MemoryMonitor:
             total = 0
             for pid, depth in descendants(watch.root, table):
                 members.add(pid)
-                if depth >= 2:
+                if depth >= 1:
                     total += table[pid][1]
             members.add(watch.root)
             if total > watch.limit and not watch.fired:
@@ -278,9 +280,9 @@ class ContainerProcess:
         self._log.flush()
 
     def main_pids(self) -> list[int]:
-        """Host pids of the container's command (the children of bubblewrap's init)."""
+        """Host pids of the container's command (PID 1 of its namespace, the child of bubblewrap)."""
         table = process_table()
-        return [pid for pid, depth in descendants(self.pid, table) if depth == 2]
+        return [pid for pid, depth in descendants(self.pid, table) if depth == 1]
 
     def signal_main(self, sig: int) -> None:
         """Deliver a signal to the container's command, as a runtime signals the container's PID 1."""
@@ -293,7 +295,7 @@ class ContainerProcess:
                 os.kill(pid, sig)
 
     def kill(self) -> None:
-        """SIGKILL the sandbox: bubblewrap's init dies with it, and with it the whole PID namespace."""
+        """SIGKILL bubblewrap: the command (`--die-with-parent`) and with it the whole PID namespace die."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
 
@@ -428,9 +430,7 @@ class PodWorker:
         self.init_states = [
             ContainerState(c["name"], c.get("image", ""), True) for c in spec.get("initContainers") or []
         ]
-        self.states = [
-            ContainerState(c["name"], c.get("image", ""), False) for c in spec.get("containers") or []
-        ]
+        self.states = [ContainerState(c["name"], c.get("image", ""), False) for c in spec.get("containers") or []]
         for cs in self.init_states:
             cs.state = {"waiting": {"reason": "PodInitializing"}}
         for cs in self.states:
@@ -651,7 +651,8 @@ class PodWorker:
         args += ["--bind", str(term_file), term_path]
         if read_only_root:
             args += ["--remount-ro", "/"]
-        args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", self.name[:63]]
+        # The command is PID 1 of its namespace, as in a container: SIGTERM is ignored unless handled.
+        args += ["--unshare-pid", "--as-pid-1", "--unshare-ipc", "--unshare-uts", "--hostname", self.name[:63]]
         args += ["--die-with-parent", "--new-session"]
         if no_network:
             args += ["--unshare-net"]

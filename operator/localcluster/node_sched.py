@@ -149,9 +149,7 @@ def unschedulable_message(
     if any(node_labels.get(k) != v for k, v in selector.items()) or not _node_affinity_matches(pod, labels):
         reasons.append("1 node(s) didn't match Pod's node affinity/selector")
     for taint in taints or []:
-        if taint.get("effect") in ("NoSchedule", "NoExecute") and not _tolerated(
-            taint, spec.get("tolerations") or []
-        ):
+        if taint.get("effect") in ("NoSchedule", "NoExecute") and not _tolerated(taint, spec.get("tolerations") or []):
             value = f"={taint['value']}" if taint.get("value") else ""
             reasons.append(f"1 node(s) had untolerated taint {{{taint.get('key')}{value}}}")
             break

@@ -85,9 +85,7 @@ class Harness:
         path = self.state_dir / "pods" / f"{m['namespace']}_{m['name']}_{m['uid']}" / f"{container}.log"
         return [json.loads(line) for line in path.read_text().splitlines()]
 
-    async def wait_for(
-        self, predicate: Callable[[dict[str, Any]], bool], limit: float = 10
-    ) -> dict[str, Any]:
+    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], limit: float = 10) -> dict[str, Any]:
         """Wait until some reported status satisfies `predicate`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
@@ -169,8 +167,9 @@ async def test_termination_message_truncated_and_fallback_to_logs(harness: Harne
 
 @pytest.mark.parametrize(("sig", "code"), [("SEGV", 139), ("ABRT", 134), ("KILL", 137)])
 async def test_signal_exit_codes(harness: Harness, sig: str, code: int) -> None:
-    # `$$` is the escape for `$` in Kubernetes `$(VAR)` expansion, so the shell sees `$$`.
-    pod = make_pod(command=["sh", "-c", f"kill -{sig} $$$$"])
+    # The command is PID 1 (immune to its own signals), so a child shell kills itself; `$$$$` is the
+    # Kubernetes escape for the shell's `$$`. The outer shell exits with the child's 128+N.
+    pod = make_pod(command=["sh", "-c", f"sh -c 'kill -{sig} $$$$'"])
     final = await harness.run(pod)
     assert terminated(final)["exitCode"] == code
     assert terminated(final)["reason"] == "Error"
@@ -193,7 +192,8 @@ async def test_memory_limit_oomkills_tree(harness: Harness) -> None:
 
 async def test_active_deadline_sigterm(harness: Harness) -> None:
     pod = make_pod(
-        command=["sleep", "30"], spec={"activeDeadlineSeconds": 1, "terminationGracePeriodSeconds": 5}
+        command=["sh", "-c", "trap 'exit 143' TERM; sleep 30 & wait"],
+        spec={"activeDeadlineSeconds": 1, "terminationGracePeriodSeconds": 5},
     )
     final = await harness.run(pod, limit=15)
     assert final["phase"] == "Failed"
@@ -222,9 +222,7 @@ async def test_evict_style_terminate_sets_reason_and_disruption(harness: Harness
     task = asyncio.create_task(worker.run())
     await harness.wait_for(lambda s: s["phase"] == "Running")
     disruption = {"reason": "TerminationByKubelet", "message": "evicting"}
-    await asyncio.wait_for(
-        worker.terminate(0, reason="Evicted", message="low", disruption=disruption, failed=True), 10
-    )
+    await asyncio.wait_for(worker.terminate(0, reason="Evicted", message="low", disruption=disruption, failed=True), 10)
     final = await task
     assert (final["phase"], final["reason"]) == ("Failed", "Evicted")
     assert cond(final, "DisruptionTarget")["reason"] == "TerminationByKubelet"
@@ -264,14 +262,10 @@ async def test_unknown_image_pull_backoff_then_recovers(harness: Harness) -> Non
 
 async def test_missing_configmap_is_config_error(harness: Harness) -> None:
     pod = make_pod(command=["sh", "-c", "echo $X"])
-    pod["spec"]["containers"][0]["env"] = [
-        {"name": "X", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "x"}}}
-    ]
+    pod["spec"]["containers"][0]["env"] = [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "x"}}}]
     worker = harness.worker(pod)
     task = asyncio.create_task(worker.run())
-    status = await harness.wait_for(
-        lambda s: (waiting(s) or {}).get("reason") == "CreateContainerConfigError"
-    )
+    status = await harness.wait_for(lambda s: (waiting(s) or {}).get("reason") == "CreateContainerConfigError")
     assert waiting(status)["message"] == 'configmap "cfg" not found'
     harness.lookups.configmaps[("ns", "cfg")] = {"data": {"x": "found-it"}}
     final = await asyncio.wait_for(task, 10)
@@ -371,9 +365,7 @@ async def test_run_as_non_root_with_root_image_is_config_error(harness: Harness)
     pod = make_pod(command=["true"], spec={"securityContext": {"runAsNonRoot": True}})
     worker = harness.worker(pod)
     task = asyncio.create_task(worker.run())
-    status = await harness.wait_for(
-        lambda s: (waiting(s) or {}).get("reason") == "CreateContainerConfigError"
-    )
+    status = await harness.wait_for(lambda s: (waiting(s) or {}).get("reason") == "CreateContainerConfigError")
     assert "container has runAsNonRoot and image will run as root" in waiting(status)["message"]
     await asyncio.wait_for(worker.terminate(0), 5)
     await task
