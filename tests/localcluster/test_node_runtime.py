@@ -439,3 +439,97 @@ async def test_init_container_runs_first_and_failure_fails_pod(harness: Harness)
     final = await harness.run(bad)
     assert final["phase"] == "Failed"
     assert cond(final, "Initialized")["status"] == "False"
+
+
+def sandbox_pod(name: str, code: str, *, timeout: int = 30, memory: str = "256Mi") -> dict[str, Any]:
+    """A pod shaped as contract_sandbox describes, running the real runner image entrypoint."""
+    env = {
+        "SANDBOX_PAYLOAD_DIR": "/sandbox/payload",
+        "SANDBOX_INPUT_DIR": "/input",
+        "SANDBOX_OUTPUT_DIR": "/output",
+        "SANDBOX_TIMEOUT_SECONDS": str(timeout),
+        "SANDBOX_OUTPUT_LIMIT_BYTES": "131072",
+        "SANDBOX_STREAM_TAIL_BYTES": "16384",
+        "SANDBOX_TERMINATION_LOG": "/dev/termination-log",
+    }
+    field = "metadata.annotations['sandbox.dev/{}']"
+    return make_pod(
+        name,
+        image="ghcr.io/execution-operator/sandbox:0.1.0",
+        annotations={"sandbox.dev/code": code, "sandbox.dev/input": '{"n": 2}'},
+        labels={"sandbox.dev/network": "deny"},
+        container={
+            "env": [{"name": k, "value": v} for k, v in env.items()],
+            "resources": {"limits": {"cpu": "500m", "memory": memory}, "requests": {"cpu": "500m", "memory": memory}},
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 65532,
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]},
+            },
+            "volumeMounts": [
+                {"name": "payload", "mountPath": "/sandbox/payload", "readOnly": True},
+                {"name": "tmp", "mountPath": "/tmp"},
+                {"name": "input", "mountPath": "/input"},
+                {"name": "output", "mountPath": "/output"},
+            ],
+        },
+        spec={
+            "activeDeadlineSeconds": timeout + 30,
+            "terminationGracePeriodSeconds": 5,
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+            "volumes": [
+                {
+                    "name": "payload",
+                    "downwardAPI": {
+                        "items": [
+                            {"path": "code.py", "fieldRef": {"fieldPath": field.format("code")}},
+                            {"path": "input.json", "fieldRef": {"fieldPath": field.format("input")}},
+                        ]
+                    },
+                },
+                {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+                {"name": "input", "emptyDir": {"sizeLimit": "4Mi"}},
+                {"name": "output", "emptyDir": {"sizeLimit": "16Mi"}},
+            ],
+        },
+    )
+
+
+def _report(harness: Harness, pod: dict[str, Any], final: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(termination summary, full report) after checking that their nonces agree."""
+    summary = json.loads(terminated(final)["message"])
+    report_lines = [ln["log"] for ln in harness.log_lines(pod) if ln["log"].startswith("SANDBOX-REPORT ")]
+    _, nonce, body = report_lines[-1].rstrip("\n").split(" ", 2)
+    assert nonce == summary["nonce"]
+    return summary, json.loads(body)
+
+
+async def test_runner_success_end_to_end(harness: Harness) -> None:
+    pod = sandbox_pod("run-ok", "import os\nprint('hello', input_data['n'])\nresult = {'double': input_data['n'] * 2}")
+    final = await harness.run(pod, limit=60)
+    assert final["phase"] == "Succeeded", harness.log_lines(pod)
+    summary, report = _report(harness, pod, final)
+    assert summary["success"] is True and summary["exitCode"] == 0
+    assert report["output"] == {"double": 4}
+    assert "hello 2" in report["stdout"]
+    assert any(ln["log"] == "hello 2\n" and ln["stream"] == "stdout" for ln in harness.log_lines(pod))
+
+
+async def test_runner_exception_end_to_end(harness: Harness) -> None:
+    pod = sandbox_pod("run-err", "raise ValueError('bad value')")
+    final = await harness.run(pod, limit=60)
+    term = terminated(final)
+    assert (final["phase"], term["exitCode"]) == ("Failed", 1)
+    summary, _ = _report(harness, pod, final)
+    assert (summary["success"], summary["errorType"], summary["exceptionType"]) == (False, "value_error", "ValueError")
+
+
+async def test_runner_memory_limit_end_to_end(harness: Harness) -> None:
+    pod = sandbox_pod("run-oom", "import time\nb = bytearray(512 * 1024 * 1024)\ntime.sleep(10)", memory="96Mi")
+    final = await harness.run(pod, limit=60)
+    term = terminated(final)
+    assert (final["phase"], term["reason"], term["exitCode"]) == ("Failed", "OOMKilled", 137)
