@@ -123,7 +123,7 @@ def test_chart_installs_and_runs_executions(cluster: Any, run_helm: HelmRun, tmp
 
 def _batch(k: Callable[..., str], suffix: str) -> None:
     """One succeeding Execution per class and one failing one; wait until all are terminal."""
-    executions = [
+    executions: list[dict[str, Any]] = [
         {"name": "hello", "code": 'result = {"sum": sum(input_data["numbers"])}', "input": {"numbers": [1, 2, 3]}},
         {"name": "broken", "code": "raise ValueError('no')"},
         {"name": "data", "code": "result = 41 + 1", "executionClassName": "data-processing"},
