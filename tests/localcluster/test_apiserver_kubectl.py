@@ -317,3 +317,30 @@ def test_logs_from_node_log_files(kubectl: Kubectl, cluster: LocalCluster) -> No
     assert kubectl("logs", "-f", "logged").stdout == "out line\nerr line\n"
     row = kubectl("get", "pod", "logged").stdout.splitlines()[1].split()
     assert row[:3] == ["logged", "0/1", "Completed"]
+
+
+HELM = str(ROOT / ".tools" / "bin" / "helm") if (ROOT / ".tools" / "bin" / "helm").exists() else shutil.which("helm")
+
+
+@pytest.mark.skipif(HELM is None, reason="helm is not installed")
+def test_helm_install_upgrade_uninstall_project_chart(kubectl: Kubectl, tmp_path: Path) -> None:
+    """Helm 4 applies server-side and keeps releases in Secrets (protobuf bodies, DeleteOptions)."""
+    assert HELM is not None
+    env = {**kubectl.env, "HELM_CACHE_HOME": str(tmp_path), "HELM_CONFIG_HOME": str(tmp_path),
+           "HELM_DATA_HOME": str(tmp_path)}
+    chart = str(ROOT / "charts" / "execution-operator")
+
+    def helm(*args: str) -> subprocess.CompletedProcess[str]:
+        assert HELM is not None
+        proc = subprocess.run([HELM, *args], capture_output=True, text=True, env=env, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    helm("install", "eo", chart, "-n", "helm-test", "--create-namespace")
+    assert "eo" in helm("list", "-n", "helm-test").stdout
+    assert kubectl("-n", "helm-test", "get", "deployment", "-o", "name").stdout.strip()
+    helm("upgrade", "eo", chart, "-n", "helm-test")
+    releases = kubectl.json("-n", "helm-test", "get", "secrets", "-l", "owner=helm")["items"]
+    assert len(releases) == 2
+    helm("uninstall", "eo", "-n", "helm-test")
+    assert kubectl("-n", "helm-test", "get", "deployment", "-o", "name").stdout.strip() == ""

@@ -329,3 +329,18 @@ async def test_drop_watches_over_http(api: Api, server: ApiServer) -> None:
     status, body = await api.post("/debug/drop-watches", {})
     assert status == 200 and body["dropped"] >= 1
     assert await asyncio.wait_for(task, 5) == []  # the stream ended without events
+
+
+async def test_request_log_is_bounded(tmp_path: Path) -> None:
+    s = ApiServer(tmp_path, request_log_limit=10)
+    await s.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, s.url)
+            for _ in range(25):
+                await api.get("/api/v1/namespaces/default")
+            assert len(s.request_log) <= 10
+            _, log = await api.get("/debug/requests?since=24")
+            assert log["total"] == 25 and len(log["items"]) == 1  # this request is logged once answered
+    finally:
+        await s.stop()

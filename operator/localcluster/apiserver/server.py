@@ -167,18 +167,23 @@ class ApiServer:
         bookmark_interval: float = 5.0,
         history_size: int = 10000,
         git_version: str = "v1.35.0",
+        request_log_limit: int = 1_000_000,
     ) -> None:
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.registry = Registry()
         self.store = Store(history_size)
         self.faults = Faults()
         self.request_log: list[RequestRecord] = []
+        # The log keeps the newest records; `request_log_offset` counts those dropped before them.
+        self.request_log_limit = request_log_limit
+        self.request_log_offset = 0
         self.counters: Counter[tuple[str, str, str]] = Counter()
         self.bookmark_interval = bookmark_interval
         self.git_version = git_version
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._dependents: dict[str, set[tuple[tuple[str, str], str, str]]] = {}
+        self._foreground: dict[str, tuple[tuple[str, str], str, str]] = {}  # owner uid -> owner ref
         self._stopping = False
         self._watch_tasks: set[asyncio.Task[Any]] = set()
         self._bootstrap()
@@ -277,6 +282,10 @@ class ApiServer:
             duration=time.time() - started, content_type=request.headers.get("Content-Type", ""),
         )
         self.request_log.append(rec)
+        if len(self.request_log) > self.request_log_limit:
+            drop = len(self.request_log) // 2
+            del self.request_log[:drop]
+            self.request_log_offset += drop
         self.counters[(verb, ri.plural, ua)] += 1
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -311,8 +320,8 @@ class ApiServer:
 
     async def _debug(self, request: web.Request, path: str) -> web.StreamResponse:
         if path == "/debug/requests" and request.method == "GET":
-            since = int(request.query.get("since", "0"))
-            return self._json({"total": len(self.request_log),
+            since = max(0, int(request.query.get("since", "0")) - self.request_log_offset)
+            return self._json({"total": self.request_log_offset + len(self.request_log),
                                "items": [r.to_dict() for r in self.request_log[since:]]})
         if path == "/debug/counters" and request.method == "GET":
             return self._json([{"verb": v, "resource": r, "userAgent": ua, "count": n}
@@ -1080,7 +1089,10 @@ class ApiServer:
                                            "deletionGracePeriodSeconds": grace}}
                 if policy == "Foreground" and self._has_dependents(meta.get("uid", "")):
                     new["metadata"]["finalizers"] = _add(meta.get("finalizers"), FOREGROUND)
+                    self._foreground[meta.get("uid", "")] = (info.store_key, ns, name)
+                    new = self._persist(info, ns, new, "MODIFIED", obj)
                     self._delete_dependents(meta.get("uid", ""))
+                    return self.store.get(info.store_key, ns, name) or new
                 return self._persist(info, ns, new, "MODIFIED", obj)
         uid = meta.get("uid", "")
         if info.store_key == ("", "namespaces"):
@@ -1093,6 +1105,7 @@ class ApiServer:
             new = {**obj, "metadata": {**meta, "deletionTimestamp": meta.get("deletionTimestamp") or now_rfc3339(),
                                        "deletionGracePeriodSeconds": 0,
                                        "finalizers": _add(meta.get("finalizers"), FOREGROUND)}}
+            self._foreground[uid] = (info.store_key, ns, name)
             new = self._persist(info, ns, new, "MODIFIED", obj)
             self._delete_dependents(uid)
             return self.store.get(info.store_key, ns, name) or new
@@ -1159,25 +1172,28 @@ class ApiServer:
             self._persist(info, m.get("namespace", ""), {**obj, "metadata": new_meta}, "MODIFIED", obj)
 
     def _maybe_finish_foreground(self, owner_uid: str, ns: str) -> None:
+        """Once an owner in foreground deletion has no dependents left, drop its finalizer (and it)."""
         if not owner_uid or self._has_dependents(owner_uid):
             return
-        for key in self.store.resource_keys():
-            for namespace in ([ns, ""] if ns else [""]):
-                for o in list(self.store.iter(key, namespace)):
-                    m = o["metadata"]
-                    if m.get("uid") == owner_uid and FOREGROUND in (m.get("finalizers") or []):
-                        info = self.registry.any_version(*key)
-                        if info is None:
-                            return
-                        fins = [f for f in m["finalizers"] if f != FOREGROUND]
-                        new = {**o, "metadata": {**m, "finalizers": fins}}
-                        if not fins:
-                            new["metadata"].pop("finalizers")
-                            if not self._awaiting_node(info, new):
-                                self._remove(info, namespace, new, o)
-                                return
-                        self._persist(info, namespace, new, "MODIFIED", o)
-                        return
+        ref = self._foreground.pop(owner_uid, None)
+        if ref is None:
+            return
+        found = self._resolve_ref(ref)
+        if found is None:
+            return
+        info, o = found
+        m = o["metadata"]
+        if m.get("uid") != owner_uid or FOREGROUND not in (m.get("finalizers") or []):
+            return
+        namespace = m.get("namespace", "")
+        fins = [f for f in m["finalizers"] if f != FOREGROUND]
+        new = {**o, "metadata": {**m, "finalizers": fins}}
+        if not fins:
+            new["metadata"].pop("finalizers")
+            if not self._awaiting_node(info, new):
+                self._remove(info, namespace, new, o)
+                return
+        self._persist(info, namespace, new, "MODIFIED", o)
 
     def _delete_namespace(self, ns_obj: dict[str, Any]) -> dict[str, Any]:
         info = self.registry.get("", "v1", "namespaces")
