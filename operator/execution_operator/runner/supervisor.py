@@ -229,6 +229,7 @@ class Supervisor:
         self.setup_error: str | None = None
         self.result_frame: tuple[dict[str, Any], bytes] | None = None
         self.foreign_frames = 0
+        self.reaped: set[int] = set()
         self.timed_out = False
         self.startup_expired = False
         self.stopped = False
@@ -297,8 +298,8 @@ class Supervisor:
                         poller.unregister(fd)
                 elif fd == chan.fileno() and not self._receive(chan):
                     poller.unregister(fd)
+            self._check_signals()  # before reaping: a sender that just exited is still a (zombie) descendant
             self._reap()
-            self._check_signals()
             self._check_deadlines()
             if self.stopped:
                 break
@@ -381,6 +382,8 @@ class Supervisor:
                 return
             if pid == 0:
                 return
+            if len(self.reaped) < 100_000:
+                self.reaped.add(pid)
             if pid == self.pid:
                 self.status, self.rusage = status, rusage
 
@@ -389,8 +392,11 @@ class Supervisor:
             info = signal.sigtimedwait(_STOP_SIGNALS, 0)
             if info is None:
                 return
-            # The code may signal us (same user); only a stop from outside the sandbox counts.
-            if info.si_pid in (0, os.getpid()) or info.si_pid not in descendants(os.getpid()):
+            # The code may signal us (same user); only a stop from outside the sandbox counts. In a pod
+            # the runtime's signal has no sender pid (0): it comes from outside our pid namespace.
+            sender = info.si_pid
+            inside = sender == self.pid or sender in self.reaped or sender in descendants(os.getpid())
+            if sender == 0 or not inside:
                 self.stopped = True
                 return
 
