@@ -495,5 +495,9 @@ async def test_cluster_scoped_and_other_builtin_kinds(api: Api) -> None:
         status, o = await api.post(path, body)
         assert status == 201, (path, o)
         assert (await api.get(f"{path}/{o['metadata']['name']}"))[0] == 200
+    status, svc = await api.post("/api/v1/namespaces/default/services",
+                                 {"metadata": {"name": "svc"}, "spec": {"ports": [{"port": 80}]}})
+    assert status == 201 and svc["spec"]["clusterIP"].startswith("10.96.") and svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["ports"][0]["targetPort"] == 80
     _, s = await api.get("/api/v1/namespaces/default/secrets/s")
     assert s["data"] == {"k": "dg=="} and s["type"] == "Opaque" and "stringData" not in s

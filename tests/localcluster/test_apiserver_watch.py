@@ -263,6 +263,8 @@ async def test_pod_logs(api: Api, tmp_path: Path) -> None:
     assert text == b"2026-01-01T00:00:02.000000000Z three\n"
     status, body = await api.get(f"{PODS}/p/log?container=nope")
     assert status == 400
+    status, body = await api.get(f"{PODS}/p/log?previous=true")
+    assert status == 400 and "previous terminated container" in body["message"]
 
 
 async def test_pod_logs_follow_until_container_terminates(api: Api, server: ApiServer, tmp_path: Path) -> None:

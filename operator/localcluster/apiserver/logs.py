@@ -77,6 +77,9 @@ async def serve_pod_log(server: ApiServer, request: web.Request, info: ResourceI
         container = str(main_names[0])
     if container not in names:
         raise ApiError(400, f"container {container} is not valid for pod {name}", "BadRequest")
+    if q.get("previous") in ("true", "1"):
+        # restartPolicy Never: containers are never restarted, so there is no previous instance.
+        raise ApiError(400, f'previous terminated container "{container}" in pod "{name}" not found', "BadRequest")
     uid = pod["metadata"].get("uid", "")
     path = log_path(server.state_dir, ns, name, uid, container) if server.state_dir else None
     if path is None or not path.exists():

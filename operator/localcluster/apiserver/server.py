@@ -184,6 +184,7 @@ class ApiServer:
         self._runner: web.AppRunner | None = None
         self._dependents: dict[str, set[tuple[tuple[str, str], str, str]]] = {}
         self._foreground: dict[str, tuple[tuple[str, str], str, str]] = {}  # owner uid -> owner ref
+        self._service_ips = 0
         self._stopping = False
         self._watch_tasks: set[asyncio.Task[Any]] = set()
         self._bootstrap()
@@ -772,6 +773,18 @@ class ApiServer:
             obj.setdefault("type", "Opaque")
             for k, v in (obj.pop("stringData", None) or {}).items():
                 obj.setdefault("data", {})[k] = base64.b64encode(str(v).encode()).decode()
+        elif key == ("", "services"):
+            spec = obj.setdefault("spec", {})
+            spec.setdefault("type", "ClusterIP")
+            spec.setdefault("sessionAffinity", "None")
+            if spec.get("clusterIP") != "None":
+                self._service_ips += 1
+                ip = f"10.96.{self._service_ips // 250}.{self._service_ips % 250 + 1}"
+                spec.setdefault("clusterIP", ip)
+                spec.setdefault("clusterIPs", [spec["clusterIP"]])
+            for port in spec.get("ports") or []:
+                port.setdefault("protocol", "TCP")
+                port.setdefault("targetPort", port.get("port"))
         elif key == ("", "events") and not obj.get("firstTimestamp") and not obj.get("eventTime"):
             obj.setdefault("count", 1)
 
