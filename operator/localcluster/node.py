@@ -183,10 +183,16 @@ class _StatusWriter:
         self.pending: dict[str, Any] | None = None
         self.task: asyncio.Task[None] | None = None
         self.gone = False
+        self.entry: _PodEntry | None = None  # set once the entry exists; gives the latest pod seen
+        self.last_submitted: dict[str, Any] | None = None
 
     def submit(self, status: dict[str, Any]) -> None:
         if self.gone:
             return
+        uid = self.entry.worker.uid if self.entry is not None else ""
+        for etype, reason, message, field in status_events(self.last_submitted, status):
+            self.node.record_event(self.namespace, self.name, uid, etype, reason, message, field_path=field)
+        self.last_submitted = status
         self.pending = status
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._drain())
@@ -204,7 +210,8 @@ class _StatusWriter:
         delay = 0.1
         for _ in range(8):
             try:
-                await self.node._patch_status(self.namespace, self.name, status)
+                latest = self.entry.latest if self.entry is not None else None
+                await self.node._patch_status(self.namespace, self.name, status, latest)
                 return
             except ApiError as exc:
                 if exc.status == 404:
@@ -219,6 +226,47 @@ class _StatusWriter:
                 return  # a newer status supersedes this one
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+_WAITING_EVENTS: dict[str, list[tuple[str, str, str]]] = {
+    # waiting reason -> (type, reason, message template) as the kubelet records them
+    "ErrImagePull": [
+        ("Warning", "Failed", 'Failed to pull image "{image}": {message}'),
+        ("Warning", "Failed", "Error: ErrImagePull"),
+    ],
+    "ImagePullBackOff": [("Normal", "BackOff", "{message}"), ("Warning", "Failed", "Error: ImagePullBackOff")],
+    "InvalidImageName": [("Warning", "InspectFailed", "{message}"), ("Warning", "Failed", "Error: InvalidImageName")],
+    "CreateContainerConfigError": [("Warning", "Failed", "Error: {message}")],
+}
+
+
+def status_events(previous: dict[str, Any] | None, status: dict[str, Any]) -> list[tuple[str, str, str, str | None]]:
+    """Warning-path Events implied by a status transition: (type, reason, message, fieldPath).
+
+    The normal path (Scheduled, Pulled, Created, Started) records nothing, to keep API writes per pod low.
+    """
+    events: list[tuple[str, str, str, str | None]] = []
+    before: dict[str, str] = {}
+    for key in ("initContainerStatuses", "containerStatuses"):
+        for cs in (previous or {}).get(key) or []:
+            before[cs["name"]] = ((cs.get("state") or {}).get("waiting") or {}).get("reason", "")
+    for key, kind in (("initContainerStatuses", "initContainers"), ("containerStatuses", "containers")):
+        for cs in status.get(key) or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason", "")
+            if not reason or reason == before.get(cs["name"]) or reason not in _WAITING_EVENTS:
+                continue
+            field = f"spec.{kind}{{{cs['name']}}}"
+            for etype, ereason, template in _WAITING_EVENTS[reason]:
+                message = template.format(image=cs.get("image", ""), message=waiting.get("message", ""))
+                events.append((etype, ereason, message, field))
+    reason = status.get("reason")
+    if reason and reason != (previous or {}).get("reason"):
+        if reason == "DeadlineExceeded":
+            events.append(("Normal", "DeadlineExceeded", status.get("message", ""), None))
+        elif reason == "Evicted":
+            events.append(("Warning", "Evicted", status.get("message", ""), None))
+    return events
 
 
 class _PodEntry:
@@ -284,6 +332,7 @@ class LocalNode:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._synced = asyncio.Event()
+        self._events_seen: set[tuple[str, str, str]] = set()
         self._stopping = False
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -488,7 +537,10 @@ class LocalNode:
 
         async def on_event(etype: str, pod: dict[str, Any]) -> None:
             if etype == "DELETED":
-                self._unschedulable.pop(pod["metadata"].get("uid", ""), None)
+                uid = pod["metadata"].get("uid", "")
+                self._unschedulable.pop(uid, None)
+                if uid not in self.pods:
+                    self._events_seen = {k for k in self._events_seen if k[0] != uid}
             else:
                 self._consider(pod)
 
@@ -510,6 +562,15 @@ class LocalNode:
         elif self._unschedulable.get(uid) != message:
             self._unschedulable[uid] = message
             self._spawn(self._mark_unschedulable(pod, message))
+            self.record_event(
+                meta.get("namespace", ""),
+                meta.get("name", ""),
+                uid,
+                "Warning",
+                "FailedScheduling",
+                message,
+                component="default-scheduler",
+            )
 
     async def _bind(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
@@ -617,6 +678,7 @@ class LocalNode:
             sink=writer.submit,
         )
         entry = _PodEntry(worker, writer)
+        writer.entry = entry
         self.pods[meta.get("uid", "")] = entry
         entry.task = self._spawn(self._run_pod(entry))
         if meta.get("deletionTimestamp"):
@@ -633,6 +695,17 @@ class LocalNode:
         grace = meta.get("deletionGracePeriodSeconds")
         if grace is None:
             grace = spec.get("terminationGracePeriodSeconds", 30)
+        for cs in entry.worker.states:
+            if cs.running:
+                self.record_event(
+                    entry.worker.namespace,
+                    entry.worker.name,
+                    entry.worker.uid,
+                    "Normal",
+                    "Killing",
+                    f"Stopping container {cs.name}",
+                    field_path=f"spec.containers{{{cs.name}}}",
+                )
         await entry.worker.terminate(float(grace))
         await entry.writer.flush()
         await self._confirm_delete(pod)
@@ -663,6 +736,8 @@ class LocalNode:
 
     def _forget(self, uid: str) -> None:
         """The pod object is gone: kill what is left and remove its directory."""
+        self._events_seen = {k for k in self._events_seen if k[0] != uid}
+        self._unschedulable.pop(uid, None)
         entry = self.pods.pop(uid, None)
         if entry is None:
             return
@@ -689,12 +764,6 @@ class LocalNode:
         self, namespace: str, name: str, status: dict[str, Any], pod: dict[str, Any] | None = None
     ) -> None:
         """Merge-patch the pod status, keeping conditions owned by others (e.g. DisruptionTarget)."""
-        if pod is None:
-            entry = next(
-                (e for e in self.pods.values() if e.worker.namespace == namespace and e.worker.name == name),
-                None,
-            )
-            pod = entry.latest if entry is not None else None
         mine = {c["type"] for c in status.get("conditions") or []}
         foreign = [c for c in ((pod or {}).get("status") or {}).get("conditions") or [] if c.get("type") not in mine]
         body = {"status": {**status, "conditions": [*status.get("conditions", []), *foreign]}}
@@ -704,6 +773,54 @@ class LocalNode:
             json_body=body,
             content_type="application/merge-patch+json",
         )
+
+    # -- events -------------------------------------------------------------------------------------
+
+    def record_event(
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        etype: str,
+        reason: str,
+        message: str,
+        *,
+        component: str = "kubelet",
+        field_path: str | None = None,
+    ) -> None:
+        """Post a core/v1 Event about a pod, in the background; identical repeats are recorded once."""
+        key = (uid, reason, message)
+        if key in self._events_seen or self._stopping:
+            return
+        self._events_seen.add(key)
+        now = now_rfc3339()
+        involved: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": namespace, "uid": uid}
+        if field_path:
+            involved["fieldPath"] = field_path
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{name}.{time.time_ns():x}", "namespace": namespace},
+            "involvedObject": involved,
+            "reason": reason,
+            "message": message,
+            "type": etype,
+            "source": {"component": component, "host": self.name}
+            if component == "kubelet"
+            else {"component": component},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "reportingComponent": component,
+            "reportingInstance": self.name if component == "kubelet" else "",
+        }
+        client = self.kubelet if component == "kubelet" else self.scheduler
+
+        async def post() -> None:
+            with contextlib.suppress(ApiError, aiohttp.ClientError, TimeoutError):
+                await client.request("POST", f"/api/v1/namespaces/{quote(namespace)}/events", json_body=body)
+
+        self._spawn(post())
 
     # -- simulations for tests ----------------------------------------------------------------------
 

@@ -13,7 +13,8 @@ PID namespace, so, as in a real container, it ignores SIGTERM unless it installs
 exit takes every other process of the container with it.
 
 Resource limits: `limits.memory` is enforced by polling the process tree's RSS (no cgroups here);
-CPU limits are ignored. emptyDir `sizeLimit` is not enforced.
+CPU limits are ignored. emptyDir `sizeLimit` is enforced like the kubelet's eviction manager does it:
+the usage is measured periodically and a pod over the limit is evicted.
 """
 
 from __future__ import annotations
@@ -329,6 +330,20 @@ class ContainerProcess:
         return code, message
 
 
+def disk_usage(root: Path, stop_above: int | None = None) -> int:
+    """Bytes of disk used under `root` (allocated blocks, like du); stops counting once past `stop_above`."""
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for entry in [*dirnames, *filenames]:
+            try:
+                total += os.lstat(os.path.join(dirpath, entry)).st_blocks * 512
+            except OSError:
+                continue
+            if stop_above is not None and total > stop_above:
+                return total
+    return total
+
+
 def _read_termination_message(path: Path) -> str:
     """The first 4096 bytes of the termination-message file, as the kubelet reads it."""
     try:
@@ -352,6 +367,7 @@ class RuntimeConfig:
     pull_backoff_initial: float = 2.0
     pull_backoff_max: float = 20.0
     config_retry_seconds: float = 2.0
+    storage_check_seconds: float = 1.0
     bwrap: str = "bwrap"
     runtime_dir: Path | None = None  # prepared python runtime (bin/python etc.)
 
@@ -450,6 +466,7 @@ class PodWorker:
         self._transitions: dict[str, tuple[str, str]] = {}
         self._last_status: dict[str, Any] | None = None
         self._deadline_timer: asyncio.TimerHandle | None = None
+        self._storage_task: asyncio.Task[None] | None = None
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -470,6 +487,7 @@ class PodWorker:
             self.sandbox_ready = True
             self._emit()
             volumes = await self._prepare_volumes()
+            self._watch_storage(volumes)
             if await self._run_init_containers(volumes):
                 await self._run_main_containers(volumes)
         except _Stop:
@@ -477,6 +495,8 @@ class PodWorker:
         finally:
             if self._deadline_timer is not None:
                 self._deadline_timer.cancel()
+            if self._storage_task is not None:
+                self._storage_task.cancel()
             for proc in self.processes.values():
                 if proc.proc.returncode is None:
                     proc.kill()
@@ -532,6 +552,34 @@ class PodWorker:
         delay = max(0.0, started + float(seconds) - time.time())
         loop = asyncio.get_running_loop()
         self._deadline_timer = loop.call_later(delay, lambda: loop.create_task(self._deadline_exceeded()))
+
+    def _watch_storage(self, volumes: dict[str, Path]) -> None:
+        limited: list[tuple[str, Path, str, int]] = []
+        for volume in (self.pod.get("spec") or {}).get("volumes") or []:
+            limit = (volume.get("emptyDir") or {}).get("sizeLimit")
+            if "emptyDir" in volume and limit and volume.get("name") in volumes:
+                limited.append((volume["name"], volumes[volume["name"]], str(limit), int(parse_quantity(limit))))
+        if limited:
+            self._storage_task = asyncio.get_running_loop().create_task(self._storage_loop(limited))
+
+    async def _storage_loop(self, limited: list[tuple[str, Path, str, int]]) -> None:
+        """Evict the pod when an emptyDir grows past its sizeLimit (the kubelet's local-storage eviction)."""
+        while not self.done:
+            await asyncio.sleep(self.config.storage_check_seconds)
+            for name, path, limit_text, limit in limited:
+                used = await asyncio.to_thread(disk_usage, path, limit)
+                if used > limit:
+                    message = f'Usage of EmptyDir volume "{name}" exceeds the limit "{limit_text}". '
+                    asyncio.get_running_loop().create_task(
+                        self.terminate(
+                            0,
+                            reason="Evicted",
+                            message=message,
+                            disruption={"reason": "TerminationByKubelet", "message": message},
+                            failed=True,
+                        )
+                    )
+                    return
 
     async def _deadline_exceeded(self) -> None:
         if self.done:

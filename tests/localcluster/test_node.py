@@ -346,3 +346,31 @@ def test_burst_of_pods_completes(api: Api) -> None:
     for name in names:
         assert api.wait_pod(name, phase_is("Succeeded", "Failed"), limit=60)["status"]["phase"] == "Succeeded"
     assert time.monotonic() - t0 < 60
+
+
+def test_warning_events_recorded(api: Api) -> None:
+    api.create("/api/v1/namespaces/default/pods", pod_manifest("evpod", ["true"], image="example.test/absent:2"))
+    deadline = time.monotonic() + 15
+    reasons: set[str] = set()
+    while time.monotonic() < deadline and not {"Failed", "BackOff"} <= reasons:
+        events = api.get("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Devpod")["items"]
+        reasons = {e["reason"] for e in events}
+        time.sleep(0.1)
+    assert {"Failed", "BackOff"} <= reasons, reasons
+    failed = next(e for e in events if e["reason"] == "Failed" and e["message"].startswith("Failed to pull image"))
+    assert failed["type"] == "Warning" and failed["source"]["component"] == "kubelet"
+    assert failed["involvedObject"]["fieldPath"] == "spec.containers{main}"
+    api.create("/api/v1/namespaces/default/pods", pod_manifest("evsched", ["true"], nodeSelector={"zone": "mars"}))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        events = api.get("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Devsched")["items"]
+        if events:
+            break
+        time.sleep(0.05)
+    assert [e["reason"] for e in events] == ["FailedScheduling"]
+
+
+def test_pods_still_run_after_watches_drop(cluster: Any, api: Api) -> None:
+    cluster.runner.call(cluster.apiserver.drop_watches)
+    api.create("/api/v1/namespaces/default/pods", pod_manifest("after-drop", ["true"]))
+    assert api.wait_pod("after-drop", phase_is("Succeeded", "Failed"))["status"]["phase"] == "Succeeded"

@@ -533,3 +533,18 @@ async def test_runner_memory_limit_end_to_end(harness: Harness) -> None:
     final = await harness.run(pod, limit=60)
     term = terminated(final)
     assert (final["phase"], term["reason"], term["exitCode"]) == ("Failed", "OOMKilled", 137)
+
+
+async def test_empty_dir_over_size_limit_is_evicted(harness: Harness) -> None:
+    harness.config.storage_check_seconds = 0.1
+    pod = make_pod(
+        "filler",
+        command=["sh", "-c", "trap 'exit 143' TERM; head -c 3000000 /dev/zero > /scratch/blob; sleep 30 & wait"],
+        container={"volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]},
+        spec={"volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "1Mi"}}]},
+    )
+    final = await harness.run(pod, limit=20)
+    assert (final["phase"], final["reason"]) == ("Failed", "Evicted")
+    assert final["message"] == 'Usage of EmptyDir volume "scratch" exceeds the limit "1Mi". '
+    assert cond(final, "DisruptionTarget")["reason"] == "TerminationByKubelet"
+    assert terminated(final)["exitCode"] == 137
