@@ -382,6 +382,39 @@ def _security(pod: dict[str, Any], container: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+SHM_BYTES = 64 * 1024 * 1024  # a container runtime's default /dev/shm size
+DEFAULT_CAPABILITIES = (
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+)
+
+
+def _capabilities(sc: dict[str, Any]) -> list[str]:
+    """The capabilities a root container keeps: the runtime default set, minus drop, plus add."""
+    caps = sc.get("capabilities") or {}
+    drop = {str(c).upper().removeprefix("CAP_") for c in caps.get("drop") or []}
+    add = {str(c).upper().removeprefix("CAP_") for c in caps.get("add") or []}
+    if sc.get("privileged"):
+        return ["ALL"]
+    keep = set() if "ALL" in drop else set(DEFAULT_CAPABILITIES) - drop
+    keep |= add
+    if "ALL" in keep:
+        return ["ALL"]
+    return [f"CAP_{c}" for c in sorted(keep)]
+
+
 def _root_binds() -> list[str]:
     """bwrap arguments giving a read-only view of each top-level host entry (symlinks kept as such)."""
     args: list[str] = []
@@ -685,20 +718,32 @@ class PodWorker:
 
         args: list[str] = [self.config.bwrap]
         args += _root_binds()
-        args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/dev/shm", "--dir", "/tmp"]
+        args += ["--dev", "/dev", "--proc", "/proc", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm", "--dir", "/tmp"]
+        # Other pods' payloads and logs live in the state dir: hide it behind an empty directory.
+        hidden = self.config.state_dir.resolve()
+        if hidden.parts[1:2] and hidden.parts[1] not in ("tmp", "proc", "dev"):
+            empty = self.config.state_dir / "empty"
+            empty.mkdir(exist_ok=True)
+            args += ["--ro-bind", str(empty), str(hidden)]
         if uses_python and self.config.runtime_dir is not None:
             args += ["--ro-bind", str(self.config.runtime_dir), SANDBOX_RUNTIME_DIR]
             args += ["--ro-bind", str(project_source_root()), SANDBOX_SOURCE_DIR]
-        read_only_root = bool(sc.get("readOnlyRootFilesystem"))
-        if not read_only_root and not any(m.target == "/tmp" for m in mounts):
-            args += ["--tmpfs", "/tmp"]
+        if not sc.get("readOnlyRootFilesystem") and not any(m.target == "/tmp" for m in mounts):
+            # Without a read-only root a container can write /tmp; a per-container directory stands in.
+            scratch = self.pod_dir / "scratch" / spec["name"]
+            scratch.mkdir(parents=True, exist_ok=True)
+            os.chmod(scratch, 0o1777)
+            args += ["--bind", str(scratch), "/tmp"]
         for mount in mounts:
             args += ["--ro-bind" if mount.read_only else "--bind", str(mount.source), mount.target]
         term_path = spec.get("terminationMessagePath") or "/dev/termination-log"
         term_file = self._termination_file(spec["name"])
         args += ["--bind", str(term_file), term_path]
-        if read_only_root:
-            args += ["--remount-ro", "/"]
+        # The rest of the root is read-only whatever readOnlyRootFilesystem says (it is the host's).
+        args += ["--remount-ro", "/"]
+        args += ["--cap-drop", "ALL"]
+        for cap in _capabilities(sc) if uid == 0 else []:
+            args += ["--cap-add", cap]
         # The command is PID 1 of its namespace, as in a container: SIGTERM is ignored unless handled.
         args += ["--unshare-pid", "--as-pid-1", "--unshare-ipc", "--unshare-uts", "--hostname", self.name[:63]]
         args += ["--die-with-parent", "--new-session"]

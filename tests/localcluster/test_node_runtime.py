@@ -548,3 +548,20 @@ async def test_empty_dir_over_size_limit_is_evicted(harness: Harness) -> None:
     assert final["message"] == 'Usage of EmptyDir volume "scratch" exceeds the limit "1Mi". '
     assert cond(final, "DisruptionTarget")["reason"] == "TerminationByKubelet"
     assert terminated(final)["exitCode"] == 137
+
+
+@pytest.mark.parametrize(
+    ("security", "expected"),
+    [({}, "00000000a80425fb"), ({"capabilities": {"drop": ["ALL"]}}, "0000000000000000")],
+)
+async def test_root_container_capabilities(harness: Harness, security: dict[str, Any], expected: str) -> None:
+    """Root containers get the runtime's default capability set (or none), never the node's own."""
+    pod = make_pod(
+        "caps",
+        command=["sh", "-c", "grep CapEff /proc/self/status; touch /newfile 2>/dev/null || echo ro; touch /tmp/ok"],
+        container={"securityContext": security},
+    )
+    final = await harness.run(pod)
+    assert final["phase"] == "Succeeded", harness.log_lines(pod)
+    lines = [ln["log"].split() for ln in harness.log_lines(pod)]
+    assert lines == [["CapEff:", expected], ["ro"]]
