@@ -401,3 +401,29 @@ def test_hello_world_start_time(tmp_path: Path) -> None:
     assert res.checked().stdout == "hello, world\n"
     print(f"runner hello-world wall time: {elapsed * 1000:.0f} ms")
     assert elapsed < 2.0
+
+
+def test_fork_churn_still_running_when_the_code_returns(tmp_path: Path) -> None:
+    """A detached process that keeps forking (short-lived children) is swept, mid-fork, with the rest."""
+    pid_file = tmp_path / "output" / "churner.pid"
+    code = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "    while True:\n"
+        "        if os.fork() == 0:\n"
+        "            if os.fork() == 0:\n"
+        "                time.sleep(0.2)\n"
+        "            os._exit(0)\n"
+        "        os.wait()\n"
+        f"while not os.path.exists({str(pid_file)!r}):\n"
+        "    time.sleep(0.001)\n"
+        "time.sleep(0.2)\n"
+        "result = 'churning'\n"
+    )
+    began = time.monotonic()
+    report = run_runner(tmp_path, code).checked()
+    assert report.output == "churning"
+    assert not _alive(int(pid_file.read_text()))
+    assert time.monotonic() - began < 20
