@@ -427,3 +427,15 @@ def test_fork_churn_still_running_when_the_code_returns(tmp_path: Path) -> None:
     assert report.output == "churning"
     assert not _alive(int(pid_file.read_text()))
     assert time.monotonic() - began < 20
+
+
+def test_output_whose_encoding_raises(tmp_path: Path) -> None:
+    code = (
+        "class Weird(dict):\n"
+        "    def items(self):\n"
+        "        raise KeyError('boom')\n"
+        "result = {'x': Weird(a=1)}\n"
+    )
+    res = run_runner(tmp_path, code)
+    report = res.checked()
+    assert (report.error_type, report.exit_code) == ("output_error", 0)

@@ -164,7 +164,7 @@ def take_output(env: dict[str, Any], output_dir: str, limit: int) -> dict[str, A
                 with open(path, encoding="utf-8") as fh:
                     parsed = json.loads(fh.read())
                 text = json.dumps(parsed, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError, RecursionError, OverflowError, OSError) as exc:
+    except Exception as exc:  # json errors, and anything a user-defined container type raises while encoded
         what = "`result`" if value is not None else "result.json"
         reason = _safe(exc.__str__, type(exc).__name__)
         return _output_failure(r.OUTPUT_ERROR, f"The output in {what} is not valid JSON: {reason}")
