@@ -182,6 +182,10 @@ def build_pod(ref: ExecutionRef, spec: ExecutionSpec, cls: ExecutionClassSpec, a
         {"name": "SANDBOX_OUTPUT_LIMIT_BYTES", "value": str(OUTPUT_LIMIT_BYTES)},
         {"name": "SANDBOX_STREAM_TAIL_BYTES", "value": str(STREAM_TAIL_BYTES)},
         {"name": "SANDBOX_TERMINATION_LOG", "value": "/dev/termination-log"},
+        # Lets code make its side effects idempotent across retries.
+        {"name": "SANDBOX_ATTEMPT", "value": str(attempt)},
+        {"name": "SANDBOX_EXECUTION", "value": ref.name},
+        {"name": "SANDBOX_CORRELATION_ID", "value": ref.correlation_id},
         {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
         {"name": "HOME", "value": "/tmp"},
     ]
