@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import kopf
 import pytest
 import structlog
 
@@ -61,7 +62,8 @@ def test_kopf_object_logger_routed_without_settings(stream: io.StringIO) -> None
             "namespace": "team-b",
         },
         "k8s_skip": False,
-        "settings": object(),
+        # A real settings object: kopf's own event-posting handler on this logger reads it.
+        "settings": kopf.OperatorSettings(),
     }
     logging.getLogger("kopf.objects").info("Handler 'create_fn' succeeded.", extra=extra)
     (line,) = _lines(stream)
