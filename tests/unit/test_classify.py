@@ -360,3 +360,42 @@ def test_every_contract_type_is_documented() -> None:
     docs = (Path(__file__).parents[2] / "docs" / "errors.md").read_text()
     for error_type in ErrorType:
         assert f"`{error_type.value}`" in docs, error_type
+
+
+@pytest.mark.parametrize(
+    ("reason", "message", "pending", "expected"),
+    [
+        ("CreateContainerError", 'failed to generate container spec: invalid mount "/sandbox/payload"', 10, None),
+        ("CreateContainerError", 'failed to generate container spec: invalid mount "/sandbox/payload"', 130,
+         "config_error"),
+        ("PostStartHookError", "Exec lifecycle hook ([/bin/false]) for Container \"sandbox\" returned error", 1,
+         "config_error"),
+        ("RegistryUnavailable", "registry ghcr.io returned 503", 130, "image_pull_error"),
+        ("ImageInspectError", "Failed to inspect image", 130, "image_pull_error"),
+    ],
+)
+def test_other_waiting_reasons(reason: str, message: str, pending: float, expected: str | None) -> None:
+    p = pod("create-container-config-error")
+    p["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": reason, "message": message}}
+    error = classify_stuck_pod(p, pending_seconds=pending, pending_timeout=120)
+    assert (error.type if error else None) == expected
+
+
+def test_scheduling_gated_waits_until_the_pending_timeout() -> None:
+    p = pod("unschedulable")
+    gated = "Scheduling is blocked due to non-empty scheduling gates"
+    p["status"]["conditions"][0].update(reason="SchedulingGated", message=gated)
+    assert classify_stuck_pod(p, pending_seconds=60, pending_timeout=120) is None
+    error = classify_stuck_pod(p, pending_seconds=120, pending_timeout=120)
+    assert error is not None and error.type == "unschedulable" and error.meta["reason"] == "SchedulingGated"
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "signal"), [(152, "SIGXCPU"), (153, "SIGXFSZ"), (159, "SIGSYS"), (132, "SIGILL")]
+)
+def test_other_signals_without_a_report(exit_code: int, signal: str) -> None:
+    p = pod("exit-139-no-report")
+    terminated(p)["exitCode"] = exit_code
+    error = classify_finished_pod(p, None).error
+    assert error is not None and (error.type, error.meta["signal"]) == ("runtime_error", signal)
+    assert not error.retryable
