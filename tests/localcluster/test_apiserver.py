@@ -272,6 +272,9 @@ async def test_generation_and_status_subresource(api: Api) -> None:
     o["status"] = {"phase": "Done"}
     status, o = await api.put(f"{W}/a/status", o)
     assert status == 200 and o["status"] == {"phase": "Done"}
+    del o["metadata"]["resourceVersion"]
+    status, body = await api.put(f"{W}/a", o)  # custom resources allow no unconditional update
+    assert status == 422 and body["details"]["causes"][0]["field"] == "metadata.resourceVersion"
 
 
 # ---------------------------------------------------------------------------------------------- validation

@@ -940,6 +940,11 @@ class ApiServer:
         rv = meta.get("resourceVersion")
         if rv not in (None, "") and str(rv) != old["metadata"]["resourceVersion"]:
             raise conflict(info.group_resource, info.group, info.plural, name)
+        if rv in (None, "") and info.custom and not _patched:
+            # Custom resources do not allow unconditional updates (AllowUnconditionalUpdate is false).
+            raise invalid(info.kind_group, info.group, info.kind, name, [{
+                "reason": "FieldValueInvalid", "field": "metadata.resourceVersion",
+                "message": "Invalid value: 0x0: must be specified for an update"}])
         new["apiVersion"] = info.api_version
         new["kind"] = info.kind
         if sub == "status":
