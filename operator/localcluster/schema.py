@@ -83,6 +83,7 @@ from typing import Any
 
 import celpy
 import celpy.celtypes as ct
+import celpy.evaluation
 from celpy.evaluation import CELEvalError
 
 __all__ = [
@@ -1710,12 +1711,40 @@ _K8S_LIBRARY: dict[str, Callable[..., Any]] = {
     "isInteger": lambda a: ct.BoolType(_q(a).value == _q(a).value.to_integral_value()),
     "asApproximateFloat": lambda a: ct.DoubleType(float(_q(a).value)),
     "sign": lambda a: ct.IntType((_q(a).value > 0) - (_q(a).value < 0)),
+    "dyn": lambda v: v,
     "hasValue": _fn_has_value,
     "value": _fn_value,
     "orValue": _fn_or_value,
 }
 
-_K8S_FUNCTIONS = {name: _guard(fn) for name, fn in _K8S_LIBRARY.items()}
+_NUMBERS = (ct.IntType, ct.UintType, ct.DoubleType)
+
+
+def _numeric_relation(name: str, op: Callable[[Any, Any], bool]) -> Callable[[Any, Any], Any]:
+    """cel-go compares int, uint and double with one another (CrossTypeNumericComparisons)."""
+    base = celpy.evaluation.base_functions[name]
+
+    def fn(a: Any, b: Any) -> Any:
+        if isinstance(a, _NUMBERS) and isinstance(b, _NUMBERS) and type(a) is not type(b):
+            x = float(a) if isinstance(a, ct.DoubleType) else int(a)
+            y = float(b) if isinstance(b, ct.DoubleType) else int(b)
+            return ct.BoolType(op(x, y))
+        return base(a, b)
+
+    return fn
+
+
+_K8S_FUNCTIONS: dict[str, Callable[..., Any]] = {name: _guard(fn) for name, fn in _K8S_LIBRARY.items()}
+_K8S_FUNCTIONS.update(
+    {
+        "_<_": _numeric_relation("_<_", lambda x, y: x < y),
+        "_<=_": _numeric_relation("_<=_", lambda x, y: x <= y),
+        "_>_": _numeric_relation("_>_", lambda x, y: x > y),
+        "_>=_": _numeric_relation("_>=_", lambda x, y: x >= y),
+        "_==_": _numeric_relation("_==_", lambda x, y: x == y),
+        "_!=_": _numeric_relation("_!=_", lambda x, y: x != y),
+    }
+)
 
 # Names rules may use: celpy built-ins, the macros, and the libraries above.
 _KNOWN_FUNCTIONS = frozenset(

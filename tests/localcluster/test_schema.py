@@ -470,6 +470,7 @@ def test_cel_rules_on_list_map_items_correlate_by_key() -> None:
         "self.tags.map(t, t + '!') == ['a!', 'b!'] && self.tags.filter(t, t != 'a') == ['b']",
         "self.labels.all(k, self.labels[k] == 'v') && 'x' in self.labels",
         "timestamp(self.started) < timestamp('2030-01-01T00:00:00Z') && duration('1m') > duration('59s')",
+        "self.ratio < 1 && self.ratio > 0 && self.timeoutSeconds > 29.5 && dyn(self.timeoutSeconds) == 30.0",
     ],
 )
 def test_cel_library_functions(rule: str) -> None:
