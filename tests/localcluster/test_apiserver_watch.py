@@ -45,7 +45,7 @@ async def test_label_selectors(api: Api) -> None:
     cases = {
         "app=x": ["a"], "app==x": ["a"], "app!=x": ["b", "c"], "app in (x,y)": ["a", "b"],
         "app notin (x)": ["b", "c"], "tier": ["a", "c"], "!tier": ["b"], "app=x,tier=web": ["a"],
-        "app,!tier": ["b"],
+        "app,!tier": ["b"], "app in(x, y),!tier": ["b"],
     }
     for selector, expected in cases.items():
         _, lst = await api.get(f"{CM}?labelSelector={selector}")

@@ -10,7 +10,7 @@ from localcluster.apiserver.status import ApiError
 
 Matcher = Callable[[dict[str, Any]], bool]
 
-_SET_RE = re.compile(r"^\s*([A-Za-z0-9./_-]+)\s+(in|notin)\s+\(([^)]*)\)\s*$")
+_SET_RE = re.compile(r"^\s*([A-Za-z0-9./_-]+)\s+(in|notin)\s*\(([^)]*)\)\s*$")
 
 
 def _split_top(expr: str) -> list[str]:
