@@ -763,7 +763,7 @@ def _validate_object(node: _Node, data: Mapping[str, Any], path: str, errs: list
         ap = node.additional
         for k, v in data.items():
             if k not in props:
-                _validate_node(ap, v, f"{path}.{k}", errs)
+                _validate_node(ap, v, _join(path, k), errs)
     for k, sub in props.items():
         if k in data:
             _validate_node(sub, data[k], _join(path, k), errs)
@@ -1137,13 +1137,13 @@ def _cel_walk(node: _Node, data: Any, old: Any, path: str, errs: list[FieldError
     if node.rules:
         _eval_rules(node, data, old, path, errs, root)
     if isinstance(data, Mapping):
-        old_map = old if isinstance(old, Mapping) else None
+        # Children of an atomic map have no old value to correlate with.
+        old_map = old if isinstance(old, Mapping) and node.map_type != "atomic" else None
         ap = node.additional
         if ap is not None and ap.has_rules_below:
-            correlate = node.map_type != "atomic"
             for k, v in data.items():
                 if k not in node.properties:
-                    ov = old_map.get(k) if (old_map is not None and correlate) else None
+                    ov = old_map.get(k) if old_map is not None else None
                     _cel_walk(ap, v, ov, f"{path}[{k}]" if path else f"[{k}]", errs, False)
         for k, v in data.items():
             sub = node.properties.get(k)
