@@ -371,3 +371,34 @@ def test_retention_deletes_by_age_and_by_count_and_nothing_else(
         wait_until(lambda: remaining(kube) == [], timeout=30, what="expiry of the rest")
     finally:
         kube.run("delete", "namespace", other.namespace, "--wait=false", check=False, namespaced=False)
+
+
+def test_a_maximal_execution_makes_a_dead_letter_under_one_mebibyte_and_replays_with_its_input(kube: Kube) -> None:
+    # 102400 characters of code (mostly a comment of `<`, six bytes each once the server escapes it), an
+    # input of almost 1 MiB, and streams far past their tails.
+    body = (
+        "import sys\nsys.stdout.write('<' * 200000)\nsys.stderr.write('&' * 200000)\nraise ValueError('<' * 5000)\n# "
+    )
+    code = body + "<" * (102400 - len(body))
+    big_input = {"blob": "a" * (1024 * 1024 - 64)}
+    ex = fail_and_wait(kube, "maximal", code, input=big_input)
+    assert ex["status"]["error"]["type"] == "value_error" and ex["status"]["stdoutTruncated"] is True
+    dl = wait_dead_letter(kube, "maximal")
+    name = dl["metadata"]["name"]
+    raw = kube.run("get", "deadletter", name, "-o", "json").stdout
+    assert len(raw.encode()) < 1024 * 1024
+    spec = dl["spec"]
+    assert spec["executionSpec"]["code"] == code
+    assert spec["inputTruncated"] is True
+    assert spec["executionSpec"]["input"] == {
+        "truncated": True,
+        "originalBytes": len('{"blob":""}') + len(big_input["blob"]),
+    }
+    assert spec["error"] == ex["status"]["error"]
+    assert spec["stdout"] == ex["status"]["stdout"] and spec["stderr"] == ex["status"]["stderr"]
+
+    # While the original exists, a replay takes the input from it.
+    kube.run("annotate", f"dl/{name}", f"{REPLAY}=true")
+    replay = wait_until(lambda: kube.get("execution", f"{name}-r1", check=False), timeout=30, what="the replay")
+    assert replay["spec"]["input"] == big_input
+    assert replay["spec"]["code"] == code
