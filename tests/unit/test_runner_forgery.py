@@ -202,3 +202,21 @@ def test_code_signals_the_supervisor(tmp_path: Path) -> None:
     res = run_runner(tmp_path, code)
     assert res.returncode == 0
     assert res.checked().output == 1
+
+
+def test_a_flood_on_the_report_channel_does_not_stop_the_clock(tmp_path: Path) -> None:
+    """Frames sent as fast as possible (by the harness process and by a forked one) cannot starve the timeout."""
+    code = FIND_CHANNEL + (
+        "import threading\nc = channel()\n"
+        "def flood():\n"
+        "    while True:\n"
+        f"        c.send({FAKE_SUCCESS_FRAME})\n"
+        "if os.fork() == 0:\n"
+        "    flood()\n"
+        "threading.Thread(target=flood, daemon=True).start()\n"
+        "flood()\n"
+    )
+    began = time.monotonic()
+    report = run_runner(tmp_path, code, timeout=1).checked()
+    assert (report.error_type, report.exit_code) == ("timeout", 137)
+    assert time.monotonic() - began < 15

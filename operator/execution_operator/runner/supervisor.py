@@ -24,6 +24,10 @@ _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
 _UCRED = struct.Struct("iII")
 _FRAME_BUFFER = 4 * 1024 * 1024
+#: Room for a frame's header (message, bounded traceback) besides the output itself.
+_FRAME_HEADROOM = 256 * 1024
+#: Frames read per wake-up, so a flood of them cannot starve the timeout and the stream relay.
+_FRAMES_PER_WAKE = 32
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 #: The harness must have started the user's code within this many seconds of being spawned.
 STARTUP_LIMIT_SECONDS = 60.0
@@ -296,7 +300,7 @@ class Supervisor:
                 if fd in streams:
                     if not self._pump(streams[fd]):
                         poller.unregister(fd)
-                elif fd == chan.fileno() and not self._receive(chan):
+                elif fd == chan.fileno() and self._receive(chan) == "closed":
                     poller.unregister(fd)
             self._check_signals()  # before reaping: a sender that just exited is still a (zombie) descendant
             self._reap()
@@ -335,17 +339,18 @@ class Supervisor:
         stream.feed(data)
         return True
 
-    def _receive(self, chan: socket.socket) -> bool:
-        """Read every queued frame; False once no process holds the other end any more."""
-        while True:
+    def _receive(self, chan: socket.socket) -> str:
+        """Read queued frames: `more` (the per-wake bound was hit), `idle`, or `closed` (no sender left)."""
+        size = self.config.output_limit + _FRAME_HEADROOM
+        for _ in range(_FRAMES_PER_WAKE):
             try:
-                data, ancdata, flags, _ = chan.recvmsg(_FRAME_BUFFER, socket.CMSG_SPACE(_UCRED.size))
+                data, ancdata, flags, _ = chan.recvmsg(size, socket.CMSG_SPACE(_UCRED.size))
             except (BlockingIOError, InterruptedError):
-                return True
+                return "idle"
             except OSError:
-                return False
+                return "closed"
             if not data:
-                return False
+                return "closed"
             sender = None
             for level, kind, payload in ancdata:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
@@ -355,6 +360,7 @@ class Supervisor:
                 self.foreign_frames += 1
                 continue
             self._on_frame(data)
+        return "more"
 
     def _on_frame(self, data: bytes) -> None:
         head, _, body = data.partition(b"\n")
@@ -445,7 +451,8 @@ class Supervisor:
                 except OSError:
                     break
             os.close(stream.fd)
-        self._receive(chan)
+        while self._receive(chan) == "more":
+            pass
         chan.close()
 
     # -- deciding ------------------------------------------------------------------------------
