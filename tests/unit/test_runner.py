@@ -439,3 +439,9 @@ def test_output_whose_encoding_raises(tmp_path: Path) -> None:
     res = run_runner(tmp_path, code)
     report = res.checked()
     assert (report.error_type, report.exit_code) == ("output_error", 0)
+
+
+def test_tail_cut_inside_a_character_stays_clean(tmp_path: Path) -> None:
+    report = run_runner(tmp_path, "print('é' * 20000, end='')\nresult = 1").checked()
+    assert report.stdout_truncated and "\ufffd" not in report.stdout
+    assert set(report.stdout) == {"é"} and len(report.stdout.encode()) <= 16384

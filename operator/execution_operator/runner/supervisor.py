@@ -116,6 +116,11 @@ class Stream:
     def text(self) -> tuple[str, bool]:
         truncated = self.total > self.limit
         data = bytes(self.tail[-self.limit :]) if truncated else bytes(self.tail)
+        if truncated:  # the cut may fall inside a UTF-8 character: drop its continuation bytes
+            skip = 0
+            while skip < min(3, len(data)) and data[skip] & 0xC0 == 0x80:
+                skip += 1
+            data = data[skip:]
         return data.decode("utf-8", "replace"), truncated
 
     def end_line(self) -> None:
