@@ -26,6 +26,7 @@ from promlive import Prometheus, free_port, has_finite_value, substitute
 from toolkit import CHART, NAMESPACE, ROOT, TOOLS_BIN, HelmRun, find_tool, template_args
 
 from execution_operator import dashboard
+from execution_operator.sandbox import NETWORK_POLICY_NAME
 
 pytestmark = pytest.mark.tools
 
@@ -95,7 +96,7 @@ def test_chart_installs_and_runs_executions(cluster: Any, run_helm: HelmRun, tmp
     classes = {i["metadata"]["name"]: i for i in json.loads(k("get", "executionclasses", "-o", "json"))["items"]}
     assert {"default", "data-processing"} <= set(classes)
     dep = json.loads(k("get", "deployment", "-n", NAMESPACE, "-o", "json"))["items"][0]
-    assert k("get", "networkpolicy", "sandbox-deny-all", "-n", NAMESPACE, "-o", "name").strip()
+    assert k("get", "networkpolicy", NETWORK_POLICY_NAME, "-n", NAMESPACE, "-o", "name").strip()
     assert k("get", "configmap", "-n", NAMESPACE, "-l", "grafana_dashboard=1", "-o", "name").strip()
 
     # 2. The operator, started with the Deployment's arguments.

@@ -11,6 +11,7 @@ import pytest
 from toolkit import CHART, NAMESPACE, ROOT, HelmRun, Render, by_kind, crd_schemas, template_args
 
 from execution_operator import dashboard
+from execution_operator.sandbox import NETWORK_POLICY_NAME, deny_all_network_policy
 
 pytestmark = pytest.mark.tools
 
@@ -166,13 +167,15 @@ def test_dashboard_configmap(render: Render) -> None:
 
 def test_sandbox_network_policies(render: Render) -> None:
     pols = by_kind(render(["sandboxNetworkPolicy.namespaces={team-a,team-b}"]), "NetworkPolicy")
-    sandbox = [p for p in pols if p["metadata"]["name"] == "sandbox-deny-all"]
+    sandbox = [p for p in pols if p["metadata"]["name"] == NETWORK_POLICY_NAME]
     assert sorted(p["metadata"]["namespace"] for p in sandbox) == ["team-a", "team-b"]
     for p in sandbox:
+        # The same policy the operator creates on demand, so either finds the other's.
+        assert p["spec"] == deny_all_network_policy(p["metadata"]["namespace"])["spec"]
         assert p["spec"]["podSelector"] == {"matchLabels": {"sandbox.dev/network": "deny"}}
         assert p["spec"]["policyTypes"] == ["Ingress", "Egress"]
         assert "ingress" not in p["spec"] and "egress" not in p["spec"]
-    default_ns = [p for p in by_kind(render(), "NetworkPolicy") if p["metadata"]["name"] == "sandbox-deny-all"]
+    default_ns = [p for p in by_kind(render(), "NetworkPolicy") if p["metadata"]["name"] == NETWORK_POLICY_NAME]
     assert [p["metadata"]["namespace"] for p in default_ns] == [NAMESPACE]
 
 
