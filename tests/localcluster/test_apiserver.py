@@ -312,6 +312,10 @@ async def test_field_validation_strict_warn_ignore(api: Api, server: ApiServer) 
         assert 'unknown field \\"spec.bogus\\"' in resp.headers.get("Warning", "")
     status, _ = await api.post(f"{W}?fieldValidation=Ignore", widget("c", bogus=1))
     assert status == 201
+    status, body = await api.patch(f"{W}/c?fieldValidation=Strict", {"spec": {"other": 2}})
+    assert status == 400 and 'unknown field "spec.other"' in body["message"]
+    status, o = await api.patch(f"{W}/c", {"spec": {"other": 2}})  # pruned without complaint
+    assert status == 200 and "other" not in o["spec"]
 
 
 # ---------------------------------------------------------------------------------------------- deletion

@@ -426,8 +426,10 @@ class ApiServer:
         if verb == "patch":
             ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
             body = await self._read_body(request)
-            obj, created = self.patch_object(info, ns, ri.name, ctype, body, ri.sub, dry_run=dry, query=q)
-            return self._obj_response(info, obj, 201 if created else 200)
+            patch_warnings: list[str] = []
+            obj, created = self.patch_object(info, ns, ri.name, ctype, body, ri.sub, dry_run=dry, query=q,
+                                             warnings=patch_warnings)
+            return self._obj_response(info, obj, 201 if created else 200, patch_warnings)
         if verb == "delete":
             opts: dict[str, Any] = {}
             body = await self._read_body(request)
@@ -1019,9 +1021,11 @@ class ApiServer:
                            "(allow it to be set to 1 if it was previously negative)"}])
 
     def patch_object(self, info: ResourceInfo, ns: str, name: str, ctype: str, body: Any, sub: str = "",
-                     dry_run: bool = False, query: Any = None) -> tuple[dict[str, Any], bool]:
-        """PATCH in all four content types; returns (object, created)."""
+                     dry_run: bool = False, query: Any = None,
+                     warnings: list[str] | None = None) -> tuple[dict[str, Any], bool]:
+        """PATCH in all four content types; returns (object, created). Field-validation warnings are appended."""
         q = query or {}
+        warn = warnings if warnings is not None else []
         old = self.store.get(info.store_key, ns, name)
         if ctype == "application/apply-patch+yaml":
             if not q.get("fieldManager"):
@@ -1035,7 +1039,9 @@ class ApiServer:
                 body.setdefault("metadata", {})["name"] = name
                 if info.namespaced:
                     body["metadata"]["namespace"] = ns
+                warn.extend(self._field_validation(info, body, q))
                 return self.create_object(info, ns, body, dry_run=dry_run), True
+            warn.extend(self._field_validation(info, body, q))
             applied = _apply_merge(old, body, not info.custom)
             return self.update_object(info, ns, name, applied, sub, dry_run=dry_run, _patched=True), False
         if old is None:
@@ -1062,6 +1068,7 @@ class ApiServer:
             raise ApiError(422, "patch produced a non-object", "Invalid")
         if ctype != "application/json-patch+json":
             patched = copy.deepcopy(patched)  # merges share untouched subtrees with the stored object
+        warn.extend(self._field_validation(info, patched, q))
         return self.update_object(info, ns, name, patched, sub, dry_run=dry_run, _patched=True), False
 
     # ------------------------------------------------------------------------------ deletion & GC
