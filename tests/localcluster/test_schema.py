@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from localcluster.schema import (
     FieldError,
@@ -692,3 +694,38 @@ def test_embedded_resources_need_api_version_and_kind(schema: dict[str, Any]) ->
     ]
     obj = default_and_prune(schema, _obj(template={"apiVersion": "v1", "kind": "Pod"}))
     assert validate(schema, obj) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Invariants over arbitrary input: never raise, pruning is complete, defaulting is idempotent.
+
+_json_scalars = (
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=8)
+)
+_json = st.recursive(
+    _json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+_spec_keys = st.sampled_from([*sorted(_spec_schema()["properties"]), "bogus"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=st.dictionaries(_spec_keys, _json, max_size=8), old_spec=st.none() | st.dictionaries(_spec_keys, _json))
+def test_arbitrary_input_never_raises_and_pruning_is_complete(
+    schema: dict[str, Any], spec: dict[str, Any], old_spec: dict[str, Any] | None
+) -> None:
+    full = _cel_schema(
+        {"rule": "self.timeoutSeconds <= 60 || self.mode == 'Safe'"},
+        {"rule": "self == oldSelf || !has(self.code)", "message": "immutable"},
+    )
+    for sch in (schema, full):
+        obj = default_and_prune(sch, {"apiVersion": "x/v1", "kind": "X", "metadata": {"name": "n"}, "spec": spec})
+        assert strict_unknown_fields(sch, obj) == []
+        again = default_and_prune(sch, copy.deepcopy(obj))
+        assert again == obj
+        old = None
+        if old_spec is not None:
+            old = default_and_prune(sch, {"metadata": {"name": "n"}, "spec": old_spec})
+        errs = validate(sch, obj, old)
+        assert all(isinstance(e, FieldError) and e.field and e.message for e in errs)
