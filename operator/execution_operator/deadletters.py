@@ -341,6 +341,8 @@ class DeadLetters:
         max_per_namespace: int = DEFAULT_MAX_PER_NAMESPACE,
         retry_seconds: float = RETENTION_RETRY_SECONDS,
     ) -> None:
+        if max_age_seconds <= 0 or max_per_namespace < 1:
+            raise ValueError("dead letter retention needs a positive max age and a cap of at least 1")
         self.client = client
         self.clock = clock
         self.max_age = timedelta(seconds=max_age_seconds)

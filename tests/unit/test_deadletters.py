@@ -985,3 +985,18 @@ async def test_retention_leaves_objects_being_deleted_alone(api: FakeApi, clock:
     await dls.drain()
     assert api.deleted == [] and dls.present(NS) == 1
     dls.close()
+
+
+@pytest.mark.parametrize(("age", "cap"), [(0, 10), (-1, 10), (60, 0)])
+def test_retention_settings_must_be_positive(api: FakeApi, age: float, cap: int) -> None:
+    with pytest.raises(ValueError, match="retention"):
+        DeadLetters(api, max_age_seconds=age, max_per_namespace=cap)  # type: ignore[arg-type]
+
+
+async def test_close_cancels_every_timer(api: FakeApi, clock: Clock) -> None:
+    dls = DeadLetters(api, clock=clock)  # type: ignore[arg-type]
+    for name in ("a", "b"):
+        await dls.on_event(api.put("deadletters", dl_body(name)), "ADDED")
+    timers = [e.timer for e in dls._index[NS].values()]
+    dls.close()
+    assert timers and all(t is not None and t.cancelled() for t in timers)
