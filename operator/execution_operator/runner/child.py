@@ -143,7 +143,11 @@ def _output_failure(error_type: str, message: str) -> dict[str, Any]:
 
 
 def take_output(env: dict[str, Any], output_dir: str, limit: int) -> dict[str, Any]:
-    """The output: global `result`, else `result.json` in the output dir, else null."""
+    """The output: global `result`, else `result.json` in the output dir, else null.
+
+    A `result` of None counts as unset, so code that initialises `result = None` and then writes
+    result.json still has its file taken.
+    """
     value = env.get("result")
     try:
         if value is not None:
@@ -230,8 +234,8 @@ def _flush_user_streams() -> None:
 
 def main() -> None:
     """Entry point of the child process (`python -m execution_operator.runner.child`)."""
-    # Bind what the report needs before the user's code can replace module attributes.
     faulthandler.enable()  # a native crash still prints the Python frames to stderr
+    # Bind what the report needs before the user's code can replace module attributes.
     send_exit = os._exit
     write_fd = os.write
     dumps = json.dumps
