@@ -402,11 +402,28 @@ class _Node:
 
 
 def _compile_pattern(src: str) -> re.Pattern[str] | None:
-    """ECMA/RE2 patterns mostly mean the same in Python; an uncompilable one never matches."""
+    """RE2 patterns mean the same in Python with ASCII classes; an uncompilable one never matches."""
     try:
-        return re.compile(src)
+        return re.compile(src, re.ASCII)
     except re.error:
         return None
+
+
+_RX_NOT_RE2 = re.compile(r"\(\?[=!]|\(\?<[=!]|\\[1-9]")
+
+
+def _re2_error(pattern: str) -> str | None:
+    """Why Go's regexp (RE2) would refuse the pattern, or None: no lookaround, no backreferences."""
+    m = _RX_NOT_RE2.search(pattern)
+    if m:
+        if m.group(0).startswith("\\"):
+            return f"error parsing regexp: invalid escape sequence: `{m.group(0)}`"
+        return f"error parsing regexp: invalid or unsupported Perl syntax: `{m.group(0)}`"
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return f"error parsing regexp: {exc}"
+    return None
 
 
 _CACHE_LOCK = threading.Lock()
@@ -2152,11 +2169,11 @@ def _check_value_validation(
         _check_nested(s["not"], False, level, f"{path}.not", errs)
     pattern = s.get("pattern")
     if pattern:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            detail = f"must be a valid regular expression, but isn't: error parsing regexp: {exc}"
-            errs.append(_invalid(f"{path}.pattern", pattern, detail))
+        problem = _re2_error(str(pattern))
+        if problem is not None:
+            errs.append(
+                _invalid(f"{path}.pattern", pattern, f"must be a valid regular expression, but isn't: {problem}")
+            )
 
 
 def _check_nested(s: Mapping[str, Any], skip_any_of: bool, level: int, path: str, errs: list[FieldError]) -> None:

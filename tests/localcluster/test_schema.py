@@ -283,6 +283,12 @@ def test_valid_values_pass(schema: dict[str, Any]) -> None:
     ]
 
 
+def test_patterns_use_ascii_classes_like_re2() -> None:
+    schema = {"type": "object", "properties": {"d": {"type": "string", "pattern": "^\\d+$"}}}
+    assert validate(schema, {"d": "123"}) == []
+    assert len(validate(schema, {"d": "\u0661\u0662"})) == 1  # Arabic-Indic digits are not \d in RE2
+
+
 def test_max_length_counts_characters_not_bytes() -> None:
     schema = {"type": "object", "properties": {"s": {"type": "string", "maxLength": 3}}}
     assert validate(schema, {"s": "héé"}) == []  # 5 UTF-8 bytes, 3 characters
@@ -548,6 +554,7 @@ def test_validate_crd_rejects_non_structural_schemas() -> None:
                     },
                     "arr": {"type": "array"},
                     "alt": {"type": "string", "anyOf": [{"type": "string"}]},
+                    "look": {"type": "string", "pattern": "^a(?=b)"},
                 },
             }
         },
@@ -563,6 +570,10 @@ def test_validate_crd_rejects_non_structural_schemas() -> None:
     assert f"{p}[both].additionalProperties: Forbidden: additionalProperties and properties are mutual exclusive" in got
     assert f"{p}[arr].items: Required value: must be specified" in got
     assert f"{p}[alt].anyOf[0].type: Forbidden: must be empty to be structural" in got
+    assert (
+        f'{p}[look].pattern: Invalid value: "^a(?=b)": must be a valid regular expression, but isn\'t: '
+        "error parsing regexp: invalid or unsupported Perl syntax: `(?=`" in got
+    )
 
 
 def test_validate_crd_checks_cel_rules() -> None:
