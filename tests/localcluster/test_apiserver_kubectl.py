@@ -272,6 +272,10 @@ spec:
     assert kubectl("get", "namespace", "kubectl-ns", check=False).returncode != 0
 
 
+def test_auth_can_i_is_always_yes(kubectl: Kubectl) -> None:
+    assert kubectl("auth", "can-i", "create", "executions.sandbox.dev").stdout.strip() == "yes"
+
+
 def test_explain_uses_crd_schema(kubectl: Kubectl) -> None:
     out = kubectl("explain", "execution.spec").stdout
     assert "KIND:       Execution" in out and "timeoutSeconds" in out

@@ -130,6 +130,10 @@ def builtin_resources() -> list[ResourceInfo]:
            "ValidatingWebhookConfiguration", False),
         _r("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",
            "MutatingWebhookConfiguration", False),
+        # Access reviews: there is no authorization here, so every review answers "allowed".
+        _r("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", False,
+           verbs=["create"]),
+        _r("authorization.k8s.io", "v1", "subjectaccessreviews", "SubjectAccessReview", False, verbs=["create"]),
         _r("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False,
            ["crd", "crds"], ["status"], ["api-extensions"], gen=True),
     ]

@@ -9,6 +9,7 @@ import copy
 import datetime as dt
 import importlib
 import json
+import logging
 import random
 import re
 import time
@@ -31,6 +32,7 @@ from localcluster.apiserver.status import ApiError, already_exists, conflict, go
 from localcluster.apiserver.store import Event, Store, Watcher, dumps
 from localcluster.apiserver.table import make_table
 
+log = logging.getLogger(__name__)
 JSON = "application/json"
 SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -400,6 +402,11 @@ class ApiServer:
                 return self._json(make_table(info, [obj], table, str(self.store.rv),
                                              q.get("includeObject", "Metadata")))
             return self._obj_response(info, obj)
+        if verb == "create" and info.group == "authorization.k8s.io":
+            # No authorization here: every review is allowed (its body may be protobuf; it is not needed).
+            review = {"apiVersion": info.api_version, "kind": info.kind, "metadata": {},
+                      "status": {"allowed": True, "reason": "the local cluster does not authorize requests"}}
+            return self._json(review, 201)
         if verb == "create":
             body = await self._read_body(request)
             if not isinstance(body, dict):
