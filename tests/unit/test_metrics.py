@@ -105,15 +105,9 @@ def test_record_terminal_normalises_labels(om: m.OperatorMetrics) -> None:
         )
         == 1
     )
-    assert (
-        _value(om, "sandbox_execution_duration_seconds_count", {"class": "default", "outcome": "succeeded"})
-        == 1
-    )
+    assert _value(om, "sandbox_execution_duration_seconds_count", {"class": "default", "outcome": "succeeded"}) == 1
     # No duration: counted, not observed.
-    assert (
-        _value(om, "sandbox_execution_duration_seconds_count", {"class": "default", "outcome": "failed"})
-        is None
-    )
+    assert _value(om, "sandbox_execution_duration_seconds_count", {"class": "default", "outcome": "failed"}) is None
 
 
 def test_buckets_cover_50ms_to_300s(om: m.OperatorMetrics) -> None:
