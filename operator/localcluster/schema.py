@@ -499,11 +499,15 @@ def _prune(node: _Node | None, x: Any, resource_root: bool) -> None:
             _prune(item, v, item.embedded if item is not None else False)
 
 
-def _skip_prune(node: _Node, x: Any) -> None:
-    """Under preserve-unknown-fields: keep unknown keys, still prune inside known ones."""
+def _skip_prune(node: _Node | None, x: Any) -> None:
+    """Under preserve-unknown-fields: keep unknown keys (in list items too), prune inside known ones."""
+    if node is None:
+        return
     if isinstance(x, dict):
         drop = []
         for k, v in x.items():
+            if node.embedded and k in _META_FIELDS:
+                continue
             prop = node.properties.get(k)
             if prop is not None:
                 if _is_null_to_drop(v, prop):
@@ -514,9 +518,9 @@ def _skip_prune(node: _Node, x: Any) -> None:
                 _prune(node.additional, v, node.additional.embedded)
         for k in drop:
             del x[k]
-    elif isinstance(x, list) and node.items is not None:
+    elif isinstance(x, list):
         for v in x:
-            _prune(node.items, v, node.items.embedded)
+            _skip_prune(node.items, v)
 
 
 def _is_null_to_drop(v: Any, prop: _Node) -> bool:
@@ -567,6 +571,9 @@ def _join(path: str, key: str) -> str:
 
 
 def _unknown(node: _Node | None, x: Any, path: str, resource_root: bool, out: list[str]) -> None:
+    if node is not None and node.preserve_unknown:
+        _unknown_skip(node, x, path, out)
+        return
     if isinstance(x, dict):
         if node is None:
             out.extend(_join(path, k) for k in x)
@@ -580,14 +587,29 @@ def _unknown(node: _Node | None, x: Any, path: str, resource_root: bool, out: li
                 _unknown(prop, v, _join(path, k), prop.embedded, out)
             elif node.additional is not None:
                 _unknown(node.additional, v, _join(path, k), node.additional.embedded, out)
-            elif not node.preserve_unknown and not (resource_root and k in _META_FIELDS and not path):
+            elif not (resource_root and k in _META_FIELDS and not path):
                 out.append(_join(path, k))
     elif isinstance(x, list):
         item = node.items if node is not None else None
-        if node is not None and node.preserve_unknown and item is None:
-            return
         for i, v in enumerate(x):
             _unknown(item, v, f"{path}[{i}]", item.embedded if item is not None else False, out)
+
+
+def _unknown_skip(node: _Node | None, x: Any, path: str, out: list[str]) -> None:
+    if node is None:
+        return
+    if isinstance(x, dict):
+        for k, v in x.items():
+            if node.embedded and k in _META_FIELDS:
+                continue
+            prop = node.properties.get(k)
+            if prop is not None:
+                _unknown(prop, v, _join(path, k), prop.embedded, out)
+            elif node.additional is not None:
+                _unknown(node.additional, v, _join(path, k), node.additional.embedded, out)
+    elif isinstance(x, list):
+        for i, v in enumerate(x):
+            _unknown_skip(node.items, v, f"{path}[{i}]", out)
 
 
 # ---------------------------------------------------------------------------------------------
