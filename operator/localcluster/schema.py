@@ -1913,8 +1913,7 @@ def _check_openapi(
             _forbidden(f"{path}.additionalProperties", "additionalProperties and properties are mutual exclusive")
         )
     if isinstance(ap, Mapping):
-        child_unc = uncorrelatable if s.get("x-kubernetes-map-type") != "atomic" else uncorrelatable or path
-        _check_openapi(ap, f"{path}.additionalProperties", errs, cel_errs, is_root=False, uncorrelatable=child_unc)
+        _check_openapi(ap, f"{path}.additionalProperties", errs, cel_errs, is_root=False, uncorrelatable=uncorrelatable)
     for name, sub in (s.get("properties") or {}).items():
         if isinstance(sub, Mapping):
             child_unc = uncorrelatable if s.get("x-kubernetes-map-type") != "atomic" else uncorrelatable or path
