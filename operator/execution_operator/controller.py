@@ -129,6 +129,8 @@ class Controller:
         self.gates = gates or Gates(client, clock=clock)
         self.gates.post_event = self._event
         self.executions: dict[Key, dict[str, Any]] = {}
+        #: (uid, resourceVersion) of finished Executions, to ignore late echoes of earlier writes.
+        self.finished: dict[Key, tuple[str, int]] = {}
         self.pods: dict[Key, dict[str, Any]] = {}
         self.vanished: dict[Key, dict[str, Any]] = {}
         self.classes: dict[str, dict[str, Any]] = self.gates.classes
@@ -174,12 +176,17 @@ class Controller:
         if event_type == "DELETED":
             self.classes.pop(name, None)
         else:
-            self.classes[name] = dict(body)
+            current = self.classes.get(name)
+            if current is None or _rv(body) >= _rv(current):
+                self.classes[name] = dict(body)
         await self.gates.on_class_event(body, event_type)
 
     # ----------------------------------------------------------------- caches and timers
 
     def _remember(self, key: Key, body: Mapping[str, Any]) -> None:
+        done = self.finished.get(key)
+        if done is not None and done[0] == body["metadata"].get("uid") and _rv(body) < done[1]:
+            return  # a late echo of a write made before the Execution finished
         current = self.executions.get(key)
         if current is None or _rv(body) >= _rv(current) or current["metadata"].get("uid") != body["metadata"].get(
             "uid"
@@ -188,6 +195,7 @@ class Controller:
 
     def _forget(self, key: Key) -> None:
         self.executions.pop(key, None)
+        self.finished.pop(key, None)
         self.error_counts.pop(key, None)
         timer = self.timers.pop(key, None)
         if timer:
@@ -586,6 +594,7 @@ class Controller:
                 return
             self.wake_at(key, due)
         self.executions.pop(key, None)
+        self.finished[key] = (str(body["metadata"].get("uid")), _rv(body))
         self._track_phase(key, None, None)
 
     # ----------------------------------------------------------------- helpers

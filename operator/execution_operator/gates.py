@@ -28,7 +28,7 @@ from execution_operator.breaker import (
 )
 from execution_operator.breaker_store import admit_launch, breaker_of, record_launch, sync_breaker
 from execution_operator.errors import ErrorInfo, flags
-from execution_operator.k8s import KubeClient
+from execution_operator.k8s import MERGE_PATCH, KubeClient
 
 log = structlog.get_logger("execution_operator.gates")
 
@@ -43,6 +43,39 @@ class GateAdmission:
 
 def holder_of(key: tuple[str, str], attempt: int) -> str:
     return f"{key[0]}/{key[1]}#{attempt}"
+
+
+def _rv(body: Mapping[str, Any]) -> int:
+    try:
+        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+class _CachingClient:
+    """Passes requests through and keeps the freshest ExecutionClass it sees in the shared cache.
+
+    The breaker's read-modify-write starts from the cached object; keeping it current means the
+    guarded write rarely meets a conflict of our own making.
+    """
+
+    def __init__(self, client: KubeClient, cache: dict[str, dict[str, Any]]) -> None:
+        self.client = client
+        self.cache = cache
+
+    def _keep(self, obj: dict[str, Any]) -> dict[str, Any]:
+        if obj.get("kind") == "ExecutionClass":
+            name = obj["metadata"]["name"]
+            current = self.cache.get(name)
+            if current is None or _rv(obj) >= _rv(current):
+                self.cache[name] = obj
+        return obj
+
+    async def get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        return self._keep(await self.client.get(path, params))
+
+    async def patch(self, path: str, body: Any, *, content_type: str = MERGE_PATCH) -> dict[str, Any]:
+        return self._keep(await self.client.patch(path, body, content_type=content_type))
 
 
 class Gates:
@@ -61,6 +94,12 @@ class Gates:
         self.classes: dict[str, dict[str, Any]] = classes if classes is not None else {}
         self.post_event = post_event
         self.sync_timers: dict[str, asyncio.TimerHandle] = {}
+        self.store_client = _CachingClient(client, self.classes)
+        #: One breaker update at a time per class in this process: replicas still meet 409s and retry.
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, class_name: str) -> asyncio.Lock:
+        return self.locks.setdefault(class_name, asyncio.Lock())
 
     def _state(self, class_name: str) -> BreakerState:
         body = self.classes.get(class_name) or {}
@@ -82,10 +121,11 @@ class Gates:
     async def admit(self, class_name: str, key: tuple[str, str], attempt: int) -> GateAdmission:
         if self._quiet(class_name):
             return GateAdmission(allowed=True)
-        admission, transitions = await admit_launch(
-            self.client, class_name, holder=holder_of(key, attempt), clock=self.clock,
-            initial=self.classes.get(class_name),
-        )
+        async with self._lock(class_name):
+            admission, transitions = await admit_launch(
+                self.store_client, class_name, holder=holder_of(key, attempt), clock=self.clock,
+                initial=self.classes.get(class_name),
+            )
         self._announce(class_name, admission.new_state, transitions)
         if admission.allowed:
             return GateAdmission(allowed=True, probe=admission.probe)
@@ -108,12 +148,13 @@ class Gates:
         trips = error is not None and flags(error.type).trips_breaker
         if self._quiet(class_name) and not trips:
             return
-        state, transitions = await record_launch(
-            self.client, class_name, reached_user_code=reached_user_code,
-            error_type=error.type if trips and error else None,
-            message=error.message if error else "", holder=holder_of(key, attempt), clock=self.clock,
-            initial=self.classes.get(class_name),
-        )
+        async with self._lock(class_name):
+            state, transitions = await record_launch(
+                self.store_client, class_name, reached_user_code=reached_user_code,
+                error_type=error.type if trips and error else None,
+                message=error.message if error else "", holder=holder_of(key, attempt), clock=self.clock,
+                initial=self.classes.get(class_name),
+            )
         self._announce(class_name, state, transitions)
 
     async def on_class_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
@@ -142,7 +183,9 @@ class Gates:
 
     async def sync(self, class_name: str, body: Mapping[str, Any] | None = None) -> None:
         try:
-            state, transitions = await sync_breaker(self.client, class_name, clock=self.clock, initial=body)
+            async with self._lock(class_name):
+                state, transitions = await sync_breaker(self.store_client, class_name, clock=self.clock,
+                                                        initial=self.classes.get(class_name) or body)
         except Exception as exc:
             log.warning("breaker sync failed", execution_class=class_name, error=str(exc)[:300])
             return

@@ -24,6 +24,9 @@ MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 
+#: Kubernetes verbs by HTTP method, for the request metrics.
+_VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
 #: Called after every request with (verb, status code, seconds): feeds the API metrics.
 RequestObserver = Callable[[str, int, float], None]
 
@@ -156,7 +159,7 @@ class KubeClient:
                 text = await response.text()
         finally:
             if self._observer is not None:
-                self._observer(method.lower(), status, time.monotonic() - started)
+                self._observer(_VERBS.get(method, method.lower()), status, time.monotonic() - started)
         if status >= 400:
             try:
                 parsed = json.loads(text)
