@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -33,9 +32,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 
 import aiohttp  # noqa: E402
 import kopf  # noqa: E402
+from tests.e2e.procs import OperatorProcess, start_local_cluster, stop_process  # noqa: E402
 
 from execution_operator.k8s import ApiError, KubeClient, path_for  # noqa: E402
-from tests.e2e.procs import OperatorProcess, start_local_cluster, stop_process  # noqa: E402
 
 API = "sandbox.dev/v1alpha1"
 WRITE_VERBS = ("create", "update", "patch", "delete")
@@ -81,7 +80,7 @@ async def watch(client: KubeClient, path: str, params: dict[str, str], on_event:
                     rv = obj.get("metadata", {}).get("resourceVersion", rv)
                     if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
                         on_event(event["type"], obj)
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             await asyncio.sleep(0.1)
 
 
