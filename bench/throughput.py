@@ -214,7 +214,8 @@ async def bench(args: argparse.Namespace, kubeconfig: str, op: OperatorProcess |
     print(f"executions:                  {args.count} created at once ({args.concurrency} concurrent creates)")
     print(f"succeeded:                   {succeeded}")
     print(f"wall time:                   {elapsed:.2f} s  ->  {args.count / elapsed:.1f} executions/s end to end")
-    print(f"creation -> running:         p50 {percentile(to_running, 50):.3f} s   p95 {percentile(to_running, 95):.3f} s")
+    print(f"creation -> running:         p50 {percentile(to_running, 50):.3f} s   "
+          f"p95 {percentile(to_running, 95):.3f} s")
     print(f"pod end -> terminal status:  p50 {percentile(to_terminal, 50):.3f} s   "
           f"p95 {percentile(to_terminal, 95):.3f} s")
     for name, pid in args.pids.items():
