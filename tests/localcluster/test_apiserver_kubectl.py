@@ -255,6 +255,9 @@ spec:
       - {name: a, image: "img:1", env: [{name: X, value: "1"}]}
       - {name: b, image: "img:1"}
 """
+    proc = kubectl("apply", "-f", "-", stdin=deploy.replace("image:", "imagee:", 1), check=False)
+    assert proc.returncode != 0
+    assert 'unknown field "spec.template.spec.containers[0].imagee"' in proc.stderr
     kubectl("apply", "-f", "-", stdin=deploy)
     kubectl("apply", "-f", "-", stdin=deploy.replace('name: b, image: "img:1"', 'name: b, image: "img:2"'))
     d = kubectl.json("-n", "kubectl-ns", "get", "deploy", "d")

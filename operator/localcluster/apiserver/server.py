@@ -479,9 +479,15 @@ class ApiServer:
         return obj
 
     def _field_validation(self, info: ResourceInfo, body: dict[str, Any], q: Any) -> list[str]:
-        """fieldValidation=Strict|Warn|Ignore for custom resources (unknown fields)."""
-        mode = q.get("fieldValidation", "Warn" if "fieldValidation" not in q else q.get("fieldValidation"))
-        if mode == "Ignore" or not info.custom or not info.schema:
+        """fieldValidation=Strict|Warn|Ignore: unknown fields are an error, a Warning header, or nothing."""
+        mode = q.get("fieldValidation", "Warn")
+        if mode == "Ignore":
+            return []
+        if not info.custom:
+            if mode == "Strict":  # kubectl's default; the published schemas are too slow for every request
+                _strict_builtin(info, body)
+            return []
+        if not info.schema:
             return []
         mod = _schema_module()
         if mod is None or not hasattr(mod, "strict_unknown_fields"):
@@ -1322,6 +1328,31 @@ class ApiServer:
                "metadata": dict(pod["metadata"])}
         self._persist(info, ns, new, "MODIFIED", pod)
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
+
+
+_UNEXPECTED_RE = re.compile(r"'([^']+)' was unexpected")
+
+
+def _strict_builtin(info: ResourceInfo, body: dict[str, Any]) -> None:
+    """Unknown fields of a built-in kind, from kubernetes-validate's published schemas when installed."""
+    try:
+        import kubernetes_validate  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return
+    obj = {**body, "apiVersion": info.api_version, "kind": info.kind}
+    try:
+        kubernetes_validate.validate(obj, "1.35", strict=True)
+    except Exception as e:  # its errors are jsonschema ValidationErrors or schema lookup failures
+        if getattr(e, "validator", None) != "additionalProperties":
+            return
+        path = ""
+        for part in getattr(e, "absolute_path", []):
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        fields = [f"{path}.{n}" if path else n for n in _UNEXPECTED_RE.findall(str(getattr(e, "message", "")))]
+        if fields:
+            unknown = ", ".join(f'unknown field "{f}"' for f in fields)
+            raise ApiError(400, f"{info.kind} in version \"{info.version}\" cannot be handled as a {info.kind}: "
+                                f"strict decoding error: {unknown}", "BadRequest") from None
 
 
 def _add(items: list[str] | None, item: str) -> list[str]:
