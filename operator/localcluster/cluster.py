@@ -65,6 +65,8 @@ class LocalCluster:
         self.apiserver = ApiServer(self.state_dir, **(apiserver_options or {}))
         self.node: Any = None
         self.url = ""
+        # Set by localcluster.testing when the cluster runs in a background thread (a ClusterThread).
+        self.runner: Any = None
 
     async def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)

@@ -79,7 +79,7 @@ def run_cluster_in_thread(state_dir: Path | str, **kwargs: Any) -> Iterator[Loca
     """Start a LocalCluster in a daemon thread; yields it once it serves (`cluster.runner` is the thread)."""
     cluster = LocalCluster(state_dir, **kwargs)
     runner = ClusterThread(cluster)
-    cluster.runner = runner  # type: ignore[attr-defined]
+    cluster.runner = runner
     runner.start()
     try:
         yield cluster

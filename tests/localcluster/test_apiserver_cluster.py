@@ -80,7 +80,7 @@ def test_thread_runner_serves_sync_clients_and_faults(tmp_path: Path) -> None:
         cluster.apiserver.faults.add(FaultRule(verb="get", resource="configmaps", status=500, times=1))
         assert http(cluster.url + "/api/v1/namespaces/default/configmaps/a")[0] == 500
         assert http(cluster.url + "/api/v1/namespaces/default/configmaps/a")[0] == 200
-        runner = cluster.runner  # type: ignore[attr-defined]
+        runner = cluster.runner
         assert runner.call(cluster.apiserver.drop_watches) == 0
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(cluster.url + "/healthz", timeout=2)

@@ -140,8 +140,13 @@ class RequestRecord:
     duration: float = 0.0
     content_type: str = ""
 
+    @property
+    def status(self) -> int:
+        """The HTTP status code (alias of `code`)."""
+        return self.code
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "status": self.code}
 
 
 RI_KEY = web.RequestKey("ri", ReqInfo)
