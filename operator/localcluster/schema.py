@@ -1170,11 +1170,15 @@ def _child(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _cel_walk(node: _Node, data: Any, old: Any, path: str, errs: list[FieldError], root: bool) -> None:
+def _cel_walk(
+    node: _Node, data: Any, old: Any, path: str, errs: list[FieldError], root: bool, same: bool | None = None
+) -> None:
+    """Evaluate the rules of node and below; ``same`` is True when data is known to equal old."""
     if data is None:
         return
     if node.rules:
-        _eval_rules(node, data, old, path, errs, root)
+        same = _eval_rules(node, data, old, path, errs, root, same)
+    child_same = True if same else None
     if isinstance(data, Mapping):
         # Children of an atomic map have no old value to correlate with.
         old_map = old if isinstance(old, Mapping) and node.map_type != "atomic" else None
@@ -1183,16 +1187,16 @@ def _cel_walk(node: _Node, data: Any, old: Any, path: str, errs: list[FieldError
             for k, v in data.items():
                 if k not in node.properties:
                     ov = old_map.get(k) if old_map is not None else None
-                    _cel_walk(ap, v, ov, f"{path}[{k}]" if path else f"[{k}]", errs, False)
+                    _cel_walk(ap, v, ov, f"{path}[{k}]" if path else f"[{k}]", errs, False, child_same)
         for k, v in data.items():
             sub = node.properties.get(k)
             if sub is not None and sub.has_rules_below:
                 ov = old_map.get(k) if old_map is not None else None
-                _cel_walk(sub, v, ov, _child(path, k), errs, False)
+                _cel_walk(sub, v, ov, _child(path, k), errs, False, child_same)
     elif isinstance(data, list) and node.items is not None and node.items.has_rules_below:
         old_items = _correlate_list(node, data, old)
         for i, v in enumerate(data):
-            _cel_walk(node.items, v, old_items[i], f"{path}[{i}]", errs, False)
+            _cel_walk(node.items, v, old_items[i], f"{path}[{i}]", errs, False, child_same)
 
 
 def _correlate_list(node: _Node, data: list[Any], old: Any) -> list[Any]:
@@ -1210,12 +1214,15 @@ def _correlate_list(node: _Node, data: list[Any], old: Any) -> list[Any]:
     return [by_key.get(key_of(x)) for x in data]
 
 
-def _eval_rules(node: _Node, data: Any, old: Any, path: str, errs: list[FieldError], root: bool) -> None:
+def _eval_rules(
+    node: _Node, data: Any, old: Any, path: str, errs: list[FieldError], root: bool, same: bool | None
+) -> bool | None:
+    """Evaluate node's rules; returns whether data equals old when that was worked out."""
     type_value = node.type
     self_val: Any = None
     old_val: Any = None
     converted = False
-    unchanged: bool | None = None
+    unchanged: bool | None = same if old is not None else None
     for rule in node.rules:
         compiled = _compiled(rule.rule)
         if compiled.error is not None:
@@ -1273,6 +1280,7 @@ def _eval_rules(node: _Node, data: Any, old: Any, path: str, errs: list[FieldErr
                 converted = True
             activation = _activation(compiled, rule, self_val, old_val, old is not None)
         _report_failure(node, rule, data, path, errs, activation)
+    return unchanged
 
 
 def _activation(compiled: _CompiledExpr, rule: _Rule, self_val: Any, old_val: Any, has_old: bool) -> dict[str, Any]:
