@@ -27,6 +27,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-format", choices=["auto", "json", "console"],
                         default=os.environ.get("LOG_FORMAT", "auto"))
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    parser.add_argument("--dead-letter-max-age", type=float,
+                        default=float(os.environ.get("DEAD_LETTER_MAX_AGE_SECONDS", 7 * 24 * 3600)),
+                        help="delete DeadLetters older than this many seconds (default 7 days)")
+    parser.add_argument("--dead-letter-max-per-namespace", type=int,
+                        default=int(os.environ.get("DEAD_LETTER_MAX_PER_NAMESPACE", "1000")),
+                        help="keep at most this many DeadLetters per namespace, deleting the oldest first")
     return parser.parse_args(argv)
 
 
@@ -50,7 +56,10 @@ def run(args: argparse.Namespace, *, stop_flag: threading.Event | None = None,
             registry=registry,
             standalone=True,
             liveness_endpoint=liveness,
-            memo=handlers.OperatorContext(),
+            memo=handlers.OperatorContext(
+                dead_letter_max_age=args.dead_letter_max_age,
+                dead_letter_max_per_namespace=args.dead_letter_max_per_namespace,
+            ),
             stop_flag=stop_flag,
             ready_flag=ready_flag,
             **scope,  # type: ignore[arg-type]

@@ -31,10 +31,11 @@ from execution_operator.classify import (
     classify_vanished_pod,
     pod_finished,
 )
+from execution_operator.deadletters import DeadLetters
 from execution_operator.errors import ErrorInfo, ErrorType
 from execution_operator.gates import Gates
 from execution_operator.k8s import ApiError, KubeClient, path_for
-from execution_operator.models import ExecutionClassSpec, ExecutionSpec
+from execution_operator.models import DeadLetterPolicy, ExecutionClassSpec, ExecutionSpec
 from execution_operator.retry import backoff_delay, decide_retry
 from execution_operator.sandbox import (
     ExecutionRef,
@@ -122,12 +123,14 @@ class Controller:
         clock: Callable[[], datetime] = now_utc,
         rng: random.Random | None = None,
         gates: Gates | None = None,
+        dead_letters: DeadLetters | None = None,
     ) -> None:
         self.client = client
         self.clock = clock
         self.rng = rng or random.Random()
         self.gates = gates or Gates(client, clock=clock)
         self.gates.post_event = self._event
+        self.dead_letters = dead_letters
         self.executions: dict[Key, dict[str, Any]] = {}
         #: (uid, resourceVersion) of finished Executions, to ignore late echoes of earlier writes.
         self.finished: dict[Key, tuple[str, int]] = {}
@@ -215,7 +218,7 @@ class Controller:
             self.phases.pop(key, None)
         if after:
             metrics.move_in_flight(after[0], None, after[1])
-            self.phases[key] = after  # type: ignore[assignment]
+            self.phases[key] = after
 
     def wake_at(self, key: Key, when: datetime) -> None:
         """Reconcile `key` again at `when` (the earliest requested time wins)."""
@@ -576,9 +579,20 @@ class Controller:
                                  launched=pod is not None)
 
     async def _after_terminal(self, key: Key, body: Mapping[str, Any]) -> None:
-        """Work that follows the end: TTL deletion, then drop the cached body."""
+        """Work that follows the end: the DeadLetter, TTL deletion, then drop the cached body."""
         status = body.get("status") or {}
         spec = body.get("spec") or {}
+        if status.get("phase") == "Failed" and not status.get("deadLetterName") and self.dead_letters:
+            policy = DeadLetterPolicy.ALL
+            cls_body = self.classes.get(str(spec.get("executionClassName") or "default"))
+            if cls_body is not None:
+                with contextlib.suppress(pydantic.ValidationError):
+                    policy = ExecutionClassSpec.model_validate(cls_body.get("spec") or {}).dead_letter
+            name = await self.dead_letters.record(body, policy)
+            if name:
+                body = await self._patch_status(key, body, {"deadLetterName": name})
+                self._event(body, "Warning", "DeadLettered", f"Copied to DeadLetter {name}")
+                status = body.get("status") or {}
         ttl = spec.get("ttlSecondsAfterFinished")
         finished_at = parse_time(status.get("completionTime"))
         if ttl is not None and finished_at is not None:

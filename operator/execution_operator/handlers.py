@@ -13,6 +13,7 @@ import kopf
 
 from execution_operator import GROUP, MANAGED_BY, VERSION, metrics
 from execution_operator.controller import Controller
+from execution_operator.deadletters import DeadLetters
 from execution_operator.k8s import KubeClient, load_connection_info
 
 SANDBOX_POD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
@@ -21,8 +22,12 @@ SANDBOX_POD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
 class OperatorContext:
     """Shared by all handlers through kopf's memo; `__copy__` returns itself so there is one."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, dead_letter_max_age: float = 7 * 24 * 3600, dead_letter_max_per_namespace: int = 1000
+    ) -> None:
         self.controller: Controller | None = None
+        self.dead_letter_max_age = dead_letter_max_age
+        self.dead_letter_max_per_namespace = dead_letter_max_per_namespace
 
     def __copy__(self) -> OperatorContext:
         return self
@@ -50,7 +55,9 @@ def register(registry: kopf.OperatorRegistry) -> None:
         settings.networking.request_timeout = 60
         settings.networking.connect_timeout = 10
         client = KubeClient(load_connection_info(), observer=metrics.observe_api_request)
-        memo.controller = Controller(client)
+        dead_letters = DeadLetters(client, max_age_seconds=memo.dead_letter_max_age,
+                                   max_per_namespace=memo.dead_letter_max_per_namespace)
+        memo.controller = Controller(client, dead_letters=dead_letters)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: OperatorContext, **_: Any) -> None:
@@ -68,6 +75,12 @@ def register(registry: kopf.OperatorRegistry) -> None:
     @kopf.on.event(GROUP, VERSION, "executionclasses", registry=registry)
     async def class_event(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> None:
         await memo.require().on_class_event(event["object"], event.get("type"))
+
+    @kopf.on.event(GROUP, VERSION, "deadletters", registry=registry)
+    async def dead_letter_event(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> None:
+        dead_letters = memo.require().dead_letters
+        if dead_letters is not None:
+            await dead_letters.on_event(event["object"], event.get("type"))
 
     @kopf.on.probe(id="controller", registry=registry)
     def probe(memo: OperatorContext, **_: Any) -> dict[str, int]:

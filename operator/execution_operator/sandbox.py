@@ -152,12 +152,14 @@ def build_carrier(ref: ExecutionRef, spec: ExecutionSpec, class_name: str) -> di
 def _payload_volume(ref: ExecutionRef, spec: ExecutionSpec) -> tuple[dict[str, Any], dict[str, str]]:
     """The payload volume and the pod annotations that feed it."""
     if uses_configmap_carrier(spec):
-        items = [{"key": "code.py.gz", "path": "code.py.gz"}]
+        keys = [{"key": "code.py.gz", "path": "code.py.gz"}]
         if spec.input is not None:
-            items.append({"key": "input.json.gz", "path": "input.json.gz"})
-        return {"name": "payload", "configMap": {"name": carrier_name(ref), "items": items}}, {}
+            keys.append({"key": "input.json.gz", "path": "input.json.gz"})
+        return {"name": "payload", "configMap": {"name": carrier_name(ref), "items": keys}}, {}
     annotations = {CODE_ANNOTATION: spec.code}
-    items = [{"path": "code.py", "fieldRef": {"fieldPath": f"metadata.annotations['{CODE_ANNOTATION}']"}}]
+    items: list[dict[str, Any]] = [
+        {"path": "code.py", "fieldRef": {"fieldPath": f"metadata.annotations['{CODE_ANNOTATION}']"}}
+    ]
     data = input_json(spec)
     if data is not None:
         annotations[INPUT_ANNOTATION] = data
