@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from execution_operator import status as st
 from execution_operator.classify import Verdict
 from execution_operator.errors import ErrorInfo, ErrorType
 from execution_operator.models import ExecutionStatus
-from execution_operator import status as st
 
 NOW = "2026-01-01T00:00:00Z"
 LATER = "2026-01-01T00:00:05Z"
