@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import random
 import threading
 
 import kopf
@@ -27,6 +28,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-format", choices=["auto", "json", "console"],
                         default=os.environ.get("LOG_FORMAT", "auto"))
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    parser.add_argument("--peering", metavar="NAME", default=os.environ.get("PEERING_NAME"),
+                        help="run as one of several replicas coordinated by kopf peering NAME (active/standby); "
+                        "default: standalone")
+    parser.add_argument("--peering-priority", type=int, default=int(os.environ.get("PEERING_PRIORITY", "0")),
+                        help="this replica's peering priority (the highest active one works; default: random)")
     parser.add_argument("--dead-letter-max-age", type=float,
                         default=float(os.environ.get("DEAD_LETTER_MAX_AGE_SECONDS", 7 * 24 * 3600)),
                         help="delete DeadLetters older than this many seconds (default 7 days)")
@@ -54,7 +60,9 @@ def run(args: argparse.Namespace, *, stop_flag: threading.Event | None = None,
     asyncio.run(
         kopf.operator(
             registry=registry,
-            standalone=True,
+            standalone=not args.peering,
+            peering_name=args.peering or None,
+            priority=args.peering_priority or random.randint(1, 2**31 - 1),
             liveness_endpoint=liveness,
             memo=handlers.OperatorContext(
                 dead_letter_max_age=args.dead_letter_max_age,
