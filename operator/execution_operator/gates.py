@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -129,7 +129,9 @@ class Gates:
         self._announce(class_name, admission.new_state, transitions)
         if admission.allowed:
             return GateAdmission(allowed=True, probe=admission.probe)
-        retry_at = format_time(admission.retry_at) if admission.retry_at else None
+        # Rounded up to the whole second: rounded down, a held Execution would come back just
+        # before retryAt, be refused again and spend a retry attempt for nothing.
+        retry_at = format_time(admission.retry_at + timedelta(microseconds=999_999)) if admission.retry_at else None
         state = admission.new_state
         why = f"last failure {state.last_failure.type}" if state.last_failure else "forced open"
         message = (
