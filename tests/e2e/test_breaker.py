@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import SANDBOX_IMAGE, ClusterHandle, OperatorProcess
+from tests.e2e.conftest import SANDBOX_IMAGE
 from tests.e2e.kube import Kube, condition, execution, wait_until
+from tests.e2e.procs import ClusterHandle, OperatorProcess
 
 #: An image no registry serves: ErrImagePull on the local cluster and on kind alike.
 BROKEN_IMAGE = "registry.invalid/execution-operator/no-such-image:0.0.0"
