@@ -346,7 +346,19 @@ class LocalNode:
         self.config.runtime_dir = prepare_python_runtime(self.state_dir / "runtime").parent
         await self.kubelet.open()
         await self.scheduler.open()
-        await self._register()
+        delay = 0.1
+        for attempt in range(8):
+            # A kubelet keeps trying to register; the API server may still be warming up.
+            try:
+                await self._register()
+                break
+            except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
+                if attempt == 7:
+                    await self.kubelet.close()
+                    await self.scheduler.close()
+                    raise RuntimeError(f"node {self.name} could not register: {exc}") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._kubelet_loop(), name="node-kubelet"),
@@ -649,6 +661,7 @@ class LocalNode:
         entry = self.pods.get(uid)
         if entry is not None:
             entry.latest = pod
+            entry.worker.update(pod)
             if meta.get("deletionTimestamp") and entry.deleting is None:
                 entry.deleting = self._spawn(self._graceful_delete(entry, pod))
             return

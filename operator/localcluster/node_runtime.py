@@ -12,8 +12,9 @@ non-root uid, and no network when a NetworkPolicy denies all egress. The command
 PID namespace, so, as in a real container, it ignores SIGTERM unless it installs a handler, and its
 exit takes every other process of the container with it.
 
-Resource limits: `limits.memory` is enforced by polling the process tree's RSS (no cgroups here);
-CPU limits are ignored. emptyDir `sizeLimit` is enforced like the kubelet's eviction manager does it:
+Resource limits: `limits.memory` is enforced by polling the process tree's RSS every 50 ms (no cgroups
+here; a fast allocator can overshoot by what it allocates in one interval), with RLIMIT_DATA at four
+times the limit (at least limit + 1 GiB) per process as a backstop; CPU limits are ignored. emptyDir `sizeLimit` is enforced like the kubelet's eviction manager does it:
 the usage is measured periodically and a pod over the limit is evicted.
 """
 
@@ -25,6 +26,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import time
 from collections import deque
@@ -52,6 +54,8 @@ TERMINATION_MESSAGE_LIMIT = 4096
 FALLBACK_LOG_BYTES = 2048
 FALLBACK_LOG_LINES = 80
 LOG_LINE_MAX = 16 * 1024
+PUMP_DRAIN_SECONDS = 5.0
+DATA_LIMIT_SLACK = 1 << 30
 SANDBOX_RUNTIME_DIR = "/.localcluster/runtime"
 SANDBOX_SOURCE_DIR = "/.localcluster/src"
 CONTAINER_STATUS_UNKNOWN_MESSAGE = "The container could not be located when the pod was terminated"
@@ -124,7 +128,8 @@ class MemoryMonitor:
 
     Only the processes below the bubblewrap process (depth >= 1 under the watched root) count. To keep
     the cost low with many pods, a pid seen outside every tree is not re-read until it disappears (a new
-    process can join a tree only by being forked there, which gives it a new pid).
+    process can join a tree only by being forked there, which gives it a new pid); adding a watch forgets
+    that set, since the new tree's processes may have been seen before their root was watched.
     """
 
     def __init__(self, interval: float = 0.05) -> None:
@@ -132,11 +137,11 @@ class MemoryMonitor:
         self._watches: dict[int, _Watch] = {}
         self._task: asyncio.Task[None] | None = None
         self._outside: set[int] = set()
-        self._known: dict[int, int] = {}  # pid -> ppid for pids inside some tree
 
     def watch(self, root: int, limit_bytes: int, on_exceed: Callable[[int], None]) -> None:
         """Start watching the tree under `root`; `on_exceed(rss)` is called once when over `limit_bytes`."""
         self._watches[root] = _Watch(root, limit_bytes, on_exceed)
+        self._outside.clear()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="memory-monitor")
 
@@ -296,7 +301,16 @@ class ContainerProcess:
                 os.kill(pid, sig)
 
     def kill(self) -> None:
-        """SIGKILL bubblewrap: the command (`--die-with-parent`) and with it the whole PID namespace die."""
+        """SIGKILL the container's processes, then bubblewrap.
+
+        Killing the namespace's PID 1 takes the whole PID namespace down. It goes first, because a
+        bubblewrap killed while its child is still being set up may leave that child orphaned (and
+        holding the log pipes) before `--die-with-parent` is armed.
+        """
+        if self.proc.returncode is None:
+            for pid, _depth in descendants(self.pid, process_table()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
 
@@ -320,6 +334,10 @@ class ContainerProcess:
         rc = await self.proc.wait()
         if self._kill_timer is not None:
             self._kill_timer.cancel()
+        # The pipes close when the last process holding them exits; never wait for a stray one forever.
+        _, pending = await asyncio.wait(self._pumps, timeout=PUMP_DRAIN_SECONDS)
+        for pump in pending:
+            pump.cancel()
         await asyncio.gather(*self._pumps, return_exceptions=True)
         self._log.close()
         code = 128 - rc if rc < 0 else rc
@@ -500,6 +518,7 @@ class PodWorker:
         self._last_status: dict[str, Any] | None = None
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._storage_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -574,7 +593,22 @@ class PodWorker:
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
+    def update(self, pod: dict[str, Any]) -> None:
+        """Take a newer version of the pod object (only `activeDeadlineSeconds` may change what we do)."""
+        old = (self.pod.get("spec") or {}).get("activeDeadlineSeconds")
+        self.pod = pod
+        if (pod.get("spec") or {}).get("activeDeadlineSeconds") != old and not self.done:
+            self._arm_deadline()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _arm_deadline(self) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         seconds = (self.pod.get("spec") or {}).get("activeDeadlineSeconds")
         if not seconds:
             return
@@ -584,7 +618,7 @@ class PodWorker:
             started = time.time()
         delay = max(0.0, started + float(seconds) - time.time())
         loop = asyncio.get_running_loop()
-        self._deadline_timer = loop.call_later(delay, lambda: loop.create_task(self._deadline_exceeded()))
+        self._deadline_timer = loop.call_later(delay, lambda: self._spawn(self._deadline_exceeded()))
 
     def _watch_storage(self, volumes: dict[str, Path]) -> None:
         limited: list[tuple[str, Path, str, int]] = []
@@ -603,7 +637,7 @@ class PodWorker:
                 used = await asyncio.to_thread(disk_usage, path, limit)
                 if used > limit:
                     message = f'Usage of EmptyDir volume "{name}" exceeds the limit "{limit_text}". '
-                    asyncio.get_running_loop().create_task(
+                    self._spawn(
                         self.terminate(
                             0,
                             reason="Evicted",
@@ -753,6 +787,13 @@ class PodWorker:
             args += ["--unshare-user", "--uid", str(uid), "--gid", str(gid)]
         workdir = spec.get("workingDir") or image.working_dir or "/"
         args += ["--chdir", workdir, "--"]
+        limit = ((spec.get("resources") or {}).get("limits") or {}).get("memory")
+        prlimit = shutil.which("prlimit")
+        if limit is not None and prlimit:
+            # A backstop under the RSS poller: no single process may map far more than the limit.
+            limit_bytes = int(parse_quantity(limit))
+            data = max(4 * limit_bytes, limit_bytes + DATA_LIMIT_SLACK)
+            args = [prlimit, f"--data={data}", "--", *args]
         return args + argv, env
 
     def _termination_file(self, name: str) -> Path:

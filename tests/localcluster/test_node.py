@@ -374,3 +374,22 @@ def test_pods_still_run_after_watches_drop(cluster: Any, api: Api) -> None:
     cluster.runner.call(cluster.apiserver.drop_watches)
     api.create("/api/v1/namespaces/default/pods", pod_manifest("after-drop", ["true"]))
     assert api.wait_pod("after-drop", phase_is("Succeeded", "Failed"))["status"]["phase"] == "Succeeded"
+
+
+def test_active_deadline_shortened_on_running_pod(api: Api) -> None:
+    script = "trap 'exit 143' TERM; sleep 60 & wait"
+    api.create(
+        "/api/v1/namespaces/default/pods",
+        pod_manifest("shorten", ["sh", "-c", script], activeDeadlineSeconds=600, terminationGracePeriodSeconds=2),
+    )
+    api.wait_pod("shorten", phase_is("Running"))
+    code, body = api.call(
+        "PATCH",
+        "/api/v1/namespaces/default/pods/shorten",
+        {"spec": {"activeDeadlineSeconds": 1}},
+        "application/merge-patch+json",
+    )
+    assert code == 200, body
+    pod = api.wait_pod("shorten", phase_is("Failed"), limit=15)
+    assert pod["status"]["reason"] == "DeadlineExceeded"
+    assert container_state(pod)["terminated"]["exitCode"] == 143

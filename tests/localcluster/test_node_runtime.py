@@ -565,3 +565,26 @@ async def test_root_container_capabilities(harness: Harness, security: dict[str,
     assert final["phase"] == "Succeeded", harness.log_lines(pod)
     lines = [ln["log"].split() for ln in harness.log_lines(pod)]
     assert lines == [["CapEff:", expected], ["ro"]]
+
+
+async def test_memory_monitor_sees_trees_spawned_before_their_watch() -> None:
+    """Processes first seen while unwatched (the loop runs for other pods) still count once watched."""
+    monitor = MemoryMonitor()
+    proc = await asyncio.create_subprocess_exec(
+        "sh", "-c", "sh -c 'python3 -c \"import time; b = bytearray(64 << 20); time.sleep(30)\"' & wait"
+    )
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        fired: list[int] = []
+        while loop.time() < deadline and not fired:
+            monitor.check()  # marks the (still unwatched) tree as "outside"
+            monitor.watch(proc.pid, 32 << 20, fired.append)
+            monitor.check()
+            monitor.unwatch(proc.pid)
+            await asyncio.sleep(0.05)
+        assert fired and fired[0] > 32 << 20
+    finally:
+        proc.kill()
+        await proc.wait()
+        await monitor.stop()
