@@ -82,6 +82,7 @@ def test_thread_runner_serves_sync_clients_and_faults(tmp_path: Path) -> None:
         assert http(cluster.url + "/api/v1/namespaces/default/configmaps/a")[0] == 200
         runner = cluster.runner
         assert runner.call(cluster.apiserver.drop_watches) == 0
+        assert cluster.apiserver.drop_watches() == 0  # from this thread too
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(cluster.url + "/healthz", timeout=2)
 

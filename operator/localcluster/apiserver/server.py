@@ -193,7 +193,7 @@ class ApiServer:
         self._foreground: dict[str, tuple[tuple[str, str], str, str]] = {}  # owner uid -> owner ref
         self._service_ips = 0
         self._stopping = False
-        self._watch_tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._bootstrap()
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -210,6 +210,7 @@ class ApiServer:
         sock = server.sockets[0]  # type: ignore[attr-defined]
         actual = sock.getsockname()[1]
         self.url = f"http://{host}:{actual}"
+        self._loop = asyncio.get_running_loop()
         return self.url
 
     async def stop(self) -> None:
@@ -220,7 +221,24 @@ class ApiServer:
             self._runner = None
 
     def drop_watches(self, resource: str | None = None) -> int:
-        """Close open watch streams (of one plural, or `plural.group`, or all); returns how many."""
+        """Close open watch streams (of one plural, or `plural.group`, or all); returns how many.
+
+        Safe to call from another thread (e.g. a synchronous test): it then runs on the server's loop.
+        """
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            try:
+                current = asyncio.get_running_loop()
+            except RuntimeError:
+                current = None
+            if current is not loop:
+                async def _drop() -> int:
+                    return self._drop_watches(resource)
+
+                return asyncio.run_coroutine_threadsafe(_drop(), loop).result(10)
+        return self._drop_watches(resource)
+
+    def _drop_watches(self, resource: str | None) -> int:
         if resource is None:
             return self.store.drop_watches()
         n = 0
@@ -353,7 +371,7 @@ class ApiServer:
                 with contextlib.suppress(ValueError):
                     body = await request.json()
                     resource = (body or {}).get("resource", resource)
-            return self._json({"dropped": self.drop_watches(resource)})
+            return self._json({"dropped": self._drop_watches(resource)})
         raise ApiError(404, "the server could not find the requested resource", "NotFound")
 
     # ------------------------------------------------------------------------------ resource routing
@@ -593,9 +611,6 @@ class ApiServer:
         start_rv = self.store.rv
         resp = web.StreamResponse(status=200, headers={"Content-Type": JSON, "Cache-Control": "no-cache"})
         resp.enable_chunked_encoding()
-        task = asyncio.current_task()
-        if task is not None:
-            self._watch_tasks.add(task)
         try:
             await resp.prepare(request)
             # A watch is logged when it starts streaming: it may stay open for the whole test.
@@ -633,8 +648,6 @@ class ApiServer:
             pass
         finally:
             self.store.remove_watcher(watcher)
-            if task is not None:
-                self._watch_tasks.discard(task)
         return resp
 
     def _event_encoder(self, info: ResourceInfo, table: str | None) -> Any:
