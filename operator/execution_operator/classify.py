@@ -456,6 +456,11 @@ def classify_finished_pod(
     if cancel_requested:
         error = ErrorInfo.of(ErrorType.CANCELLED, "The execution was cancelled", None, **meta, exitCode=exit_code)
         return Verdict(success=False, error=error, **verdict)
+    if _dig(pod, "metadata", "deletionTimestamp") and (terminated is None or exit_code in (137, 143)):
+        # Stopped because someone deleted the pod (the operator records its own verdict before deleting).
+        error = ErrorInfo.of(ErrorType.POD_DELETED, "The sandbox pod was deleted before it finished", None,
+                             **meta, exitCode=exit_code)
+        return Verdict(success=False, error=error, **verdict)
     if terminated is None:
         waiting = _dig(status, "state", "waiting") if status else None
         reason = waiting.get("reason") if isinstance(waiting, dict) else None
