@@ -644,8 +644,8 @@ class ApiServer:
                 await resp.write(enc(et, ev))
             with contextlib.suppress(ConnectionResetError, RuntimeError):
                 await resp.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the client went away
         finally:
             self.store.remove_watcher(watcher)
         return resp
