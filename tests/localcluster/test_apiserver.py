@@ -465,6 +465,13 @@ async def test_resource_quota_pods_limit(api: Api) -> None:
                                "used: count/pods=2, limited: count/pods=2")
 
 
+async def test_runtime_class_must_exist(api: Api) -> None:
+    status, body = await api.post(PODS, pod("p", runtimeClassName="gvisor"))
+    assert status == 403 and body["message"] == 'pods "p" is forbidden: pod rejected: RuntimeClass "gvisor" not found'
+    await api.post("/apis/node.k8s.io/v1/runtimeclasses", {"metadata": {"name": "gvisor"}, "handler": "runsc"})
+    assert (await api.post(PODS, pod("p", runtimeClassName="gvisor")))[0] == 201
+
+
 async def test_eviction_deletes_pod(api: Api) -> None:
     await api.post(PODS, pod("p"))
     status, _ = await api.post(f"{PODS}/p/eviction", {"apiVersion": "policy/v1", "kind": "Eviction",

@@ -798,6 +798,7 @@ class ApiServer:
             obj["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = obj["metadata"]["name"]
         elif key == ("", "pods"):
             self._default_pod(obj)
+            self._admit_runtime_class(obj)
             self._enforce_quota(ns, obj["metadata"]["name"])
         elif key == ("apiextensions.k8s.io", "customresourcedefinitions"):
             self._prepare_crd(obj)
@@ -859,6 +860,14 @@ class ApiServer:
         ])
         qos = _qos_class(containers)
         pod["status"] = {"phase": "Pending", "qosClass": qos}
+
+    def _admit_runtime_class(self, pod: dict[str, Any]) -> None:
+        """The RuntimeClass admission plugin: a pod naming a missing RuntimeClass is refused."""
+        rc = (pod.get("spec") or {}).get("runtimeClassName")
+        if rc and self.store.get(("node.k8s.io", "runtimeclasses"), "", rc) is None:
+            name = pod["metadata"]["name"]
+            raise ApiError(403, f'pods "{name}" is forbidden: pod rejected: RuntimeClass "{rc}" not found',
+                           "Forbidden", {"name": name, "kind": "pods"})
 
     def _enforce_quota(self, ns: str, name: str) -> None:
         for quota in self.store.iter(("", "resourcequotas"), ns):
