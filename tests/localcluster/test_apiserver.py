@@ -465,6 +465,13 @@ async def test_resource_quota_pods_limit(api: Api) -> None:
                                "used: count/pods=2, limited: count/pods=2")
 
 
+async def test_service_account_must_exist(api: Api) -> None:
+    status, body = await api.post(PODS, pod("p", serviceAccountName="robot"))
+    assert status == 403 and 'serviceaccount "robot" not found' in body["message"]
+    await api.post("/api/v1/namespaces/default/serviceaccounts", {"metadata": {"name": "robot"}})
+    assert (await api.post(PODS, pod("p", serviceAccountName="robot")))[0] == 201
+
+
 async def test_runtime_class_must_exist(api: Api) -> None:
     status, body = await api.post(PODS, pod("p", runtimeClassName="gvisor"))
     assert status == 403 and body["message"] == 'pods "p" is forbidden: pod rejected: RuntimeClass "gvisor" not found'

@@ -799,6 +799,7 @@ class ApiServer:
         elif key == ("", "pods"):
             self._default_pod(obj)
             self._admit_runtime_class(obj)
+            self._admit_service_account(ns, obj)
             self._enforce_quota(ns, obj["metadata"]["name"])
         elif key == ("apiextensions.k8s.io", "customresourcedefinitions"):
             self._prepare_crd(obj)
@@ -868,6 +869,14 @@ class ApiServer:
             name = pod["metadata"]["name"]
             raise ApiError(403, f'pods "{name}" is forbidden: pod rejected: RuntimeClass "{rc}" not found',
                            "Forbidden", {"name": name, "kind": "pods"})
+
+    def _admit_service_account(self, ns: str, pod: dict[str, Any]) -> None:
+        """The ServiceAccount admission plugin: the pod's service account must exist."""
+        sa = (pod.get("spec") or {}).get("serviceAccountName") or "default"
+        if self.store.get(("", "serviceaccounts"), ns, sa) is None:
+            name = pod["metadata"]["name"]
+            raise ApiError(403, f'pods "{name}" is forbidden: error looking up service account {ns}/{sa}: '
+                                f'serviceaccount "{sa}" not found', "Forbidden", {"name": name, "kind": "pods"})
 
     def _enforce_quota(self, ns: str, name: str) -> None:
         for quota in self.store.iter(("", "resourcequotas"), ns):
