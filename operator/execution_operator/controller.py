@@ -55,6 +55,9 @@ log = structlog.get_logger("execution_operator.controller")
 
 EXECUTIONS = "executions"
 LOG_TAIL_LINES = 8
+#: The runtime copies stdout and stderr to the log apart, so up to a pipe's worth of the code's stderr
+#: can land after the runner's report line; when the short tail misses it, a longer one is read.
+LOG_TAIL_LINES_WIDE = 2000
 RECONCILE_ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -424,6 +427,8 @@ class Controller:
             return
         self.queued.get(ctx.class_name, set()).discard(ctx.key)
         namespace = ctx.key[0]
+        if attempt > 1:
+            await self._stop_leftover_pod(namespace, pod_name(ctx.ref, attempt - 1))
         try:
             if not cls.allow_network:
                 await self._ensure_network_policy(namespace)
@@ -464,6 +469,8 @@ class Controller:
         spec, cls = ctx.require()
         if pod_finished(pod):
             log_tail = await self._log_tail(ctx.key[0], pod["metadata"]["name"])
+            if log_tail is not None and "SANDBOX-REPORT " not in log_tail:
+                log_tail = await self._log_tail(ctx.key[0], pod["metadata"]["name"], LOG_TAIL_LINES_WIDE) or log_tail
             verdict = classify_finished_pod(pod, log_tail, cancel_requested=spec.cancel, attempt=attempt)
             if verdict.user_code_started_at and ctx.status.get("phase") != "Running":
                 await self._user_code_started(ctx, attempt, verdict.user_code_started_at)
@@ -582,6 +589,7 @@ class Controller:
         """Work that follows the end: the DeadLetter, TTL deletion, then drop the cached body."""
         status = body.get("status") or {}
         spec = body.get("spec") or {}
+        await self._stop_leftover_pod(key[0], status.get("podName"))
         if status.get("phase") == "Failed" and not status.get("deadLetterName") and self.dead_letters:
             policy = DeadLetterPolicy.ALL
             cls_body = self.classes.get(str(spec.get("executionClassName") or "default"))
@@ -621,6 +629,15 @@ class Controller:
             )
         except ApiError:
             return None
+
+    async def _stop_leftover_pod(self, namespace: str, name: str | None) -> None:
+        """Delete a pod that should no longer run (cancelled, timed out pending, superseded by a new
+        attempt) when a crash came between the status write and the pod's deletion."""
+        if not name:
+            return
+        pod = self.pods.get((namespace, name))
+        if pod is not None and not pod_finished(pod) and not pod["metadata"].get("deletionTimestamp"):
+            await self._delete_pod(namespace, name)
 
     async def _delete_pod(self, namespace: str, name: str) -> None:
         with contextlib.suppress(ApiError):
