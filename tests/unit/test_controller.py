@@ -135,7 +135,7 @@ async def test_success_costs_at_most_six_writes_and_records_everything(
 
 
 async def test_repeated_events_and_a_restart_never_make_a_second_pod(api: tuple[ApiServer, KubeClient]) -> None:
-    server, client = api
+    _, client = api
     body = await create_execution(client, "twice")
     first = Controller(operator_client(client))
     await first.on_execution_event(body, "ADDED")
@@ -151,7 +151,7 @@ async def test_repeated_events_and_a_restart_never_make_a_second_pod(api: tuple[
 async def test_crash_between_pod_creation_and_status_write_adopts_the_pod(
     api: tuple[ApiServer, KubeClient],
 ) -> None:
-    server, client = api
+    _, client = api
     body = await create_execution(client, "adopt")
     # The first operator created the pod and died before writing status: do the same by hand.
     from execution_operator.controller import correlation_id
@@ -230,7 +230,7 @@ async def test_failure_makes_exactly_one_dead_letter_even_when_handled_twice(
 
 
 async def test_invalid_class_fails_without_launching(api: tuple[ApiServer, KubeClient]) -> None:
-    server, client = api
+    _, client = api
     controller = Controller(operator_client(client))
     body = await create_execution(client, "nowhere", executionClassName="missing")
     await controller.on_execution_event(body, "ADDED")
