@@ -36,7 +36,7 @@ from execution_operator.errors import ErrorInfo, ErrorType
 from execution_operator.gates import Gates
 from execution_operator.k8s import ApiError, KubeClient, path_for
 from execution_operator.models import DeadLetterPolicy, ExecutionClassSpec, ExecutionSpec
-from execution_operator.retry import backoff_delay, decide_retry
+from execution_operator.retry import backoff_delay, decide_retry, delay_until
 from execution_operator.sandbox import (
     ExecutionRef,
     PayloadTooLarge,
@@ -527,8 +527,11 @@ class Controller:
                 disruptions += 1
             delay = backoff_delay(attempt, spec.retry.backoff_seconds, spec.retry.max_backoff_seconds, self.rng)
             next_at = self.clock() + timedelta(seconds=delay)
-            if not_before and not_before > next_at:
-                next_at = not_before
+            if not_before is not None:
+                # Held by an open circuit: come back after retryAt, spread over a few seconds so the
+                # held Executions do not all return in the same instant (retry.delay_until).
+                now = self.clock()
+                next_at = max(next_at, now + timedelta(seconds=delay_until(not_before, now, self.rng)))
             assert error is not None
             patch = st.retrying(ctx.status, verdict=verdict, attempt=attempt, next_attempt_at=rfc3339(next_at),
                                 now=ctx.now, generation=ctx.generation, correlation_id=ctx.correlation_id,
