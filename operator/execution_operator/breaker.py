@@ -147,7 +147,7 @@ class BreakerState(BaseModel):
 
 @dataclass(frozen=True)
 class BreakerPolicy:
-    """Thresholds from the ExecutionClass's `spec.circuitBreaker` (Tako's numbers as defaults)."""
+    """Thresholds from the ExecutionClass's `spec.circuitBreaker`."""
 
     failure_threshold: int = 5
     open_seconds: float = 30.0

@@ -344,7 +344,7 @@ class ClassResources(ApiModel):
 
 
 class CircuitBreakerPolicy(ApiModel):
-    """Tako's breaker numbers as defaults."""
+    """Failure threshold, open period and probe successes of the breaker."""
 
     failure_threshold: int = Field(default=5, ge=1, le=1000)
     open_seconds: int = Field(default=30, ge=1, le=86400)
