@@ -364,14 +364,14 @@ def pods_of(kube: Kube, name: str) -> list[dict[str, Any]]:
 
 def test_cancel_mid_run(kube: Kube) -> None:
     kube.create(execution("cancel-me", "import time\nprint('working', flush=True)\ntime.sleep(120)\n",
-                          timeoutSeconds=200))
+                          timeoutSeconds=60))
     body = wait_running(kube, "cancel-me")
     pod = body["status"]["podName"]
     kube.run("patch", "execution", "cancel-me", "--type", "merge", "-p", json.dumps({"spec": {"cancel": True}}))
     kube.wait("execution/cancel-me", "condition=Succeeded=False", timeout=60)
-    body = kube.get("execution", "cancel-me")
-    assert body is not None
-    status = assert_outcome(body, Case(code="", error_type="cancelled", exit_code=None, retryable=False,
+    final = kube.get("execution", "cancel-me")
+    assert final is not None
+    status = assert_outcome(final, Case(code="", error_type="cancelled", exit_code=None, retryable=False,
                                        phase="Cancelled", sources=("unknown",)))
     assert status["error"]["meta"]["podName"] == pod
     assert status["attempts"][0]["errorType"] == "cancelled"
@@ -383,10 +383,10 @@ def test_pod_deleted_mid_run_is_retried_and_succeeds(kube: Kube) -> None:
         "import os, time\n"
         "attempt = int(os.environ['SANDBOX_ATTEMPT'])\n"
         "if attempt == 1:\n"
-        "    time.sleep(120)\n"
+        "    time.sleep(55)\n"
         "result = {'attempt': attempt}\n"
     )
-    kube.create(execution("lose-pod", code, timeoutSeconds=200, retry={"maxAttempts": 1, "backoffSeconds": 1}))
+    kube.create(execution("lose-pod", code, timeoutSeconds=60, retry={"maxAttempts": 1, "backoffSeconds": 1}))
     body = wait_running(kube, "lose-pod")
     first_pod = body["status"]["podName"]
     kube.run("delete", "pod", first_pod, "--wait=false")
@@ -401,7 +401,7 @@ def test_pod_deleted_mid_run_is_retried_and_succeeds(kube: Kube) -> None:
 
 
 def test_deleting_an_execution_mid_run_removes_its_pod(kube: Kube) -> None:
-    kube.create(execution("delete-me", "import time\ntime.sleep(120)\n", timeoutSeconds=200))
+    kube.create(execution("delete-me", "import time\ntime.sleep(55)\n", timeoutSeconds=60))
     body = wait_running(kube, "delete-me")
     pod = kube.get("pod", body["status"]["podName"])
     assert pod is not None
