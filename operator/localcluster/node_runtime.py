@@ -14,8 +14,9 @@ exit takes every other process of the container with it.
 
 Resource limits: `limits.memory` is enforced by polling the process tree's RSS every 50 ms (no cgroups
 here; a fast allocator can overshoot by what it allocates in one interval), with RLIMIT_DATA at four
-times the limit (at least limit + 1 GiB) per process as a backstop; CPU limits are ignored. emptyDir `sizeLimit` is enforced like the kubelet's eviction manager does it:
-the usage is measured periodically and a pod over the limit is evicted.
+times the limit (at least limit + 1 GiB) per process as a backstop; CPU limits are ignored. emptyDir
+`sizeLimit` is enforced as the kubelet's eviction manager does it: usage is measured periodically and a
+pod over the limit is evicted.
 """
 
 from __future__ import annotations
@@ -127,21 +128,25 @@ class MemoryMonitor:
     """Polls /proc and calls back when a watched tree's RSS passes its limit; one loop for all pods.
 
     Only the processes below the bubblewrap process (depth >= 1 under the watched root) count. To keep
-    the cost low with many pods, a pid seen outside every tree is not re-read until it disappears (a new
-    process can join a tree only by being forked there, which gives it a new pid); adding a watch forgets
-    that set, since the new tree's processes may have been seen before their root was watched.
+    the cost low with many pods, a pid seen outside every tree is not re-read until it disappears: a
+    process joins a tree only by being forked there, which gives it a new pid. A new watch forgets the
+    "outside" pids at or above its root's pid (its descendants were forked after it, so they have higher
+    pids unless pids wrapped around), and the whole set is forgotten every few seconds in any case. The
+    polling interval stretches when a round gets expensive, so the monitor stays under ~20% of a core.
     """
 
-    def __init__(self, interval: float = 0.05) -> None:
+    def __init__(self, interval: float = 0.05, refresh_seconds: float = 2.0) -> None:
         self.interval = interval
+        self.refresh_seconds = refresh_seconds
         self._watches: dict[int, _Watch] = {}
         self._task: asyncio.Task[None] | None = None
         self._outside: set[int] = set()
+        self._refreshed = time.monotonic()
 
     def watch(self, root: int, limit_bytes: int, on_exceed: Callable[[int], None]) -> None:
         """Start watching the tree under `root`; `on_exceed(rss)` is called once when over `limit_bytes`."""
         self._watches[root] = _Watch(root, limit_bytes, on_exceed)
-        self._outside.clear()
+        self._outside = {pid for pid in self._outside if pid < root}
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="memory-monitor")
 
@@ -159,33 +164,37 @@ class MemoryMonitor:
 
     async def _loop(self) -> None:
         while self._watches:
+            started = time.perf_counter()
             self.check()
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(max(self.interval, 4 * (time.perf_counter() - started)))
 
     def check(self) -> None:
         """One polling round (public so tests can drive it)."""
+        if time.monotonic() - self._refreshed > self.refresh_seconds:
+            self._outside.clear()
+            self._refreshed = time.monotonic()
         pids = {int(e) for e in os.listdir("/proc") if e.isdigit()}
         self._outside &= pids
         table: dict[int, tuple[int, int]] = {}
-        for pid in pids:
-            if pid in self._outside:
-                continue
+        children: dict[int, list[int]] = {}
+        for pid in pids - self._outside:
             info = _read_stat(pid)
             if info is not None:
                 table[pid] = info
-        members: set[int] = set()
+                children.setdefault(info[0], []).append(pid)
+        members: set[int] = set(self._watches)
         for watch in list(self._watches.values()):
             total = 0
-            for pid, depth in descendants(watch.root, table):
+            frontier = list(children.get(watch.root, ()))
+            while frontier:
+                pid = frontier.pop()
                 members.add(pid)
-                if depth >= 1:
-                    total += table[pid][1]
-            members.add(watch.root)
+                total += table[pid][1]
+                frontier.extend(children.get(pid, ()))
             if total > watch.limit and not watch.fired:
                 watch.fired = True
                 watch.on_exceed(total)
-        # Everything read that is in no tree (and is not a watched root's ancestor chain) is "outside".
-        self._outside |= {pid for pid in table if pid not in members and pid not in self._watches}
+        self._outside |= table.keys() - members
 
 
 # --- one container ----------------------------------------------------------------------------------

@@ -569,7 +569,7 @@ async def test_root_container_capabilities(harness: Harness, security: dict[str,
 
 async def test_memory_monitor_sees_trees_spawned_before_their_watch() -> None:
     """Processes first seen while unwatched (the loop runs for other pods) still count once watched."""
-    monitor = MemoryMonitor()
+    monitor = MemoryMonitor(refresh_seconds=3600)  # no periodic refresh to hide a miss
     proc = await asyncio.create_subprocess_exec(
         "sh", "-c", "sh -c 'python3 -c \"import time; b = bytearray(64 << 20); time.sleep(30)\"' & wait"
     )
