@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import platform
@@ -972,6 +973,7 @@ def _os_image() -> str:
     return "Linux"
 
 
+@functools.cache
 def _bwrap_version() -> str:
     path = shutil.which("bwrap") or "bwrap"
     try:
