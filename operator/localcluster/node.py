@@ -48,6 +48,9 @@ KUBELET_VERSION = "v1.31.0-localcluster"
 KUBELET_UA = f"kubelet/{KUBELET_VERSION} (linux/amd64) localcluster"
 SCHEDULER_UA = f"kube-scheduler/{KUBELET_VERSION} (linux/amd64) localcluster"
 TERMINAL = ("Succeeded", "Failed")
+#: Out-of-process trigger for the test simulations: `kubectl annotate pod P localcluster.dev/simulate=evict`
+#: (or `node-lost`, `node-lost-delete`). A development aid only; real kubelets ignore the annotation.
+SIMULATE_ANNOTATION = "localcluster.dev/simulate"
 
 
 class ApiError(Exception):
@@ -279,6 +282,7 @@ class _PodEntry:
         self.task: asyncio.Task[Any] | None = None
         self.deleting: asyncio.Task[None] | None = None
         self.latest: dict[str, Any] = worker.pod
+        self.simulated = False
 
 
 class LocalNode:
@@ -665,6 +669,10 @@ class LocalNode:
             entry.worker.update(pod)
             if meta.get("deletionTimestamp") and entry.deleting is None:
                 entry.deleting = self._spawn(self._graceful_delete(entry, pod))
+            simulate = (meta.get("annotations") or {}).get(SIMULATE_ANNOTATION)
+            if simulate and not entry.simulated and not entry.worker.done:
+                entry.simulated = True
+                self._spawn(self._simulate(entry, simulate))
             return
         status = pod.get("status") or {}
         if status.get("phase") in TERMINAL:
@@ -862,6 +870,18 @@ class LocalNode:
             failed=True,
         )
         await entry.writer.flush()
+
+    async def _simulate(self, entry: _PodEntry, what: str) -> None:
+        namespace, name = entry.worker.namespace, entry.worker.name
+        try:
+            if what == "evict":
+                await self.evict(namespace, name)
+            elif what in ("node-lost", "node-lost-delete"):
+                await self.lose_pod(namespace, name, delete=what == "node-lost-delete")
+            else:
+                log.warning("unknown %s value %r on %s/%s", SIMULATE_ANNOTATION, what, namespace, name)
+        except (KeyError, ApiError, aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("simulation %s of %s/%s failed: %s", what, namespace, name, exc)
 
     async def lose_pod(self, namespace: str, name: str, delete: bool = False) -> None:
         """Simulate losing the node under a pod: processes vanish, PodGC marks it Failed (and deletes it).

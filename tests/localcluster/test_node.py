@@ -393,3 +393,20 @@ def test_active_deadline_shortened_on_running_pod(api: Api) -> None:
     pod = api.wait_pod("shorten", phase_is("Failed"), limit=15)
     assert pod["status"]["reason"] == "DeadlineExceeded"
     assert container_state(pod)["terminated"]["exitCode"] == 143
+
+
+def test_simulations_by_annotation(api: Api) -> None:
+    """Out-of-process tests (kubectl) trigger eviction and node loss with an annotation."""
+    for name in ("ann-evict", "ann-lost"):
+        api.create("/api/v1/namespaces/default/pods", pod_manifest(name, ["sleep", "60"]))
+        api.wait_pod(name, phase_is("Running"))
+    for name, what in (("ann-evict", "evict"), ("ann-lost", "node-lost-delete")):
+        code, body = api.call(
+            "PATCH",
+            f"/api/v1/namespaces/default/pods/{name}",
+            {"metadata": {"annotations": {"localcluster.dev/simulate": what}}},
+            "application/merge-patch+json",
+        )
+        assert code == 200, body
+    assert api.wait_pod("ann-evict", phase_is("Failed"))["status"]["reason"] == "Evicted"
+    api.wait_gone("ann-lost")
