@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -50,6 +51,7 @@ from .node_images import ImageSpec, ImageTable, InvalidImageName, parse_image, p
 from .node_sched import parse_quantity
 
 StatusSink = Callable[[dict[str, Any]], None]
+log = logging.getLogger(__name__)
 
 TERMINATION_MESSAGE_LIMIT = 4096
 FALLBACK_LOG_BYTES = 2048
@@ -553,6 +555,11 @@ class PodWorker:
                 await self._run_main_containers(volumes)
         except _Stop:
             pass
+        except Exception as exc:
+            # The runtime itself failed (e.g. bubblewrap could not be started): end the pod the way
+            # containerd reports a container that could not start, instead of leaving it hanging.
+            log.exception("pod %s/%s: container start failed", self.namespace, self.name)
+            self._start_error(f"failed to start container: {type(exc).__name__}: {exc}")
         finally:
             if self._deadline_timer is not None:
                 self._deadline_timer.cancel()
@@ -562,9 +569,24 @@ class PodWorker:
                 if proc.proc.returncode is None:
                     proc.kill()
                 self.monitor.unwatch(proc.pid)
-        self._finish()
-        self._done.set()
+            self._finish()
+            self._done.set()
         return self._build_status()
+
+    def _start_error(self, message: str) -> None:
+        now = now_rfc3339()
+        for cs in [*self.init_states, *self.states]:
+            if cs.terminated is None and not cs.running:
+                cs.state = {
+                    "terminated": {
+                        "exitCode": 128,
+                        "reason": "StartError",
+                        "message": message,
+                        "startedAt": "1970-01-01T00:00:00Z",
+                        "finishedAt": now,
+                    }
+                }
+        self.force_failed = True
 
     async def terminate(
         self,

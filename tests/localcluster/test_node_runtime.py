@@ -588,3 +588,12 @@ async def test_memory_monitor_sees_trees_spawned_before_their_watch() -> None:
         proc.kill()
         await proc.wait()
         await monitor.stop()
+
+
+async def test_runtime_failure_ends_pod_with_start_error(harness: Harness) -> None:
+    harness.config.bwrap = "/nonexistent/bwrap"
+    pod = make_pod("nostart", command=["true"])
+    final = await harness.run(pod)
+    term = terminated(final)
+    assert (final["phase"], term["reason"], term["exitCode"]) == ("Failed", "StartError", 128)
+    assert "failed to start" in term["message"]
