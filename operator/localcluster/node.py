@@ -542,6 +542,9 @@ class LocalNode:
                     log.warning("pod watch (%s) failed: %s", field_selector, exc)
             except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
                 log.debug("pod watch (%s) interrupted: %s", field_selector, exc)
+            except Exception:
+                # A bug in handling one event must not stop the node for good: relist and carry on.
+                log.exception("pod watch (%s) handler failed", field_selector)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
