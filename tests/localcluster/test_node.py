@@ -155,9 +155,7 @@ def test_pod_scheduled_run_and_logged(cluster: Any, api: Api) -> None:
     writes = [
         r
         for r in records
-        if getattr(r, "method", None) in ("POST", "PATCH", "PUT", "DELETE")
-        and "kubelet" in (getattr(r, "user_agent", "") or "")
-        and "/pods/hello" in getattr(r, "path", "")
+        if r.method in ("POST", "PATCH", "PUT", "DELETE") and "kubelet" in r.user_agent and "/pods/hello" in r.path
     ]
     # One status patch per transition: Pending, Running, Succeeded (fewer when coalesced).
     assert 1 <= len(writes) <= 3, [(r.method, r.path) for r in writes]
