@@ -171,8 +171,6 @@ def class_manifest(name: str, image: str, **spec: Any) -> dict[str, Any]:
 class Batch:
     kube: Kube
     bodies: dict[str, dict[str, Any]]
-    unknown_image_class: str
-    invalid_image_class: str
 
     def body(self, name: str) -> dict[str, Any]:
         assert name in self.bodies, f"{name} did not finish"
@@ -186,17 +184,7 @@ def batch(cluster: ClusterHandle, operator: OperatorProcess | None) -> Iterator[
     admin = Kube(cluster.kubeconfig)
     admin.run("create", "namespace", namespace, namespaced=False)
     kube = Kube(cluster.kubeconfig, namespace=namespace)
-    suffix = uuid.uuid4().hex[:6]
-    unknown_cls, invalid_cls = f"e2e-unknown-image-{suffix}", f"e2e-invalid-image-{suffix}"
-    classes = [
-        class_manifest(unknown_cls, UNKNOWN_IMAGE, pendingTimeoutSeconds=5),
-        class_manifest(invalid_cls, INVALID_IMAGE, pendingTimeoutSeconds=5),
-    ]
-    admin.run("apply", "-f", "-", input=yaml.safe_dump_all(classes), namespaced=False)
     manifests = [execution(name, case.code, **case.spec) for name, case in CASES.items()]
-    manifests.append(execution("unknown-image", "print('never runs')", executionClassName=unknown_cls,
-                               retry={"maxAttempts": 2, "backoffSeconds": 1}))
-    manifests.append(execution("invalid-image", "print('never runs')", executionClassName=invalid_cls))
     names = {m["metadata"]["name"] for m in manifests}
     try:
         kube.run("create", "-f", "-", input=yaml.safe_dump_all(manifests))
@@ -211,11 +199,9 @@ def batch(cluster: ClusterHandle, operator: OperatorProcess | None) -> Iterator[
         # On a timeout the tests of the unfinished ones fail by name; the others still get checked.
         with contextlib.suppress(AssertionError):
             wait_until(all_done, timeout=150, what="every failure scenario to finish", interval=1.0)
-        yield Batch(kube, bodies, unknown_cls, invalid_cls)
+        yield Batch(kube, bodies)
     finally:
         admin.run("delete", "namespace", namespace, "--wait=false", check=False, namespaced=False)
-        for name in (unknown_cls, invalid_cls):
-            admin.run("delete", "executionclass", name, "--ignore-not-found", check=False, namespaced=False)
 
 
 def assert_outcome(body: dict[str, Any], case: Case) -> dict[str, Any]:
@@ -305,26 +291,6 @@ def test_transient_failure_exhausts_its_attempts(batch: Batch) -> None:
     assert status.get("nextAttemptAt") is None
 
 
-def test_unknown_image_fails_after_the_pending_timeout(batch: Batch) -> None:
-    body = batch.body("unknown-image")
-    status = assert_outcome(body, Case(code="", error_type="image_pull_error", exit_code=None, retryable=True,
-                                       attempts=2))
-    assert [a["errorType"] for a in status["attempts"]] == ["image_pull_error"] * 2
-    assert UNKNOWN_IMAGE in status["error"]["message"] + (status["error"].get("details") or "")
-    assert status["error"]["meta"]["reason"] in ("ErrImagePull", "ImagePullBackOff")
-    # The stuck pods are stopped, not left pulling forever.
-    wait_until(lambda: not batch.kube.items("pods", "-l", "sandbox.dev/execution=unknown-image"), timeout=30,
-               what="the unknown-image pods to be deleted")
-
-
-def test_invalid_image_is_not_retried(batch: Batch) -> None:
-    status = assert_outcome(batch.body("invalid-image"),
-                            Case(code="", error_type="invalid_image", exit_code=None, retryable=False))
-    assert status["error"]["meta"]["reason"] == "InvalidImageName"
-    wait_until(lambda: not batch.kube.items("pods", "-l", "sandbox.dev/execution=invalid-image"), timeout=30,
-               what="the invalid-image pod to be deleted")
-
-
 def test_stdout_and_stderr_are_kept_apart_as_bounded_tails(batch: Batch) -> None:
     status = assert_outcome(batch.body("huge-prints"), CASES["huge-prints"])
     out, err = status["stdout"], status["stderr"]
@@ -338,6 +304,44 @@ def test_stdout_and_stderr_are_kept_apart_as_bounded_tails(batch: Batch) -> None
 
 
 # -------------------------------------------------------------------------- scenarios of their own
+
+
+@pytest.fixture
+def image_classes(kube: Kube) -> Iterator[tuple[str, str]]:
+    """Two cluster-scoped classes (unknown image, invalid image) with a short pending timeout; deleted after."""
+    suffix = uuid.uuid4().hex[:6]
+    names = (f"e2e-unknown-image-{suffix}", f"e2e-invalid-image-{suffix}")
+    manifests = [class_manifest(names[0], UNKNOWN_IMAGE, pendingTimeoutSeconds=5),
+                 class_manifest(names[1], INVALID_IMAGE, pendingTimeoutSeconds=5)]
+    kube.run("apply", "-f", "-", input=yaml.safe_dump_all(manifests), namespaced=False)
+    try:
+        yield names
+    finally:
+        for name in names:
+            kube.run("delete", "executionclass", name, "--ignore-not-found", check=False, namespaced=False)
+
+
+def test_unknown_and_invalid_images(kube: Kube, image_classes: tuple[str, str]) -> None:
+    """Not in the batch: a loaded node leaves pods unscheduled past a 5 s pending timeout (`unschedulable`)."""
+    unknown_cls, invalid_cls = image_classes
+    kube.run("create", "-f", "-", input=yaml.safe_dump_all([
+        execution("unknown-image", "print('never runs')", executionClassName=unknown_cls,
+                  retry={"maxAttempts": 2, "backoffSeconds": 1}),
+        execution("invalid-image", "print('never runs')", executionClassName=invalid_cls),
+    ]))
+    # An unknown image is retryable: both attempts end in image_pull_error after the pending timeout.
+    status = assert_outcome(kube.wait_terminal("unknown-image", timeout=60),
+                            Case(code="", error_type="image_pull_error", exit_code=None, retryable=True, attempts=2))
+    assert [a["errorType"] for a in status["attempts"]] == ["image_pull_error"] * 2
+    assert UNKNOWN_IMAGE in status["error"]["message"] + (status["error"].get("details") or "")
+    assert status["error"]["meta"]["reason"] in ("ErrImagePull", "ImagePullBackOff")
+    # An invalid image name is not retried.
+    status = assert_outcome(kube.wait_terminal("invalid-image", timeout=60),
+                            Case(code="", error_type="invalid_image", exit_code=None, retryable=False))
+    assert status["error"]["meta"]["reason"] == "InvalidImageName"
+    # The stuck pods are stopped, not left pulling forever.
+    wait_until(lambda: not kube.items("pods", "-l", "sandbox.dev/execution in (unknown-image,invalid-image)"),
+               timeout=30, what="the pods of both to be deleted")
 
 
 def test_memory_hog_over_its_limit_is_oom(kube: Kube) -> None:
@@ -397,7 +401,8 @@ def test_pod_deleted_mid_run_is_retried_and_succeeds(kube: Kube) -> None:
     first, second = status["attempts"]
     assert first["podName"] == first_pod and first["errorType"] == "pod_deleted"
     assert second["podName"] != first_pod and second.get("errorType") is None
-    assert [p["metadata"]["name"] for p in pods_of(kube, "lose-pod")] == [second["podName"]]
+    wait_until(lambda: [p["metadata"]["name"] for p in pods_of(kube, "lose-pod")] == [second["podName"]],
+               timeout=60, what="only the second attempt's pod to remain")
 
 
 def test_deleting_an_execution_mid_run_removes_its_pod(kube: Kube) -> None:
@@ -414,7 +419,7 @@ def test_deleting_an_execution_mid_run_removes_its_pod(kube: Kube) -> None:
 
 
 def test_ttl_after_finished_deletes_the_execution_and_its_pod(kube: Kube) -> None:
-    kube.create(execution("short-lived", "result = 1\n", ttlSecondsAfterFinished=3))
+    kube.create(execution("short-lived", "result = 1\n", ttlSecondsAfterFinished=5))
     body = kube.wait_terminal("short-lived", timeout=60)
     assert body["status"]["phase"] == "Succeeded"
     assert pods_of(kube, "short-lived"), "the finished pod stays until the TTL"
