@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -143,17 +145,39 @@ def test_apply_rejects_invalid_and_unknown_fields(kubectl: Kubectl) -> None:
     assert proc.returncode != 0 and 'unknown field "spec.bogus"' in proc.stderr
 
 
+def read_lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
+    """Lines of a child's stdout, read by a thread so a test can wait for them with a deadline."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def next_line(lines: queue.Queue[str], proc: subprocess.Popen[str], within: float = 20.0) -> str:
+    try:
+        return lines.get(timeout=within)
+    except queue.Empty:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"no output from kubectl within {within}s; stderr:\n{err}") from None
+
+
 def test_get_watch_streams_changes(kubectl: Kubectl, cluster: LocalCluster) -> None:
     kubectl("apply", "-f", "-", stdin=EXECUTION.format(name="watched"))
     proc = kubectl.popen("get", "ex", "watched", "-w", "--output-watch-events")
     try:
-        assert proc.stdout is not None
-        header = proc.stdout.readline()
+        lines = read_lines(proc)
+        header = next_line(lines, proc)
         assert header.split()[:3] == ["EVENT", "NAME", "PHASE"]
-        first = proc.stdout.readline()
+        first = next_line(lines, proc)
         assert "ADDED" in first and "watched" in first
         api(cluster, "PATCH", f"{EX}/watched/status", {"status": {"phase": "Running"}})
-        line = proc.stdout.readline()
+        line = next_line(lines, proc)
         assert "MODIFIED" in line and "Running" in line
     finally:
         proc.kill()
