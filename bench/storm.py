@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 
 import kopf  # noqa: E402
-from bench.throughput import cpu_seconds, percentile, watch  # noqa: E402
+from bench.throughput import cpu_seconds, operator_writes, percentile, watch  # noqa: E402
 from tests.e2e.procs import OperatorProcess, start_local_cluster, stop_process  # noqa: E402
 
 from execution_operator.k8s import KubeClient, path_for  # noqa: E402
@@ -211,7 +211,17 @@ def summary(values: list[float]) -> str:
             f"max {max(values):6.3f} s   (n={len(values)})")
 
 
-async def bench(args: argparse.Namespace, kubeconfig: str, op: OperatorProcess | None) -> None:
+def timeline(tracks: dict[str, Track], prefix: str, origin: float, bucket: float) -> str:
+    """Median latency of the timed Executions by when they were created, to see which phase costs."""
+    buckets: dict[int, list[float]] = {}
+    for name, track in tracks.items():
+        if name.startswith(prefix) and track.terminal is not None:
+            buckets.setdefault(int((track.created - origin) // bucket), []).append(track.terminal - track.created)
+    return "  ".join(f"[{k * bucket:+.0f}s] {percentile(v, 50):.2f}" for k, v in sorted(buckets.items()))
+
+
+async def bench(args: argparse.Namespace, kubeconfig: str, op: OperatorProcess | None,
+                pids: dict[str, int]) -> None:
     os.environ["KUBECONFIG"] = kubeconfig
     info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
     assert info is not None, f"no credentials in {kubeconfig}"
@@ -223,14 +233,14 @@ async def bench(args: argparse.Namespace, kubeconfig: str, op: OperatorProcess |
     await client.post(path_for(API, "executionclasses"),
                       class_body(broken, args.image, args.threshold, args.open_seconds, args.pending_timeout))
     run = Storm(client, namespace, args)
-    pids = {"operator": op.process.pid} if op and op.process else {}
     try:
         await run.start_watches(broken)
         print(f"storm of {args.storm} Executions (maxAttempts {args.max_attempts}) on ExecutionClass {broken}: "
               f"image {args.image}, failureThreshold {args.threshold}, openSeconds {args.open_seconds}, "
               f"pendingTimeoutSeconds {args.pending_timeout}, successThreshold 1 (1 probe at a time)")
         print(f"healthy probe load: {args.healthy} Executions on class {args.healthy_class!r}, "
-              f"one every {args.interval} s\n")
+              f"one every {args.interval} s")
+        print("machine load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()) + "\n")
 
         baseline = await run.healthy_series("base")
         print(f"healthy, no storm:          {summary(baseline)}")
@@ -238,13 +248,17 @@ async def bench(args: argparse.Namespace, kubeconfig: str, op: OperatorProcess |
         await run.trip(broken, args.threshold)
         opened_at = time.monotonic()
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        writes_before = operator_writes(op.metrics_text()) if op else 0.0
         during_task = asyncio.create_task(run.healthy_series("during"))
+        storm_began = time.monotonic()
         storm_names, create_s = await run.storm(broken, "storm")
         await run.obs.until(lambda: all(run.obs.tracks[n].terminal for n in storm_names),
                             args.open_seconds + 300, "the storm's Executions to finish")
         storm_done = time.monotonic()
         during = await during_task
         print(f"healthy, during the storm:  {summary(during)}")
+        print(f"  by creation time since the storm began ({args.bucket:.0f} s buckets): "
+              + timeline(run.obs.tracks, "during-", storm_began, args.bucket))
         tracks = [run.obs.tracks[n] for n in storm_names]
         held = [t.held - t.created for t in tracks if t.held is not None]
         outcomes: dict[str, int] = {}
@@ -264,6 +278,11 @@ async def bench(args: argparse.Namespace, kubeconfig: str, op: OperatorProcess |
         for name, pid in pids.items():
             used = cpu_seconds(pid) - cpu_before[name]
             print(f"CPU of the {name} during the storm: {used:.1f} s over {storm_done - opened_at:.1f} s")
+        if op:
+            writes = operator_writes(op.metrics_text()) - writes_before
+            print(f"operator API writes during the storm: {writes:.0f} ({writes / args.storm:.1f} per storm "
+                  "Execution, healthy ones included)")
+        print("machine load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
 
         if args.cold:
             cold = f"storm-cold-{suffix}"
@@ -300,6 +319,7 @@ def main() -> None:
     parser.add_argument("--healthy-class", default="default")
     parser.add_argument("--healthy", type=int, default=40, help="healthy Executions per series")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between healthy Executions")
+    parser.add_argument("--bucket", type=float, default=2.5, help="seconds per bucket of the latency timeline")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent creates")
     parser.add_argument("--cold", action="store_true", help="also storm a class whose circuit is still closed")
     parser.add_argument("--keep", action="store_true", help="keep the namespace and classes afterwards")
@@ -314,8 +334,11 @@ def main() -> None:
         if cluster is not None or args.run_operator:
             op = OperatorProcess(kubeconfig, Path(tmp) / "operator.log")
             op.start()
+        pids = {"operator": op.process.pid} if op and op.process else {}
+        if cluster and cluster.process:
+            pids["local cluster"] = cluster.process.pid
         try:
-            asyncio.run(bench(args, kubeconfig, op))
+            asyncio.run(bench(args, kubeconfig, op, pids))
         finally:
             if op:
                 op.stop()
