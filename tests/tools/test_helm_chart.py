@@ -98,7 +98,7 @@ def test_rbac_least_privilege(render: Render) -> None:
     for rule in rules:
         for res in rule["resources"]:
             perms.setdefault(res, set()).update(rule["verbs"])
-    assert perms["executions"] == {"get", "list", "watch", "patch", "delete"}
+    assert perms["executions"] == {"get", "list", "watch", "create", "delete"}
     assert perms["executions/status"] == {"get", "patch"}
     assert perms["executionclasses"] == {"get", "list", "watch"}
     assert perms["executionclasses/status"] == {"patch"}
