@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import sys
 import tempfile
@@ -39,10 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 
 import kopf  # noqa: E402
-from bench.throughput import cpu_seconds, operator_writes, percentile, watch  # noqa: E402
+from bench.throughput import apiserver_writes, cpu_seconds, operator_writes, percentile, watch  # noqa: E402
 from tests.e2e.procs import OperatorProcess, start_local_cluster, stop_process  # noqa: E402
 
-from execution_operator.k8s import KubeClient, path_for  # noqa: E402
+from execution_operator.k8s import ApiError, KubeClient, path_for  # noqa: E402
 
 API = "sandbox.dev/v1alpha1"
 BROKEN_IMAGE = "registry.invalid/execution-operator/no-such-image:0.0.0"
@@ -211,6 +212,15 @@ def summary(values: list[float]) -> str:
             f"max {max(values):6.3f} s   (n={len(values)})")
 
 
+async def request_log_position(client: KubeClient) -> int:
+    """Where the local cluster's request log stands (0 on a cluster without one)."""
+    try:
+        position: int = (await client.get("/debug/requests", {"since": "0"})).get("total", 0)
+    except ApiError:
+        return 0
+    return position
+
+
 def timeline(tracks: dict[str, Track], prefix: str, origin: float, bucket: float) -> str:
     """Median latency of the timed Executions by when they were created, to see which phase costs."""
     buckets: dict[int, list[float]] = {}
@@ -249,6 +259,7 @@ async def bench(args: argparse.Namespace, kubeconfig: str, op: OperatorProcess |
         opened_at = time.monotonic()
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         writes_before = operator_writes(op.metrics_text()) if op else 0.0
+        log_start = await request_log_position(client)
         during_task = asyncio.create_task(run.healthy_series("during"))
         storm_began = time.monotonic()
         storm_names, create_s = await run.storm(broken, "storm")
@@ -282,6 +293,9 @@ async def bench(args: argparse.Namespace, kubeconfig: str, op: OperatorProcess |
             writes = operator_writes(op.metrics_text()) - writes_before
             print(f"operator API writes during the storm: {writes:.0f} ({writes / args.storm:.1f} per storm "
                   "Execution, healthy ones included)")
+        total, by_kind = await apiserver_writes(client, log_start)
+        if total >= 0:
+            print(f"  by resource (API server log): {json.dumps(by_kind, sort_keys=True)}")
         print("machine load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
 
         if args.cold:

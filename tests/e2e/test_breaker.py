@@ -142,6 +142,8 @@ def make_class(cluster: ClusterHandle) -> Iterator[Callable[..., str]]:
 
     def make(**spec: Any) -> str:
         name = f"e2e-brk-{uuid.uuid4().hex[:8]}"
+        # A real kubelet may still be at ContainerCreating after 3 s (then the error is internal_error).
+        spec.setdefault("pending_timeout", 3 if cluster.local else 15)
         admin.run("apply", "-f", "-", input=yaml.safe_dump(class_manifest(name, **spec)), namespaced=False)
         created.append(name)
         return name
