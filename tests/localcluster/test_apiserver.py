@@ -522,3 +522,22 @@ async def test_cluster_scoped_and_other_builtin_kinds(api: Api) -> None:
     assert svc["spec"]["ports"][0]["targetPort"] == 80
     _, s = await api.get("/api/v1/namespaces/default/secrets/s")
     assert s["data"] == {"k": "dg=="} and s["type"] == "Opaque" and "stringData" not in s
+
+
+async def test_multi_version_crd_serves_each_version(api: Api) -> None:
+    crd = {**WIDGET_CRD, "metadata": {"name": "gadgets.test.dev"}}
+    crd["spec"] = {**WIDGET_CRD["spec"], "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"}}
+    v1 = {**WIDGET_CRD["spec"]["versions"][0], "name": "v1beta1", "storage": True}
+    v2 = {**WIDGET_CRD["spec"]["versions"][0], "name": "v1", "storage": False}
+    crd["spec"]["versions"] = [v1, v2]
+    assert (await api.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd))[0] == 201
+    _, group = await api.get("/apis/test.dev")
+    assert group["preferredVersion"]["version"] == "v1"
+    assert [v["version"] for v in group["versions"]] == ["v1", "v1beta1"]
+    status, _ = await api.post("/apis/test.dev/v1beta1/namespaces/default/gadgets",
+                               {"metadata": {"name": "g"}, "spec": {"size": 1}})
+    assert status == 201
+    _, g = await api.get("/apis/test.dev/v1/namespaces/default/gadgets/g")
+    assert g["apiVersion"] == "test.dev/v1"
+    _, lst = await api.get("/apis/test.dev/v1/namespaces/default/gadgets")
+    assert lst["apiVersion"] == "test.dev/v1" and lst["items"][0]["apiVersion"] == "test.dev/v1"

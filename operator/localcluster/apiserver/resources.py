@@ -6,6 +6,7 @@ Discovery, routing, OpenAPI and Table output are all derived from these entries.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +140,19 @@ def builtin_resources() -> list[ResourceInfo]:
     ]
 
 
+_VERSION_RE = re.compile(r"^v(\d+)(?:(alpha|beta)(\d+))?$")
+
+
+def version_priority(version: str) -> tuple[int, int, int, str]:
+    """Sort key putting the preferred version first: GA > beta > alpha, higher numbers first."""
+    m = _VERSION_RE.match(version)
+    if not m:
+        return (3, 0, 0, version)
+    major, stage, minor = int(m.group(1)), m.group(2), int(m.group(3) or 0)
+    rank = {None: 0, "beta": 1, "alpha": 2}[stage]
+    return (rank, -major, -minor, version)
+
+
 class Registry:
     """All served resources, looked up by group/version/plural, by kind, or by group/plural."""
 
@@ -178,18 +192,14 @@ class Registry:
         return found
 
     def groups(self) -> dict[str, list[str]]:
-        """group -> served versions (preferred first), excluding the core group."""
+        """group -> served versions, preferred first (Kubernetes version priority), excluding core."""
         out: dict[str, list[str]] = {}
         for info in self._by_gvr.values():
-            if not info.group:
-                continue
-            versions = out.setdefault(info.group, [])
-            if info.version not in versions:
-                if info.version == info.storage_version:
-                    versions.insert(0, info.version)
-                else:
+            if info.group:
+                versions = out.setdefault(info.group, [])
+                if info.version not in versions:
                     versions.append(info.version)
-        return out
+        return {g: sorted(vs, key=version_priority) for g, vs in out.items()}
 
     def in_group_version(self, group: str, version: str) -> list[ResourceInfo]:
         return [i for i in self._by_gvr.values() if i.group == group and i.version == version]

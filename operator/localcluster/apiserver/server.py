@@ -564,10 +564,9 @@ class ApiServer:
             meta["continue"] = cont_token
             meta["remainingItemCount"] = remaining
         head = dumps({"apiVersion": info.api_version, "kind": f"{info.kind}List", "metadata": meta})
-        if objs and objs[0].get("apiVersion") == info.api_version:
-            items = b",".join(self.store.encoded(o) for o in objs)
-        else:
-            items = b",".join(dumps({**o, "apiVersion": info.api_version}) for o in objs)
+        av = info.api_version
+        items = b",".join(self.store.encoded(o) if o.get("apiVersion") == av else dumps({**o, "apiVersion": av})
+                          for o in objs)
         raw = head[:-1] + b',"items":[' + items + b"]}"
         return self._json(None, raw=raw)
 
