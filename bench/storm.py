@@ -109,8 +109,9 @@ class Observer:
                 await asyncio.wait_for(self.changed.wait(), timeout=min(left, 1.0))
 
 
-def class_body(name: str, image: str, threshold: int, open_seconds: int, pending: int) -> dict[str, Any]:
-    return {
+def class_body(name: str, image: str, threshold: int, open_seconds: int, pending: int,
+               max_concurrent: int | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "apiVersion": API, "kind": "ExecutionClass", "metadata": {"name": name},
         "spec": {
             "image": image, "maxTimeoutSeconds": 60, "pendingTimeoutSeconds": pending,
@@ -118,6 +119,9 @@ def class_body(name: str, image: str, threshold: int, open_seconds: int, pending
             "circuitBreaker": {"failureThreshold": threshold, "openSeconds": open_seconds, "successThreshold": 1},
         },
     }
+    if max_concurrent:
+        body["spec"]["maxConcurrent"] = max_concurrent
+    return body
 
 
 def execution_body(name: str, code: str, class_name: str, max_attempts: int) -> dict[str, Any]:
@@ -302,14 +306,16 @@ async def bench(args: argparse.Namespace, kubeconfig: str, op: OperatorProcess |
             cold = f"storm-cold-{suffix}"
             classes.append(cold)
             await client.post(path_for(API, "executionclasses"),
-                              class_body(cold, args.image, args.threshold, args.open_seconds, args.pending_timeout))
+                              class_body(cold, args.image, args.threshold, args.open_seconds, args.pending_timeout,
+                                         args.cold_max_concurrent))
             cold_run = Storm(client, namespace, args)
             await cold_run.start_watches(cold)
             names, _ = await cold_run.storm(cold, "cold")
             await cold_run.obs.until(lambda: all(cold_run.obs.tracks[n].terminal for n in names),
                                      args.open_seconds + 300, "the cold storm's Executions to finish")
             await cold_run.close()
-            print(f"\ncold storm (circuit closed when it arrives): {len(cold_run.obs.pods)} pods for {len(names)} "
+            cap = f", maxConcurrent {args.cold_max_concurrent}" if args.cold_max_concurrent else ""
+            print(f"\ncold storm (circuit closed when it arrives{cap}): {len(cold_run.obs.pods)} pods for {len(names)} "
                   f"Executions; breaker states {' -> '.join(s for _, s in cold_run.obs.states)}")
     finally:
         await run.close()
@@ -336,6 +342,7 @@ def main() -> None:
     parser.add_argument("--bucket", type=float, default=2.5, help="seconds per bucket of the latency timeline")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent creates")
     parser.add_argument("--cold", action="store_true", help="also storm a class whose circuit is still closed")
+    parser.add_argument("--cold-max-concurrent", type=int, help="maxConcurrent of the class the cold storm hits")
     parser.add_argument("--keep", action="store_true", help="keep the namespace and classes afterwards")
     args = parser.parse_args()
     cluster = None
