@@ -42,9 +42,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+class WatchRestartCounter(logging.Filter):
+    """Counts kopf's watch-stream restarts (410 Gone, inactivity) into the metrics, then lets only
+    INFO and above through: kopf reports restarts at DEBUG, which we want counted but not printed."""
+
+    MARKERS = ("Restarting the watch-stream for ", "Watch-stream for ")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        for marker in self.MARKERS:
+            if message.startswith(marker) and ("Restarting" in marker or "reconnecting" in message):
+                resource = message[len(marker):].split(" ", 1)[0].split(".", 1)[0]
+                metrics.record_watch_restart(resource)
+        return record.levelno >= logging.INFO or logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 def run(args: argparse.Namespace, *, stop_flag: threading.Event | None = None,
         ready_flag: threading.Event | None = None) -> None:
     configure_logging(args.log_level, args.log_format)
+    watching = logging.getLogger("kopf._cogs.clients.watching")
+    watching.setLevel(logging.DEBUG)
+    watching.addFilter(WatchRestartCounter())
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # kopf logs every handled watch event at INFO; our own lines say what happened, with context.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
