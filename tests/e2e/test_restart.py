@@ -121,6 +121,15 @@ def assert_outcomes(kube: Kube, batch: dict[str, Kind]) -> None:
         elif len({a["podName"] for a in history}) != kind.attempts:
             problems.append(f"{name}: pod names in history are not one per attempt: {history}")
     assert not problems, "\n".join(problems)
+    # A failure is recorded once, however many operators saw it.
+    failed = sorted(name for name, kind in batch.items() if kind.phase == "Failed")
+
+    def dead_letters_named() -> bool:
+        return all((kube.get("execution", n) or {}).get("status", {}).get("deadLetterName") for n in failed)
+
+    wait_until(dead_letters_named, timeout=60, what="every failed Execution to name its DeadLetter")
+    per_execution = Counter(d["metadata"]["labels"].get("sandbox.dev/execution") for d in kube.items("deadletters"))
+    assert {n: per_execution[n] for n in failed} == dict.fromkeys(failed, 1), per_execution
 
 
 def test_kill_mid_launch(kube: Kube, op: OperatorProcess) -> None:
