@@ -6,7 +6,6 @@ Strategic merge uses the patch merge keys of the core API's list fields, looked 
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from localcluster.apiserver.status import ApiError
@@ -33,10 +32,20 @@ MERGE_KEYS: dict[str, str] = {
 _SERVICE_PORT_KEY = "port"
 
 
+def json_copy(value: Any) -> Any:
+    """Deep copy of JSON-shaped data (dicts, lists, scalars); several times faster than copy.deepcopy."""
+    t = type(value)
+    if t is dict:
+        return {k: json_copy(v) for k, v in value.items()}
+    if t is list:
+        return [json_copy(v) for v in value]
+    return value
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386: null deletes, objects merge recursively, everything else replaces."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return json_copy(patch)
     result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
@@ -44,7 +53,7 @@ def merge_patch(target: Any, patch: Any) -> Any:
         elif isinstance(value, dict):
             result[key] = merge_patch(result.get(key), value)
         else:
-            result[key] = copy.deepcopy(value)
+            result[key] = json_copy(value)
     return result
 
 
@@ -84,7 +93,7 @@ def json_patch(doc: Any, ops: Any) -> Any:
     """RFC 6902. A failed `test` or a missing path is 422, as the real server answers."""
     if not isinstance(ops, list):
         raise ApiError(400, "json: cannot unmarshal object into Go value of type jsonpatch.Patch", "BadRequest")
-    doc = copy.deepcopy(doc)
+    doc = json_copy(doc)
     for op in ops:
         if not isinstance(op, dict) or "op" not in op:
             raise ApiError(400, "invalid JSON patch operation", "BadRequest")
@@ -98,13 +107,13 @@ def json_patch(doc: Any, ops: Any) -> Any:
                                                 f"request: testing value {path} failed: test failed")
                 continue
             if kind in ("add", "replace"):
-                value = copy.deepcopy(op.get("value"))
+                value = json_copy(op.get("value"))
                 doc = _set(doc, tokens, value, insert=(kind == "add"), path=path)
             elif kind == "remove":
                 doc = _remove(doc, tokens)
             elif kind in ("move", "copy"):
                 src = _pointer(op.get("from", ""))
-                value = copy.deepcopy(_resolve(doc, src))
+                value = json_copy(_resolve(doc, src))
                 if kind == "move":
                     doc = _remove(doc, src)
                 doc = _set(doc, tokens, value, insert=True, path=path)
@@ -162,9 +171,9 @@ def _remove(doc: Any, tokens: list[str]) -> Any:
 def strategic_merge(target: Any, patch: Any, parent_key: str = "", service: bool = False) -> Any:
     """Strategic merge patch for core kinds, with the directives kubectl sends."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return json_copy(patch)
     if patch.get("$patch") == "replace":
-        return {k: copy.deepcopy(v) for k, v in patch.items() if k != "$patch"}
+        return {k: json_copy(v) for k, v in patch.items() if k != "$patch"}
     if patch.get("$patch") == "delete":
         return None
     result = dict(target) if isinstance(target, dict) else {}
@@ -194,7 +203,7 @@ def strategic_merge(target: Any, patch: Any, parent_key: str = "", service: bool
                 mkey = _SERVICE_PORT_KEY
             result[key] = _merge_list(result.get(key), value, mkey, service)
             continue
-        result[key] = copy.deepcopy(value)
+        result[key] = json_copy(value)
     if "$retainKeys" in patch and isinstance(patch["$retainKeys"], list):
         keep = set(patch["$retainKeys"])
         result = {k: v for k, v in result.items() if k in keep or k not in _retain_scope(patch)}
@@ -208,12 +217,12 @@ def _retain_scope(patch: dict[str, Any]) -> set[str]:
 def _merge_list(current: Any, patch: list[Any], mkey: str, service: bool) -> list[Any]:
     cur = list(current) if isinstance(current, list) else []
     if any(isinstance(p, dict) and p.get("$patch") == "replace" for p in patch):
-        return [copy.deepcopy(p) for p in patch if not (isinstance(p, dict) and "$patch" in p)]
+        return [json_copy(p) for p in patch if not (isinstance(p, dict) and "$patch" in p)]
     if not mkey:
         # Primitive list with merge strategy: union, keeping order.
         for p in patch:
             if p not in cur:
-                cur.append(copy.deepcopy(p))
+                cur.append(json_copy(p))
         return cur
     for item in patch:
         if not isinstance(item, dict):
@@ -225,7 +234,7 @@ def _merge_list(current: Any, patch: list[Any], mkey: str, service: bool) -> lis
                 del cur[idx]
             continue
         if idx is None:
-            cur.append({k: copy.deepcopy(v) for k, v in item.items() if k != "$patch"})
+            cur.append({k: json_copy(v) for k, v in item.items() if k != "$patch"})
         else:
             cur[idx] = strategic_merge(cur[idx], item, "", service)
     return cur

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import copy
 import datetime as dt
 import importlib
 import json
@@ -25,7 +24,7 @@ from aiohttp import web
 from localcluster.apiserver import discovery, openapi, protobuf
 from localcluster.apiserver.faults import FaultRule, Faults
 from localcluster.apiserver.logs import serve_pod_log
-from localcluster.apiserver.patch import json_patch, merge_patch, strategic_merge
+from localcluster.apiserver.patch import json_copy, json_patch, merge_patch, strategic_merge
 from localcluster.apiserver.resources import Registry, ResourceInfo, resources_from_crd
 from localcluster.apiserver.selectors import combine, parse_field_selector, parse_label_selector
 from localcluster.apiserver.status import ApiError, already_exists, conflict, gone, invalid, not_found
@@ -154,12 +153,17 @@ VERB_KEY = web.RequestKey("verb", str)
 RECORDED_KEY = web.RequestKey("recorded", bool)
 
 
+_SCHEMA: list[Any] = []
+
+
 def _schema_module() -> Any:
-    """The CRD schema functions, if present (they are developed separately)."""
-    try:
-        return importlib.import_module("localcluster.schema")
-    except ImportError:
-        return None
+    """The CRD schema functions, if present (they are developed separately); imported once."""
+    if not _SCHEMA:
+        try:
+            _SCHEMA.append(importlib.import_module("localcluster.schema"))
+        except ImportError:
+            return None
+    return _SCHEMA[0]
 
 
 class ApiServer:
@@ -736,7 +740,7 @@ class ApiServer:
 
     def create_object(self, info: ResourceInfo, ns: str, body: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
         """POST semantics: defaulting, validation, uid/rv/timestamps, side effects."""
-        obj = copy.deepcopy(body)
+        obj = json_copy(body)
         meta = obj.setdefault("metadata", {}) or {}
         obj["metadata"] = meta
         if info.namespaced:
@@ -980,7 +984,7 @@ class ApiServer:
                       dry_run: bool = False, _patched: bool = False) -> dict[str, Any]:
         """PUT semantics (also the tail of every patch): preconditions, status split, generation."""
         old = self._must_get(info, ns, name)
-        new = copy.deepcopy(body) if not _patched else body
+        new = json_copy(body) if not _patched else body
         meta = new.get("metadata")
         meta = dict(meta) if isinstance(meta, dict) else {}
         new["metadata"] = meta
@@ -1115,7 +1119,7 @@ class ApiServer:
         if not isinstance(patched, dict):
             raise ApiError(422, "patch produced a non-object", "Invalid")
         if ctype != "application/json-patch+json":
-            patched = copy.deepcopy(patched)  # merges share untouched subtrees with the stored object
+            patched = json_copy(patched)  # merges share untouched subtrees with the stored object
         warn.extend(self._field_validation(info, patched, q))
         return self.update_object(info, ns, name, patched, sub, dry_run=dry_run, _patched=True), False
 
@@ -1435,20 +1439,20 @@ def _spec_changed(info: ResourceInfo, old: dict[str, Any], new: dict[str, Any]) 
 
 def _apply_merge(old: dict[str, Any], applied: dict[str, Any], strategic: bool) -> dict[str, Any]:
     """Server-side apply, simplified: the applied config is merged over the live object."""
-    body = copy.deepcopy(applied)
+    body = json_copy(applied)
     meta = body.get("metadata") or {}
     meta.pop("resourceVersion", None)
     if strategic:
-        return copy.deepcopy(strategic_merge(old, body))
-    return copy.deepcopy(_merge_keep_nulls(old, body))
+        return json_copy(strategic_merge(old, body))
+    return json_copy(_merge_keep_nulls(old, body))
 
 
 def _merge_keep_nulls(target: Any, patch: Any) -> Any:
     if not isinstance(patch, dict) or not isinstance(target, dict):
-        return copy.deepcopy(patch)
+        return json_copy(patch)
     out = dict(target)
     for k, v in patch.items():
-        out[k] = _merge_keep_nulls(out.get(k), v) if isinstance(v, dict) else copy.deepcopy(v)
+        out[k] = _merge_keep_nulls(out.get(k), v) if isinstance(v, dict) else json_copy(v)
     return out
 
 
