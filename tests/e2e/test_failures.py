@@ -308,11 +308,14 @@ def test_stdout_and_stderr_are_kept_apart_as_bounded_tails(batch: Batch) -> None
 
 @pytest.fixture
 def image_classes(kube: Kube) -> Iterator[tuple[str, str]]:
-    """Two cluster-scoped classes (unknown image, invalid image) with a short pending timeout; deleted after."""
+    """Two cluster-scoped classes (unknown image, invalid image) with a short pending timeout; deleted after.
+
+    10 s: short for the suite, long enough for a real kubelet to get as far as the pull error.
+    """
     suffix = uuid.uuid4().hex[:6]
     names = (f"e2e-unknown-image-{suffix}", f"e2e-invalid-image-{suffix}")
-    manifests = [class_manifest(names[0], UNKNOWN_IMAGE, pendingTimeoutSeconds=5),
-                 class_manifest(names[1], INVALID_IMAGE, pendingTimeoutSeconds=5)]
+    manifests = [class_manifest(names[0], UNKNOWN_IMAGE, pendingTimeoutSeconds=10),
+                 class_manifest(names[1], INVALID_IMAGE, pendingTimeoutSeconds=10)]
     kube.run("apply", "-f", "-", input=yaml.safe_dump_all(manifests), namespaced=False)
     try:
         yield names
@@ -322,7 +325,7 @@ def image_classes(kube: Kube) -> Iterator[tuple[str, str]]:
 
 
 def test_unknown_and_invalid_images(kube: Kube, image_classes: tuple[str, str]) -> None:
-    """Not in the batch: a loaded node leaves pods unscheduled past a 5 s pending timeout (`unschedulable`)."""
+    """Not in the batch: a loaded node leaves pods unscheduled past a short pending timeout (`unschedulable`)."""
     unknown_cls, invalid_cls = image_classes
     kube.run("create", "-f", "-", input=yaml.safe_dump_all([
         execution("unknown-image", "print('never runs')", executionClassName=unknown_cls,
@@ -330,7 +333,7 @@ def test_unknown_and_invalid_images(kube: Kube, image_classes: tuple[str, str]) 
         execution("invalid-image", "print('never runs')", executionClassName=invalid_cls),
     ]))
     # An unknown image is retryable: both attempts end in image_pull_error after the pending timeout.
-    status = assert_outcome(kube.wait_terminal("unknown-image", timeout=60),
+    status = assert_outcome(kube.wait_terminal("unknown-image", timeout=90),
                             Case(code="", error_type="image_pull_error", exit_code=None, retryable=True, attempts=2))
     assert [a["errorType"] for a in status["attempts"]] == ["image_pull_error"] * 2
     assert UNKNOWN_IMAGE in status["error"]["message"] + (status["error"].get("details") or "")
