@@ -24,9 +24,9 @@ def dumps(obj: Any) -> bytes:
 
 
 class Event:
-    """One change, serialised lazily and at most once per event type for all watchers."""
+    """One change; the object is serialised once at commit and framed per watcher on demand."""
 
-    __slots__ = ("_enc", "key", "namespace", "obj", "obj_bytes", "old", "rv", "type")
+    __slots__ = ("key", "namespace", "obj", "obj_bytes", "old", "rv", "type")
 
     def __init__(
         self, rv: int, etype: str, key: StoreKey, namespace: str, obj: dict[str, Any],
@@ -39,14 +39,10 @@ class Event:
         self.obj = obj
         self.obj_bytes = obj_bytes
         self.old = old
-        self._enc: dict[str, bytes] = {}
 
     def encoded(self, etype: str) -> bytes:
-        enc = self._enc.get(etype)
-        if enc is None:
-            enc = b'{"type":"' + etype.encode() + b'","object":' + self.obj_bytes + b"}\n"
-            self._enc[etype] = enc
-        return enc
+        # Framing is a cheap concatenation; caching it would double the history's memory.
+        return b'{"type":"' + etype.encode() + b'","object":' + self.obj_bytes + b"}\n"
 
 
 @dataclass(eq=False)
