@@ -346,3 +346,34 @@ async def test_request_log_is_bounded(tmp_path: Path) -> None:
             assert log["total"] == 25 and len(log["items"]) == 1  # this request is logged once answered
     finally:
         await s.stop()
+
+
+async def test_replay_of_old_slimmed_events_keeps_selector_semantics(api: Api, server: ApiServer) -> None:
+    server.store.RECENT = 2  # older events keep only their bytes and selector fields
+    _, a = await api.post(CM, cm("a", {"app": "x"}, k="v"))
+    rv = a["metadata"]["resourceVersion"]
+    await api.patch(f"{CM}/a", {"metadata": {"labels": {"app": "y"}}})
+    await api.patch(f"{CM}/a", {"metadata": {"labels": {"app": "x"}}, "data": {"k": "w"}})
+    for i in range(5):
+        await api.post(CM, cm(f"filler{i}"))
+    assert server.store.history[-8].slim
+    events = await collect(api.watch(f"{CM}?watch=true&resourceVersion={rv}&labelSelector=app%3Dx"), 2)
+    assert [e["type"] for e in events] == ["DELETED", "ADDED"]
+    assert events[1]["object"]["data"] == {"k": "w"}  # the full object, from the stored bytes
+
+
+async def test_history_is_bounded_by_bytes(tmp_path: Path) -> None:
+    s = ApiServer(tmp_path, history_bytes=20_000)
+    await s.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, s.url)
+            await api.post(CM, cm("big", blob="x" * 1000))
+            for i in range(60):
+                await api.patch(f"{CM}/big", {"data": {"i": str(i)}})
+            held = sum(len(e.obj_bytes) for e in s.store.history)
+            assert held <= 20_000 and s.store.compacted_rv > 0
+            events = await collect(api.watch(f"{CM}?watch=true&resourceVersion=1"), 1)
+            assert events[0]["type"] == "ERROR" and events[0]["object"]["code"] == 410
+    finally:
+        await s.stop()

@@ -177,12 +177,13 @@ class ApiServer:
         state_dir: Path | str | None = None,
         bookmark_interval: float = 5.0,
         history_size: int = 10000,
+        history_bytes: int = 128 * 1024 * 1024,
         git_version: str = "v1.35.0",
         request_log_limit: int = 1_000_000,
     ) -> None:
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.registry = Registry()
-        self.store = Store(history_size)
+        self.store = Store(history_size, history_bytes)
         self.faults = Faults()
         self.request_log: list[RequestRecord] = []
         # The log keeps the newest records; `request_log_offset` counts those dropped before them.
@@ -660,9 +661,9 @@ class ApiServer:
             def enc(et: str, ev: Event) -> bytes:
                 if ev.obj.get("apiVersion") == info.api_version:
                     return ev.encoded(et)
-                return self._encode_obj_event(info, None, et, ev.obj)
+                return self._encode_obj_event(info, None, et, ev.full_object())
             return enc
-        return lambda et, ev: self._encode_obj_event(info, table, et, ev.obj)
+        return lambda et, ev: self._encode_obj_event(info, table, et, ev.full_object())
 
     def _encode_obj_event(self, info: ResourceInfo, table: str | None, et: str, obj: dict[str, Any]) -> bytes:
         if table:

@@ -26,7 +26,7 @@ def dumps(obj: Any) -> bytes:
 class Event:
     """One change; the object is serialised once at commit and framed per watcher on demand."""
 
-    __slots__ = ("key", "namespace", "obj", "obj_bytes", "old", "rv", "type")
+    __slots__ = ("key", "namespace", "obj", "obj_bytes", "old", "rv", "slim", "type")
 
     def __init__(
         self, rv: int, etype: str, key: StoreKey, namespace: str, obj: dict[str, Any],
@@ -39,10 +39,44 @@ class Event:
         self.obj = obj
         self.obj_bytes = obj_bytes
         self.old = old
+        self.slim = False
+
+    def make_slim(self) -> None:
+        """Keep only what replaying needs: the bytes, and the fields selectors look at."""
+        if not self.slim:
+            self.obj = project(self.obj)
+            self.old = project(self.old) if self.old is not None else None
+            self.slim = True
+
+    def full_object(self) -> dict[str, Any]:
+        obj: dict[str, Any] = json.loads(self.obj_bytes) if self.slim else self.obj
+        return obj
 
     def encoded(self, etype: str) -> bytes:
         # Framing is a cheap concatenation; caching it would double the history's memory.
         return b'{"type":"' + etype.encode() + b'","object":' + self.obj_bytes + b"}\n"
+
+
+_PROJECTED_TOP = ("involvedObject", "regarding", "reason", "type", "reportingController", "source")
+
+
+def project(obj: dict[str, Any]) -> dict[str, Any]:
+    """The parts of an object that label and common field selectors read (for old history events)."""
+    meta = obj.get("metadata") or {}
+    out: dict[str, Any] = {
+        "apiVersion": obj.get("apiVersion"),
+        "kind": obj.get("kind"),
+        "metadata": {k: meta[k] for k in ("name", "namespace", "labels", "resourceVersion", "uid") if k in meta},
+    }
+    spec, status = obj.get("spec"), obj.get("status")
+    if isinstance(spec, dict) and "nodeName" in spec:
+        out["spec"] = {"nodeName": spec["nodeName"]}
+    if isinstance(status, dict) and "phase" in status:
+        out["status"] = {"phase": status["phase"]}
+    for k in _PROJECTED_TOP:
+        if k in obj:
+            out[k] = obj[k]
+    return out
 
 
 @dataclass(eq=False)
@@ -85,13 +119,17 @@ class Watcher:
 class Store:
     """Objects by (group, plural) -> namespace -> name, plus the event history and watchers."""
 
-    def __init__(self, history_size: int = 10000) -> None:
+    RECENT = 1000  # the newest events keep their full objects; older ones are slimmed
+
+    def __init__(self, history_size: int = 10000, history_bytes: int = 128 * 1024 * 1024) -> None:
         self.rv = 0
         self.objects: dict[StoreKey, dict[str, dict[str, dict[str, Any]]]] = {}
         self._bytes: dict[int, bytes] = {}  # id(obj) -> serialised form of stored objects
         self.history: list[Event] = []
         self._history_rvs: list[int] = []
         self.history_size = history_size
+        self.history_bytes = history_bytes
+        self._held_bytes = 0
         self.compacted_rv = 0  # events with rv <= this are no longer replayable
         self.watchers: dict[StoreKey, set[Watcher]] = {}
         self.listeners: list[Callable[[Event], None]] = []
@@ -153,16 +191,29 @@ class Store:
         ev = Event(rv, etype, key, namespace, obj, data, old)
         self.history.append(ev)
         self._history_rvs.append(rv)
-        if len(self.history) > self.history_size * 2:
-            cut = len(self.history) - self.history_size
-            self.compacted_rv = self.history[cut - 1].rv
-            del self.history[:cut]
-            del self._history_rvs[:cut]
+        self._held_bytes += len(data)
+        if len(self.history) > self.RECENT:
+            self.history[-self.RECENT - 1].make_slim()
+        if len(self.history) > self.history_size * 2 or self._held_bytes > self.history_bytes:
+            self._compact()
         for w in self.watchers.get(key, ()):
             w.offer(ev)
         for listener in self.listeners:
             listener(ev)
         return ev
+
+    def _compact(self) -> None:
+        """Forget the oldest events, down to history_size events and 3/4 of the byte budget."""
+        cut = max(0, len(self.history) - self.history_size)
+        held = self._held_bytes - sum(len(e.obj_bytes) for e in self.history[:cut])
+        while cut < len(self.history) - 1 and held > self.history_bytes * 3 // 4:
+            held -= len(self.history[cut].obj_bytes)
+            cut += 1
+        if cut:
+            self.compacted_rv = self.history[cut - 1].rv
+            del self.history[:cut]
+            del self._history_rvs[:cut]
+            self._held_bytes = held
 
     def drop_key(self, key: StoreKey) -> None:
         """Forget every object of a group/plural (CRD removal) without events."""
