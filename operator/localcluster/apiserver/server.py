@@ -122,7 +122,7 @@ def request_verb(method: str, ri: ReqInfo, query: Any) -> str:
     }.get(method, method.lower())
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestRecord:
     """One served request, as the benchmark and tests read it."""
 
@@ -179,7 +179,7 @@ class ApiServer:
         history_size: int = 10000,
         history_bytes: int = 128 * 1024 * 1024,
         git_version: str = "v1.35.0",
-        request_log_limit: int = 1_000_000,
+        request_log_limit: int = 200_000,
     ) -> None:
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.registry = Registry()
