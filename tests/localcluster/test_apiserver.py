@@ -16,6 +16,7 @@ from test_apiserver_support import (
     WIDGET_CRD,
     Api,
     cm,
+    eventually,
     pod,
 )
 
@@ -373,6 +374,24 @@ async def test_gc_orphan_removes_owner_references(api: Api) -> None:
     await api.delete(f"{CM}/owner?propagationPolicy=Orphan")
     status, d = await api.get(f"{CM}/dep")
     assert status == 200 and "ownerReferences" not in d["metadata"]
+
+
+async def test_gc_deletes_dependents_created_after_their_owner_is_gone(api: Api, server: ApiServer) -> None:
+    server.gc_delay = 0.0
+    _, owner = await api.post(CM, cm("owner"))
+    await api.delete(f"{CM}/owner")
+    status, _ = await api.post(CM, owned("late", owner))
+    assert status == 201  # created, then collected by the garbage collector
+
+    async def gone() -> bool:
+        return (await api.get(f"{CM}/late"))[0] == 404
+
+    await eventually(gone, within=5)
+    _, other = await api.post(CM, cm("other-owner"))
+    await api.post(CM, owned("kept", other))
+    await api.post(CM, owned("late2", owner))
+    await eventually(lambda: server.store.find("", "configmaps", "late2", "default") is None)
+    assert (await api.get(f"{CM}/kept"))[0] == 200  # its owner exists: the collector left it alone
 
 
 async def test_delete_preconditions(api: Api) -> None:

@@ -197,6 +197,8 @@ class ApiServer:
         self._dependents: dict[str, set[tuple[tuple[str, str], str, str]]] = {}
         self._foreground: dict[str, tuple[tuple[str, str], str, str]] = {}  # owner uid -> owner ref
         self._service_ips = 0
+        self._uids: dict[str, tuple[tuple[str, str], str, str]] = {}  # uid -> (store key, namespace, name)
+        self.gc_delay = 0.2  # seconds before the garbage collector notices dangling owner references
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._bootstrap()
@@ -692,6 +694,11 @@ class ApiServer:
             obj = {**obj, "metadata": {**meta, "resourceVersion": str(self.store.next_rv())}}
         self.store.commit(info.store_key, ns, meta["name"], obj, etype, old)
         self._index_owners(info, ns, obj, old, etype)
+        uid = meta.get("uid", "")
+        if etype == "ADDED":
+            self._uids[uid] = (info.store_key, ns, meta["name"])
+        elif etype == "DELETED":
+            self._uids.pop(uid, None)
         return obj
 
     def _index_owners(self, info: ResourceInfo, ns: str, obj: dict[str, Any], old: dict[str, Any] | None,
@@ -792,7 +799,26 @@ class ApiServer:
             return obj
         obj = self._persist(info, ns, obj, "ADDED", None)
         self._after_create(info, ns, obj)
+        refs = obj["metadata"].get("ownerReferences") or []
+        if refs and not any(r.get("uid") in self._uids for r in refs):
+            self._collect_orphan_later(info, ns, obj["metadata"]["name"], obj["metadata"]["uid"])
         return obj
+
+    def _collect_orphan_later(self, info: ResourceInfo, ns: str, name: str, uid: str) -> None:
+        """The garbage collector deletes dependents whose owners are all gone (shortly, not inside the create)."""
+        def collect() -> None:
+            obj = self.store.get(info.store_key, ns, name)
+            if obj is None or obj["metadata"].get("uid") != uid or obj["metadata"].get("deletionTimestamp"):
+                return
+            refs = obj["metadata"].get("ownerReferences") or []
+            if refs and not any(r.get("uid") in self._uids for r in refs):
+                with contextlib.suppress(ApiError):
+                    self.delete_object(info, ns, name, {"propagationPolicy": "Background"})
+
+        try:
+            asyncio.get_running_loop().call_later(self.gc_delay, collect)
+        except RuntimeError:
+            collect()
 
     def _prepare_create(self, info: ResourceInfo, ns: str, obj: dict[str, Any]) -> None:
         key = info.store_key
