@@ -108,18 +108,48 @@ def _parse_json(text: str | None) -> Any:
         return None
 
 
-def _last_marker(log_tail: str | None) -> tuple[str, str, bool] | None:
-    """(nonce, JSON text, is the last non-empty line of the log) of the last report line."""
+def _marker_parts(line: str) -> tuple[str, int, int, str] | None:
+    """(nonce, piece number, pieces, text) of a report line; a one-piece line may omit `i/n`."""
+    if not line.startswith(_MARKER_PREFIX):
+        return None
+    nonce, _, rest = line[len(_MARKER_PREFIX) :].partition(" ")
+    if rest.startswith("{"):
+        return nonce, 1, 1, rest
+    numbering, _, body = rest.partition(" ")
+    index, _, total = numbering.partition("/")
+    if not (index.isdigit() and total.isdigit()) or not 1 <= int(index) <= int(total):
+        return None
+    return nonce, int(index), int(total), body
+
+
+def _last_marker(log_tail: str | None) -> tuple[str, str | None, bool] | None:
+    """(nonce, the joined JSON text or None when pieces are missing, whether a report line of that nonce
+    is the last non-empty line of the log) for the last report line of the log."""
     if not log_tail:
         return None
-    lines = log_tail.split("\n")
+    lines = [line.rstrip("\r") for line in log_tail.split("\n")]
     last_nonempty = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    found: tuple[str, int] | None = None
     for index in range(len(lines) - 1, -1, -1):
-        line = lines[index].rstrip("\r")
-        if line.startswith(_MARKER_PREFIX):
-            nonce, _, body = line[len(_MARKER_PREFIX) :].partition(" ")
-            return nonce, body, index == last_nonempty
-    return None
+        parts = _marker_parts(lines[index])
+        if parts is not None:
+            found = (parts[0], index)
+            break
+    if found is None:
+        return None
+    nonce, last_index = found
+    pieces: dict[int, str] = {}
+    total = 0
+    for line in lines:
+        parts = _marker_parts(line)
+        if parts is None or parts[0] != nonce:
+            continue
+        if total and parts[2] != total:
+            return nonce, None, last_index == last_nonempty
+        total = parts[2]
+        pieces.setdefault(parts[1], parts[3])
+    body = "".join(pieces[i] for i in range(1, total + 1)) if total and len(pieces) == total else None
+    return nonce, body, last_index == last_nonempty
 
 
 def _report_from(data: dict[str, Any], *, full: bool, source: Literal["terminationMessage", "logMarker"]
@@ -181,7 +211,7 @@ def parse_runner_report(
         nonce, body, _ = marker
         if nonce != summary["nonce"]:
             return None
-        full = _parse_json(body)
+        full = _parse_json(body)  # None when pieces are missing: the summary alone, without streams
         if not _valid_report_dict(full) or any(full[key] != summary[key] for key in _SUMMARY_KEYS):
             return _report_from(summary, full=False, source="terminationMessage")
         return _report_from(full, full=True, source="terminationMessage")
@@ -234,6 +264,19 @@ def sandbox_status(pod: Mapping[str, Any]) -> dict[str, Any] | None:
             if status.get("name") == name:
                 return status
     return statuses[0] if statuses else None
+
+
+def report_lines_expected(pod: Mapping[str, Any]) -> int | None:
+    """How many log lines the runner's full report takes, from its termination message (if any)."""
+    summary = _parse_json(_dig(sandbox_status(pod), "state", "terminated", "message"))
+    count = summary.get("reportLines") if isinstance(summary, dict) else None
+    return count if isinstance(count, int) and 0 < count < 100_000 else None
+
+
+def log_holds_full_report(log_tail: str | None) -> bool:
+    """Whether the log tail holds every piece of its last report (else read further back)."""
+    marker = _last_marker(log_tail)
+    return marker is not None and marker[1] is not None
 
 
 def _image_of(pod: Mapping[str, Any], status: Mapping[str, Any] | None) -> str:

@@ -29,7 +29,9 @@ from execution_operator.classify import (
     classify_finished_pod,
     classify_stuck_pod,
     classify_vanished_pod,
+    log_holds_full_report,
     pod_finished,
+    report_lines_expected,
 )
 from execution_operator.deadletters import DeadLetters
 from execution_operator.errors import ErrorInfo, ErrorType
@@ -54,7 +56,7 @@ Key = tuple[str, str]
 log = structlog.get_logger("execution_operator.controller")
 
 EXECUTIONS = "executions"
-LOG_TAIL_LINES = 8
+LOG_TAIL_LINES = 32
 #: The runtime copies stdout and stderr to the log apart, so up to a pipe's worth of the code's stderr
 #: can land after the runner's report line; when the short tail misses it, a longer one is read.
 LOG_TAIL_LINES_WIDE = 2000
@@ -468,9 +470,13 @@ class Controller:
     async def _observe_pod(self, ctx: _Ctx, attempt: int, pod: dict[str, Any]) -> None:
         spec, cls = ctx.require()
         if pod_finished(pod):
-            log_tail = await self._log_tail(ctx.key[0], pod["metadata"]["name"])
-            if log_tail is not None and "SANDBOX-REPORT " not in log_tail:
-                log_tail = await self._log_tail(ctx.key[0], pod["metadata"]["name"], LOG_TAIL_LINES_WIDE) or log_tail
+            # The report takes `reportLines` lines at the end of the log; other lines (a lagging
+            # stream) may sit between them, so read a margin more, and much more if pieces are missing.
+            lines = (report_lines_expected(pod) or 0) + LOG_TAIL_LINES
+            log_tail = await self._log_tail(ctx.key[0], pod["metadata"]["name"], lines)
+            if log_tail is not None and not log_holds_full_report(log_tail):
+                wide = max(LOG_TAIL_LINES_WIDE, 4 * lines)
+                log_tail = await self._log_tail(ctx.key[0], pod["metadata"]["name"], wide) or log_tail
             verdict = classify_finished_pod(pod, log_tail, cancel_requested=spec.cancel, attempt=attempt)
             if verdict.user_code_started_at and ctx.status.get("phase") != "Running":
                 await self._user_code_started(ctx, attempt, verdict.user_code_started_at)

@@ -365,7 +365,7 @@ def test_termination_message_is_a_bounded_summary(tmp_path: Path) -> None:
     summary = json.loads(res.termination_message)
     assert len(res.termination_message.encode()) < 4096
     assert set(summary) == {"v", "nonce", "success", "exitCode", "errorType", "exceptionType", "message",
-                            "userCodeStarted", "startedAt", "finishedAt", "durationSeconds"}
+                            "userCodeStarted", "startedAt", "finishedAt", "durationSeconds", "reportLines"}
     assert summary["errorType"] == "value_error" and len(summary["message"]) <= 512
     assert "\u2028" not in res.stdout.splitlines()[-1] and res.stdout.splitlines()[-1].startswith("SANDBOX-REPORT")
 

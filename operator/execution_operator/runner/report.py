@@ -149,9 +149,14 @@ def summary_of(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def encode_summary(report: dict[str, Any]) -> bytes:
-    """The termination message, always under TERMINATION_LIMIT bytes (the message shrinks if needed)."""
+def encode_summary(report: dict[str, Any], report_lines: int | None = None) -> bytes:
+    """The termination message, always under TERMINATION_LIMIT bytes (the message shrinks if needed).
+
+    `report_lines` tells the reader how many log lines the full report takes (see `marker_lines`).
+    """
     summary = summary_of(report)
+    if report_lines is not None:
+        summary["reportLines"] = report_lines
     data = compact_json(summary).encode()
     while len(data) > TERMINATION_LIMIT and summary["message"]:
         summary["message"] = summary["message"][: len(summary["message"]) // 2]
@@ -159,6 +164,23 @@ def encode_summary(report: dict[str, Any]) -> bytes:
     return data
 
 
+#: Characters of report JSON per log line: at most 16000 bytes in UTF-8, under the 16 KiB at which
+#: container runtimes split a log line (and another stream's lines may land between the pieces).
+REPORT_CHUNK_CHARS = 4000
+
+
+def marker_lines(report: dict[str, Any]) -> tuple[bytes, int]:
+    """The final stdout lines carrying the full report, and how many there are.
+
+    Each line is `SANDBOX-REPORT <nonce> <i>/<n> <piece of the JSON>`; the reader joins pieces 1..n.
+    """
+    text = compact_json(report)
+    pieces = [text[i : i + REPORT_CHUNK_CHARS] for i in range(0, len(text), REPORT_CHUNK_CHARS)] or [""]
+    total = len(pieces)
+    lines = "".join(f"{MARKER} {report['nonce']} {n}/{total} {piece}\n" for n, piece in enumerate(pieces, 1))
+    return lines.encode(), total
+
+
 def marker_line(report: dict[str, Any]) -> bytes:
-    """The final stdout line carrying the full report."""
-    return f"{MARKER} {report['nonce']} {compact_json(report)}\n".encode()
+    """All the report lines (see `marker_lines`)."""
+    return marker_lines(report)[0]

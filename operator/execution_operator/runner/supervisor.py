@@ -584,12 +584,13 @@ class Supervisor:
         }
         err.end_line()
         out.end_line()
-        if not _write_all(1, r.marker_line(report)):
+        lines, count = r.marker_lines(report)
+        if not _write_all(1, lines):
             return r.SUPERVISOR_FAILURE_EXIT
         if self.config.termination_log:
             try:
                 with open(self.config.termination_log, "wb") as fh:
-                    fh.write(r.encode_summary(report))
+                    fh.write(r.encode_summary(report, report_lines=count))
             except OSError:
                 return r.SUPERVISOR_FAILURE_EXIT
         return 0 if outcome.success else 1
