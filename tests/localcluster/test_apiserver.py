@@ -417,6 +417,8 @@ async def test_namespace_lifecycle_default_sa_and_cascade(api: Api) -> None:
     assert (await api.get("/api/v1/namespaces/team/configmaps/a"))[0] == 404
     status, body = await api.post("/api/v1/namespaces/team/configmaps", cm("new"))
     assert status == 403 and "being terminated" in body["message"]
+    await api.patch("/api/v1/namespaces/team", {"metadata": {"labels": {"x": "y"}}})
+    assert (await api.get("/api/v1/namespaces/team"))[0] == 200  # still terminating: content remains
     await api.patch("/api/v1/namespaces/team/configmaps/held", {"metadata": {"finalizers": None}})
     assert (await api.get("/api/v1/namespaces/team"))[0] == 404
     _, nss = await api.get("/api/v1/namespaces")

@@ -49,6 +49,8 @@ DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease"
 FOREGROUND = "foregroundDeletion"
 ORPHAN = "orphan"
 TERMINAL_PHASES = ("Succeeded", "Failed")
+# Kinds whose deletion finishes when their contents are gone, not when finalizers empty.
+_SELF_FINALIZING = {("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions")}
 
 
 def now_rfc3339() -> str:
@@ -1075,7 +1077,7 @@ class ApiServer:
         if dry_run:
             return new
         if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers") \
-                and not self._awaiting_node(info, new):
+                and not self._awaiting_node(info, new) and info.store_key not in _SELF_FINALIZING:
             return self._remove(info, ns, new, old)
         new = self._persist(info, ns, new, "MODIFIED", old)
         if info.store_key == ("apiextensions.k8s.io", "customresourcedefinitions"):
