@@ -311,10 +311,11 @@ async def test_fault_injection_429_with_retry_after_and_times(api: Api, server: 
 async def test_fault_injection_by_name_and_delay_over_http(api: Api, server: ApiServer) -> None:
     await api.post(CM, cm("a"))
     await api.post(CM, cm("b"))
-    status, _ = await api.post("/debug/faults", [{"method": "PATCH", "resource": "configmaps", "name_pattern": "b",
+    status, _ = await api.post("/debug/faults", [{"method": "PATCH", "resource": "configmaps", "namePattern": "b",
                                                   "status": 500}, {"verb": "get", "resource": "configmaps",
                                                                     "delay": 0.3, "times": 1}])
     assert status == 201
+    assert (await api.post("/debug/faults", {"bogus": 1}))[0] == 400
     assert (await api.patch(f"{CM}/a", {"data": {"x": "1"}}))[0] == 200
     status, body = await api.patch(f"{CM}/b", {"data": {"x": "1"}})
     assert status == 500 and body["reason"] == "InternalError"

@@ -367,7 +367,12 @@ class ApiServer:
                 rules = body if isinstance(body, list) else [body]
                 fields = set(FaultRule.__dataclass_fields__) - {"hits"}
                 for r in rules:
-                    self.faults.add(FaultRule(**{k: v for k, v in r.items() if k in fields}))
+                    # snake_case as in FaultRule, or camelCase (namePattern, retryAfter)
+                    snake = {re.sub(r"(?<!^)([A-Z])", r"_\1", k).lower(): v for k, v in r.items()}
+                    unknown = set(snake) - fields
+                    if unknown:
+                        raise ApiError(400, f"unknown fault rule fields: {sorted(unknown)}", "BadRequest")
+                    self.faults.add(FaultRule(**snake))
                 return self._json({"rules": [r.to_dict() for r in self.faults.rules]}, status=201)
             if request.method == "DELETE":
                 self.faults.clear()
