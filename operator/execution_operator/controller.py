@@ -556,6 +556,9 @@ class Controller:
             if not launched and "attempts" not in patch:
                 patch["attempts"] = st._attempts_with(ctx.status, attempt, completionTime=ctx.now,
                                                       errorType=str(error.type) if error else None)
+            if error is not None and error.type == ErrorType.SERVICE_UNAVAILABLE:
+                patch["conditions"] = st.condition(patch["conditions"], "Launched", "False", "CircuitOpen",
+                                                   error.message, ctx.now, ctx.generation)
             updated = await self._patch_status(ctx.key, ctx.body, patch)
             outcome = "succeeded" if verdict.success else ("cancelled" if patch["phase"] == "Cancelled" else "failed")
             duration = _duration(updated)

@@ -21,6 +21,7 @@ from execution_operator.breaker import (
     RESET_ANNOTATION,
     BreakerState,
     CircuitState,
+    ControlMode,
     Transition,
     format_time,
     parse_mode,
@@ -133,11 +134,17 @@ class Gates:
         # before retryAt, be refused again and spend a retry attempt for nothing.
         retry_at = format_time(admission.retry_at + timedelta(microseconds=999_999)) if admission.retry_at else None
         state = admission.new_state
-        why = f"last failure {state.last_failure.type}" if state.last_failure else "forced open"
-        message = (
-            f'ExecutionClass "{class_name}" circuit is open ({why}, {state.failure_count} infrastructure '
-            f"failures); no launch until {retry_at or 'it closes'}"
-        )
+        if state.forced == ControlMode.FORCE_OPEN:
+            message = (
+                f'ExecutionClass "{class_name}" circuit is forced open by the annotation {MODE_ANNOTATION}; '
+                "no launch until it is set to auto or force-closed"
+            )
+        else:
+            why = f"last failure {state.last_failure.type}" if state.last_failure else "open"
+            message = (
+                f'ExecutionClass "{class_name}" circuit is open ({why}, {state.failure_count} infrastructure '
+                f"failures); no launch until {retry_at or 'it closes'}"
+            )
         if retry_at:
             self._schedule_sync(class_name, admission.retry_at)
         return GateAdmission(allowed=False, message=message, retry_at=retry_at)
