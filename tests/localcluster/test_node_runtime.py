@@ -501,11 +501,13 @@ def sandbox_pod(name: str, code: str, *, timeout: int = 30, memory: str = "256Mi
 
 def _report(harness: Harness, pod: dict[str, Any], final: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(termination summary, full report) after checking that their nonces agree."""
+    from execution_operator.classify import parse_runner_report
+
     summary = json.loads(terminated(final)["message"])
-    report_lines = [ln["log"] for ln in harness.log_lines(pod) if ln["log"].startswith("SANDBOX-REPORT ")]
-    _, nonce, body = report_lines[-1].rstrip("\n").split(" ", 2)
-    assert nonce == summary["nonce"]
-    return summary, json.loads(body)
+    log = "".join(ln["log"] for ln in harness.log_lines(pod))
+    report = parse_runner_report(terminated(final)["message"], log, terminated(final)["exitCode"])
+    assert report is not None and report.full and report.nonce == summary["nonce"]
+    return summary, {"output": report.output, "stdout": report.stdout}
 
 
 async def test_runner_success_end_to_end(harness: Harness) -> None:
