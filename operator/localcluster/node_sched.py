@@ -7,43 +7,13 @@ development machine. That is a deliberate simplification of the real scheduler.
 
 from __future__ import annotations
 
-import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
-_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-_DECIMAL = {
-    "n": Decimal("1e-9"),
-    "u": Decimal("1e-6"),
-    "m": Decimal("1e-3"),
-    "": Decimal(1),
-    "k": Decimal("1e3"),
-    "M": Decimal("1e6"),
-    "G": Decimal("1e9"),
-    "T": Decimal("1e12"),
-    "P": Decimal("1e15"),
-    "E": Decimal("1e18"),
-}
-_QUANTITY_RE = re.compile(r"^([+-]?[0-9.]+)([eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]?)$")
+from execution_operator.quantity import parse_quantity
 
-
-def parse_quantity(value: Any) -> Decimal:
-    """Parse a Kubernetes resource quantity (`128Mi`, `500m`, `1e3`, 2) into a Decimal of base units."""
-    if isinstance(value, int | float):
-        return Decimal(str(value))
-    match = _QUANTITY_RE.match(str(value).strip())
-    if not match:
-        raise ValueError(f"invalid quantity {value!r}")
-    try:
-        number = Decimal(match.group(1))
-    except InvalidOperation as exc:
-        raise ValueError(f"invalid quantity {value!r}") from exc
-    suffix = match.group(2)
-    if suffix in _BINARY:
-        return number * _BINARY[suffix]
-    if suffix[:1] in ("e", "E"):
-        return number * (Decimal(10) ** int(suffix[1:]))
-    return number * _DECIMAL[suffix]
+# The same quantity arithmetic as the operator's (re-exported for the node's modules).
+__all__ = ["match_label_selector", "parse_quantity", "pod_requests", "unschedulable_message"]
 
 
 def pod_requests(pod: dict[str, Any]) -> dict[str, Decimal]:
