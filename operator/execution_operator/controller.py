@@ -559,6 +559,14 @@ class Controller:
             if error is not None and error.type == ErrorType.SERVICE_UNAVAILABLE:
                 patch["conditions"] = st.condition(patch["conditions"], "Launched", "False", "CircuitOpen",
                                                    error.message, ctx.now, ctx.generation)
+            dead_letter = None
+            if patch["phase"] == "Failed":
+                # The DeadLetter first, so its name goes into the same (terminal) status write; after a
+                # crash in between, the same decision finds it again (its name comes from the uid).
+                ended = dict(ctx.body, status={**ctx.status, **{k: v for k, v in patch.items() if v is not None}})
+                dead_letter = await self._record_dead_letter(ended)
+                if dead_letter:
+                    patch["deadLetterName"] = dead_letter
             updated = await self._patch_status(ctx.key, ctx.body, patch)
             outcome = "succeeded" if verdict.success else ("cancelled" if patch["phase"] == "Cancelled" else "failed")
             duration = _duration(updated)
@@ -568,7 +576,8 @@ class Controller:
                 self._event(updated, "Normal", "Succeeded", f"Attempt {attempt} succeeded")
             else:
                 assert error is not None
-                self._event(updated, "Warning", patch["phase"], f"{error.type}: {error.message}")
+                kept = f" (kept in DeadLetter {dead_letter})" if dead_letter else ""
+                self._event(updated, "Warning", patch["phase"], f"{error.type}: {error.message}{kept}")
             log.info("finished", namespace=ctx.key[0], execution=ctx.key[1], attempt=attempt,
                      correlation_id=ctx.correlation_id, phase=patch["phase"],
                      error_type=str(error.type) if error else None)
@@ -603,12 +612,8 @@ class Controller:
         spec = body.get("spec") or {}
         await self._stop_leftover_pod(key[0], status.get("podName"))
         if status.get("phase") == "Failed" and not status.get("deadLetterName") and self.dead_letters:
-            policy = DeadLetterPolicy.ALL
-            cls_body = self.classes.get(str(spec.get("executionClassName") or "default"))
-            if cls_body is not None:
-                with contextlib.suppress(pydantic.ValidationError):
-                    policy = ExecutionClassSpec.model_validate(cls_body.get("spec") or {}).dead_letter
-            name = await self.dead_letters.record(body, policy)
+            # Only for Executions that ended before DeadLetters were recorded with the terminal write.
+            name = await self._record_dead_letter(body)
             if name:
                 body = await self._patch_status(key, body, {"deadLetterName": name})
                 self._event(body, "Warning", "DeadLettered", f"Copied to DeadLetter {name}")
@@ -641,6 +646,17 @@ class Controller:
             )
         except ApiError:
             return None
+
+    async def _record_dead_letter(self, body: Mapping[str, Any]) -> str | None:
+        """Copy a failed Execution into its DeadLetter when its class's policy wants one."""
+        if self.dead_letters is None:
+            return None
+        policy = DeadLetterPolicy.ALL
+        cls_body = self.classes.get(str((body.get("spec") or {}).get("executionClassName") or "default"))
+        if cls_body is not None:
+            with contextlib.suppress(pydantic.ValidationError):
+                policy = ExecutionClassSpec.model_validate(cls_body.get("spec") or {}).dead_letter
+        return await self.dead_letters.record(body, policy)
 
     async def _stop_leftover_pod(self, namespace: str, name: str | None) -> None:
         """Delete a pod that should no longer run (cancelled, timed out pending, superseded by a new
