@@ -7,6 +7,7 @@ Without it, the suite starts the local cluster and the operator as subprocesses.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -26,6 +27,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterHandle]
     if kubectl_binary() is None:
         pytest.skip("kubectl not found: run `make tools` (hack/get-tools.sh)")
     if E2E_KUBECONFIG:
+        # The chart installed `default`; the suite also needs `small` (a low maxTimeoutSeconds).
+        small = {
+            "apiVersion": "sandbox.dev/v1alpha1", "kind": "ExecutionClass", "metadata": {"name": "small"},
+            "spec": {"image": SANDBOX_IMAGE, "maxTimeoutSeconds": 10, "pendingTimeoutSeconds": 120},
+        }
+        Kube(E2E_KUBECONFIG).run("apply", "-f", "-", input=json.dumps(small), namespaced=False)
         yield ClusterHandle(kubeconfig=E2E_KUBECONFIG, local=False)
         return
     handle = start_local_cluster(tmp_path_factory.mktemp("localcluster"))
