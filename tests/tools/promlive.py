@@ -364,7 +364,8 @@ def _state_timeline(series: list[tuple[str, list[tuple[float, float]]]], w: int,
     return "".join(parts)
 
 
-def render_html(prom: Prometheus, start: float, end: float, step: float = 1.0) -> str:
+def render_html(prom: Prometheus, start: float, end: float, step: float = 1.0,
+                source: str = "synthetic operator workload") -> str:
     """The dashboard's panels laid out on its grid, each drawn from its own queries' range results."""
     board = dash.build_dashboard()
     cells = []
@@ -406,7 +407,7 @@ header small {{ color:#9fa7b3; margin-left:12px; font-size:11px; }}
 .stat {{ font-size:48px; color:#73bf69; text-align:center; margin-top:50px; }}
 </style></head><body>
 <header>{html.escape(board["title"])}<small>datasource = Prometheus (loopback), namespace = All, class = All;
-data: synthetic operator workload; drawn from Prometheus query_range results of the dashboard's queries</small>
+data: {html.escape(source)}; drawn from Prometheus query_range results of the dashboard's queries</small>
 </header><div class="grid">{"".join(cells)}</div></body></html>"""
 
 
@@ -433,17 +434,82 @@ def screenshot(html_path: Path, png_path: Path, width: int = 1400, height: int |
         )  # fmt: skip
 
 
+OPERATOR_WORKLOAD = {
+    "ok": "print('hello')\nresult = {'ok': True}",
+    "value-error": "raise ValueError('bad row')",
+    "division": "1 / 0",
+    "flaky": "import os\nif os.environ['SANDBOX_ATTEMPT'] == '1':\n    raise ConnectionError('flaky upstream')",
+    "slow": "import time\ntime.sleep(3)",
+}
+
+
+@contextlib.contextmanager
+def operator_stack(prometheus: str, seconds: float) -> Iterator[Prometheus]:
+    """The local cluster, the real operator, Prometheus scraping it, and a mixed workload of Executions
+    (successes, user errors, a retried flaky call, and a class with a broken image that trips its breaker)."""
+    import uuid
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repo root
+    from tests.e2e.kube import Kube
+    from tests.e2e.procs import OperatorProcess, start_local_cluster, stop_process
+
+    with tempfile.TemporaryDirectory(prefix="dash-") as tmp:
+        cluster = start_local_cluster(Path(tmp))
+        op = OperatorProcess(cluster.kubeconfig, Path(tmp) / "operator.log")
+        try:
+            op.start()
+            kube = Kube(cluster.kubeconfig)
+            broken = {"apiVersion": "sandbox.dev/v1alpha1", "kind": "ExecutionClass",
+                      "metadata": {"name": "broken-registry"},
+                      "spec": {"image": "registry.invalid/sandbox:missing", "pendingTimeoutSeconds": 2,
+                               "circuitBreaker": {"failureThreshold": 2, "openSeconds": 8, "successThreshold": 1}}}
+            kube.run("apply", "-f", "-", input=json.dumps(broken), namespaced=False)
+            for team in ("team-a", "team-b"):
+                kube.run("create", "namespace", team, namespaced=False)
+            with Prometheus([f"127.0.0.1:{op.metrics_port}"], binary=prometheus) as prom:
+                prom.wait_for(prom.targets_up, 30, "operator metrics target never came up")
+                deadline = time.monotonic() + seconds
+                round_ = 0
+                while time.monotonic() < deadline:
+                    items = []
+                    for team in ("team-a", "team-b"):
+                        for kind, code in OPERATOR_WORKLOAD.items():
+                            items.append({"apiVersion": "sandbox.dev/v1alpha1", "kind": "Execution",
+                                          "metadata": {"name": f"{kind}-{uuid.uuid4().hex[:6]}", "namespace": team},
+                                          "spec": {"code": code, "retry": {"maxAttempts": 2, "backoffSeconds": 1}}})
+                        if round_ % 2 == 0:
+                            items.append({"apiVersion": "sandbox.dev/v1alpha1", "kind": "Execution",
+                                          "metadata": {"name": f"pull-{uuid.uuid4().hex[:6]}", "namespace": team},
+                                          "spec": {"code": "print(1)", "executionClassName": "broken-registry"}})
+                    kube.run("create", "-f", "-", input="\n---\n".join(json.dumps(i) for i in items),
+                             namespaced=False)
+                    round_ += 1
+                    time.sleep(3)  # pacing the workload, not synchronising
+                yield prom
+        finally:
+            op.stop()
+            stop_process(cluster.process)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--screenshot", type=Path, required=True, help="PNG to write")
     parser.add_argument("--html", type=Path, help="also keep the rendered HTML here")
     parser.add_argument("--seconds", type=float, default=40.0, help="how long to collect samples")
     parser.add_argument("--prometheus", default=shutil.which("prometheus") or "prometheus")
+    parser.add_argument("--operator", action="store_true",
+                        help="scrape the real operator on the local cluster running a mixed workload")
     args = parser.parse_args(argv)
-    with live_stack(args.prometheus) as (prom, _workload):
+    if args.operator:
         start = time.time()
-        time.sleep(args.seconds)  # collecting data for the picture, not synchronising
-        page = render_html(prom, start, time.time())
+        with operator_stack(args.prometheus, args.seconds) as prom:
+            page = render_html(prom, start, time.time(), step=2.0,
+                               source="the real operator on the local cluster, mixed workload")
+    else:
+        with live_stack(args.prometheus) as (prom, _workload):
+            start = time.time()
+            time.sleep(args.seconds)  # collecting data for the picture, not synchronising
+            page = render_html(prom, start, time.time())
     with tempfile.TemporaryDirectory() as tmp:
         html_path = args.html or Path(tmp) / "dashboard.html"
         html_path.write_text(page, encoding="utf-8")
