@@ -212,4 +212,18 @@ def prepare_python_runtime(runtime_dir: Path) -> Path:
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(real_python)
+    precompile_runner()
     return bin_dir
+
+
+def precompile_runner() -> None:
+    """Write the runner's bytecode next to its source, as installing the image's wheel would.
+
+    The sandbox sees the source read-only and may run with PYTHONDONTWRITEBYTECODE, so without this
+    every pod would compile the runner again (about 10 ms of CPU each).
+    """
+    import compileall
+
+    package = project_source_root() / "execution_operator"
+    compileall.compile_file(str(package / "__init__.py"), quiet=2)
+    compileall.compile_dir(str(package / "runner"), quiet=2)
