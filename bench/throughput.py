@@ -179,14 +179,15 @@ def operator_writes(metrics_text: str) -> float:
     return total
 
 
-async def apiserver_writes(client: KubeClient, since: int) -> tuple[int, dict[str, int]]:
+async def apiserver_writes(client: KubeClient, since: int, agent: str = "execution-operator"
+                           ) -> tuple[int, dict[str, int]]:
     try:
         log = await client.get("/debug/requests", {"since": str(since)})
     except ApiError:
         return -1, {}
     by_kind: dict[str, int] = {}
     for rec in log.get("items", []):
-        if rec.get("user_agent", "").startswith("execution-operator") and rec.get("verb") in (
+        if rec.get("user_agent", "").startswith(agent) and rec.get("verb") in (
             "create", "update", "patch", "delete"
         ):
             key = f"{rec['verb']} {rec.get('resource')}{'/' + rec['subresource'] if rec.get('subresource') else ''}"
@@ -249,6 +250,10 @@ async def bench(args: argparse.Namespace, kubeconfig: str, op: OperatorProcess |
         writes = operator_writes(op.metrics_text()) - writes_before
         print(f"operator API writes:         {writes:.0f} total, {writes / max(succeeded, 1):.2f} per successful "
               "Execution (operator metrics)")
+    node_total, node_kinds = await apiserver_writes(client, log_start, agent="kubelet/")
+    if node_total >= 0:
+        print(f"local node API writes:       {node_total / max(succeeded, 1):.2f} per Execution: "
+              f"{json.dumps(node_kinds, sort_keys=True)}")
     total, by_kind = await apiserver_writes(client, log_start)
     if total >= 0:
         print(f"operator API writes:         {total} total, {total / max(succeeded, 1):.2f} per successful "

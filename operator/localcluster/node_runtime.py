@@ -59,6 +59,8 @@ FALLBACK_LOG_LINES = 80
 LOG_LINE_MAX = 16 * 1024
 PUMP_DRAIN_SECONDS = 5.0
 DATA_LIMIT_SLACK = 1 << 30
+#: Niceness of container processes (0 disables): the control plane on the same machine goes first.
+CONTAINER_NICENESS = int(os.environ.get("LOCALCLUSTER_CONTAINER_NICENESS", "10"))
 SANDBOX_RUNTIME_DIR = "/.localcluster/runtime"
 SANDBOX_SOURCE_DIR = "/.localcluster/src"
 CONTAINER_STATUS_UNKNOWN_MESSAGE = "The container could not be located when the pod was terminated"
@@ -825,6 +827,11 @@ class PodWorker:
             limit_bytes = int(parse_quantity(limit))
             data = max(4 * limit_bytes, limit_bytes + DATA_LIMIT_SLACK)
             args = [prlimit, f"--data={data}", "--", *args]
+        nice = shutil.which("nice")
+        if nice and CONTAINER_NICENESS:
+            # Like a kubelet's system-reserved CPU: containers yield to the control plane (API server,
+            # node, operator) sharing this machine, so a burst of pods cannot starve it.
+            args = [nice, "-n", str(CONTAINER_NICENESS), *args]
         return args + argv, env
 
     def _termination_file(self, name: str) -> Path:
