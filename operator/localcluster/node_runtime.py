@@ -828,7 +828,7 @@ class PodWorker:
             data = max(4 * limit_bytes, limit_bytes + DATA_LIMIT_SLACK)
             args = [prlimit, f"--data={data}", "--", *args]
         nice = shutil.which("nice")
-        if nice and CONTAINER_NICENESS:
+        if nice and CONTAINER_NICENESS and shutil.which(self.config.bwrap):  # a missing bwrap is a StartError
             # Like a kubelet's system-reserved CPU: containers yield to the control plane (API server,
             # node, operator) sharing this machine, so a burst of pods cannot starve it.
             args = [nice, "-n", str(CONTAINER_NICENESS), *args]
