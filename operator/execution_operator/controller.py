@@ -98,6 +98,23 @@ def _execution_owner(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
+def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """What the controller needs of a pod: identity, owner, images, status (not the payload annotations)."""
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp",
+                                          "deletionTimestamp", "labels", "ownerReferences") if k in meta},
+        "spec": {
+            "nodeName": spec.get("nodeName"),
+            "containers": [{"name": c.get("name"), "image": c.get("image")} for c in spec.get("containers") or []],
+        },
+        "status": pod.get("status") or {},
+    }
+
+
 def container_started_at(pod: Mapping[str, Any]) -> str | None:
     for cs in pod.get("status", {}).get("containerStatuses") or []:
         state = cs.get("state") or {}
@@ -163,17 +180,20 @@ class Controller:
     async def on_pod_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
         meta = body.get("metadata", {})
         pkey = (meta.get("namespace", ""), meta.get("name", ""))
+        owner = _execution_owner(body)
+        key = (pkey[0], owner or "")
+        # Pods of finished Executions are not kept: the cache holds only what a decision may need.
+        keep = owner is not None and key not in self.finished
         if event_type == "DELETED":
             self.pods.pop(pkey, None)
-            self.vanished[pkey] = dict(body)
-        else:
+            if keep:
+                self.vanished[pkey] = slim_pod(body)
+        elif keep:
             current = self.pods.get(pkey)
             if current is None or _rv(body) >= _rv(current):
-                self.pods[pkey] = dict(body)
-        owner = _execution_owner(body)
+                self.pods[pkey] = slim_pod(body)
         if owner is None:
             return
-        key = (pkey[0], owner)
         if key in self.executions:
             await self.reconcile(key)
         if event_type == "DELETED" or pod_finished(body):
@@ -371,7 +391,7 @@ class Controller:
         pod = self.pods.get(pod_key)
         if pod is None and pod_key not in self.vanished:
             try:
-                pod = await self.client.get(path_for("v1", "pods", *pod_key))
+                pod = slim_pod(await self.client.get(path_for("v1", "pods", *pod_key)))
                 self.pods[pod_key] = pod
             except ApiError as exc:
                 if not exc.not_found:
@@ -452,7 +472,7 @@ class Controller:
             raise
         pod_key = (namespace, pod["metadata"]["name"])
         if pod_key not in self.pods or _rv(pod) >= _rv(self.pods[pod_key]):
-            self.pods[pod_key] = pod
+            self.pods[pod_key] = slim_pod(pod)
         self.vanished.pop(pod_key, None)
         patch = st.launched(ctx.status, attempt=attempt, pod=pod_key[1], now=ctx.now, generation=ctx.generation,
                             correlation_id=ctx.correlation_id)
@@ -611,6 +631,10 @@ class Controller:
         status = body.get("status") or {}
         spec = body.get("spec") or {}
         await self._stop_leftover_pod(key[0], status.get("podName"))
+        for record in status.get("attempts") or []:
+            if record.get("podName"):
+                self.pods.pop((key[0], str(record["podName"])), None)
+                self.vanished.pop((key[0], str(record["podName"])), None)
         if status.get("phase") == "Failed" and not status.get("deadLetterName") and self.dead_letters:
             # Only for Executions that ended before DeadLetters were recorded with the terminal write.
             name = await self._record_dead_letter(body)
