@@ -239,3 +239,19 @@ async def test_invalid_class_fails_without_launching(api: tuple[ApiServer, KubeC
     assert status["error"]["type"] == "validation_error"
     assert 'ExecutionClass "missing" does not exist' in status["error"]["message"]
     assert await pods(client) == []
+
+
+async def test_finished_executions_leave_no_pods_in_memory(api: tuple[ApiServer, KubeClient]) -> None:
+    server, client = api
+    controller = Controller(operator_client(client))
+    body = await create_execution(client, "forget")
+    await controller.on_execution_event(body, "ADDED")
+    (pod,) = await pods(client)
+    assert "sandbox.dev/code" not in controller.pods[(NS, pod["metadata"]["name"])]["metadata"].get(
+        "annotations", {}), "the cached pod is a slim view without the payload"
+    finished = await finish_pod(server, client, pod, {"success": True, "exitCode": 0}, exit_code=0)
+    await controller.on_pod_event(finished, "MODIFIED")
+    assert controller.pods == {} and controller.executions == {}
+    await controller.on_pod_event(finished, "MODIFIED")  # a late event about the same pod
+    await controller.on_pod_event(finished, "DELETED")
+    assert controller.pods == {} and controller.vanished == {}
