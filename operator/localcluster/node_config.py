@@ -213,36 +213,24 @@ async def container_env(
             env[name] = field_ref_value(pod, source["fieldRef"].get("fieldPath", ""), host_ip)
         elif "resourceFieldRef" in source:
             env[name] = resource_field_value(pod, container.get("name"), source["resourceFieldRef"])
-        elif "configMapKeyRef" in source:
-            ref = source["configMapKeyRef"]
-            cm = await lookups.get_configmap(namespace, ref.get("name", ""))
-            if cm is None:
+        elif "configMapKeyRef" in source or "secretKeyRef" in source:
+            is_cm = "configMapKeyRef" in source
+            ref = source["configMapKeyRef" if is_cm else "secretKeyRef"]
+            ref_name = ref.get("name", "")
+            obj = await (lookups.get_configmap if is_cm else lookups.get_secret)(namespace, ref_name)
+            if obj is None:
                 if ref.get("optional"):
                     continue
-                raise ContainerConfigError(f'configmap "{ref.get("name", "")}" not found')
-            data = _configmap_data(cm)
+                raise ContainerConfigError(f'{"configmap" if is_cm else "secret"} "{ref_name}" not found')
+            data = _configmap_data(obj) if is_cm else _secret_data(obj)
             if ref.get("key") not in data:
                 if ref.get("optional"):
                     continue
                 raise ContainerConfigError(
-                    f"couldn't find key {ref.get('key')} in ConfigMap {namespace}/{ref.get('name')}"
+                    f"couldn't find key {ref.get('key')} in {'ConfigMap' if is_cm else 'Secret'} "
+                    f"{namespace}/{ref_name}"
                 )
             env[name] = data[ref["key"]].decode(errors="replace")
-        elif "secretKeyRef" in source:
-            ref = source["secretKeyRef"]
-            secret = await lookups.get_secret(namespace, ref.get("name", ""))
-            if secret is None:
-                if ref.get("optional"):
-                    continue
-                raise ContainerConfigError(f'secret "{ref.get("name", "")}" not found')
-            sdata = _secret_data(secret)
-            if ref.get("key") not in sdata:
-                if ref.get("optional"):
-                    continue
-                raise ContainerConfigError(
-                    f"couldn't find key {ref.get('key')} in Secret {namespace}/{ref.get('name')}"
-                )
-            env[name] = sdata[ref["key"]].decode(errors="replace")
     return env
 
 
