@@ -8,28 +8,87 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from localcluster.cluster import LocalCluster
 
 
+async def _node_ready(url: str, node_proc: asyncio.subprocess.Process, deadline: float) -> None:
+    """Wait until the node process has registered a Ready Node (or fail if it exits)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        while True:
+            if node_proc.returncode is not None:
+                raise RuntimeError(f"the local node exited with {node_proc.returncode}")
+            try:
+                async with session.get(f"{url}/api/v1/nodes") as response:
+                    items = (await response.json()).get("items") or []
+                    if any(c.get("type") == "Ready" and c.get("status") == "True"
+                           for n in items for c in (n.get("status") or {}).get("conditions") or []):
+                        return
+            except aiohttp.ClientError:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError("the local node did not register within 60 s")
+            await asyncio.sleep(0.1)
+
+
 async def _up(args: argparse.Namespace) -> int:
+    # By default the node runs in its own process, as a kubelet does: the API server and the node then
+    # use a core each instead of sharing one event loop.
+    separate_node = not args.no_node and not args.in_process_node
     cluster = LocalCluster(
         Path(args.state_dir),
         port=args.port,
         host=args.host,
         kubeconfig=args.kubeconfig,
-        with_node=not args.no_node,
+        with_node=not args.no_node and not separate_node,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await cluster.start()
-    print(f"localcluster ready: KUBECONFIG={cluster.kubeconfig_path}", flush=True)
+    node_proc = None
+    try:
+        if separate_node:
+            node_proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "localcluster", "node", "--api-url", cluster.url,
+                "--state-dir", str(cluster.state_dir), "--log-level", args.log_level,
+            )
+            await _node_ready(cluster.url, node_proc, loop.time() + 60)
+        print(f"localcluster ready: KUBECONFIG={cluster.kubeconfig_path}", flush=True)
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
+        if node_proc is not None:
+            waiters.append(asyncio.ensure_future(node_proc.wait()))
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+    finally:
+        if node_proc is not None and node_proc.returncode is None:
+            node_proc.terminate()
+            try:
+                await asyncio.wait_for(node_proc.wait(), 30)
+            except TimeoutError:
+                node_proc.kill()
+        await cluster.stop()
+    return 0 if node_proc is None or node_proc.returncode in (0, -signal.SIGTERM) else 1
+
+
+async def _node(args: argparse.Namespace) -> int:
+    from localcluster.node import LocalNode
+
+    node = LocalNode(args.api_url, Path(args.state_dir))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
     try:
         await stop.wait()
     finally:
-        await cluster.stop()
+        await node.stop()
     return 0
 
 
@@ -42,12 +101,20 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--kubeconfig", default=None, help="where to write the kubeconfig (default STATE_DIR/kubeconfig)")
     up.add_argument("--no-node", action="store_true", help="run only the API server")
+    up.add_argument("--in-process-node", action="store_true",
+                    help="run the node in the API server's process instead of its own")
     up.add_argument("--log-level", default="WARNING")
+    node = sub.add_parser("node", help="run only the local node against an API server")
+    node.add_argument("--api-url", required=True)
+    node.add_argument("--state-dir", default=".localcluster")
+    node.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "up":
         return asyncio.run(_up(args))
+    if args.command == "node":
+        return asyncio.run(_node(args))
     return 2
 
 
