@@ -297,7 +297,10 @@ def main() -> None:
         if op and op.process:
             args.pids["operator"] = op.process.pid
         if cluster and cluster.process:
-            args.pids["local cluster"] = cluster.process.pid
+            args.pids["API server"] = cluster.process.pid
+            for child in Path(f"/proc/{cluster.process.pid}/task/{cluster.process.pid}/children").read_text().split():
+                if b"localcluster\x00node" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    args.pids["local node"] = int(child)
         try:
             asyncio.run(bench(args, kubeconfig, op))
         finally:
