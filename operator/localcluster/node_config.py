@@ -173,6 +173,19 @@ def _configmap_data(cm: dict[str, Any]) -> dict[str, bytes]:
     return out
 
 
+async def _referenced_data(
+    lookups: Lookups, namespace: str, ref: dict[str, Any], is_configmap: bool
+) -> dict[str, bytes] | None:
+    """The data of the ConfigMap or Secret `ref` names; None when it is missing but optional."""
+    name = ref.get("name", "")
+    obj = await (lookups.get_configmap if is_configmap else lookups.get_secret)(namespace, name)
+    if obj is None:
+        if ref.get("optional"):
+            return None
+        raise ContainerConfigError(f'{"configmap" if is_configmap else "secret"} "{name}" not found')
+    return _configmap_data(obj) if is_configmap else _secret_data(obj)
+
+
 async def container_env(
     pod: dict[str, Any],
     container: dict[str, Any],
@@ -185,23 +198,10 @@ async def container_env(
     env: dict[str, str] = dict(base)
     for source in container.get("envFrom") or []:
         prefix = source.get("prefix") or ""
-        if "configMapRef" in source:
-            ref = source["configMapRef"]
-            cm = await lookups.get_configmap(namespace, ref.get("name", ""))
-            if cm is None:
-                if ref.get("optional"):
-                    continue
-                raise ContainerConfigError(f'configmap "{ref.get("name", "")}" not found')
-            for key, raw in _configmap_data(cm).items():
-                env[prefix + key] = raw.decode(errors="replace")
-        elif "secretRef" in source:
-            ref = source["secretRef"]
-            secret = await lookups.get_secret(namespace, ref.get("name", ""))
-            if secret is None:
-                if ref.get("optional"):
-                    continue
-                raise ContainerConfigError(f'secret "{ref.get("name", "")}" not found')
-            for key, raw in _secret_data(secret).items():
+        if "configMapRef" in source or "secretRef" in source:
+            is_cm = "configMapRef" in source
+            data = await _referenced_data(lookups, namespace, source["configMapRef" if is_cm else "secretRef"], is_cm)
+            for key, raw in (data or {}).items():
                 env[prefix + key] = raw.decode(errors="replace")
     for var in container.get("env") or []:
         name = var.get("name", "")
@@ -217,12 +217,9 @@ async def container_env(
             is_cm = "configMapKeyRef" in source
             ref = source["configMapKeyRef" if is_cm else "secretKeyRef"]
             ref_name = ref.get("name", "")
-            obj = await (lookups.get_configmap if is_cm else lookups.get_secret)(namespace, ref_name)
-            if obj is None:
-                if ref.get("optional"):
-                    continue
-                raise ContainerConfigError(f'{"configmap" if is_cm else "secret"} "{ref_name}" not found')
-            data = _configmap_data(obj) if is_cm else _secret_data(obj)
+            data = await _referenced_data(lookups, namespace, ref, is_cm)
+            if data is None:
+                continue
             if ref.get("key") not in data:
                 if ref.get("optional"):
                     continue
