@@ -202,18 +202,8 @@ def _go_sharp(v: Any) -> str:
 
 
 def _go_value(v: Any) -> str:
-    """How field.Error.ErrorBody prints a bad value."""
-    if v is None:
-        return '"null"'
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return _go_float(v)
-    if isinstance(v, str):
-        return _go_quote(v)
-    return _go_sharp(v)
+    """How field.Error.ErrorBody prints a bad value: like %#v, except that null reads "null"."""
+    return '"null"' if v is None else _go_sharp(v)
 
 
 def _go_json(v: Any) -> str:
