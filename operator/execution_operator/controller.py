@@ -444,8 +444,7 @@ class Controller:
             error = ErrorInfo.of(ErrorType.SERVICE_UNAVAILABLE, admission.message,
                                  **{"retryAt": admission.retry_at, "executionClass": ctx.class_name})
             verdict = Verdict(success=False, error=error, exit_code=None, exit_code_source="unknown")
-            await self._attempt_done(ctx, attempt, verdict, pod=None, not_before=parse_time(admission.retry_at),
-                                     launched=False)
+            await self._attempt_done(ctx, attempt, verdict, pod=None, not_before=parse_time(admission.retry_at))
             return
         self.queued.get(ctx.class_name, set()).discard(ctx.key)
         namespace = ctx.key[0]
@@ -467,7 +466,7 @@ class Controller:
             if exc.status in (403, 422, 429) or exc.status >= 500:
                 error = classify_create_error(exc.status, exc.body)
                 verdict = Verdict(success=False, error=error, exit_code=None, exit_code_source="unknown")
-                await self._attempt_done(ctx, attempt, verdict, pod=None, launched=False)
+                await self._attempt_done(ctx, attempt, verdict, pod=None)
                 return
             raise
         pod_key = (namespace, pod["metadata"]["name"])
@@ -536,7 +535,6 @@ class Controller:
         pod: dict[str, Any] | None,
         delete_pod: bool = False,
         not_before: datetime | None = None,
-        launched: bool = True,
     ) -> None:
         spec, _ = ctx.require()
         error = verdict.error
@@ -573,12 +571,6 @@ class Controller:
         else:
             patch = st.finished(ctx.status, verdict=verdict, attempt=attempt, now=ctx.now,
                                 generation=ctx.generation, correlation_id=ctx.correlation_id)
-            if not launched and "attempts" not in patch:
-                patch["attempts"] = st._attempts_with(ctx.status, attempt, completionTime=ctx.now,
-                                                      errorType=str(error.type) if error else None)
-            if error is not None and error.type == ErrorType.SERVICE_UNAVAILABLE:
-                patch["conditions"] = st.condition(patch["conditions"], "Launched", "False", "CircuitOpen",
-                                                   error.message, ctx.now, ctx.generation)
             dead_letter = None
             if patch["phase"] == "Failed":
                 # The DeadLetter first, so its name goes into the same (terminal) status write; after a
@@ -623,8 +615,7 @@ class Controller:
             stdout=stdout,
             stderr=stderr,
         )
-        await self._attempt_done(ctx, max(attempt, 1), verdict, pod=pod, delete_pod=pod is not None,
-                                 launched=pod is not None)
+        await self._attempt_done(ctx, max(attempt, 1), verdict, pod=pod, delete_pod=pod is not None)
 
     async def _after_terminal(self, key: Key, body: Mapping[str, Any]) -> None:
         """Work that follows the end: the DeadLetter, TTL deletion, then drop the cached body."""

@@ -178,7 +178,10 @@ def finished(
         phase, cond_status = "Failed", "False"
         reason, message = condition_reason(error.type), error.message
     conditions = condition(status.get("conditions"), "Succeeded", cond_status, reason, message, now, generation)
-    patch = common(status, generation, correlation_id) | _verdict_fields(verdict) | {
+    if error is not None and error.type == ErrorType.SERVICE_UNAVAILABLE:
+        # Refused by an open circuit on its last attempt: never launched, and this is why.
+        conditions = condition(conditions, "Launched", "False", "CircuitOpen", error.message, now, generation)
+    return common(status, generation, correlation_id) | _verdict_fields(verdict) | {
         "phase": phase,
         "success": verdict.success,
         "error": error_dict(error),
@@ -186,21 +189,11 @@ def finished(
         "completionTime": now,
         "nextAttemptAt": None,
         "conditions": conditions,
-    }
-    if status.get("podName") or attempt_pod(status, attempt):
-        patch["attempts"] = _attempts_with(
+        "attempts": _attempts_with(
             status, attempt, completionTime=verdict.finished_at or now, exitCode=verdict.exit_code,
             errorType=str(error.type) if error else None,
-        )
-    return patch
-
-
-def attempt_pod(status: Mapping[str, Any], attempt: int) -> str | None:
-    for record in status.get("attempts") or []:
-        if record.get("attempt") == attempt:
-            pod = record.get("podName")
-            return str(pod) if pod else None
-    return None
+        ),
+    }
 
 
 def retrying(
