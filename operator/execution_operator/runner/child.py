@@ -11,14 +11,16 @@ import builtins
 import contextlib
 import errno
 import faulthandler
-import json
-import linecache
 import os
 import sys
 import types
-from typing import Any
 
+from execution_operator.runner import jsonc
 from execution_operator.runner import report as r
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 FILENAME = "<execution>"
 REPORT_FD_ENV = r.REPORT_FD_ENV
@@ -39,7 +41,8 @@ def error_type_of(exc: BaseException) -> str:
         return r.OOM
     if isinstance(exc, ZeroDivisionError):
         return r.DIVISION_ERROR
-    if isinstance(exc, json.JSONDecodeError):  # a ValueError subclass
+    decoder = sys.modules.get("json.decoder")  # a JSONDecodeError exists only once json.decoder is imported
+    if decoder is not None and isinstance(exc, decoder.JSONDecodeError):  # a ValueError subclass
         return r.JSON_ERROR
     if isinstance(exc, UnicodeError):  # a ValueError subclass
         return r.ENCODING_ERROR
@@ -151,7 +154,7 @@ def take_output(env: dict[str, Any], output_dir: str, limit: int) -> dict[str, A
     value = env.get("result")
     try:
         if value is not None:
-            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            text = jsonc.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         else:
             path = os.path.join(output_dir, "result.json")
             try:
@@ -166,8 +169,8 @@ def take_output(env: dict[str, Any], output_dir: str, limit: int) -> dict[str, A
                 text = "null"
             else:
                 with open(path, encoding="utf-8") as fh:
-                    parsed = json.loads(fh.read())
-                text = json.dumps(parsed, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+                    parsed = jsonc.loads(fh.read())
+                text = jsonc.dumps(parsed, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except Exception as exc:  # json errors, and anything a user-defined container type raises while encoded
         what = "`result`" if value is not None else "result.json"
         reason = _safe(exc.__str__, type(exc).__name__)
@@ -195,6 +198,48 @@ def _read_payload(directory: str, name: str) -> str | None:
     return None
 
 
+class _RegisterSourceOnImport:
+    """A meta-path finder that hands `linecache` the code's lines the moment anything imports it.
+
+    Tracebacks and warnings take the code's lines from `linecache.cache` (its `<execution>` name is not a
+    file). Importing linecache up front would cost every execution ~8 ms of CPU (it pulls in `tokenize`
+    and `re`), so the entry is added when the module loads: by our traceback on failure, or by the code.
+    """
+
+    def __init__(self, entry: tuple[int, None, list[str], str]) -> None:
+        self.entry = entry
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "linecache":
+            return None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return None
+        load = spec.loader.exec_module
+        entry = self.entry
+
+        def exec_module(module: types.ModuleType) -> None:
+            load(module)
+            module.cache[FILENAME] = entry
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def register_source(code: str) -> None:
+    """Make the code's lines known to `linecache` (now if it is loaded, else when it is imported)."""
+    entry = (len(code), None, code.splitlines(True), FILENAME)
+    loaded = sys.modules.get("linecache")
+    if loaded is not None:
+        loaded.cache[FILENAME] = entry
+    else:
+        sys.meta_path.insert(0, _RegisterSourceOnImport(entry))
+
+
 def run_code(code: str, input_data: Any, output_dir: str, limit: int) -> dict[str, Any]:
     """Run the user's code as `__main__` and turn how it ended into a result frame."""
     module = types.ModuleType("__main__")
@@ -203,7 +248,7 @@ def run_code(code: str, input_data: Any, output_dir: str, limit: int) -> dict[st
     env["input_data"] = input_data
     sys.modules["__main__"] = module
     sys.argv = [FILENAME]
-    linecache.cache[FILENAME] = (len(code), None, code.splitlines(True), FILENAME)
+    register_source(code)
     try:
         exec(compile(code, FILENAME, "exec"), env)
     except SystemExit as exc:
@@ -238,7 +283,7 @@ def main() -> None:
     # Bind what the report needs before the user's code can replace module attributes.
     send_exit = os._exit
     write_fd = os.write
-    dumps = json.dumps
+    dumps = jsonc.dumps
     fd = int(os.environ.pop(REPORT_FD_ENV))
     os.set_inheritable(fd, False)  # programs the code runs do not get the channel
 
@@ -272,10 +317,10 @@ def main() -> None:
         if code is None:
             raise FileNotFoundError(f"no code.py in {payload_dir}")
         input_text = _read_payload(payload_dir, "input.json")
-        input_data = json.loads(input_text) if input_text is not None and input_text.strip() else None
+        input_data = jsonc.loads(input_text) if input_text is not None and input_text.strip() else None
         try:
             with open(os.path.join(input_dir, "data.json"), "w", encoding="utf-8") as fh:
-                json.dump(input_data, fh, ensure_ascii=False)
+                fh.write(jsonc.dumps(input_data, ensure_ascii=False))
         except OSError:
             pass  # the file is a convenience; `input_data` is the primary way in
     except Exception as exc:

@@ -7,9 +7,13 @@ import (no pydantic, no errors.py): the error-type names below are the string va
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
+
+from execution_operator.runner import jsonc
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Prefix of the supervisor's final stdout line: `SANDBOX-REPORT <nonce> <compact JSON full report>`.
 MARKER = "SANDBOX-REPORT"
@@ -117,7 +121,7 @@ def compact_json(value: Any) -> str:
 
     Those characters can only occur inside JSON strings, where their escaped form is equivalent.
     """
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).translate(_BREAKER_TABLE)
+    return jsonc.dumps(value, separators=(",", ":"), ensure_ascii=False).translate(_BREAKER_TABLE)
 
 
 def rfc3339(epoch: float) -> str:

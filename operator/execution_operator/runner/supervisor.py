@@ -7,18 +7,25 @@ and only then prints the nonce-marked report line and writes the termination mes
 
 from __future__ import annotations
 
+import _socket
 import contextlib
-import json
 import os
 import select
-import signal
-import socket
 import struct
 import sys
 import time
-from typing import Any
 
+from execution_operator.runner import jsonc
 from execution_operator.runner import report as r
+
+# The C modules behind `signal` and `socket`: their Python wrappers build enums at import, which costs
+# each execution's start-up several milliseconds of CPU for names the runner never shows.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal as _signal
+    from typing import Any
+else:
+    import _signal
 
 _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
@@ -28,13 +35,13 @@ _FRAME_BUFFER = 4 * 1024 * 1024
 _FRAME_HEADROOM = 256 * 1024
 #: Frames read per wake-up, so a flood of them cannot starve the timeout and the stream relay.
 _FRAMES_PER_WAKE = 32
-_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_STOP_SIGNALS = {_signal.SIGTERM, _signal.SIGINT}
 #: The harness must have started the user's code within this many seconds of being spawned.
 STARTUP_LIMIT_SECONDS = 60.0
 #: How long the kill sweep keeps hunting descendants (fork bombs) before giving up.
 SWEEP_LIMIT_SECONDS = 5.0
 #: Exit code when the container is asked to stop (SIGTERM): no report, the operator decides.
-STOPPED_EXIT = 128 + signal.SIGTERM
+STOPPED_EXIT = 128 + _signal.SIGTERM
 
 
 def _env_int(name: str, default: int) -> int:
@@ -257,12 +264,12 @@ class Supervisor:
         self.child_command = config.child_command
 
     # -- launching ---------------------------------------------------------------------------
-    def spawn(self) -> tuple[Stream, Stream, socket.socket]:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    def spawn(self) -> tuple[Stream, Stream, _socket.socket]:
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+        ours.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
         with contextlib.suppress(OSError):
-            theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _FRAME_BUFFER)
-            ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _FRAME_BUFFER)
+            theirs.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, _FRAME_BUFFER)
+            ours.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, _FRAME_BUFFER)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         devnull = os.open(os.devnull, os.O_RDONLY)
@@ -292,7 +299,7 @@ class Supervisor:
                 ],
                 setsid=True,
                 setsigmask=(),
-                setsigdef=(signal.SIGPIPE,),
+                setsigdef=(_signal.SIGPIPE,),
             )
         finally:
             for fd in (out_w, err_w, devnull):
@@ -324,10 +331,10 @@ class Supervisor:
                 if fd > 2:
                     os.close(fd)
             # Undo what the supervisor set for itself: blocked stop signals, non-dumpable.
-            signal.pthread_sigmask(signal.SIG_SETMASK, ())
-            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
+            _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
+            _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
+            _signal.signal(_signal.SIGINT, _signal.default_int_handler)
             _set_dumpable(True)
             os.environ.clear()
             os.environ.update(env)
@@ -342,7 +349,7 @@ class Supervisor:
     # -- the run loop ------------------------------------------------------------------------
     def run(self) -> int:
         _harden()
-        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, _STOP_SIGNALS)
         oom_before = read_oom_kills(self.config.memory_events)
         supervisor_start = time.time()
         out, err, chan = self.spawn()
@@ -400,12 +407,12 @@ class Supervisor:
         stream.feed(data)
         return True
 
-    def _receive(self, chan: socket.socket) -> str:
+    def _receive(self, chan: _socket.socket) -> str:
         """Read queued frames: `more` (the per-wake bound was hit), `idle`, or `closed` (no sender left)."""
         size = self.config.output_limit + _FRAME_HEADROOM
         for _ in range(_FRAMES_PER_WAKE):
             try:
-                data, ancdata, flags, _ = chan.recvmsg(size, socket.CMSG_SPACE(_UCRED.size))
+                data, ancdata, flags, _ = chan.recvmsg(size, _socket.CMSG_SPACE(_UCRED.size))
             except (BlockingIOError, InterruptedError):
                 return "idle"
             except OSError:
@@ -414,9 +421,9 @@ class Supervisor:
                 return "closed"
             sender = None
             for level, kind, payload in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                if level == _socket.SOL_SOCKET and kind == _socket.SCM_CREDENTIALS:
                     sender = _UCRED.unpack(payload[: _UCRED.size])[0]
-            if sender != self.pid or flags & socket.MSG_TRUNC:
+            if sender != self.pid or flags & _socket.MSG_TRUNC:
                 # Only the harness process itself may report, never a process the code spawned.
                 self.foreign_frames += 1
                 continue
@@ -426,7 +433,7 @@ class Supervisor:
     def _on_frame(self, data: bytes) -> None:
         head, _, body = data.partition(b"\n")
         try:
-            frame = json.loads(head)
+            frame = jsonc.loads(head)
         except ValueError:
             return
         if not isinstance(frame, dict):
@@ -456,7 +463,7 @@ class Supervisor:
 
     def _check_signals(self) -> None:
         while True:
-            info = signal.sigtimedwait(_STOP_SIGNALS, 0)
+            info = _signal.sigtimedwait(_STOP_SIGNALS, 0)
             if info is None:
                 return
             # The code may signal us (same user); only a stop from outside the sandbox counts. In a pod
@@ -479,7 +486,7 @@ class Supervisor:
 
     def _kill_group(self) -> None:
         with contextlib.suppress(OSError):
-            os.killpg(self.pid, signal.SIGKILL)
+            os.killpg(self.pid, _signal.SIGKILL)
 
     def sweep(self) -> None:
         """SIGKILL every remaining descendant, reaping as we go, until none is left."""
@@ -487,7 +494,7 @@ class Supervisor:
         me = os.getpid()
         if me == 1:
             with contextlib.suppress(OSError):
-                os.kill(-1, signal.SIGKILL)  # as PID 1 of the pod: everything but us
+                os.kill(-1, _signal.SIGKILL)  # as PID 1 of the pod: everything but us
         deadline = time.monotonic() + SWEEP_LIMIT_SECONDS
         while True:
             self._reap()
@@ -496,13 +503,13 @@ class Supervisor:
                 break
             for pid in left:
                 with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, _signal.SIGKILL)
             time.sleep(0.002)  # give the kernel a moment to reparent the killed processes' children
         if self.status is None:  # the harness was stopped from outside before it ended
             with contextlib.suppress(ChildProcessError):
                 _, self.status, self.rusage = os.wait4(self.pid, 0)
 
-    def _drain(self, streams: dict[int, Stream], chan: socket.socket) -> None:
+    def _drain(self, streams: dict[int, Stream], chan: _socket.socket) -> None:
         """Everything is dead: read what is still buffered in the pipes and the channel."""
         for stream in streams.values():
             while self._pump(stream):
@@ -556,7 +563,7 @@ class Supervisor:
         code = 128 + signum
         name = _signame(signum)
         meta["signal"] = name
-        if signum == signal.SIGKILL and oom_rose:
+        if signum == _signal.SIGKILL and oom_rose:
             message = "The code was killed for going over its memory limit (out of memory)"
             return Outcome(False, code, r.OOM, message, meta=meta)
         known = r.SIGNAL_ERROR_TYPES.get(signum)
@@ -583,7 +590,7 @@ class Supervisor:
                 return Outcome(False, 0, r.OUTPUT_TOO_LARGE,
                                f"The output is {len(body)} bytes of JSON, over the limit of {limit} bytes")
             try:
-                output = json.loads(body) if body else None
+                output = jsonc.loads(body) if body else None
             except ValueError:
                 return Outcome(False, 0, r.OUTPUT_ERROR, "The output is not valid JSON")
             return Outcome(True, 0, None, "", output=output)
@@ -653,6 +660,8 @@ class Supervisor:
 
 
 def _signame(signum: int) -> str:
+    import signal  # only when the code died of a signal: its enum of names is not free to import
+
     try:
         return signal.Signals(signum).name
     except ValueError:
