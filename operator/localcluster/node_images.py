@@ -188,26 +188,25 @@ def project_source_root() -> Path:
 
 
 def prepare_python_runtime(runtime_dir: Path) -> Path:
-    """Lay out a `bin/` whose `python` is the current interpreter with this environment's packages.
+    """Lay out the sandbox images' Python: a virtualenv holding nothing but the standard library.
 
-    A bare symlink to a virtualenv's interpreter loses the virtualenv (Python finds `pyvenv.cfg` next to
-    the path it was started as), so when running in a virtualenv this builds a thin one of symlinks:
-    a copy of `pyvenv.cfg`, `bin/python` and the real `lib` directories. Returns the `bin` directory.
+    Like the images (a venv with only the runner, whose source the node mounts on PYTHONPATH), it does
+    not see this environment's packages: the code cannot import what a real sandbox lacks, and the
+    interpreter's start-up does not scan a large site-packages. Returns the `bin` directory.
     """
     bin_dir = runtime_dir / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     real_python = os.path.realpath(sys.executable)
-    in_venv = sys.prefix != sys.base_prefix
-    if in_venv:
-        cfg = Path(sys.prefix) / "pyvenv.cfg"
-        if cfg.is_file():
-            shutil.copyfile(cfg, runtime_dir / "pyvenv.cfg")
-        for lib in ("lib", "lib64"):
-            source = Path(sys.prefix) / lib
-            target = runtime_dir / lib
-            if source.exists() and not target.is_symlink():
-                target.symlink_to(source.resolve(), target_is_directory=True)
-    for name in ("python", "python3", f"python{sys.version_info.major}.{sys.version_info.minor}"):
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for lib in ("lib", "lib64"):  # an older layout linked this environment's own lib directories
+        if (runtime_dir / lib).is_symlink():
+            (runtime_dir / lib).unlink()
+    (runtime_dir / "lib" / f"python{version}" / "site-packages").mkdir(parents=True, exist_ok=True)
+    (runtime_dir / "pyvenv.cfg").write_text(
+        f"home = {os.path.dirname(real_python)}\ninclude-system-site-packages = false\n"
+        f"version = {'.'.join(map(str, sys.version_info[:3]))}\n"
+    )
+    for name in ("python", "python3", f"python{version}"):
         link = bin_dir / name
         if link.is_symlink() or link.exists():
             link.unlink()
