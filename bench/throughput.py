@@ -197,9 +197,18 @@ async def apiserver_writes(client: KubeClient, since: int, agent: str = "executi
     return sum(by_kind.values()), by_kind
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """A process's CPU (utime + stime), or that of its waited-for children (cutime + cstime)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime in clock ticks (USER_HZ 100)
+    first = 13 if children else 11
+    return (int(fields[first]) + int(fields[first + 1])) / 100  # clock ticks (USER_HZ 100)
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """CPU time of every core on anything but idling, and the part stolen by the hypervisor (/proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / 100, values[7] / 100
 
 
 def rss_mib(pid: int) -> float:
@@ -224,8 +233,13 @@ async def bench(args: argparse.Namespace, kubeconfig: str, op: OperatorProcess |
         log_start = 0
     writes_before = operator_writes(op.metrics_text()) if op else 0.0
     cpu_before = {name: cpu_seconds(pid) for name, pid in args.pids.items()}
+    containers_before = cpu_seconds(args.pids["local node"], children=True) if "local node" in args.pids else 0.0
+    me_before, machine_before = cpu_seconds(os.getpid()), machine_busy_seconds()
     started = time.monotonic()
     run = await run_batch(client, namespace, args.count, "t", args.concurrency)
+    (machine_after, steal_after), (machine_start, steal_start) = machine_busy_seconds(), machine_before
+    me_used = cpu_seconds(os.getpid()) - me_before
+    machine_used, stolen = machine_after - machine_start, steal_after - steal_start
     elapsed = max(t.terminal or 0 for t in run.tracks.values()) - min(t.created for t in run.tracks.values())
     succeeded = sum(1 for t in run.tracks.values() if t.phase == "Succeeded")
     # Container start and end come from the pod's own timestamps (the node's clock, this machine's here).
@@ -245,6 +259,14 @@ async def bench(args: argparse.Namespace, kubeconfig: str, op: OperatorProcess |
     for name, pid in args.pids.items():
         used = cpu_seconds(pid) - cpu_before[name]
         print(f"CPU of the {name + ':':17s}{used:.1f} s, {1000 * used / args.count:.0f} ms per Execution")
+    if "local node" in args.pids:
+        used = cpu_seconds(args.pids["local node"], children=True) - containers_before
+        print(f"CPU of the containers:       {used:.1f} s, {1000 * used / args.count:.0f} ms per Execution "
+              "(sandbox processes the local node ran and reaped)")
+    print(f"CPU of this benchmark:       {me_used:.1f} s, {1000 * me_used / args.count:.0f} ms per Execution")
+    print(f"CPU of the whole machine:    {machine_used:.1f} s, {1000 * machine_used / args.count:.0f} ms per "
+          f"Execution ({machine_used / elapsed / (os.cpu_count() or 1):.0%} of {os.cpu_count()} cores busy, "
+          f"{stolen:.1f} s stolen by the hypervisor)")
     if op:
         await asyncio.sleep(2)  # Events are posted in the background: let the last ones land.
         writes = operator_writes(op.metrics_text()) - writes_before
