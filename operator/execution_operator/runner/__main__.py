@@ -1,7 +1,16 @@
 """`python -m execution_operator.runner`: the sandbox container's entrypoint."""
 
+import os
 import sys
 
 from execution_operator.runner.supervisor import main
 
-sys.exit(main())
+code = main()
+# Everything is written (the report with os.write, the termination message closed): skip the
+# interpreter's teardown, which would cost each execution about 5 ms of CPU for nothing.
+for stream in (sys.stdout, sys.stderr):
+    try:
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+os._exit(code)
