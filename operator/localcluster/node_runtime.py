@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ import os
 import secrets
 import shutil
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -47,7 +49,14 @@ from .node_config import (
     expand,
     materialize_volumes,
 )
-from .node_images import ImageSpec, ImageTable, InvalidImageName, parse_image, project_source_root
+from .node_images import (
+    ImageSpec,
+    ImageTable,
+    InvalidImageName,
+    parse_image,
+    project_source_root,
+    sandbox_interpreter,
+)
 from .node_sched import parse_quantity
 
 StatusSink = Callable[[dict[str, Any]], None]
@@ -446,10 +455,27 @@ def _capabilities(sc: dict[str, Any]) -> list[str]:
     return [f"CAP_{c}" for c in sorted(keep)]
 
 
-def _root_binds() -> list[str]:
-    """bwrap arguments giving a read-only view of each top-level host entry (symlinks kept as such)."""
+#: Top-level host entries every container sees: the operating system (merged-/usr links included).
+_SYSTEM_ENTRIES = frozenset({"usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32"})
+
+
+@functools.cache
+def _root_binds() -> tuple[str, ...]:
+    """bwrap arguments for a container's read-only root: the host's OS and its Python installations.
+
+    Like an image's root file system, a container sees the system directories and the top-level
+    directories holding the interpreters it may run (the sandbox images', this environment's) and the
+    project's source; not the rest of the host (home directories, /var, /run, /sys, mounts). Symlinks
+    stay symlinks. Each bind costs bwrap time on every container start, so there are few.
+    """
+    wanted = set(_SYSTEM_ENTRIES)
+    for path in (sandbox_interpreter(), sys.executable, os.path.realpath(sys.executable), sys.prefix,
+                 sys.base_prefix, str(project_source_root())):
+        parts = Path(path).parts
+        if len(parts) > 1:
+            wanted.add(parts[1])
     args: list[str] = []
-    for entry in sorted(os.listdir("/")):
+    for entry in sorted(set(os.listdir("/")) & wanted):
         if entry in ("proc", "dev", "tmp", ".localcluster"):
             continue
         path = f"/{entry}"
@@ -457,7 +483,7 @@ def _root_binds() -> list[str]:
             args += ["--symlink", os.readlink(path), path]
         else:
             args += ["--ro-bind", path, path]
-    return args
+    return tuple(args)
 
 
 def _qos_class(pod: dict[str, Any]) -> str:
