@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import os
+import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from localcluster.node_config import (
     field_ref_value,
     materialize_volumes,
 )
-from localcluster.node_images import ImageTable, InvalidImageName, parse_image
+from localcluster.node_images import ImageTable, InvalidImageName, parse_image, sandbox_interpreter
 from localcluster.node_runtime import _capabilities, disk_usage
 from localcluster.node_sched import match_label_selector, parse_quantity, pod_requests, unschedulable_message
 
@@ -296,3 +298,12 @@ def test_status_events_only_on_warning_transitions() -> None:
         "message": "Pod was active on the node longer than the specified deadline",
     }
     assert status_events({}, deadline) == [("Normal", "DeadlineExceeded", deadline["message"], None)]
+
+
+def test_sandbox_interpreter_choice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    chosen = sandbox_interpreter()
+    assert os.access(chosen, os.X_OK) and os.path.basename(chosen).startswith(f"python{sys.version_info.major}.")
+    link = tmp_path / "python"
+    link.symlink_to(sys.executable)
+    monkeypatch.setenv("LOCALCLUSTER_SANDBOX_PYTHON", str(link))
+    assert sandbox_interpreter() == os.path.realpath(sys.executable)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -416,6 +417,26 @@ async def test_sandbox_image_runs_project_python(harness: Harness) -> None:
     logs = [ln["log"] for ln in harness.log_lines(pod)]
     assert final["phase"] == "Succeeded", logs
     assert logs == ["sandbox.dev/v1alpha1\n"]
+
+
+async def test_sandbox_python_is_a_bare_environment(harness: Harness) -> None:
+    """Like the images: the standard library and the runner, none of this environment's packages."""
+    code = "import sys, importlib.util; print(sys.prefix != sys.base_prefix, importlib.util.find_spec('pydantic'))"
+    pod = make_pod(image="ghcr.io/execution-operator/sandbox:1", command=["python", "-c", code])
+    final = await harness.run(pod)
+    logs = [ln["log"] for ln in harness.log_lines(pod)]
+    assert final["phase"] == "Succeeded", logs
+    assert logs == ["True None\n"]
+
+
+async def test_container_root_shows_the_system_not_the_whole_host(harness: Harness) -> None:
+    pod = make_pod(command=["sh", "-c", "ls -A /"])
+    final = await harness.run(pod)
+    assert final["phase"] == "Succeeded"
+    seen = {ln["log"].strip() for ln in harness.log_lines(pod)}
+    assert {"usr", "etc", "proc", "dev", "tmp"} <= seen
+    host_only = {"boot", "srv", "media", "mnt", "var", "run", "opt", "sys"} & set(os.listdir("/"))
+    assert not seen & host_only, seen & host_only
 
 
 async def test_init_container_runs_first_and_failure_fails_pod(harness: Harness) -> None:
