@@ -645,16 +645,23 @@ class ApiServer:
                     if left <= 0:
                         break
                     wait = min(wait, left)
-                try:
-                    item2 = await asyncio.wait_for(watcher.queue.get(), wait)
-                except TimeoutError:
-                    if bookmarks and watcher.queue.empty() and (deadline is None or time.monotonic() < deadline):
-                        await resp.write(self._bookmark(info, self.store.rv))
-                    continue
-                if item2 is None:
+                first: tuple[str, Event] | None = None
+                if watcher.queue.empty():
+                    try:
+                        first = await asyncio.wait_for(watcher.queue.get(), wait)
+                    except TimeoutError:
+                        if bookmarks and watcher.queue.empty() and (deadline is None or time.monotonic() < deadline):
+                            await resp.write(self._bookmark(info, self.store.rv))
+                        continue
+                    if first is None:
+                        break
+                # Everything already queued goes out in one write: a burst of changes costs a watcher
+                # one send, not one per event (the client reads newline-delimited events either way).
+                chunk, closed = self._queued_events(watcher, enc, first)
+                if chunk:
+                    await resp.write(chunk)
+                if closed:
                     break
-                et, ev = item2
-                await resp.write(enc(et, ev))
             with contextlib.suppress(ConnectionResetError, RuntimeError):
                 await resp.write_eof()
         except ConnectionResetError:
@@ -662,6 +669,22 @@ class ApiServer:
         finally:
             self.store.remove_watcher(watcher)
         return resp
+
+    @staticmethod
+    def _queued_events(
+        watcher: Watcher, enc: Any, first: tuple[str, Event] | None, limit: int = 1 << 20
+    ) -> tuple[bytes, bool]:
+        """`first` and the events queued after it, encoded (up to about `limit` bytes), and whether it closed."""
+        parts: list[bytes] = [enc(*first)] if first is not None else []
+        size = len(parts[0]) if parts else 0
+        while size < limit and not watcher.queue.empty():
+            item = watcher.queue.get_nowait()
+            if item is None:
+                return b"".join(parts), True
+            data = enc(*item)
+            parts.append(data)
+            size += len(data)
+        return b"".join(parts), False
 
     def _event_encoder(self, info: ResourceInfo, table: str | None) -> Any:
         if table is None and not info.custom:
