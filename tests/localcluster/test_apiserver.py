@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from test_apiserver_support import (
 )
 
 from localcluster.apiserver import ApiServer
+from localcluster.apiserver.store import dumps as store_dumps
 
 HAS_SCHEMA = importlib.util.find_spec("localcluster.schema") is not None
 needs_schema = pytest.mark.skipif(not HAS_SCHEMA, reason="localcluster.schema is not available")
@@ -118,6 +120,17 @@ async def test_create_sets_server_fields_and_rv_increases(api: Api) -> None:
         assert meta["uid"] and meta["creationTimestamp"].endswith("Z") and meta["namespace"] == "default"
         assert "managedFields" not in meta
     assert int(b["metadata"]["resourceVersion"]) > int(a["metadata"]["resourceVersion"])
+
+
+async def test_values_json_cannot_carry(api: Api) -> None:
+    """NaN is refused like the real decoder refuses it; huge integers and odd text still round-trip."""
+    status, body = await api.post(CM, '{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "n"}, '
+                                      '"data": {"x": NaN}}')
+    assert status == 400 and "invalid character 'N'" in body["message"]
+    status, _ = await api.post(CM, {**cm("text"), "data": {"s": "caf\u00e9 \U0001f600"}})
+    _, got = await api.get(f"{CM}/text")
+    assert status == 201 and got["data"] == {"s": "caf\u00e9 \U0001f600"}
+    assert json.loads(store_dumps({"n": 2**70, "f": 0.1})) == {"n": 2**70, "f": 0.1}
 
 
 async def test_generate_name(api: Api) -> None:

@@ -168,6 +168,11 @@ def _schema_module() -> Any:
     return _SCHEMA[0]
 
 
+def _not_json_number(word: str) -> Any:
+    """NaN and Infinity are not JSON: refused as the API server's decoder refuses them."""
+    raise ValueError(f"invalid character '{word[0]}' looking for beginning of value")
+
+
 class ApiServer:
     """An in-memory Kubernetes API server on aiohttp.
 
@@ -414,7 +419,7 @@ class ApiServer:
         try:
             if "yaml" in ctype:
                 return yaml.safe_load(raw)
-            return json.loads(raw)
+            return json.loads(raw, parse_constant=_not_json_number)
         except (ValueError, yaml.YAMLError) as e:
             raise ApiError(400, f"the body of the request was in an unknown format: {e}", "BadRequest") from None
 

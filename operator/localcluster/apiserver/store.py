@@ -14,13 +14,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from localcluster.apiserver.selectors import Matcher
 
 StoreKey = tuple[str, str]  # (group, plural)
 
 
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact UTF-8 JSON. orjson writes an object about ten times faster than `json`; what it refuses
+    (integers beyond 64 bits, lone surrogates, non-string keys) goes through `json` as before."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class Event:
