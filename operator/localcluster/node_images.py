@@ -2,7 +2,8 @@
 
 The local node has no container runtime and no registry: an "image" is a recipe saying which command
 runs by default (ENTRYPOINT/CMD), with what extra environment and PATH, as which user. The two sandbox
-images run the project's runner on the current interpreter; tests add their own entries.
+images run the project's runner in a bare virtualenv (see `sandbox_interpreter`); tests add their own
+entries.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ class ImageTable:
 
     @classmethod
     def default(cls) -> ImageTable:
-        """A table that knows the two sandbox images, running the runner on the current interpreter."""
+        """A table that knows the two sandbox images, running the runner on the sandbox interpreter."""
         table = cls()
         for repo in (SANDBOX_IMAGE, SANDBOX_DATA_IMAGE):
             table.add(repo, entrypoint=list(RUNNER_COMMAND), user=SANDBOX_USER, python=True)

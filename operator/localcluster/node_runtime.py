@@ -5,8 +5,9 @@
 reported as complete `PodStatus` dicts to a callback. It knows nothing about HTTP, which is the
 `LocalNode`'s business.
 
-Isolation per container: a read-only view of the host root (each top-level entry bound read-only onto
-a fresh root, so volumes can be mounted at paths the host lacks), private /dev, /proc, /tmp, PID, IPC
+Isolation per container: a read-only root built fresh (so volumes can be mounted at paths the host
+lacks) that shows the host's system directories and Python installations, not the rest of the host
+(see `_root_binds`), private /dev, /proc, /tmp, PID, IPC
 and UTS namespaces, a new session, `--die-with-parent`, a user namespace when the container runs as a
 non-root uid, and no network when a NetworkPolicy denies all egress. The command runs as PID 1 of its
 PID namespace, so, as in a real container, it ignores SIGTERM unless it installs a handler, and its
