@@ -163,6 +163,7 @@ class Controller:
         self.timers: dict[Key, _Timer] = {}
         self.error_counts: dict[Key, int] = {}
         self.network_policies: set[str] = set()
+        self.network_policy_locks: dict[str, asyncio.Lock] = {}
         self.queued: dict[str, set[Key]] = {}
         self.phases: dict[Key, tuple[str, str]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -687,11 +688,16 @@ class Controller:
             await self.client.delete(path_for("v1", "pods", namespace, name), {"gracePeriodSeconds": 1})
 
     async def _ensure_network_policy(self, namespace: str) -> None:
+        """Once per namespace: launches arriving together in a new namespace wait for the one creation."""
         if namespace in self.network_policies:
             return
-        policy = deny_all_network_policy(namespace)
-        await _create_or_get(self.client, path_for("networking.k8s.io/v1", "networkpolicies", namespace), policy)
-        self.network_policies.add(namespace)
+        async with self.network_policy_locks.setdefault(namespace, asyncio.Lock()):
+            if namespace in self.network_policies:
+                return
+            policy = deny_all_network_policy(namespace)
+            await _create_or_get(self.client, path_for("networking.k8s.io/v1", "networkpolicies", namespace), policy)
+            self.network_policies.add(namespace)
+        self.network_policy_locks.pop(namespace, None)
 
     def _active_pods(self, class_name: str, key: Key) -> int:
         """Unfinished sandbox pods of a class, other than those of `key` (from the pod watch)."""

@@ -6,6 +6,7 @@ which events arrive, in which order, and when the operator "crashes" (a new Cont
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -132,6 +133,19 @@ async def test_success_costs_at_most_six_writes_and_records_everything(
     # The deny-all NetworkPolicy is made once per namespace, not per Execution.
     per_execution = [w for w in made if w != "create networkpolicies"]
     assert len(per_execution) <= 6, made
+
+
+async def test_a_burst_in_a_new_namespace_creates_its_network_policy_once(
+    api: tuple[ApiServer, KubeClient],
+) -> None:
+    server, client = api
+    controller = Controller(operator_client(client))
+    bodies = [await create_execution(client, f"burst-{i}") for i in range(8)]
+    await asyncio.gather(*(controller.on_execution_event(body, "ADDED") for body in bodies))
+    assert len(await pods(client)) == 8
+    attempts = [r for r in server.request_log if r.user_agent == "execution-operator"
+                and r.verb == "create" and r.resource == "networkpolicies"]
+    assert len(attempts) == 1, [r.code for r in attempts]
 
 
 async def test_repeated_events_and_a_restart_never_make_a_second_pod(api: tuple[ApiServer, KubeClient]) -> None:
