@@ -157,7 +157,7 @@ def test_pod_scheduled_run_and_logged(cluster: Any, api: Api) -> None:
         for r in records
         if r.method in ("POST", "PATCH", "PUT", "DELETE") and "kubelet" in r.user_agent and "/pods/hello" in r.path
     ]
-    # One status patch per transition: Pending, Running, Succeeded (fewer when coalesced).
+    # At most one status patch per transition: Pending, Running, Succeeded (passing states are batched).
     assert 1 <= len(writes) <= 3, [(r.method, r.path) for r in writes]
 
 

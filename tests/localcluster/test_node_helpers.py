@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import sys
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from localcluster.node import status_events
+from localcluster.node import _StatusWriter, status_events
 from localcluster.node_config import (
     ContainerConfigError,
     StaticLookups,
@@ -307,3 +308,31 @@ def test_sandbox_interpreter_choice(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     link.symlink_to(sys.executable)
     monkeypatch.setenv("LOCALCLUSTER_SANDBOX_PYTHON", str(link))
     assert sandbox_interpreter() == os.path.realpath(sys.executable)
+
+
+class _RecordingNode:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def record_event(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    async def _patch_status(self, namespace: str, name: str, status: dict[str, Any], pod: Any = None) -> None:
+        self.sent.append(status["phase"])
+
+
+async def test_status_writer_batches_passing_states_and_sends_the_final_one_at_once() -> None:
+    node = _RecordingNode()
+    writer = _StatusWriter(node, "ns", "p", batch_seconds=60)  # type: ignore[arg-type]
+    writer.submit({"phase": "Pending"})
+    writer.submit({"phase": "Running"})
+    writer.submit({"phase": "Succeeded"})  # wakes the writer: no 60 s wait
+    await asyncio.wait_for(writer.flush(), 10)
+    assert node.sent == ["Succeeded"]
+
+    quick = _StatusWriter(node, "ns", "q", batch_seconds=0.01)  # type: ignore[arg-type]
+    quick.submit({"phase": "Pending"})
+    await asyncio.wait_for(quick.flush(), 10)
+    quick.submit({"phase": "Running"})
+    await asyncio.wait_for(quick.flush(), 10)
+    assert node.sent == ["Succeeded", "Pending", "Running"]
