@@ -50,14 +50,7 @@ from .node_config import (
     expand,
     materialize_volumes,
 )
-from .node_images import (
-    ImageSpec,
-    ImageTable,
-    InvalidImageName,
-    parse_image,
-    project_source_root,
-    sandbox_interpreter,
-)
+from .node_images import ImageSpec, ImageTable, InvalidImageName, parse_image, project_source_root
 from .node_sched import parse_quantity
 
 StatusSink = Callable[[dict[str, Any]], None]
@@ -461,16 +454,18 @@ _SYSTEM_ENTRIES = frozenset({"usr", "etc", "bin", "sbin", "lib", "lib32", "lib64
 
 
 @functools.cache
-def _root_binds() -> tuple[str, ...]:
+def _root_binds(runtime_dir: Path | None) -> tuple[str, ...]:
     """bwrap arguments for a container's read-only root: the host's OS and its Python installations.
 
     Like an image's root file system, a container sees the system directories and the top-level
-    directories holding the interpreters it may run (the sandbox images', this environment's) and the
-    project's source; not the rest of the host (home directories, /var, /run, /sys, mounts). Symlinks
-    stay symlinks. Each bind costs bwrap time on every container start, so there are few.
+    directories holding the interpreters it may run (the one `runtime_dir` links to for the sandbox
+    images, this environment's) and the project's source; not the rest of the host (home directories,
+    /var, /run, /sys, mounts). Symlinks stay symlinks. Each bind costs bwrap time on every container
+    start, so there are few.
     """
     wanted = set(_SYSTEM_ENTRIES)
-    for path in (sandbox_interpreter(), sys.executable, os.path.realpath(sys.executable), sys.prefix,
+    sandbox_python = [os.path.realpath(runtime_dir / "bin" / "python")] if runtime_dir is not None else []
+    for path in (*sandbox_python, sys.executable, os.path.realpath(sys.executable), sys.prefix,
                  sys.base_prefix, str(project_source_root())):
         parts = Path(path).parts
         if len(parts) > 1:
@@ -811,7 +806,7 @@ class PodWorker:
         no_network = egress_denied(self.pod, policies)
 
         args: list[str] = [self.config.bwrap]
-        args += _root_binds()
+        args += _root_binds(self.config.runtime_dir)
         args += ["--dev", "/dev", "--proc", "/proc", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm", "--dir", "/tmp"]
         # Other pods' payloads and logs live in the state dir: hide it behind an empty directory.
         hidden = self.config.state_dir.resolve()
