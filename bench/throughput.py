@@ -237,9 +237,9 @@ async def bench(args: argparse.Namespace, kubeconfig: str, op: OperatorProcess |
     me_before, machine_before = cpu_seconds(os.getpid()), machine_busy_seconds()
     started = time.monotonic()
     run = await run_batch(client, namespace, args.count, "t", args.concurrency)
-    (machine_after, steal_after), (machine_start, steal_start) = machine_busy_seconds(), machine_before
     me_used = cpu_seconds(os.getpid()) - me_before
-    machine_used, stolen = machine_after - machine_start, steal_after - steal_start
+    machine_after = machine_busy_seconds()
+    machine_used, stolen = machine_after[0] - machine_before[0], machine_after[1] - machine_before[1]
     elapsed = max(t.terminal or 0 for t in run.tracks.values()) - min(t.created for t in run.tracks.values())
     succeeded = sum(1 for t in run.tracks.values() if t.phase == "Succeeded")
     # Container start and end come from the pod's own timestamps (the node's clock, this machine's here).
