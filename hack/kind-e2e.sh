@@ -34,7 +34,7 @@ command -v kind >/dev/null || die "kind is required (https://kind.sigs.k8s.io)"
 export PATH="$ROOT/.tools/bin:$PATH"
 
 # 1. Cluster (kindnet enforces NetworkPolicy since kind v0.24, so the sandbox deny-all policy is real).
-if ! kind get clusters | grep -qx "$CLUSTER"; then
+if ! kind get clusters | grep -x "$CLUSTER" >/dev/null; then  # not -q: an early exit could SIGPIPE kind
   log "creating kind cluster $CLUSTER"
   kind create cluster --name "$CLUSTER" --wait 180s
 fi
