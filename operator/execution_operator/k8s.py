@@ -15,7 +15,7 @@ import ssl
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -221,7 +221,7 @@ class KubeClient:
 
     async def lines(
         self, path: str, params: Mapping[str, str] | None = None, *, read_timeout: float | None = None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """The lines of a streamed answer (a watch, a followed log), each without its newline.
 
         Split here rather than by aiohttp's readline, which refuses lines over 128 KiB (an Execution
