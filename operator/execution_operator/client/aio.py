@@ -364,12 +364,11 @@ class AsyncExecutionHandle:
                    delete: bool = False, on_output: OutputCallback | None = None,
                    cancel_on_timeout: bool = True) -> ExecutionResult:
         """Wait on a watch for the terminal phase and return the result (see `AsyncClient.run`)."""
-        started = time.monotonic()
         last: dict[str, Any] = {}
         try:
             body = await asyncio.wait_for(self._until_finished(on_output, last), wait_timeout)
         except TimeoutError:
-            raise await self._timed_out(time.monotonic() - started, last, cancel_on_timeout) from None
+            raise await self._timed_out(wait_timeout or 0.0, last, cancel_on_timeout) from None
         result = ExecutionResult.from_body(body)
         if delete:
             await self.delete()
