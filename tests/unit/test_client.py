@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
+import shutil
+import ssl
 import stat
 import subprocess
 import sys
@@ -201,6 +204,22 @@ def test_token_kubeconfig_namespace_and_tls_options(tmp_path: Path) -> None:
         "authorization": "Bearer s3cret"}
     assert creds.endpoint.server_hostname == "api.internal" and "context main" in creds.source
     assert load_credentials(tmp_path / "config", context="other").namespace == "default"
+
+
+def test_basic_auth_and_client_certificates(tmp_path: Path) -> None:
+    creds = load_credentials(kubeconfig(tmp_path, {"username": "ada", "password": "pw"}))
+    assert creds.endpoint.auth_headers is not None
+    assert creds.endpoint.auth_headers() == {"authorization": "Basic YWRhOnB3"}
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a client certificate")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=ada",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True)
+    data = {name: base64.b64encode((tmp_path / f"{name}.pem").read_bytes()).decode() for name in ("cert", "key")}
+    creds = load_credentials(kubeconfig(tmp_path, {"client-certificate-data": data["cert"],
+                                                   "client-key-data": data["key"]}))
+    assert isinstance(creds.endpoint.ssl, ssl.SSLContext)  # the pair loaded into the TLS context
+    assert creds.endpoint.auth_headers is not None and creds.endpoint.auth_headers() == {}
 
 
 def test_exec_credential_plugin_is_run_like_kubectl_does(tmp_path: Path) -> None:

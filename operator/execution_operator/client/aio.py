@@ -185,15 +185,16 @@ class AsyncClient:
             body = execution_body(code, input, name=chosen, execution_class=execution_class or self.execution_class,
                                   timeout_seconds=timeout_seconds, resources=resources, retry=retry,
                                   correlation_id=correlation_id, labels=labels)
-            if await self._create(ns, body):
-                return AsyncExecutionHandle(self, chosen, ns)
+            created = await self._create(ns, body)
+            if created is not None:
+                return AsyncExecutionHandle(self, chosen, ns, resource_version=created)
             if name:
                 break
         raise ClientError(f"An Execution named {name or chosen} already exists in namespace {ns}",
                           reason="Conflict", http_status=409)
 
-    async def _create(self, namespace: str, body: dict[str, Any]) -> bool:
-        """Create; False when the name was taken by an object that is not ours."""
+    async def _create(self, namespace: str, body: dict[str, Any]) -> str | None:
+        """Create; the new object's resourceVersion ("" if unknown), None when the name was someone else's."""
         path = path_for(API_VERSION, EXECUTIONS, namespace)
         tries = 0
 
@@ -203,14 +204,14 @@ class AsyncClient:
             return await self._api.kube.post(path, body)
 
         try:
-            await self._api.call(f"create {CRD_NAME}", namespace, None, create)
+            created = await self._api.call(f"create {CRD_NAME}", namespace, None, create)
         except ClientError as e:
             if e.http_status != 409:
                 raise
             if tries == 1:
-                return False
-            # A retried create whose first try went through: the random name is ours.
-        return True
+                return None
+            return ""  # a retried create whose first try went through: the random name is ours
+        return str((created.get("metadata") or {}).get("resourceVersion") or "")
 
     def handle(self, name: str, namespace: str | None = None) -> AsyncExecutionHandle:
         """A handle on an existing Execution (created elsewhere, or by an earlier process)."""
@@ -291,15 +292,16 @@ class AsyncClient:
         return body
 
     async def _watch(self, namespace: str, selector: Mapping[str, str],
-                     seen: Callable[[str, dict[str, Any]], bool]) -> None:
+                     seen: Callable[[str, dict[str, Any]], bool], *, since: str | None = None) -> None:
         """List, then watch, the Executions matching `selector` until `seen(event, body)` returns True.
 
-        A watch that ends or drops is resumed from the last resourceVersion seen (bookmarks included);
-        one answered 410 Gone (too old) is replaced by a new list, as informers do.
+        `since` (the resourceVersion a create answered) starts the watch without a list: nothing
+        older can matter. A watch that ends or drops is resumed from the last resourceVersion seen
+        (bookmarks included); one answered 410 Gone (too old) is replaced by a new list, as informers do.
         """
         path = path_for(API_VERSION, EXECUTIONS, namespace)
         kube = self._api.kube
-        rv: str | None = None
+        rv: str | None = since or None
         failures = 0
         while True:
             if rv is None:
@@ -349,10 +351,13 @@ class AsyncClient:
 class AsyncExecutionHandle:
     """One Execution: wait for it, cancel it, read its logs."""
 
-    def __init__(self, client: AsyncClient, name: str, namespace: str) -> None:
+    def __init__(self, client: AsyncClient, name: str, namespace: str, *, resource_version: str | None = None
+                 ) -> None:
         self.client = client
         self.name = name
         self.namespace = namespace
+        #: The version this client created: the first wait watches from it instead of listing.
+        self._created_version = resource_version or None
 
     def __repr__(self) -> str:
         return f"<Execution {self.namespace}/{self.name}>"
@@ -442,7 +447,9 @@ class AsyncExecutionHandle:
             return _phase(body) in TERMINAL_PHASES
 
         try:
-            await self.client._watch(self.namespace, {"fieldSelector": f"metadata.name={self.name}"}, seen)
+            since, self._created_version = self._created_version, None
+            await self.client._watch(self.namespace, {"fieldSelector": f"metadata.name={self.name}"}, seen,
+                                     since=since)
             if follower is not None:
                 await follower.finish(last)
         finally:

@@ -72,14 +72,13 @@ def load_credentials(kubeconfig: str | os.PathLike[str] | None = None, context: 
 def _endpoint(cfg: Any) -> Endpoint:
     def auth_headers() -> Mapping[str, str]:
         # auth_settings() runs the loader's refresh hook: an expired exec-plugin token is renewed here.
+        # (The loader turns a kubeconfig's username/password into a Basic token of the same header.)
         return {str(a["key"]): str(a["value"]) for a in cfg.auth_settings().values()
                 if a.get("in") == "header" and a.get("value")}
 
-    basic = {"authorization": cfg.get_basic_auth_token()} if cfg.username or cfg.password else {}
     return Endpoint(
         server=cfg.host,
         ssl=_ssl_context(cfg) if cfg.host.startswith("https") else False,
-        headers=basic,
         auth_headers=auth_headers,
         server_hostname=cfg.tls_server_name or None,
         proxy=cfg.proxy or None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -65,6 +66,8 @@ class Client:
             self._loop.stop()
             raise
         self.namespace = self._async.namespace
+        # Closed when collected or at exit too, so `Client().run(...)` in a script leaves nothing open.
+        self._finalizer = weakref.finalize(self, _shut_down, self._loop, self._async)
 
     def __enter__(self) -> Client:
         return self
@@ -73,9 +76,7 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        if self._loop.loop.is_running():
-            self._loop.run(self._async.close())
-        self._loop.stop()
+        self._finalizer()
 
     def run(self, code: str, input: Any = None, *, execution_class: str | None = None,
             timeout_seconds: int | None = None, resources: Mapping[str, str] | None = None,
@@ -112,6 +113,12 @@ class Client:
                     return
         finally:
             self._loop.run(results.aclose())
+
+
+def _shut_down(loop: _Loop, client: AsyncClient) -> None:
+    if loop.loop.is_running():
+        loop.run(client.close())
+    loop.stop()
 
 
 async def _anext(iterator: AsyncIterator[T]) -> T:
