@@ -264,3 +264,12 @@ def test_run_flags() -> None:
         "job.py", '{"a": 1}', "small", 5, "team")
     assert args.correlation_id == "c" and args.no_wait and args.output == "json"
     assert build_parser().parse_args([]).file == "-"
+
+
+def test_run_is_a_subcommand_and_the_operator_flags_are_unchanged(capsys: pytest.CaptureFixture[str]) -> None:
+    from execution_operator.__main__ import main, parse_args
+
+    with pytest.raises(SystemExit) as raised:
+        main(["run", "--help"])
+    assert raised.value.code == 0 and "execution-operator run" in capsys.readouterr().out
+    assert parse_args(["--all-namespaces", "--metrics-port", "0"]).metrics_port == 0  # as the chart passes them
