@@ -315,11 +315,13 @@ class AsyncClient:
                     continue
             params = {**selector, "watch": "true", "resourceVersion": rv, "allowWatchBookmarks": "true",
                       "timeoutSeconds": str(random.randint(240, 300))}
+            opened, events = time.monotonic(), 0
             try:
                 async with contextlib.aclosing(kube.lines(path, params, read_timeout=360)) as stream:
                     async for line in stream:
                         if not line.strip():
                             continue
+                        events += 1
                         event = json.loads(line)
                         kind, body = event.get("type"), event.get("object") or {}
                         if kind == "ERROR":
@@ -331,7 +333,11 @@ class AsyncClient:
                         rv = str((body.get("metadata") or {}).get("resourceVersion") or rv)
                         if kind != "BOOKMARK" and seen(str(kind), body):
                             return
-                failures = 0
+                if events or time.monotonic() - opened > 5:
+                    failures = 0
+                else:  # closed at once with nothing in it (a proxy cutting streams): do not spin
+                    failures = min(failures + 1, REQUEST_ATTEMPTS)
+                    await asyncio.sleep(min(0.1 * 2 ** failures, 3.0))
             except ApiError as e:
                 if e.status == 410:
                     rv = None

@@ -8,6 +8,7 @@ code (docs/client.md has the table). Ctrl-C cancels the Execution and waits for 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from execution_operator.client.aio import new_name
 from execution_operator.client.exceptions import (
     ClientError,
     ExecutionCancelled,
@@ -99,11 +101,18 @@ def _run(client: Any, code: str, input_data: Any, args: argparse.Namespace) -> i
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
+    name = new_name()
     try:
-        handle = client.submit(code, input_data, timeout_seconds=args.timeout, correlation_id=args.correlation_id)
+        handle = client.submit(code, input_data, timeout_seconds=args.timeout, correlation_id=args.correlation_id,
+                               name=name)
     except ClientError as e:
         print(f"error: {e}", file=sys.stderr)
         return InvalidExecution.exit_status if e.reason == "Invalid" else e.exit_status
+    except KeyboardInterrupt:
+        # Interrupted while creating: the create may have gone through, and the name is ours.
+        with contextlib.suppress(ExecutionError):
+            client.handle(name).cancel()
+        return ExecutionCancelled.exit_status
     if args.no_wait:
         if args.output == "text":
             print(handle.name)
