@@ -191,3 +191,35 @@ async def test_api_errors_name_the_fix(tmp_path: Path, monkeypatch: pytest.Monke
         with pytest.raises(ClientError) as raised:
             await client.get("x")
         assert raised.value.reason == "Unreachable" and "kubectl cluster-info" in str(raised.value)
+
+
+async def test_run_many_yields_in_finishing_order_with_one_watch(
+        env: tuple[ApiServer, KubeClient, AsyncClient]) -> None:
+    server, admin, client = env
+    batch = client.run_many(["result = 0", ("result = input_data", 1), {"code": "result = 2", "labels": {"a": "b"}}])
+    first = asyncio.create_task(anext(batch))
+    await eventually(lambda: requests_of(server).count(("create", 201)) == 3 and ("watch", 200) in requests_of(server))
+    listed = (await admin.get(EXECUTIONS))["items"]
+    by_code = {item["spec"]["code"]: item["metadata"]["name"] for item in listed}
+    assert {item["metadata"]["labels"].get("a") for item in listed} == {None, "b"}
+    await finish(admin, by_code["result = 2"], output=2)
+    assert (await asyncio.wait_for(first, 10)).output == 2
+    await finish(admin, by_code["result = input_data"], output=1)
+    await finish(admin, by_code["result = 0"], output=0)
+    assert [r.output async for r in batch] == [1, 0]
+    assert [v for v, _ in requests_of(server)].count("watch") == 1
+
+
+async def test_run_many_refused_request_cancels_the_rest_and_times_out(
+        env: tuple[ApiServer, KubeClient, AsyncClient]) -> None:
+    _, admin, client = env
+    with pytest.raises(ClientError) as raised:
+        async for _ in client.run_many(["result = 1", {"code": "result = 2", "timeout_seconds": 900}]):
+            pass
+    assert raised.value.reason == "Invalid"
+    (created,) = (await admin.get(EXECUTIONS))["items"]
+    assert created["spec"]["cancel"] is True
+    with pytest.raises(WaitTimeout) as timed_out:
+        async for _ in client.run_many(["result = 3"], wait_timeout=0.3):
+            pass
+    assert timed_out.value.cancelled

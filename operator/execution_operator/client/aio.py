@@ -249,8 +249,14 @@ class AsyncClient:
             async with creating:
                 return (await self.submit(namespace=ns, **args)).name
 
-        pending = set(await asyncio.gather(*(create(args) for args in requests)))
-        finished: asyncio.Queue[ExecutionResult] = asyncio.Queue()
+        created = await asyncio.gather(*(create(args) for args in requests), return_exceptions=True)
+        pending = {name for name in created if isinstance(name, str)}
+        failure = next((e for e in created if isinstance(e, BaseException)), None)
+        if failure is not None:
+            # One request was refused: the batch is not run by halves.
+            await asyncio.gather(*(self.handle(n, ns).cancel() for n in pending), return_exceptions=True)
+            raise failure
+        finished: asyncio.Queue[ExecutionResult | BaseException] = asyncio.Queue()
 
         def seen(event: str, body: dict[str, Any]) -> bool:
             name = (body.get("metadata") or {}).get("name")
@@ -259,29 +265,32 @@ class AsyncClient:
                 finished.put_nowait(ExecutionResult.from_body(body))
             return not pending
 
-        watcher = asyncio.create_task(self._watch(ns, {"labelSelector": f"{BATCH_LABEL}={batch}"}, seen))
-        started = time.monotonic()
+        async def watch_batch() -> None:
+            try:
+                await self._watch(ns, {"labelSelector": f"{BATCH_LABEL}={batch}"}, seen)
+            except Exception as e:
+                finished.put_nowait(e)
+
+        watcher = asyncio.create_task(watch_batch())
+        deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
         try:
             while pending or not finished.empty():
-                left = None if wait_timeout is None else wait_timeout - (time.monotonic() - started)
-                getter = asyncio.ensure_future(finished.get())
-                done, _ = await asyncio.wait({getter, watcher}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    if watcher in done:
-                        watcher.result()  # raises the watch's error
-                        continue
-                    first = sorted(pending)[0]
+                try:
+                    outcome = await asyncio.wait_for(finished.get(), None if deadline is None
+                                                  else max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
                     if cancel_on_timeout:
                         await asyncio.gather(*(self.handle(n, ns).cancel() for n in pending))
-                    raise WaitTimeout(first, ns, None, waited=wait_timeout or 0.0, cancelled=cancel_on_timeout)
-                result = getter.result()
+                    raise WaitTimeout(sorted(pending)[0], ns, None, waited=wait_timeout or 0.0,
+                                      cancelled=cancel_on_timeout) from None
+                if isinstance(outcome, BaseException):
+                    raise outcome
                 if delete:
-                    await self.handle(result.name, ns).delete()
-                yield result
+                    await self.handle(outcome.name, ns).delete()
+                yield outcome
         finally:
             watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ClientError):
+            with contextlib.suppress(asyncio.CancelledError):
                 await watcher
 
     # ---------------------------------------------------------------------------------------------- plumbing
