@@ -151,6 +151,8 @@ def test_on_output_is_live_and_has_no_report_lines(client: Client, kube: Kube) -
     assert result.output == "done"
     assert lines == ["first", "to stderr", "last"]
     assert phase_at_first and phase_at_first[0] not in TERMINAL  # the first line came while it ran
+    logs = handle.logs()  # the pod is gone by now: the recorded streams
+    assert "first\n" in logs and "to stderr\n" in logs and "SANDBOX-REPORT" not in logs
 
 
 def test_a_watch_dropped_mid_wait_and_a_410_still_return_the_result(cluster: ClusterHandle, kube: Kube,

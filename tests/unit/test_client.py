@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -273,3 +274,19 @@ def test_run_is_a_subcommand_and_the_operator_flags_are_unchanged(capsys: pytest
         main(["run", "--help"])
     assert raised.value.code == 0 and "execution-operator run" in capsys.readouterr().out
     assert parse_args(["--all-namespaces", "--metrics-port", "0"]).metrics_port == 0  # as the chart passes them
+
+
+def test_the_sync_client_refuses_calls_from_its_own_io_thread() -> None:
+    from execution_operator.client.sync import _Loop
+
+    loop = _Loop()
+
+    async def callback_calling_back() -> None:
+        loop.run(asyncio.sleep(0))  # what a sync call inside on_output would do: deadlock, so refused
+
+    try:
+        with pytest.raises(RuntimeError, match="on_output"):
+            loop.run(callback_calling_back())
+        assert loop.run(asyncio.sleep(0, "still serving")) == "still serving"
+    finally:
+        loop.stop()
