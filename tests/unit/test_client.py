@@ -236,6 +236,19 @@ def test_exec_credential_plugin_is_run_like_kubectl_does(tmp_path: Path) -> None
     assert creds.endpoint.auth_headers()["authorization"] == "Bearer from-the-plugin"
 
 
+def test_several_files_in_kubeconfig_are_merged_as_kubectl_does(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    full = yaml.safe_load(kubeconfig(tmp_path, {"token": "merged"}).read_text())
+    users = tmp_path / "users"
+    users.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "users": full.pop("users")}))
+    rest = tmp_path / "rest"
+    rest.write_text(yaml.safe_dump(full))
+    monkeypatch.setenv("KUBECONFIG", f"{rest}{os.pathsep}{users}")
+    creds = load_credentials()
+    assert creds.namespace == "team-a" and creds.endpoint.auth_headers is not None
+    assert creds.endpoint.auth_headers() == {"authorization": "Bearer merged"}
+
+
 def test_missing_kubeconfig_outside_a_pod_is_a_client_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nope"))
