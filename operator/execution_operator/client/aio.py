@@ -436,12 +436,14 @@ class AsyncExecutionHandle:
         status = body.get("status") or {}
         pod = status.get("podName")
         if pod:
+            api = self.client._api
+            path = path_for("v1", "pods", self.namespace, pod, "log")
             try:
-                text = await self.client._api.kube.get_text(path_for("v1", "pods", self.namespace, pod, "log"))
+                text = await api.call("get pods/log", self.namespace, pod, lambda: api.kube.get_text(path))
                 return "".join(line + "\n" for line in text.splitlines() if not line.startswith(_REPORT_PREFIX))
-            except ApiError as e:
-                if e.status not in (400, 404):
-                    raise self.client._api.translate(e, "get pods/log", self.namespace, pod) from None
+            except ClientError as e:
+                if e.http_status not in (400, 404):  # not yet started, or gone: the recorded tails
+                    raise
         return (status.get("stdout") or "") + (status.get("stderr") or "")
 
     # ---------------------------------------------------------------------------------------------- internals
