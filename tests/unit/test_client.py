@@ -249,6 +249,31 @@ def test_several_files_in_kubeconfig_are_merged_as_kubectl_does(tmp_path: Path,
     assert creds.endpoint.auth_headers() == {"authorization": "Bearer merged"}
 
 
+def test_in_a_pod_without_a_kubeconfig_the_service_account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make the cluster's CA certificate")
+    from kubernetes.config import incluster_config
+
+    from execution_operator.client import credentials
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=ca",
+                    "-keyout", str(tmp_path / "ca.key"), "-out", str(tmp_path / "ca.crt")],
+                   check=True, capture_output=True)
+    (tmp_path / "token").write_text("sa-token")
+    (tmp_path / "namespace").write_text("tenant-7\n")
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(tmp_path / "token"))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(tmp_path / "ca.crt"))
+    monkeypatch.setattr(credentials, "SERVICE_ACCOUNT_NAMESPACE", tmp_path / "namespace")
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    creds = load_credentials()
+    assert creds.endpoint.server == "https://10.96.0.1:443" and creds.namespace == "tenant-7"
+    assert creds.source == "in-cluster service account" and isinstance(creds.endpoint.ssl, ssl.SSLContext)
+    assert creds.endpoint.auth_headers is not None
+    assert creds.endpoint.auth_headers()["authorization"].lower() == "bearer sa-token"  # the scheme's case varies
+
+
 def test_missing_kubeconfig_outside_a_pod_is_a_client_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nope"))
