@@ -93,6 +93,7 @@ __all__ = [
     "strict_unknown_fields",
     "validate",
     "validate_crd",
+    "validate_status",
 ]
 
 # StatusCause reasons (metav1.CauseType / field.ErrorType).
@@ -181,10 +182,9 @@ def _go_float(f: float) -> str:
     return f"{sign}{whole}.{frac}" if frac else f"{sign}{whole}"
 
 
-def _go_sharp(v: Any) -> str:
-    """fmt %#v of a decoded JSON value held in an interface{}."""
-    if v is None:
-        return "interface {}(nil)"
+def _go_value(v: Any) -> str:
+    """How field.Error.ErrorBody (1.36) prints a bad value: numbers and bools with %v, strings
+    with %q, anything else (null, maps, lists) as encoding/json.Marshal writes it."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
@@ -193,32 +193,41 @@ def _go_sharp(v: Any) -> str:
         return _go_float(v)
     if isinstance(v, str):
         return _go_quote(v)
-    if isinstance(v, Mapping):
-        inner = ", ".join(f"{_go_quote(str(k))}:{_go_sharp(v[k])}" for k in sorted(v))
-        return "map[string]interface {}{" + inner + "}"
-    if isinstance(v, list | tuple):
-        return "[]interface {}{" + ", ".join(_go_sharp(x) for x in v) + "}"
-    return repr(v)
+    return _go_json(v)
 
 
-def _go_value(v: Any) -> str:
-    """How field.Error.ErrorBody prints a bad value: like %#v, except that null reads "null"."""
-    return '"null"' if v is None else _go_sharp(v)
+_JSON_HTML_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def _go_json_float(f: float) -> str:
+    """encoding/json's float64: the shortest digits, exponent form below 1e-6 and from 1e21."""
+    if f.is_integer() and abs(f) < 1e21:
+        return str(int(f))
+    text = repr(f)
+    if 1e-6 <= abs(f) < 1e21:
+        return text if "e" not in text else format(Decimal(text), "f")
+    mantissa, _, exp = text.partition("e")
+    sign = "-" if exp.startswith("-") else "+"
+    return f"{mantissa}e{sign}{exp.lstrip('+-').lstrip('0') or '0'}"
 
 
 def _go_json(v: Any) -> str:
-    """encoding/json.Marshal of a decoded JSON value (sorted keys, whole floats without '.0')."""
-
-    def norm(x: Any) -> Any:
-        if isinstance(x, float) and x.is_integer() and abs(x) < 1e21:
-            return int(x)
-        if isinstance(x, Mapping):
-            return {k: norm(x[k]) for k in x}
-        if isinstance(x, list | tuple):
-            return [norm(i) for i in x]
-        return x
-
-    return json.dumps(norm(v), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """encoding/json.Marshal of a decoded JSON value: sorted keys, HTML characters escaped."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return _go_json_float(v)
+    if isinstance(v, str):
+        return "".join(_JSON_HTML_ESCAPES.get(ch, ch) for ch in json.dumps(v, ensure_ascii=False))
+    if isinstance(v, Mapping):
+        return "{" + ",".join(f"{_go_json(str(k))}:{_go_json(v[k])}" for k in sorted(v)) + "}"
+    if isinstance(v, list | tuple):
+        return "[" + ",".join(_go_json(x) for x in v) + "]"
+    return _go_quote(str(v))
 
 
 _OMIT = object()
@@ -600,21 +609,59 @@ def validate(schema: Mapping[str, Any], obj: Any, old: Any | None = None, path: 
     Returns the causes the real server would return, in the order it produces them: schema
     errors, list-type uniqueness errors, then CEL rule errors (or one "rules were not checked"
     cause when an earlier error is blocking). ``path`` prefixes field paths, for validating a
-    sub-tree (``validate(spec_schema, spec, path="spec")``).
+    sub-tree (``validate(spec_schema, spec, path="spec")``). On update, list-type errors are
+    reported only if the old object had none (the server ratchets them).
     """
     node = compile_schema(schema)
     errs: list[FieldError] = []
     _validate_node(node, obj, path, errs)
     if node.has_embedded_below:
         _validate_embedded(node, obj, path, errs)
-    if node.has_listtype_below:
-        _validate_lists(node, obj, path, errs)
-    if node.has_rules_below:
-        if any(e.type in _BLOCKING for e in errs):
-            errs.append(FieldError(INVALID, _NIL_PATH, _body("Invalid value", None, _BLOCKED_MESSAGE)))
-        else:
-            _cel_walk(node, obj, old, path, errs, path == "")
+    _validate_lists_ratcheted(node, obj, old, path, errs)
+    _validate_rules(node, obj, old, path, errs)
     return errs
+
+
+def validate_status(schema: Mapping[str, Any], obj: Any, old: Any) -> list[FieldError]:
+    """Validate a write to the ``/status`` subresource as the server does.
+
+    The status schema alone validates ``obj["status"]``: messages name paths relative to it
+    (``conditions[0].reason in body ...``) while causes are on ``status.<path>``, and errors
+    without a path land on ``status``. List types and CEL rules are checked on the whole object.
+    """
+    node = compile_schema(schema)
+    errs: list[FieldError] = []
+    status_node = node.properties.get("status")
+    if isinstance(obj, Mapping) and "status" in obj and status_node is not None:
+        sub: list[FieldError] = []
+        _validate_node(status_node, obj["status"], "", sub)
+        errs.extend(FieldError(e.type, "status" if e.field == _NIL_PATH else f"status.{e.field}", e.message)
+                    for e in sub)
+    _validate_lists_ratcheted(node, obj, old, "", errs)
+    _validate_rules(node, obj, old, "", errs)
+    return errs
+
+
+def _validate_lists_ratcheted(node: _Node, obj: Any, old: Any, path: str, errs: list[FieldError]) -> None:
+    if not node.has_listtype_below:
+        return
+    new_errs: list[FieldError] = []
+    _validate_lists(node, obj, path, new_errs)
+    if new_errs and old is not None:
+        old_errs: list[FieldError] = []
+        _validate_lists(node, old, path, old_errs)
+        if old_errs:
+            return
+    errs.extend(new_errs)
+
+
+def _validate_rules(node: _Node, obj: Any, old: Any, path: str, errs: list[FieldError]) -> None:
+    if not node.has_rules_below:
+        return
+    if any(e.type in _BLOCKING for e in errs):
+        errs.append(FieldError(INVALID, _NIL_PATH, _body("Invalid value", None, _BLOCKED_MESSAGE)))
+    else:
+        _cel_walk(node, obj, old, path, errs, path == "")
 
 
 def _kind(v: Any) -> str:
@@ -687,30 +734,59 @@ def _validate_node(node: _Node, data: Any, path: str, errs: list[FieldError]) ->
         _validate_object(node, data, path, errs)
 
 
+def _composite(path: str, detail: str) -> FieldError:
+    """kube-openapi's composite errors (anyOf, oneOf, allOf, not, number ranges) carry no field
+    name: the server reports them on the validated root (``<nil>``), valued ``""``."""
+    return _invalid("", "", detail)
+
+
 def _validate_props(node: _Node, data: Any, path: str, errs: list[FieldError]) -> None:
-    for sub in node.all_of:
-        _validate_node(sub, data, path, errs)
+    """allOf/anyOf/oneOf/not as kube-openapi checks them: one composite error, plus the errors of
+    the first failing branch (anyOf, oneOf) or of every branch (allOf)."""
+    quoted = _go_quote(path)
     if node.any_of:
+        best: list[FieldError] | None = None
         for sub in node.any_of:
             trial: list[FieldError] = []
             _validate_node(sub, data, path, trial)
             if not trial:
+                best = None
                 break
+            if best is None:
+                best = trial
         else:
-            errs.append(_invalid(path, data, f"{path} in body must validate at least one schema (anyOf)"))
+            errs.append(_composite(path, f"{quoted} must validate at least one schema (anyOf)"))
+        errs.extend(best or ())
     if node.one_of:
         passing = 0
+        best = None
         for sub in node.one_of:
             trial = []
             _validate_node(sub, data, path, trial)
-            passing += not trial
+            if not trial:
+                passing += 1
+            elif best is None and passing == 0:
+                best = trial
         if passing != 1:
-            errs.append(_invalid(path, data, f"{path} in body must validate one and only one schema (oneOf)"))
+            found = "Found none valid" if passing == 0 else f"Found {passing} valid alternatives"
+            errs.append(_composite(path, f"{quoted} must validate one and only one schema (oneOf). {found}"))
+            if passing == 0:
+                errs.extend(best or ())
+    if node.all_of:
+        passing = 0
+        for sub in node.all_of:
+            trial = []
+            _validate_node(sub, data, path, trial)
+            passing += not trial
+            errs.extend(trial)
+        if passing != len(node.all_of):
+            none = ". None validated" if passing == 0 else ""
+            errs.append(_composite(path, f"{quoted} must validate all the schemas (allOf){none}"))
     if node.not_ is not None:
         trial = []
         _validate_node(node.not_, data, path, trial)
         if not trial:
-            errs.append(_invalid(path, data, f"{path} in body must not validate the schema (not)"))
+            errs.append(_composite(path, f"{quoted} must not validate the schema (not)"))
 
 
 def _validate_string(node: _Node, data: str, path: str, errs: list[FieldError]) -> None:
@@ -731,8 +807,31 @@ def _bound(value: Any, bound: float) -> str:
     return str(int(bound)) if isinstance(value, int) else _go_float(float(bound))
 
 
+_INT_RANGES = {"int32": (-(2**31), 2**31 - 1)}
+_INT64 = (-(2**63), 2**63 - 1)
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _in_range(node: _Node, data: float) -> bool:
+    """IsValueValidAgainstRange: the value, printed as Go prints it, parses as the type and format."""
+    if node.type == "integer":
+        if isinstance(data, float):
+            if not data.is_integer():
+                return False
+            data = int(data)
+        lo, hi = _INT_RANGES.get(node.format, _INT64)
+        return lo <= data <= hi
+    if node.format == "float":
+        return math.isinf(data) or abs(float(data)) <= _FLOAT32_MAX
+    return True
+
+
 def _validate_number(node: _Node, data: float, path: str, errs: list[FieldError]) -> None:
     is_int = isinstance(data, int)
+    if node.type in ("integer", "number") and not _in_range(node, data):
+        kept = node.format in ("int32", "int64", "float", "double")  # the server strips other formats
+        fmt = f"with format {node.format}" if kept else "(default format)"
+        errs.append(_composite(path, f"Checked value must be of type {node.type} {fmt} in {path}"))
     if node.multiple_of is not None and node.multiple_of > 0:
         if is_int and int(node.multiple_of) > 0:
             bad = data % int(node.multiple_of) != 0

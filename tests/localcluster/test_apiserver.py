@@ -241,8 +241,10 @@ async def test_server_side_apply_creates_then_merges(api: Api) -> None:
     status, o = await api.patch(path, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"},
                                        "data": {"b": "2"}}, APPLY)
     assert status == 200 and o["data"] == {"a": "1", "b": "2"}
-    status, _body = await api.patch(f"{CM}/ssa", {"metadata": {"name": "ssa"}}, APPLY)
-    assert status == 400
+    status, body = await api.patch(f"{CM}/ssa", {"metadata": {"name": "ssa"}}, APPLY)
+    assert status == 422 and body["details"]["kind"] == "PatchOptions"
+    assert body["message"] == ('PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: '
+                               "is required for apply patch")
 
 
 async def test_dry_run_does_not_persist(api: Api, server: ApiServer) -> None:
