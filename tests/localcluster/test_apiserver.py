@@ -118,7 +118,8 @@ async def test_create_sets_server_fields_and_rv_increases(api: Api) -> None:
     for o in (a, b):
         meta = o["metadata"]
         assert meta["uid"] and meta["creationTimestamp"].endswith("Z") and meta["namespace"] == "default"
-        assert "managedFields" not in meta
+        [entry] = meta["managedFields"]
+        assert entry["operation"] == "Update" and entry["fieldsV1"] == {"f:data": {".": {}, "f:x": {}}}
     assert int(b["metadata"]["resourceVersion"]) > int(a["metadata"]["resourceVersion"])
 
 
@@ -240,7 +241,14 @@ async def test_server_side_apply_creates_then_merges(api: Api) -> None:
     assert status == 201 and o["data"] == {"a": "1"}
     status, o = await api.patch(path, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"},
                                        "data": {"b": "2"}}, APPLY)
-    assert status == 200 and o["data"] == {"a": "1", "b": "2"}
+    # the manager no longer applies "a" and nobody else owns it: removed
+    assert status == 200 and o["data"] == {"b": "2"}
+    status, o = await api.patch(f"{CM}/ssa?fieldManager=other", {"apiVersion": "v1", "kind": "ConfigMap",
+                                                                 "metadata": {"name": "ssa"}, "data": {"c": "3"}},
+                                APPLY)
+    assert status == 200 and o["data"] == {"b": "2", "c": "3"}
+    owners = {e["manager"]: e["fieldsV1"] for e in o["metadata"]["managedFields"]}
+    assert owners == {"test": {"f:data": {"f:b": {}}}, "other": {"f:data": {"f:c": {}}}}
     status, body = await api.patch(f"{CM}/ssa", {"metadata": {"name": "ssa"}}, APPLY)
     assert status == 422 and body["details"]["kind"] == "PatchOptions"
     assert body["message"] == ('PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: '

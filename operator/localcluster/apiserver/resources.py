@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+#: the order apiextensions-apiserver lists a custom resource's verbs in discovery
+CUSTOM_VERBS = ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"]
 
 
 @dataclass
@@ -236,6 +238,7 @@ def resources_from_crd(crd: dict[str, Any]) -> list[ResourceInfo]:
                 categories=list(names.get("categories") or []),
                 subresources=subs,
                 has_generation=True,
+                verbs=list(CUSTOM_VERBS),
                 schema=schema,
                 printer_columns=list(ver.get("additionalPrinterColumns") or []),
                 custom=True,

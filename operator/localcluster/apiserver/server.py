@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from localcluster.apiserver import decode, discovery, openapi, protobuf
+from localcluster.apiserver import decode, discovery, managedfields, openapi, protobuf
 from localcluster.apiserver import patch as patch_mod
 from localcluster.apiserver.faults import FaultRule, Faults
 from localcluster.apiserver.logs import serve_pod_log
@@ -558,10 +558,8 @@ class ApiServer:
             decode.check_delete_options(opts, dry_run)
             obj = self.delete_object(info, ns, ri.name, opts, dry_run="All" in dry_run)
             meta = obj["metadata"]
-            stored = self.store.get(info.store_key, ns, ri.name)
-            removed = not meta.get("deletionTimestamp") if "All" in dry_run else (
-                stored is None or stored["metadata"].get("uid") != meta.get("uid"))
-            if removed and info.store_key not in _RETURNS_DELETED_OBJECT:
+            # removed at once (no finalizer held it): a Status; marked for deletion: the object
+            if not meta.get("deletionTimestamp") and info.store_key not in _RETURNS_DELETED_OBJECT:
                 details = {"name": ri.name, **({"group": info.group} if info.group else {}), "kind": info.plural,
                            "uid": meta.get("uid", "")}
                 return self._json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
@@ -864,8 +862,9 @@ class ApiServer:
                 for p in problems]
 
     def create_object(self, info: ResourceInfo, ns: str, body: dict[str, Any], dry_run: bool = False,
-                      manager: str = "") -> dict[str, Any]:
-        """POST semantics: defaulting, validation, uid/rv/timestamps, side effects."""
+                      manager: str = "", apply_config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """POST semantics: defaulting, validation, uid/rv/timestamps, side effects; the fields go to manager
+        (as applied, when the create is a server-side apply of apply_config)."""
         obj = json_copy(body)
         meta = obj.setdefault("metadata", {}) or {}
         obj["metadata"] = meta
@@ -909,6 +908,12 @@ class ApiServer:
         self._prepare_create(info, ns, obj)
         if info.custom:
             obj = self._validate_custom(info, obj, None)
+        if apply_config is not None:
+            managedfields.apply({}, apply_config, obj, info.schema, manager, info.api_version, "", info.has_status,
+                                True, now_rfc3339())
+        elif manager:
+            managedfields.record_update(None, obj, info.schema, manager, info.api_version, "", info.has_status,
+                                        now_rfc3339())
         meta = obj["metadata"]
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339()
@@ -1131,13 +1136,16 @@ class ApiServer:
                           "CustomResourceDefinition", crd["metadata"].get("name", ""), causes)
 
     def update_object(self, info: ResourceInfo, ns: str, name: str, body: dict[str, Any], sub: str = "",
-                      dry_run: bool = False, _patched: bool = False, manager: str = "") -> dict[str, Any]:
-        """PUT semantics (also the tail of every patch): preconditions, status split, generation."""
+                      dry_run: bool = False, _patched: bool = False, manager: str = "",
+                      applied: bool = False) -> dict[str, Any]:
+        """PUT semantics (also the tail of every patch): preconditions, status split, generation, field
+        ownership (`applied`: the body's managedFields were set by server-side apply)."""
         old = self._must_get(info, ns, name)
         new = json_copy(body) if not _patched else body
         meta = new.get("metadata")
         meta = dict(meta) if isinstance(meta, dict) else {}
         new["metadata"] = meta
+        applied_fields = meta.get("managedFields") if applied else None
         if meta.get("name") not in (None, name):
             raise ApiError(400, f'the name of the object ({meta.get("name")}) does not match the name on the URL '
                                 f"({name})", "BadRequest")
@@ -1195,6 +1203,15 @@ class ApiServer:
         new_meta["resourceVersion"] = old["metadata"]["resourceVersion"]
         if not new_meta.get("finalizers"):
             new_meta.pop("finalizers", None)
+        if applied_fields is not None:
+            new_meta["managedFields"] = applied_fields
+        elif manager:
+            managedfields.record_update(old, new, info.schema, manager, info.api_version, sub, info.has_status,
+                                        now_rfc3339())
+        elif old["metadata"].get("managedFields"):
+            new_meta["managedFields"] = old["metadata"]["managedFields"]
+        if not new_meta.get("managedFields"):
+            new_meta.pop("managedFields", None)
         if _semantically_equal(old, new):
             return old
         if info.has_generation and _spec_changed(info, old, new):
@@ -1244,11 +1261,15 @@ class ApiServer:
                 if info.namespaced:
                     body["metadata"]["namespace"] = ns
                 warn.extend(self._field_validation(info, body, q))
-                return self.create_object(info, ns, body, dry_run=dry_run, manager=manager), True
+                return self.create_object(info, ns, body, dry_run=dry_run, manager=manager,
+                                          apply_config=json_copy(body)), True
             warn.extend(self._field_validation(info, body, q))
-            applied = _apply_merge(old, body, not info.custom)
-            return self.update_object(info, ns, name, applied, sub, dry_run=dry_run, _patched=True,
-                                      manager=manager), False
+            merged = _apply_merge(old, body, not info.custom)
+            force = q.get("force") not in (None, "false", "False", "FALSE", "0", "f", "F")  # force=maybe forces
+            managedfields.apply(old, body, merged, info.schema, manager, info.api_version, sub, info.has_status,
+                                force, now_rfc3339())
+            return self.update_object(info, ns, name, merged, sub, dry_run=dry_run, _patched=True,
+                                      manager=manager, applied=True), False
         if old is None:
             raise not_found(info.group_resource, info.group, info.plural, name)
         if ctype == "application/merge-patch+json":
@@ -1602,7 +1623,7 @@ def _body_without_meta(obj: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _strip_volatile(obj: dict[str, Any]) -> dict[str, Any]:
-    meta = {k: v for k, v in obj.get("metadata", {}).items() if k not in ("resourceVersion", "managedFields")}
+    meta = {k: v for k, v in obj.get("metadata", {}).items() if k != "resourceVersion"}
     return {**obj, "metadata": meta}
 
 
