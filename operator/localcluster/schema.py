@@ -17,10 +17,12 @@ The local API server uses this module to treat custom resources the way a real
   int-or-string, allOf/anyOf/oneOf/not), then ``x-kubernetes-list-type`` set/map uniqueness,
   then the CEL rules of ``x-kubernetes-validations`` - unless one of the earlier errors is
   "blocking", in which case the server skips CEL and says so in one extra cause.
-* ``validate_crd(crd)`` - the schema checks of CRD creation (every node typed unless
-  int-or-string/preserve-unknown, no ``$ref``/``definitions``/``uniqueItems``, properties and
-  additionalProperties exclusive, list/map-type rules, defaults that validate and are pruned,
-  CEL rules that compile and use ``oldSelf`` only where old values correlate).
+* ``validate_crd(crd, old=None)`` - CRD validation on create/update (``localcluster.crdvalidation``);
+  its schema part is ``validate_crd_schema(schema, path)``: no ``$ref``/``definitions``/
+  ``uniqueItems``, properties and additionalProperties exclusive, list/map-type rules, every node
+  typed unless int-or-string/preserve-unknown, defaults that are pruned and validate as written
+  (their CEL rules included), CEL rules that compile, type-check and fit the cost budget
+  (``localcluster.celcheck``), and ``oldSelf`` only where old values correlate.
 
 Errors are ``FieldError(type, field, message)``; ``type`` is the StatusCause ``reason`` and
 ``message`` is the cause message, both worded as the current (1.3x) API server words them, e.g.
@@ -53,8 +55,7 @@ FieldValueRequired, FieldValueDuplicate), ``message``, ``messageExpression`` and
 are honoured. As on a current server, a rule without ``oldSelf`` whose value is unchanged by an
 update is ratcheted (not reported). A library failure inside ``||``/``&&`` is absorbed the way
 CEL absorbs errors; any other evaluation failure becomes a ``... evaluating rule: ...`` cause,
-never an exception. Not covered: static type checking (a rule whose types are wrong fails at
-evaluation instead of at CRD creation), cost budgets, the ``?.``/``[?]`` optional syntax, the
+never an exception. Not covered: the ``?.``/``[?]`` optional syntax, the
 ``sets``/``format``/``ip``/``cidr``/``semver`` libraries, and ratcheting of schema (non-CEL)
 errors.
 
