@@ -209,9 +209,9 @@ def _go_value(v: Any) -> str:
     return '"null"' if v is None else _go_sharp(v)
 
 
-def _go_json(v: Any, sort_keys: bool = True) -> str:
-    """encoding/json.Marshal of a decoded JSON value (map keys sorted, a struct's in field order with
-    ``sort_keys=False``; whole floats without '.0'; <, > and & escaped as Go escapes them)."""
+def _go_json(v: Any) -> str:
+    """encoding/json.Marshal of a decoded JSON value (sorted keys, whole floats without '.0', HTML
+    characters escaped)."""
 
     def norm(x: Any) -> Any:
         if isinstance(x, float) and x.is_integer() and abs(x) < 1e21:
@@ -222,8 +222,13 @@ def _go_json(v: Any, sort_keys: bool = True) -> str:
             return [norm(i) for i in x]
         return x
 
-    text = json.dumps(norm(v), sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(norm(v), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _go_struct_json(fields: Mapping[str, Any]) -> str:
+    """encoding/json.Marshal of a Go struct: its fields in declaration order (``fields``' order)."""
+    return "{" + ",".join(f"{_go_json(k)}:{_go_json(v)}" for k, v in fields.items()) + "}"
 
 
 _OMIT = object()
@@ -244,7 +249,7 @@ def _invalid(path: str, value: Any, detail: str) -> FieldError:
 
 def _invalid_json(path: str, value: Any, detail: str) -> FieldError:
     """field.Invalid with a composite (or null) value: a current server prints those as JSON."""
-    return FieldError(INVALID, _f(path), f"Invalid value: {_go_json(value, sort_keys=False)}: {detail}")
+    return FieldError(INVALID, _f(path), f"Invalid value: {_go_json(value)}: {detail}")
 
 
 def _type_invalid(path: str, value: Any, detail: str) -> FieldError:
@@ -2103,7 +2108,7 @@ def _rule_repr(rule: Mapping[str, Any]) -> str:
         "FieldPath": str(rule.get("fieldPath") or ""),
         "OptionalOldSelf": rule.get("optionalOldSelf"),
     }
-    return _go_json(value, sort_keys=False)
+    return _go_struct_json(value)
 
 
 def _check_rules(
