@@ -24,6 +24,7 @@ from localcluster.schema import (
     strict_unknown_fields,
     validate,
     validate_crd,
+    validate_status,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -749,3 +750,46 @@ def test_arbitrary_input_never_raises_and_pruning_is_complete(
             old = default_and_prune(sch, {"metadata": {"name": "n"}, "spec": old_spec})
         errs = validate(sch, obj, old)
         assert all(isinstance(e, FieldError) and e.field and e.message for e in errs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Numbers, composites and the status subresource as kube-apiserver 1.36 reports them
+
+
+def test_a_float_for_an_integer_adds_the_range_check_on_the_root(schema: dict[str, Any]) -> None:
+    errs = validate(schema, default_and_prune(schema, _obj(timeoutSeconds=30.5)))
+    assert _messages(errs) == [
+        'spec.timeoutSeconds: Invalid value: "number": spec.timeoutSeconds in body must be of type integer: "number"',
+        '<nil>: Invalid value: "": Checked value must be of type integer (default format) in spec.timeoutSeconds',
+    ]
+    assert validate(schema, default_and_prune(schema, _obj(timeoutSeconds=30.0))) == []
+
+
+def test_any_of_reports_a_composite_cause_and_the_first_branch(schema: dict[str, Any]) -> None:
+    schema["properties"]["spec"]["properties"]["size"]["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    errs = validate(schema, default_and_prune(schema, _obj(size=True)))
+    assert _messages(errs) == [
+        'spec.size: Invalid value: "boolean": spec.size in body must be of type integer,string: "boolean"',
+        '<nil>: Invalid value: "": "spec.size" must validate at least one schema (anyOf)',
+        'spec.size: Invalid value: "boolean": spec.size in body must be of type integer: "boolean"',
+    ]
+
+
+def test_status_is_validated_against_its_own_schema() -> None:
+    status = {"type": "object", "properties": {
+        "exitCode": {"type": "integer", "format": "int32"},
+        "phase": {"type": "string", "pattern": "^[A-Z]"},
+    }}
+    schema = {"type": "object", "properties": {"spec": {"type": "object"}, "status": status}}
+    old = {"spec": {}, "status": {}}
+    got = validate_status(schema, {"spec": {}, "status": {"exitCode": 2**31, "phase": "x"}}, old)
+    assert sorted(_messages(got)) == [
+        'status.phase: Invalid value: "x": phase in body should match \'^[A-Z]\'',
+        'status: Invalid value: "": Checked value must be of type integer with format int32 in exitCode',
+    ]
+    assert validate_status(schema, {"spec": {}, "status": {"exitCode": 2**31 - 1, "phase": "X"}}, old) == []
+
+
+def test_values_in_causes_print_as_1_36_prints_them(schema: dict[str, Any]) -> None:
+    errs = validate(schema, default_and_prune(schema, _obj(mode=None, ports=[{"name": "a"}, {"name": "a"}])))
+    assert 'spec.ports[1]: Duplicate value: {"name":"a"}' in _messages(errs)
