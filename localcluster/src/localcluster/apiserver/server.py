@@ -413,18 +413,17 @@ class ApiServer:
         raw = await request.read()
         ctype = request.headers.get("Content-Type", JSON).split(";")[0].strip()
         dups: list[str] = []
-        if raw and info.custom and "json" in ctype:
+        if raw and ctype == JSON:
             try:
                 body, dups = decode.loads(raw)
             except ValueError as e:
-                raise ApiError(400, f"the object provided is unrecognized (must be of type {info.kind}): couldn't "
-                                    f"get version/kind; json parse error: {decode.json_error_text(e, raw)}",
-                               "BadRequest") from None
+                if info.custom:
+                    raise ApiError(400, f"the object provided is unrecognized (must be of type {info.kind}): "
+                                        f"couldn't get version/kind; json parse error: "
+                                        f"{decode.json_error_text(e, raw)}", "BadRequest") from None
+                raise ApiError(400, f"the body of the request was in an unknown format: {e}", "BadRequest") from None
         else:
             body = self._parse_body(raw, ctype)
-            if raw and "json" in ctype and isinstance(body, dict):
-                with contextlib.suppress(ValueError):
-                    dups = decode.loads(raw)[1]
         if not isinstance(body, dict):
             raise ApiError(400, "the body of the request was empty or not an object", "BadRequest")
         if info.custom:
