@@ -595,3 +595,23 @@ async def test_multi_version_crd_serves_each_version(api: Api) -> None:
     assert g["apiVersion"] == "test.dev/v1"
     _, lst = await api.get("/apis/test.dev/v1/namespaces/default/gadgets")
     assert lst["apiVersion"] == "test.dev/v1" and lst["items"][0]["apiVersion"] == "test.dev/v1"
+
+
+@needs_schema
+async def test_unknown_and_duplicate_fields_of_a_custom_resource_warn_and_are_dropped(api: Api) -> None:
+    await install_widgets(api)
+    body = ('{"apiVersion":"test.dev/v1","kind":"Widget","metadata":{"name":"w","bogus":1},'
+            '"spec":{"size":1,"size":2,"foo":1}}')
+    async with api.session.post(api.url + W, data=body, headers={"Content-Type": "application/json"}) as resp:
+        got = await resp.json()
+        assert resp.status == 201
+        assert resp.headers.getall("Warning") == ['299 - "duplicate field \\"spec.size\\""',
+                                                  '299 - "unknown field \\"metadata.bogus\\""',
+                                                  '299 - "unknown field \\"spec.foo\\""']
+    assert "bogus" not in got["metadata"] and got["spec"]["size"] == 2 and "foo" not in got["spec"]
+    async with api.session.post(api.url + W + "?fieldValidation=Strict", data=body.replace('"w"', '"s"'),
+                                headers={"Content-Type": "application/json"}) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["message"] == (
+            'Widget in version "v1" cannot be handled as a Widget: strict decoding error: '
+            'duplicate field "spec.size", unknown field "metadata.bogus", unknown field "spec.foo"')

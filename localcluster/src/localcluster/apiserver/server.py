@@ -1132,6 +1132,9 @@ class ApiServer:
         if mod is None:
             return obj
         meta = obj.get("metadata")
+        if isinstance(meta, dict):
+            for k in [k for k in meta if k not in decode.OBJECT_META_FIELDS]:
+                del meta[k]  # decoding into ObjectMeta drops what it does not have (a warning said so)
         pruned = mod.default_and_prune(info.schema, obj)
         if info.storage_schema is not None and isinstance(pruned, dict):
             # Conversion None: the object is stored as the storage version, pruned through its schema.
