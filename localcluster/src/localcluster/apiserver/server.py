@@ -530,8 +530,11 @@ class ApiServer:
                 self.delete_object(info, ns, ri.name, body.get("deleteOptions") or {})
                 return self._json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                                    "code": 201}, 201)
+            if ri.name and not info.custom:
+                raise ApiError(405, "the server does not allow this method on the requested resource",
+                               "MethodNotAllowed")
             body, dups = await self._read_object(request, info)
-            # POST to an object's own path is a create too (409 if it exists)
+            # the custom resource handler takes a POST to an object's path as a create of the body's object
             warnings = self._field_validation(info, body, q, dups)
             obj = self.create_object(info, ri.namespace, body, dry_run=dry, manager=manager)
             return self._obj_response(info, obj, 201, warnings)
