@@ -830,7 +830,6 @@ class ApiServer:
         if info.has_generation:
             meta["generation"] = 1
         if dry_run:
-            meta["resourceVersion"] = str(self.store.rv)
             return obj
         obj = self._persist(info, ns, obj, "ADDED", None)
         self._after_create(info, ns, obj)
