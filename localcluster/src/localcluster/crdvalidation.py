@@ -389,6 +389,10 @@ def validate_crd(crd: Mapping[str, Any], old: Mapping[str, Any] | None = None) -
     errs.extend(_names_errors(accepted, "status.acceptedNames"))
     stored = list(status.get("storedVersions") or [])
     errs.extend(_stored_versions_errors(stored, list(spec.get("versions") or [])))
+    old_preserve = old is not None and bool(_map(old.get("spec")).get("preserveUnknownFields"))
+    if spec.get("preserveUnknownFields") and not old_preserve:
+        errs.append(_invalid("spec.preserveUnknownFields", True, "cannot set to true, set "
+                             "x-kubernetes-preserve-unknown-fields to true in spec.versions[*].schema instead"))
     return errs
 
 
