@@ -638,6 +638,8 @@ def check_rule(text: str, self_type: DeclType, *, string_result: bool = False) -
         t, cost, _, _ = checker.visit(expr)
     except CheckError as err:
         return RuleCheck(_caret(text, err.col, err.message), 0, checker.uses_old_self)
+    except RecursionError:  # a hostile nesting depth: left to the evaluator's own limits
+        return RuleCheck(None, 0, "oldSelf" in text)
     want = "string" if string_result else "bool"
     if t.kind not in (want, "dyn"):
         detail = "messageExpression must evaluate to a string" if string_result else \
