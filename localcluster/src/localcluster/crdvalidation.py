@@ -95,22 +95,19 @@ def _versions_invalid(versions: list[Any], view: Mapping[str, Any], detail: str)
     return FieldError("FieldValueInvalid", "spec.versions", f"Invalid value: {quoted}: {detail}")
 
 
-def _subdomain_errors(value: str) -> list[str]:
-    out = []
-    if len(value) > 253:
-        out.append("must be no more than 253 characters")
-    if not SUBDOMAIN_RE.match(value):
-        out.append(SUBDOMAIN_MSG)
+def _format_errors(value: str, limit: int, pattern: Any, message: str) -> list[str]:
+    out = [f"must be no more than {limit} characters"] if len(value) > limit else []
+    if not pattern.match(value):
+        out.append(message)
     return out
+
+
+def _subdomain_errors(value: str) -> list[str]:
+    return _format_errors(value, 253, SUBDOMAIN_RE, SUBDOMAIN_MSG)
 
 
 def _dns1035_errors(value: str) -> list[str]:
-    out = []
-    if len(value) > 63:
-        out.append("must be no more than 63 characters")
-    if not _RX_DNS1035.match(value):
-        out.append(_DNS1035_MSG)
-    return out
+    return _format_errors(value, 63, _RX_DNS1035, _DNS1035_MSG)
 
 
 def _names_errors(names: Mapping[str, Any], path: str) -> list[FieldError]:
@@ -392,6 +389,10 @@ def validate_crd(crd: Mapping[str, Any], old: Mapping[str, Any] | None = None) -
     errs.extend(_names_errors(accepted, "status.acceptedNames"))
     stored = list(status.get("storedVersions") or [])
     errs.extend(_stored_versions_errors(stored, list(spec.get("versions") or [])))
+    old_preserve = old is not None and bool(_map(old.get("spec")).get("preserveUnknownFields"))
+    if spec.get("preserveUnknownFields") and not old_preserve:
+        errs.append(_invalid("spec.preserveUnknownFields", True, "cannot set to true, set "
+                             "x-kubernetes-preserve-unknown-fields to true in spec.versions[*].schema instead"))
     return errs
 
 
