@@ -615,3 +615,14 @@ async def test_unknown_and_duplicate_fields_of_a_custom_resource_warn_and_are_dr
         assert (await resp.json())["message"] == (
             'Widget in version "v1" cannot be handled as a Widget: strict decoding error: '
             'duplicate field "spec.size", unknown field "metadata.bogus", unknown field "spec.foo"')
+
+
+async def test_an_update_naming_another_uid_is_a_409_precondition_failure(api: Api) -> None:
+    _, a = await api.post(CM, cm("u", x="1"))
+    status, body = await api.put(f"{CM}/u", {**a, "metadata": {**a["metadata"], "uid": "other"}, "data": {"x": "2"}})
+    assert status == 409 and body["reason"] == "Conflict"
+    assert body["message"].endswith(f"Precondition failed: UID in precondition: other, UID in object meta: "
+                                    f"{a['metadata']['uid']}")
+    assert "Key: /registry/configmaps/default/u," in body["message"]
+    status, same = await api.put(f"{CM}/u", {**a, "data": {"x": "2"}})
+    assert status == 200 and same["data"] == {"x": "2"}

@@ -1196,6 +1196,15 @@ class ApiServer:
             raise invalid(info.group_resource, info.group, info.plural, name, [{
                 "reason": "FieldValueInvalid", "field": "metadata.resourceVersion",
                 "message": "Invalid value: 0: must be specified for an update"}])
+        uid = meta.get("uid")
+        if uid and uid != old["metadata"].get("uid"):
+            # the object's uid is a precondition of the update (storage.Preconditions, checked in the store)
+            key = "/".join(p for p in ("/registry", info.group if info.custom else "", info.plural, ns, name) if p)
+            raise ApiError(409, f'Operation cannot be fulfilled on {info.group_resource} "{name}": StorageError: '
+                                f"invalid object, Code: 4, Key: {key}, ResourceVersion: 0, AdditionalErrorMsg: "
+                                f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
+                                f'{old["metadata"].get("uid")}', "Conflict",
+                           {"name": name, **({"group": info.group} if info.group else {}), "kind": info.plural})
         if info.custom:
             _check_kind(info, new, name)
         new["apiVersion"] = info.api_version
