@@ -16,7 +16,14 @@ The local API server uses this module to treat custom resources the way a real
   counted in characters, pattern, format, minItems/maxItems, minProperties/maxProperties,
   int-or-string, allOf/anyOf/oneOf/not), then ``x-kubernetes-list-type`` set/map uniqueness,
   then the CEL rules of ``x-kubernetes-validations`` - unless one of the earlier errors is
-  "blocking", in which case the server skips CEL and says so in one extra cause.
+  "blocking", in which case the server skips CEL and says so in one extra cause. Errors kube-openapi
+  raises without a field (the range of a number for its type and format, anyOf/oneOf/allOf/not) are
+  on the validated root: ``<nil>: Invalid value: "": Checked value must be of type integer (default
+  format) in spec.timeoutSeconds``; list-type errors are ratcheted on update (reported only when the
+  old object had none).
+* ``validate_status(schema, obj, old)`` - a ``/status`` write: ``status`` checked against the status
+  schema alone (messages name paths relative to it, causes are on ``status.<path>`` or ``status``),
+  list types and CEL rules on the whole object.
 * ``validate_crd(crd, old=None)`` - CRD validation on create/update (``localcluster.crdvalidation``);
   its schema part is ``validate_crd_schema(schema, path)``: no ``$ref``/``definitions``/
   ``uniqueItems``, properties and additionalProperties exclusive, list/map-type rules, every node
@@ -30,8 +37,9 @@ Errors are ``FieldError(type, field, message)``; ``type`` is the StatusCause ``r
 ``Required value``, ``Unsupported value: "x": supported values: "a", "b"``,
 ``Too long: may not be more than 102400 bytes``, ``Too many: 4: must have at most 3 items``,
 ``Invalid value: "string": spec.n in body must be of type integer: "string"``,
-``Duplicate value: map[string]interface {}{"name":"a"}``,
-``Invalid value: failed rule: self.a <= self.b`` (object/array values are omitted by the server).
+``Duplicate value: {"name":"a"}`` (a 1.36 server prints numbers and booleans as Go's %v, strings
+quoted, anything else - null, maps, lists - as JSON), ``Invalid value: failed rule: self.a <= self.b``
+(object/array values are omitted by the server).
 
 CEL coverage (evaluated with cel-python, ``import celpy``; each rule is parsed once and cached by
 its text): the CEL core language and standard macros (``has``, ``all``, ``exists``,
