@@ -793,3 +793,16 @@ def test_status_is_validated_against_its_own_schema() -> None:
 def test_values_in_causes_print_as_1_36_prints_them(schema: dict[str, Any]) -> None:
     errs = validate(schema, default_and_prune(schema, _obj(mode=None, ports=[{"name": "a"}, {"name": "a"}])))
     assert 'spec.ports[1]: Duplicate value: {"name":"a"}' in _messages(errs)
+
+
+def test_schema_errors_of_unchanged_values_are_ratcheted_on_update(schema: dict[str, Any]) -> None:
+    old = default_and_prune(schema, _obj(mode="Slow", timeoutSeconds=500))
+    new = default_and_prune(schema, _obj(mode="Slow", timeoutSeconds=500, cancel=True))
+    assert validate(schema, new, old) == []
+    assert validate(schema, new) != []
+    changed = default_and_prune(schema, _obj(mode="Slower", timeoutSeconds=500))
+    assert _messages(validate(schema, changed, old)) == [
+        'spec.mode: Unsupported value: "Slower": supported values: "Fast", "Safe"']
+    missing = {k: v for k, v in _obj().items() if k != "spec"} | {"spec": {"mode": "Fast"}}
+    assert validate(schema, default_and_prune(schema, copy.deepcopy(missing)),
+                    default_and_prune(schema, copy.deepcopy(missing))) == []

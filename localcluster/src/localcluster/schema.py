@@ -19,8 +19,9 @@ The local API server uses this module to treat custom resources the way a real
   "blocking", in which case the server skips CEL and says so in one extra cause. Errors kube-openapi
   raises without a field (the range of a number for its type and format, anyOf/oneOf/allOf/not) are
   on the validated root: ``<nil>: Invalid value: "": Checked value must be of type integer (default
-  format) in spec.timeoutSeconds``; list-type errors are ratcheted on update (reported only when the
-  old object had none).
+  format) in spec.timeoutSeconds``. On update, errors of values the update left unchanged are
+  dropped (CRDValidationRatcheting; not inside lists), and list-type errors are reported only when the
+  old object had none.
 * ``validate_status(schema, obj, old)`` - a ``/status`` write: ``status`` checked against the status
   schema alone (messages name paths relative to it, causes are on ``status.<path>`` or ``status``),
   list types and CEL rules on the whole object.
@@ -64,8 +65,8 @@ are honoured. As on a current server, a rule without ``oldSelf`` whose value is 
 update is ratcheted (not reported). A library failure inside ``||``/``&&`` is absorbed the way
 CEL absorbs errors; any other evaluation failure becomes a ``... evaluating rule: ...`` cause,
 never an exception. Not covered: the ``?.``/``[?]`` optional syntax, the
-``sets``/``format``/``ip``/``cidr``/``semver`` libraries, and ratcheting of schema (non-CEL)
-errors.
+``sets``/``format``/``ip``/``cidr``/``semver`` libraries, and ratcheting of schema errors inside
+lists.
 
 Speed: schemas compile once into a node tree (cached by object identity), CEL rules compile once
 (cached by text), and rule outcomes on small values are memoised, since rules are pure. Objects
@@ -637,6 +638,8 @@ def validate(schema: Mapping[str, Any], obj: Any, old: Any | None = None, path: 
     node = compile_schema(schema)
     errs: list[FieldError] = []
     _validate_node(node, obj, path, errs)
+    if old is not None and errs and not path:
+        errs = _ratchet(errs, obj, old)
     if node.has_embedded_below:
         _validate_embedded(node, obj, path, errs)
     _validate_lists_ratcheted(node, obj, old, path, errs)
@@ -657,11 +660,39 @@ def validate_status(schema: Mapping[str, Any], obj: Any, old: Any) -> list[Field
     if isinstance(obj, Mapping) and "status" in obj and status_node is not None:
         sub: list[FieldError] = []
         _validate_node(status_node, obj["status"], "", sub)
-        errs.extend(FieldError(e.type, "status" if e.field == _NIL_PATH else f"status.{e.field}", e.message)
-                    for e in sub)
+        sub = [FieldError(e.type, "status" if e.field == _NIL_PATH else f"status.{e.field}", e.message) for e in sub]
+        errs.extend(_ratchet(sub, obj, old))
     _validate_lists_ratcheted(node, obj, old, "", errs)
     _validate_rules(node, obj, old, "", errs)
     return errs
+
+
+_NO_VALUE = object()
+
+
+def _value_at(obj: Any, parts: list[str]) -> Any:
+    for part in parts:
+        if not isinstance(obj, Mapping) or part not in obj:
+            return _NO_VALUE
+        obj = obj[part]
+    return obj
+
+
+def _ratchet(errs: list[FieldError], obj: Any, old: Any) -> list[FieldError]:
+    """CRDValidationRatcheting: on update, a schema error of a value the update left unchanged is dropped
+    (for Required, the object missing the field). Errors inside lists, and those without a field, stay."""
+    out = []
+    for e in errs:
+        if e.field in (_NIL_PATH, "status") or "[" in e.field:
+            out.append(e)
+            continue
+        parts = e.field.split(".")
+        if e.type == REQUIRED:
+            parts = parts[:-1]
+        new_v, old_v = _value_at(obj, parts), _value_at(old, parts)
+        if not parts or new_v is _NO_VALUE or old_v is _NO_VALUE or not _json_equal(new_v, old_v):
+            out.append(e)
+    return out
 
 
 def _validate_lists_ratcheted(node: _Node, obj: Any, old: Any, path: str, errs: list[FieldError]) -> None:
