@@ -131,3 +131,12 @@ def test_fields_v1_round_trips_with_dot_members() -> None:
     tree = mf.to_fields_v1(paths)
     assert tree == {"f:spec": {".": {}, "f:a": {}, "f:ports": {'k:{"name":"x"}': {".": {}, "f:port": {}}}}}
     assert mf.from_fields_v1(tree) == paths
+
+
+def test_merge_joins_map_lists_by_key_and_replaces_atomic_lists() -> None:
+    live = {"spec": {"ports": [{"name": "a", "port": 1}, {"name": "b", "port": 2}], "tags": ["x"], "a": 1}}
+    config = {"spec": {"ports": [{"name": "b", "port": 3}, {"name": "c", "port": 4}], "tags": ["y"]}}
+    assert mf.merge(live, config, SCHEMA) == {"spec": {
+        "ports": [{"name": "a", "port": 1}, {"name": "b", "port": 3}, {"name": "c", "port": 4}],
+        "tags": ["y"], "a": 1}}
+    assert live["spec"]["ports"][1] == {"name": "b", "port": 2}

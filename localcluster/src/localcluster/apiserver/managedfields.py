@@ -20,6 +20,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from localcluster.apiserver.patch import json_copy
 from localcluster.apiserver.status import ApiError
 
 Path = tuple[str, ...]
@@ -271,6 +272,30 @@ def apply(live: dict[str, Any], config: Mapping[str, Any], merged: dict[str, Any
     entries[key] = (entry, applied)
     merged.setdefault("metadata", {})["managedFields"] = _render(entries)
     return merged
+
+
+def merge(live: Any, config: Any, schema: Mapping[str, Any] | None) -> Any:
+    """An applied configuration merged over the live value (a copy): objects field by field, lists of
+    `x-kubernetes-list-type` map by their keys and set by value, other lists and scalars replaced."""
+    if isinstance(config, Mapping) and isinstance(live, Mapping):
+        out = {k: json_copy(v) for k, v in live.items()}
+        for k, v in config.items():
+            out[k] = merge(live.get(k), v, _child_schema(schema, k))
+        return out
+    kind, keys = _list_kind(schema)
+    if isinstance(config, list) and isinstance(live, list) and kind != "atomic":
+        items = schema.get("items") if schema else None
+        out_items = [json_copy(x) for x in live]
+        index = {_item_key(x, kind, keys): i for i, x in enumerate(out_items)}
+        for item in config:
+            key = _item_key(item, kind, keys)
+            if key is not None and key in index:
+                out_items[index[key]] = merge(out_items[index[key]], item, items)
+            else:
+                index[key] = len(out_items)
+                out_items.append(json_copy(item))
+        return out_items
+    return json_copy(config)
 
 
 def _remove(obj: Any, path: Path) -> None:

@@ -1311,7 +1311,7 @@ class ApiServer:
                 return self.create_object(info, ns, body, dry_run=dry_run, manager=manager,
                                           apply_config=json_copy(body)), True
             warn.extend(self._field_validation(info, body, q))
-            merged = _apply_merge(old, body, not info.custom)
+            merged = _apply_merge(info, old, body)
             force = q.get("force") not in (None, "false", "False", "FALSE", "0", "f", "F")  # force=maybe forces
             managedfields.apply(old, body, merged, info.schema, manager, info.api_version, sub, info.has_status,
                                 force, now_rfc3339())
@@ -1683,23 +1683,17 @@ def _spec_changed(info: ResourceInfo, old: dict[str, Any], new: dict[str, Any]) 
     return {k: v for k, v in old.items() if k not in skip} != {k: v for k, v in new.items() if k not in skip}
 
 
-def _apply_merge(old: dict[str, Any], applied: dict[str, Any], strategic: bool) -> dict[str, Any]:
-    """Server-side apply, simplified: the applied config is merged over the live object."""
+def _apply_merge(info: ResourceInfo, old: dict[str, Any], applied: dict[str, Any]) -> dict[str, Any]:
+    """The applied configuration merged over the live object: by the schema's list types for a custom
+    resource, by strategic-merge keys for a built-in kind."""
     body = json_copy(applied)
     meta = body.get("metadata") or {}
     meta.pop("resourceVersion", None)
-    if strategic:
+    if not info.custom:
         return json_copy(strategic_merge(old, body))
-    return json_copy(_merge_keep_nulls(old, body))
-
-
-def _merge_keep_nulls(target: Any, patch: Any) -> Any:
-    if not isinstance(patch, dict) or not isinstance(target, dict):
-        return json_copy(patch)
-    out = dict(target)
-    for k, v in patch.items():
-        out[k] = _merge_keep_nulls(out.get(k), v) if isinstance(v, dict) else json_copy(v)
-    return out
+    merged = managedfields.merge(old, body, info.schema)
+    assert isinstance(merged, dict)
+    return merged
 
 
 def _table_accept(accept: str) -> str | None:
