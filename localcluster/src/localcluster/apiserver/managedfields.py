@@ -3,15 +3,17 @@
 Every write records which manager owns which fields. A manager is the `fieldManager` parameter (else the
 client's User-Agent name) with the operation (`Update` for create/update/patch, `Apply` for server-side
 apply) and the subresource: each such triple is one `managedFields` entry whose `fieldsV1` is the set of
-fields it owns. An update takes the fields it adds or changes from every other manager; an apply owns
-exactly the fields of its configuration, fails with 409 when it would change a field another manager
-owns (unless forced, which takes the field over), and removes the fields it applied before and no longer
-applies when nobody else owns them.
+fields it owns. An update takes the fields it adds or changes from every other manager. An apply merges
+its configuration over the live object (`merge`), owns exactly the fields of its configuration, fails
+with 409 when it would change a field another manager owns (unless forced, which takes the field over),
+and removes the fields it applied before and no longer applies when nobody else owns them.
 
 Field sets are sets of paths; a path is a tuple of `fieldsV1` keys: `f:name` for object fields and map
 keys, `k:{"key":"value"}` for items of `x-kubernetes-list-type: map` lists, `v:value` for items of `set`
-lists. Other lists are atomic: a list is one leaf. A path that is not a leaf but is a member of the set
-(a map added by an update, a keyed list item) is written with a `.` key, as the server writes it.
+lists. Other lists are atomic: a list is one leaf (built-in kinds have no schema here, so their lists
+are atomic too, where the real server keys some by their strategic-merge keys). A path that is not a
+leaf but is a member of the set (a map added by an update, a keyed list item) is written with a `.`
+key, as the server writes it.
 """
 
 from __future__ import annotations
