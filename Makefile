@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TOOLS := .tools/bin
 export PATH := $(CURDIR)/$(TOOLS):$(PATH)
 
-.PHONY: venv tools deps lint test test-unit test-cluster test-tools demo bench clean
+.PHONY: venv tools deps lint test test-unit test-cluster test-fidelity test-tools demo bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -34,6 +34,10 @@ test-unit: venv
 
 test-cluster: venv tools
 	$(VENV)/bin/pytest -q localcluster/tests tests/e2e
+
+# The replay of answers recorded from a real kube-apiserver (tests/fidelity/corpus) against the local one.
+test-fidelity: venv
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/fidelity
 
 test-tools: deps
 	$(VENV)/bin/pytest -q tests/tools

@@ -84,8 +84,18 @@ async def test_discovery_documents(api: Api) -> None:
 
 async def test_crd_install_serves_resource_with_established_conditions(api: Api) -> None:
     crd = await install_widgets(api)
+    # As on a real server, the create answer has no conditions yet: the names controller adds them.
+    assert crd["status"] == {"conditions": None, "acceptedNames": {"plural": "", "kind": ""},
+                             "storedVersions": ["v1"]}
+
+    async def established() -> dict[str, Any] | None:
+        _, got = await api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}")
+        return got if got["status"].get("conditions") else None
+
+    crd = await eventually(established)
     conds = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
     assert conds == {"Established": "True", "NamesAccepted": "True"}
+    assert crd["status"]["acceptedNames"]["kind"] == "Widget"
     _, groups = await api.get("/apis")
     assert "test.dev" in {g["name"] for g in groups["groups"]}
     _, res = await api.get("/apis/test.dev/v1")
@@ -118,7 +128,8 @@ async def test_create_sets_server_fields_and_rv_increases(api: Api) -> None:
     for o in (a, b):
         meta = o["metadata"]
         assert meta["uid"] and meta["creationTimestamp"].endswith("Z") and meta["namespace"] == "default"
-        assert "managedFields" not in meta
+        [entry] = meta["managedFields"]
+        assert entry["operation"] == "Update" and entry["fieldsV1"] == {"f:data": {".": {}, "f:x": {}}}
     assert int(b["metadata"]["resourceVersion"]) > int(a["metadata"]["resourceVersion"])
 
 
@@ -240,9 +251,18 @@ async def test_server_side_apply_creates_then_merges(api: Api) -> None:
     assert status == 201 and o["data"] == {"a": "1"}
     status, o = await api.patch(path, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"},
                                        "data": {"b": "2"}}, APPLY)
-    assert status == 200 and o["data"] == {"a": "1", "b": "2"}
-    status, _body = await api.patch(f"{CM}/ssa", {"metadata": {"name": "ssa"}}, APPLY)
-    assert status == 400
+    # the manager no longer applies "a" and nobody else owns it: removed
+    assert status == 200 and o["data"] == {"b": "2"}
+    status, o = await api.patch(f"{CM}/ssa?fieldManager=other", {"apiVersion": "v1", "kind": "ConfigMap",
+                                                                 "metadata": {"name": "ssa"}, "data": {"c": "3"}},
+                                APPLY)
+    assert status == 200 and o["data"] == {"b": "2", "c": "3"}
+    owners = {e["manager"]: e["fieldsV1"] for e in o["metadata"]["managedFields"]}
+    assert owners == {"test": {"f:data": {"f:b": {}}}, "other": {"f:data": {"f:c": {}}}}
+    status, body = await api.patch(f"{CM}/ssa", {"metadata": {"name": "ssa"}}, APPLY)
+    assert status == 422 and body["details"]["kind"] == "PatchOptions"
+    assert body["message"] == ('PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: '
+                               "is required for apply patch")
 
 
 async def test_dry_run_does_not_persist(api: Api, server: ApiServer) -> None:
@@ -575,3 +595,34 @@ async def test_multi_version_crd_serves_each_version(api: Api) -> None:
     assert g["apiVersion"] == "test.dev/v1"
     _, lst = await api.get("/apis/test.dev/v1/namespaces/default/gadgets")
     assert lst["apiVersion"] == "test.dev/v1" and lst["items"][0]["apiVersion"] == "test.dev/v1"
+
+
+@needs_schema
+async def test_unknown_and_duplicate_fields_of_a_custom_resource_warn_and_are_dropped(api: Api) -> None:
+    await install_widgets(api)
+    body = ('{"apiVersion":"test.dev/v1","kind":"Widget","metadata":{"name":"w","bogus":1},'
+            '"spec":{"size":1,"size":2,"foo":1}}')
+    async with api.session.post(api.url + W, data=body, headers={"Content-Type": "application/json"}) as resp:
+        got = await resp.json()
+        assert resp.status == 201
+        assert resp.headers.getall("Warning") == ['299 - "duplicate field \\"spec.size\\""',
+                                                  '299 - "unknown field \\"metadata.bogus\\""',
+                                                  '299 - "unknown field \\"spec.foo\\""']
+    assert "bogus" not in got["metadata"] and got["spec"]["size"] == 2 and "foo" not in got["spec"]
+    async with api.session.post(api.url + W + "?fieldValidation=Strict", data=body.replace('"w"', '"s"'),
+                                headers={"Content-Type": "application/json"}) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["message"] == (
+            'Widget in version "v1" cannot be handled as a Widget: strict decoding error: '
+            'duplicate field "spec.size", unknown field "metadata.bogus", unknown field "spec.foo"')
+
+
+async def test_an_update_naming_another_uid_is_a_409_precondition_failure(api: Api) -> None:
+    _, a = await api.post(CM, cm("u", x="1"))
+    status, body = await api.put(f"{CM}/u", {**a, "metadata": {**a["metadata"], "uid": "other"}, "data": {"x": "2"}})
+    assert status == 409 and body["reason"] == "Conflict"
+    assert body["message"].endswith(f"Precondition failed: UID in precondition: other, UID in object meta: "
+                                    f"{a['metadata']['uid']}")
+    assert "Key: /registry/configmaps/default/u," in body["message"]
+    status, same = await api.put(f"{CM}/u", {**a, "data": {"x": "2"}})
+    assert status == 200 and same["data"] == {"x": "2"}

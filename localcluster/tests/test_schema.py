@@ -24,6 +24,7 @@ from localcluster.schema import (
     strict_unknown_fields,
     validate,
     validate_crd,
+    validate_status,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -230,7 +231,7 @@ def test_strict_unknown_fields_lists_paths_without_modifying(schema: dict[str, A
         ({"tags": ["a", "b", "a"]}, 'spec.tags[2]: Duplicate value: "a"'),
         (
             {"ports": [{"name": "x"}, {"name": "x", "port": 2}]},
-            'spec.ports[1]: Duplicate value: map[string]interface {}{"name":"x"}',
+            'spec.ports[1]: Duplicate value: {"name":"x"}',
         ),
     ],
 )
@@ -439,7 +440,7 @@ def test_cel_skipped_when_schema_errors_block() -> None:
     obj = default_and_prune(schema, _obj(mode="Slow"))
     assert _messages(validate(schema, obj)) == [
         'spec.mode: Unsupported value: "Slow": supported values: "Fast", "Safe"',
-        '<nil>: Invalid value: "null": some validation rules were not checked because the object was invalid; '
+        '<nil>: Invalid value: null: some validation rules were not checked because the object was invalid; '
         "correct the existing errors to complete validation",
     ]
 
@@ -526,7 +527,8 @@ def _crd(root: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-BASE = "spec.versions[0].schema.openAPIV3Schema"
+# One version: the server validates its schema as the top-level one (the v1 -> internal conversion).
+BASE = "spec.validation.openAPIV3Schema"
 
 
 def test_validate_crd_accepts_the_project_crds() -> None:
@@ -545,7 +547,6 @@ def test_validate_crd_rejects_non_structural_schemas() -> None:
                 "type": "object",
                 "properties": {
                     "untyped": {"description": "no type"},
-                    "ref": {"$ref": "#/definitions/x"},
                     "uniq": {"type": "array", "uniqueItems": True, "items": {"type": "string"}},
                     "both": {
                         "type": "object",
@@ -562,7 +563,6 @@ def test_validate_crd_rejects_non_structural_schemas() -> None:
     got = set(_messages(validate_crd(_crd(root))))
     p = f"{BASE}.properties[spec].properties"
     assert f"{p}[untyped].type: Required value: must not be empty for specified object fields" in got
-    assert f"{p}[ref].$ref: Forbidden: $ref is not supported" in got
     assert (
         f"{p}[uniq].uniqueItems: Forbidden: "
         "uniqueItems cannot be set to true since the runtime complexity becomes quadratic" in got
@@ -574,6 +574,14 @@ def test_validate_crd_rejects_non_structural_schemas() -> None:
         f'{p}[look].pattern: Invalid value: "^a(?=b)": must be a valid regular expression, but isn\'t: '
         "error parsing regexp: invalid or unsupported Perl syntax: `(?=`" in got
     )
+
+
+def test_validate_crd_ref_hides_the_structural_checks() -> None:
+    # A schema with $ref cannot be made structural: only the OpenAPI check speaks (no "type" cause).
+    root = {"type": "object", "properties": {"spec": {"type": "object", "properties": {
+        "ref": {"$ref": "#/definitions/x"}}}}}
+    assert _messages(validate_crd(_crd(root))) == [
+        f"{BASE}.properties[spec].properties[ref].$ref: Forbidden: $ref is not supported"]
 
 
 def test_validate_crd_checks_cel_rules() -> None:
@@ -604,15 +612,14 @@ def test_validate_crd_checks_cel_rules() -> None:
     errs = validate_crd(_crd(root))
     got = _messages(errs)
     rules = f"{BASE}.properties[spec].x-kubernetes-validations"
-    assert f'{rules}[2].message: Invalid value: " ": message must be non-empty if specified' in got
+    assert f'{rules}[2].message: Invalid value: " ": must be non-empty if specified' in got
     assert (
-        f'{rules}[3].fieldPath: Invalid value: ".nope": fieldPath must be a valid path: does not refer to a valid field'
-        in got
+        f'{rules}[3].fieldPath: Invalid value: ".nope": must be a valid path' in got
     )
     # Message errors are reported before compiling; fix them and the compile errors appear.
     root["properties"]["spec"]["x-kubernetes-validations"] = root["properties"]["spec"]["x-kubernetes-validations"][:2]
     got = _messages(validate_crd(_crd(root)))
-    assert any(m.startswith(f"{rules}[0].rule: Invalid value: apiextensions.ValidationRule{{") for m in got)
+    assert any(m.startswith(f'{rules}[0].rule: Invalid value: {{"Rule":"self.a \\u003e",') for m in got)
     assert any("compilation failed" in m and "Syntax error" in m for m in got)
     assert any(f"{rules}[1].rule" in m and "undeclared reference to 'nosuchfunction'" in m for m in got)
     items = f"{BASE}.properties[spec].properties[list].items.x-kubernetes-validations[0].rule"
@@ -650,14 +657,17 @@ def test_validate_crd_checks_defaults_and_list_map_keys() -> None:
     root["properties"]["spec"]["properties"]["m"]["items"]["required"] = ["k"]
     got = _messages(validate_crd(_crd(root)))
     assert f"{p}[n].default: Invalid value: 9:  in body should be less than or equal to 5" in got
-    assert f'{p}[o].default: Invalid value: map[string]interface {{}}{{"zz":1}}: must not have unknown fields' in got
+    assert f'{p}[o].default: Invalid value: {{"zz":1}}: must not have unknown fields' in got
 
 
 def test_validate_crd_requires_one_storage_version() -> None:
     crd = _crd({"type": "object"})
     crd["spec"]["versions"][0]["storage"] = False
     assert _messages(validate_crd(crd)) == [
-        "spec.versions: Invalid value: must have exactly one version marked as storage version"
+        'spec.versions: Invalid value: [{"Name":"v1","Served":true,"Storage":false,"Deprecated":false,'
+        '"DeprecationWarning":null,"Schema":null,"Subresources":null,"AdditionalPrinterColumns":null,'
+        '"SelectableFields":null}]: must have exactly one version marked as storage version',
+        "status.storedVersions: Invalid value: null: must have at least one stored version",
     ]
 
 
@@ -740,3 +750,59 @@ def test_arbitrary_input_never_raises_and_pruning_is_complete(
             old = default_and_prune(sch, {"metadata": {"name": "n"}, "spec": old_spec})
         errs = validate(sch, obj, old)
         assert all(isinstance(e, FieldError) and e.field and e.message for e in errs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Numbers, composites and the status subresource as kube-apiserver 1.36 reports them
+
+
+def test_a_float_for_an_integer_adds_the_range_check_on_the_root(schema: dict[str, Any]) -> None:
+    errs = validate(schema, default_and_prune(schema, _obj(timeoutSeconds=30.5)))
+    assert _messages(errs) == [
+        'spec.timeoutSeconds: Invalid value: "number": spec.timeoutSeconds in body must be of type integer: "number"',
+        '<nil>: Invalid value: "": Checked value must be of type integer (default format) in spec.timeoutSeconds',
+    ]
+    assert validate(schema, default_and_prune(schema, _obj(timeoutSeconds=30.0))) == []
+
+
+def test_any_of_reports_a_composite_cause_and_the_first_branch(schema: dict[str, Any]) -> None:
+    schema["properties"]["spec"]["properties"]["size"]["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    errs = validate(schema, default_and_prune(schema, _obj(size=True)))
+    assert _messages(errs) == [
+        'spec.size: Invalid value: "boolean": spec.size in body must be of type integer,string: "boolean"',
+        '<nil>: Invalid value: "": "spec.size" must validate at least one schema (anyOf)',
+        'spec.size: Invalid value: "boolean": spec.size in body must be of type integer: "boolean"',
+    ]
+
+
+def test_status_is_validated_against_its_own_schema() -> None:
+    status = {"type": "object", "properties": {
+        "exitCode": {"type": "integer", "format": "int32"},
+        "phase": {"type": "string", "pattern": "^[A-Z]"},
+    }}
+    schema = {"type": "object", "properties": {"spec": {"type": "object"}, "status": status}}
+    old = {"spec": {}, "status": {}}
+    got = validate_status(schema, {"spec": {}, "status": {"exitCode": 2**31, "phase": "x"}}, old)
+    assert sorted(_messages(got)) == [
+        'status.phase: Invalid value: "x": phase in body should match \'^[A-Z]\'',
+        'status: Invalid value: "": Checked value must be of type integer with format int32 in exitCode',
+    ]
+    assert validate_status(schema, {"spec": {}, "status": {"exitCode": 2**31 - 1, "phase": "X"}}, old) == []
+
+
+def test_values_in_causes_print_as_1_36_prints_them(schema: dict[str, Any]) -> None:
+    errs = validate(schema, default_and_prune(schema, _obj(mode=None, ports=[{"name": "a"}, {"name": "a"}])))
+    assert 'spec.ports[1]: Duplicate value: {"name":"a"}' in _messages(errs)
+
+
+def test_schema_errors_of_unchanged_values_are_ratcheted_on_update(schema: dict[str, Any]) -> None:
+    old = default_and_prune(schema, _obj(mode="Slow", timeoutSeconds=500))
+    new = default_and_prune(schema, _obj(mode="Slow", timeoutSeconds=500, cancel=True))
+    assert validate(schema, new, old) == []
+    assert validate(schema, new) != []
+    changed = default_and_prune(schema, _obj(mode="Slower", timeoutSeconds=500))
+    assert _messages(validate(schema, changed, old)) == [
+        'spec.mode: Unsupported value: "Slower": supported values: "Fast", "Safe"']
+    missing = {k: v for k, v in _obj().items() if k != "spec"} | {"spec": {"mode": "Fast"}}
+    assert validate(schema, default_and_prune(schema, copy.deepcopy(missing)),
+                    default_and_prune(schema, copy.deepcopy(missing))) == []

@@ -16,11 +16,21 @@ The local API server uses this module to treat custom resources the way a real
   counted in characters, pattern, format, minItems/maxItems, minProperties/maxProperties,
   int-or-string, allOf/anyOf/oneOf/not), then ``x-kubernetes-list-type`` set/map uniqueness,
   then the CEL rules of ``x-kubernetes-validations`` - unless one of the earlier errors is
-  "blocking", in which case the server skips CEL and says so in one extra cause.
-* ``validate_crd(crd)`` - the schema checks of CRD creation (every node typed unless
-  int-or-string/preserve-unknown, no ``$ref``/``definitions``/``uniqueItems``, properties and
-  additionalProperties exclusive, list/map-type rules, defaults that validate and are pruned,
-  CEL rules that compile and use ``oldSelf`` only where old values correlate).
+  "blocking", in which case the server skips CEL and says so in one extra cause. Errors kube-openapi
+  raises without a field (the range of a number for its type and format, anyOf/oneOf/allOf/not) are
+  on the validated root: ``<nil>: Invalid value: "": Checked value must be of type integer (default
+  format) in spec.timeoutSeconds``. On update, errors of values the update left unchanged are
+  dropped (CRDValidationRatcheting; not inside lists), and list-type errors are reported only when the
+  old object had none.
+* ``validate_status(schema, obj, old)`` - a ``/status`` write: ``status`` checked against the status
+  schema alone (messages name paths relative to it, causes are on ``status.<path>`` or ``status``),
+  list types and CEL rules on the whole object.
+* ``validate_crd(crd, old=None)`` - CRD validation on create/update (``localcluster.crdvalidation``);
+  its schema part is ``validate_crd_schema(schema, path)``: no ``$ref``/``definitions``/
+  ``uniqueItems``, properties and additionalProperties exclusive, list/map-type rules, every node
+  typed unless int-or-string/preserve-unknown, defaults that are pruned and validate as written
+  (their CEL rules included), CEL rules that compile, type-check and fit the cost budget
+  (``localcluster.celcheck``), and ``oldSelf`` only where old values correlate.
 
 Errors are ``FieldError(type, field, message)``; ``type`` is the StatusCause ``reason`` and
 ``message`` is the cause message, both worded as the current (1.3x) API server words them, e.g.
@@ -28,8 +38,9 @@ Errors are ``FieldError(type, field, message)``; ``type`` is the StatusCause ``r
 ``Required value``, ``Unsupported value: "x": supported values: "a", "b"``,
 ``Too long: may not be more than 102400 bytes``, ``Too many: 4: must have at most 3 items``,
 ``Invalid value: "string": spec.n in body must be of type integer: "string"``,
-``Duplicate value: map[string]interface {}{"name":"a"}``,
-``Invalid value: failed rule: self.a <= self.b`` (object/array values are omitted by the server).
+``Duplicate value: {"name":"a"}`` (a 1.36 server prints numbers and booleans as Go's %v, strings
+quoted, anything else - null, maps, lists - as JSON), ``Invalid value: failed rule: self.a <= self.b``
+(object/array values are omitted by the server).
 
 CEL coverage (evaluated with cel-python, ``import celpy``; each rule is parsed once and cached by
 its text): the CEL core language and standard macros (``has``, ``all``, ``exists``,
@@ -53,10 +64,9 @@ FieldValueRequired, FieldValueDuplicate), ``message``, ``messageExpression`` and
 are honoured. As on a current server, a rule without ``oldSelf`` whose value is unchanged by an
 update is ratcheted (not reported). A library failure inside ``||``/``&&`` is absorbed the way
 CEL absorbs errors; any other evaluation failure becomes a ``... evaluating rule: ...`` cause,
-never an exception. Not covered: static type checking (a rule whose types are wrong fails at
-evaluation instead of at CRD creation), cost budgets, the ``?.``/``[?]`` optional syntax, the
-``sets``/``format``/``ip``/``cidr``/``semver`` libraries, and ratcheting of schema (non-CEL)
-errors.
+never an exception. Not covered: the ``?.``/``[?]`` optional syntax, the
+``sets``/``format``/``ip``/``cidr``/``semver`` libraries, and ratcheting of schema errors inside
+lists.
 
 Speed: schemas compile once into a node tree (cached by object identity), CEL rules compile once
 (cached by text), and rule outcomes on small values are memoised, since rules are pure. Objects
@@ -86,6 +96,7 @@ import celpy.celtypes as ct
 import celpy.evaluation
 from celpy.evaluation import CELEvalError
 
+from localcluster import celcheck
 from localcluster.quantity import quantity_value
 
 __all__ = [
@@ -95,6 +106,7 @@ __all__ = [
     "strict_unknown_fields",
     "validate",
     "validate_crd",
+    "validate_status",
 ]
 
 # StatusCause reasons (metav1.CauseType / field.ErrorType).
@@ -183,10 +195,9 @@ def _go_float(f: float) -> str:
     return f"{sign}{whole}.{frac}" if frac else f"{sign}{whole}"
 
 
-def _go_sharp(v: Any) -> str:
-    """fmt %#v of a decoded JSON value held in an interface{}."""
-    if v is None:
-        return "interface {}(nil)"
+def _go_value(v: Any) -> str:
+    """How field.Error.ErrorBody (1.36) prints a bad value: numbers and bools with %v, strings
+    with %q, anything else (null, maps, lists) as encoding/json.Marshal writes it."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
@@ -195,32 +206,46 @@ def _go_sharp(v: Any) -> str:
         return _go_float(v)
     if isinstance(v, str):
         return _go_quote(v)
-    if isinstance(v, Mapping):
-        inner = ", ".join(f"{_go_quote(str(k))}:{_go_sharp(v[k])}" for k in sorted(v))
-        return "map[string]interface {}{" + inner + "}"
-    if isinstance(v, list | tuple):
-        return "[]interface {}{" + ", ".join(_go_sharp(x) for x in v) + "}"
-    return repr(v)
+    return _go_json(v)
 
 
-def _go_value(v: Any) -> str:
-    """How field.Error.ErrorBody prints a bad value: like %#v, except that null reads "null"."""
-    return '"null"' if v is None else _go_sharp(v)
+_JSON_HTML_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def _go_json_float(f: float) -> str:
+    """encoding/json's float64: the shortest digits, exponent form below 1e-6 and from 1e21."""
+    if f.is_integer() and abs(f) < 1e21:
+        return str(int(f))
+    text = repr(f)
+    if 1e-6 <= abs(f) < 1e21:
+        return text if "e" not in text else format(Decimal(text), "f")
+    mantissa, _, exp = text.partition("e")
+    sign = "-" if exp.startswith("-") else "+"
+    return f"{mantissa}e{sign}{exp.lstrip('+-').lstrip('0') or '0'}"
 
 
 def _go_json(v: Any) -> str:
-    """encoding/json.Marshal of a decoded JSON value (sorted keys, whole floats without '.0')."""
+    """encoding/json.Marshal of a decoded JSON value: sorted keys, HTML characters escaped."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return _go_json_float(v)
+    if isinstance(v, str):
+        return "".join(_JSON_HTML_ESCAPES.get(ch, ch) for ch in json.dumps(v, ensure_ascii=False))
+    if isinstance(v, Mapping):
+        return "{" + ",".join(f"{_go_json(str(k))}:{_go_json(v[k])}" for k in sorted(v)) + "}"
+    if isinstance(v, list | tuple):
+        return "[" + ",".join(_go_json(x) for x in v) + "]"
+    return _go_quote(str(v))
 
-    def norm(x: Any) -> Any:
-        if isinstance(x, float) and x.is_integer() and abs(x) < 1e21:
-            return int(x)
-        if isinstance(x, Mapping):
-            return {k: norm(x[k]) for k in x}
-        if isinstance(x, list | tuple):
-            return [norm(i) for i in x]
-        return x
 
-    return json.dumps(norm(v), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def _go_struct_json(fields: Mapping[str, Any]) -> str:
+    """encoding/json.Marshal of a Go struct: its fields in declaration order (``fields``' order)."""
+    return "{" + ",".join(f"{_go_json(k)}:{_go_json(v)}" for k, v in fields.items()) + "}"
 
 
 _OMIT = object()
@@ -237,6 +262,11 @@ def _f(path: str) -> str:
 
 def _invalid(path: str, value: Any, detail: str) -> FieldError:
     return FieldError(INVALID, _f(path), _body("Invalid value", value, detail))
+
+
+def _invalid_json(path: str, value: Any, detail: str) -> FieldError:
+    """field.Invalid with a composite (or null) value: a current server prints those as JSON."""
+    return FieldError(INVALID, _f(path), f"Invalid value: {_go_json(value)}: {detail}")
 
 
 def _type_invalid(path: str, value: Any, detail: str) -> FieldError:
@@ -602,21 +632,89 @@ def validate(schema: Mapping[str, Any], obj: Any, old: Any | None = None, path: 
     Returns the causes the real server would return, in the order it produces them: schema
     errors, list-type uniqueness errors, then CEL rule errors (or one "rules were not checked"
     cause when an earlier error is blocking). ``path`` prefixes field paths, for validating a
-    sub-tree (``validate(spec_schema, spec, path="spec")``).
+    sub-tree (``validate(spec_schema, spec, path="spec")``). On update, list-type errors are
+    reported only if the old object had none (the server ratchets them).
     """
     node = compile_schema(schema)
     errs: list[FieldError] = []
     _validate_node(node, obj, path, errs)
+    if old is not None and errs and not path:
+        errs = _ratchet(errs, obj, old)
     if node.has_embedded_below:
         _validate_embedded(node, obj, path, errs)
-    if node.has_listtype_below:
-        _validate_lists(node, obj, path, errs)
-    if node.has_rules_below:
-        if any(e.type in _BLOCKING for e in errs):
-            errs.append(FieldError(INVALID, _NIL_PATH, _body("Invalid value", None, _BLOCKED_MESSAGE)))
-        else:
-            _cel_walk(node, obj, old, path, errs, path == "")
+    _validate_lists_ratcheted(node, obj, old, path, errs)
+    _validate_rules(node, obj, old, path, errs)
     return errs
+
+
+def validate_status(schema: Mapping[str, Any], obj: Any, old: Any) -> list[FieldError]:
+    """Validate a write to the ``/status`` subresource as the server does.
+
+    The status schema alone validates ``obj["status"]``: messages name paths relative to it
+    (``conditions[0].reason in body ...``) while causes are on ``status.<path>``, and errors
+    without a path land on ``status``. List types and CEL rules are checked on the whole object.
+    """
+    node = compile_schema(schema)
+    errs: list[FieldError] = []
+    status_node = node.properties.get("status")
+    if isinstance(obj, Mapping) and "status" in obj and status_node is not None:
+        sub: list[FieldError] = []
+        _validate_node(status_node, obj["status"], "", sub)
+        sub = [FieldError(e.type, "status" if e.field == _NIL_PATH else f"status.{e.field}", e.message) for e in sub]
+        errs.extend(_ratchet(sub, obj, old))
+    _validate_lists_ratcheted(node, obj, old, "", errs)
+    _validate_rules(node, obj, old, "", errs)
+    return errs
+
+
+_NO_VALUE = object()
+
+
+def _value_at(obj: Any, parts: list[str]) -> Any:
+    for part in parts:
+        if not isinstance(obj, Mapping) or part not in obj:
+            return _NO_VALUE
+        obj = obj[part]
+    return obj
+
+
+def _ratchet(errs: list[FieldError], obj: Any, old: Any) -> list[FieldError]:
+    """CRDValidationRatcheting: on update, a schema error of a value the update left unchanged is dropped
+    (for Required, the object missing the field). Errors inside lists, and those without a field, stay."""
+    out = []
+    for e in errs:
+        if e.field in (_NIL_PATH, "status") or "[" in e.field:
+            out.append(e)
+            continue
+        parts = e.field.split(".")
+        if e.type == REQUIRED:
+            parts = parts[:-1]
+        new_v, old_v = _value_at(obj, parts), _value_at(old, parts)
+        if not parts or new_v is _NO_VALUE or old_v is _NO_VALUE or not _json_equal(new_v, old_v):
+            out.append(e)
+    return out
+
+
+def _validate_lists_ratcheted(node: _Node, obj: Any, old: Any, path: str, errs: list[FieldError]) -> None:
+    if not node.has_listtype_below:
+        return
+    new_errs: list[FieldError] = []
+    _validate_lists(node, obj, path, new_errs)
+    if new_errs and old is not None:
+        old_errs: list[FieldError] = []
+        _validate_lists(node, old, path, old_errs)
+        if old_errs:
+            return
+    errs.extend(new_errs)
+
+
+def _validate_rules(node: _Node, obj: Any, old: Any, path: str, errs: list[FieldError]) -> None:
+    if not node.has_rules_below:
+        return
+    if any(e.type in _BLOCKING for e in errs):
+        errs.append(FieldError(INVALID, _NIL_PATH, _body("Invalid value", None, _BLOCKED_MESSAGE)))
+    else:
+        _cel_walk(node, obj, old, path, errs, path == "")
 
 
 def _kind(v: Any) -> str:
@@ -689,30 +787,59 @@ def _validate_node(node: _Node, data: Any, path: str, errs: list[FieldError]) ->
         _validate_object(node, data, path, errs)
 
 
+def _composite(path: str, detail: str) -> FieldError:
+    """kube-openapi's composite errors (anyOf, oneOf, allOf, not, number ranges) carry no field
+    name: the server reports them on the validated root (``<nil>``), valued ``""``."""
+    return _invalid("", "", detail)
+
+
 def _validate_props(node: _Node, data: Any, path: str, errs: list[FieldError]) -> None:
-    for sub in node.all_of:
-        _validate_node(sub, data, path, errs)
+    """allOf/anyOf/oneOf/not as kube-openapi checks them: one composite error, plus the errors of
+    the first failing branch (anyOf, oneOf) or of every branch (allOf)."""
+    quoted = _go_quote(path)
     if node.any_of:
+        best: list[FieldError] | None = None
         for sub in node.any_of:
             trial: list[FieldError] = []
             _validate_node(sub, data, path, trial)
             if not trial:
+                best = None
                 break
+            if best is None:
+                best = trial
         else:
-            errs.append(_invalid(path, data, f"{path} in body must validate at least one schema (anyOf)"))
+            errs.append(_composite(path, f"{quoted} must validate at least one schema (anyOf)"))
+        errs.extend(best or ())
     if node.one_of:
         passing = 0
+        best = None
         for sub in node.one_of:
             trial = []
             _validate_node(sub, data, path, trial)
-            passing += not trial
+            if not trial:
+                passing += 1
+            elif best is None and passing == 0:
+                best = trial
         if passing != 1:
-            errs.append(_invalid(path, data, f"{path} in body must validate one and only one schema (oneOf)"))
+            found = "Found none valid" if passing == 0 else f"Found {passing} valid alternatives"
+            errs.append(_composite(path, f"{quoted} must validate one and only one schema (oneOf). {found}"))
+            if passing == 0:
+                errs.extend(best or ())
+    if node.all_of:
+        passing = 0
+        for sub in node.all_of:
+            trial = []
+            _validate_node(sub, data, path, trial)
+            passing += not trial
+            errs.extend(trial)
+        if passing != len(node.all_of):
+            none = ". None validated" if passing == 0 else ""
+            errs.append(_composite(path, f"{quoted} must validate all the schemas (allOf){none}"))
     if node.not_ is not None:
         trial = []
         _validate_node(node.not_, data, path, trial)
         if not trial:
-            errs.append(_invalid(path, data, f"{path} in body must not validate the schema (not)"))
+            errs.append(_composite(path, f"{quoted} must not validate the schema (not)"))
 
 
 def _validate_string(node: _Node, data: str, path: str, errs: list[FieldError]) -> None:
@@ -733,8 +860,31 @@ def _bound(value: Any, bound: float) -> str:
     return str(int(bound)) if isinstance(value, int) else _go_float(float(bound))
 
 
+_INT_RANGES = {"int32": (-(2**31), 2**31 - 1)}
+_INT64 = (-(2**63), 2**63 - 1)
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _in_range(node: _Node, data: float) -> bool:
+    """IsValueValidAgainstRange: the value, printed as Go prints it, parses as the type and format."""
+    if node.type == "integer":
+        if isinstance(data, float):
+            if not data.is_integer():
+                return False
+            data = int(data)
+        lo, hi = _INT_RANGES.get(node.format, _INT64)
+        return lo <= data <= hi
+    if node.format == "float":
+        return math.isinf(data) or abs(float(data)) <= _FLOAT32_MAX
+    return True
+
+
 def _validate_number(node: _Node, data: float, path: str, errs: list[FieldError]) -> None:
     is_int = isinstance(data, int)
+    if node.type in ("integer", "number") and not _in_range(node, data):
+        kept = node.format in ("int32", "int64", "float", "double")  # the server strips other formats
+        fmt = f"with format {node.format}" if kept else "(default format)"
+        errs.append(_composite(path, f"Checked value must be of type {node.type} {fmt} in {path}"))
     if node.multiple_of is not None and node.multiple_of > 0:
         if is_int and int(node.multiple_of) > 0:
             bad = data % int(node.multiple_of) != 0
@@ -1799,49 +1949,137 @@ _FORBIDDEN_NESTED = (
 )
 
 
-def validate_crd(crd: Mapping[str, Any]) -> list[FieldError]:
-    """The schema checks the server applies to a CRD on create/update; [] when it is acceptable.
+def validate_crd(crd: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> list[FieldError]:
+    """The checks the server applies to a CRD on create (``old`` None) or update; [] when acceptable.
 
-    Covers, per version: OpenAPI constructs CRDs may not use (``$ref``, ``definitions``,
-    ``uniqueItems``, properties + additionalProperties...), list/map-type rules, structural
-    invariants (``...properties[spec].type: Required value: must not be empty for specified
-    object fields``; sorted as the server sorts them), defaults that must validate and be pruned,
-    and the ``x-kubernetes-validations`` rules (message rules, CEL compilation, ``oldSelf`` only
-    where old values can be correlated). Names, scope and conversion are not checked here.
+    See ``localcluster.crdvalidation``; the schema part is ``validate_crd_schema``.
     """
-    spec = crd.get("spec")
-    if not isinstance(spec, Mapping):
-        return [_required("spec")]
-    versions = spec.get("versions")
-    if not isinstance(versions, list) or not versions:
-        return [_required("spec.versions", "must have exactly one version marked as storage version")]
+    from localcluster.crdvalidation import validate_crd as _validate
+
+    return _validate(crd, old)
+
+
+_UNSUPPORTED_FIELDS = ("id", "$schema", "$ref", "patternProperties", "dependencies", "additionalItems", "definitions")
+
+
+def _not_convertible(s: Any) -> bool:
+    """NewStructural fails (so no structural, default or CEL checks run) on these keywords anywhere."""
+    if not isinstance(s, Mapping):
+        return False
+    if any(k in s for k in _UNSUPPORTED_FIELDS) or isinstance(s.get("items"), list):
+        return True
+    subs: list[Any] = list((s.get("properties") or {}).values())
+    subs += [s.get("items"), s.get("additionalProperties"), s.get("not")]
+    for key in ("allOf", "anyOf", "oneOf"):
+        subs += list(s.get(key) or [])
+    return any(_not_convertible(x) for x in subs)
+
+
+class _CelCost:
+    """The whole schema's estimated rule cost, and the (at most four) rules contributing most."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.most_expensive: list[tuple[int, str]] = []
+
+    def observe(self, path: str, cost: int) -> None:
+        self.total = min(self.total + cost, 2**64 - 1)
+        if cost < celcheck.PER_CRD_COST_LIMIT // 100:
+            return
+        self.most_expensive.append((cost, path))
+        self.most_expensive.sort(key=lambda x: -x[0])
+        del self.most_expensive[4:]
+
+
+class _CelContext:
+    """CELSchemaContext: the CEL type of a schema node and how many times its rules can run."""
+
+    def __init__(self, schema: Mapping[str, Any], decl: celcheck.DeclType | None, cardinality: int | None,
+                 cost: _CelCost) -> None:
+        self.schema = schema
+        self.decl = decl
+        self.cardinality = cardinality  # None: unbounded
+        self.cost = cost
+
+    def child(self, sub: Mapping[str, Any], decl: celcheck.DeclType | None) -> _CelContext:
+        card: int | None = None
+        if self.cardinality is not None:
+            n = _max_elements(self.schema)
+            card = None if n is None else min(self.cardinality * n, 2**64 - 1)
+        if decl is None:
+            decl = celcheck.decl_type(sub, bool(sub.get("x-kubernetes-embedded-resource")))
+        return _CelContext(sub, decl, card, self.cost)
+
+
+def _max_elements(s: Mapping[str, Any]) -> int | None:
+    typ = s.get("type")
+    if typ == "object":
+        if s.get("additionalProperties") is not None:
+            return max(int(s["maxProperties"]), 0) if s.get("maxProperties") is not None else None
+        return 1
+    if typ == "array":
+        return max(int(s["maxItems"]), 0) if s.get("maxItems") is not None else None
+    return 1
+
+
+def _cost_message(name: str, cost: int, limit: int) -> str:
+    factor = cost / limit
+    if factor > 100.0:
+        text = "more than 100x"
+    elif factor < 1.5:
+        text = f"{factor:f}x"
+    else:
+        text = f"{factor:.1f}x"
+    return (f"{name} exceeds budget by factor of {text} (try simplifying the rule, or adding maxItems, "
+            "maxProperties, and maxLength where arrays, maps, and strings are declared)")
+
+
+_ROOT_ALLOWED_WITH_STATUS = ("description", "type", "required", "properties", "x-kubernetes-preserve-unknown-fields",
+                             "x-kubernetes-validations")
+
+
+def validate_crd_schema(schema: Mapping[str, Any], base: str, status_enabled: bool = False) -> list[FieldError]:
+    """validateCustomResourceDefinitionValidation for one openAPIV3Schema at field path ``base``.
+
+    In the server's order: the status-subresource root restrictions and ``nullable`` at the root; then,
+    unless a keyword makes the schema unconvertible (``$ref``...), the structural rules (sorted), or
+    else the defaults (validated as written against their schema and CEL rules); then what a CRD schema
+    may say at all, with the CEL rules compiled, type-checked and costed only where the schema is
+    structural and its defaults valid; then the whole schema's cost.
+    """
     errs: list[FieldError] = []
-    storage = 0
-    for i, version in enumerate(versions):
-        if not isinstance(version, Mapping):
-            errs.append(_invalid(f"spec.versions[{i}]", version, "must be an object"))
-            continue
-        storage += bool(version.get("storage"))
-        base = f"spec.versions[{i}].schema.openAPIV3Schema"
-        schema = (version.get("schema") or {}).get("openAPIV3Schema")
-        if not isinstance(schema, Mapping):
-            errs.append(_required(base, "schemas are required"))
-            continue
-        version_errs: list[FieldError] = []
-        if schema.get("nullable"):
-            version_errs.append(_forbidden(f"{base}.nullable", "nullable cannot be true at the root"))
-        cel_errs: list[FieldError] = []
-        _check_openapi(schema, base, version_errs, cel_errs, is_root=True, uncorrelatable=None)
+    if status_enabled and schema.get("type") not in (None, "", "object"):
+        errs.append(_invalid(f"{base}.type", schema.get("type"),
+                             'only "object" is allowed as the type at the root of the schema if the status '
+                             "subresource is enabled"))
+    if schema.get("nullable"):
+        errs.append(_forbidden(f"{base}.nullable", "nullable cannot be true at the root"))
+    ctx: _CelContext | None = None
+    if not _not_convertible(schema):
         structural: list[FieldError] = []
         _check_structural(schema, _ROOT, base, structural)
         structural.sort(key=str)
-        version_errs.extend(structural)
-        if not version_errs:
-            _check_defaults(schema, base, version_errs)
-        errs.extend(version_errs)
-        errs.extend(cel_errs)
-    if storage != 1:
-        errs.append(_invalid("spec.versions", _OMIT, "must have exactly one version marked as storage version"))
+        if structural:
+            errs.extend(structural)
+        else:
+            default_errs: list[FieldError] = []
+            _check_defaults(schema, base, default_errs)
+            if default_errs:
+                errs.extend(default_errs)
+            else:
+                ctx = _CelContext(schema, celcheck.decl_type(schema, True), 1, _CelCost())
+    schema_errs: list[FieldError] = []
+    cel_errs: list[FieldError] = []
+    _check_openapi(schema, base, schema_errs, cel_errs, is_root=True, uncorrelatable=None, ctx=ctx)
+    errs.extend(schema_errs)
+    errs.extend(cel_errs)
+    if ctx is not None and ctx.cost.total > celcheck.PER_CRD_COST_LIMIT:
+        for _, path in ctx.cost.most_expensive:
+            errs.append(_forbidden(path, "contributed to estimated rule cost total exceeding cost limit for entire "
+                                         "OpenAPIv3 schema"))
+        errs.append(_forbidden(base, _cost_message(
+            "x-kubernetes-validations estimated rule cost total for entire OpenAPIv3 schema", ctx.cost.total,
+            celcheck.PER_CRD_COST_LIMIT)))
     return errs
 
 
@@ -1857,8 +2095,10 @@ def _check_openapi(
     *,
     is_root: bool,
     uncorrelatable: str | None,
+    ctx: _CelContext | None = None,
 ) -> None:
     """validateCustomResourceDefinitionOpenAPISchema: what a CRD schema may say at all."""
+    start = len(errs)
     typ = s.get("type")
     if typ and typ not in _OPENAPI_TYPES:
         if typ == "null":
@@ -1882,13 +2122,18 @@ def _check_openapi(
         errs.append(
             _forbidden(f"{path}.additionalProperties", "additionalProperties and properties are mutual exclusive")
         )
+    decl = ctx.decl if ctx is not None else None
     if isinstance(ap, Mapping):
-        _check_openapi(ap, f"{path}.additionalProperties", errs, cel_errs, is_root=False, uncorrelatable=uncorrelatable)
+        sub_ctx = ctx.child(ap, decl.elem if decl is not None and decl.kind == "map" else None) if ctx else None
+        _check_openapi(ap, f"{path}.additionalProperties", errs, cel_errs, is_root=False,
+                       uncorrelatable=uncorrelatable, ctx=sub_ctx)
     for name, sub in (s.get("properties") or {}).items():
         if isinstance(sub, Mapping):
             child_unc = uncorrelatable if s.get("x-kubernetes-map-type") != "atomic" else uncorrelatable or path
             sub_path = _key(f"{path}.properties", name)
-            _check_openapi(sub, sub_path, errs, cel_errs, is_root=False, uncorrelatable=child_unc)
+            field_decl = decl.fields.get(name) if decl is not None and decl.kind == "object" else None
+            sub_ctx = ctx.child(sub, field_decl) if ctx else None
+            _check_openapi(sub, sub_path, errs, cel_errs, is_root=False, uncorrelatable=child_unc, ctx=sub_ctx)
     if isinstance(s.get("not"), Mapping):
         _check_openapi(s["not"], f"{path}.not", errs, cel_errs, is_root=False, uncorrelatable=uncorrelatable)
     for key in ("allOf", "oneOf", "anyOf"):
@@ -1898,7 +2143,8 @@ def _check_openapi(
     items = s.get("items")
     if isinstance(items, Mapping):
         child_unc = uncorrelatable if s.get("x-kubernetes-list-type") == "map" else uncorrelatable or path
-        _check_openapi(items, f"{path}.items", errs, cel_errs, is_root=False, uncorrelatable=child_unc)
+        sub_ctx = ctx.child(items, decl.elem if decl is not None and decl.kind == "list" else None) if ctx else None
+        _check_openapi(items, f"{path}.items", errs, cel_errs, is_root=False, uncorrelatable=child_unc, ctx=sub_ctx)
     if s.get("x-kubernetes-preserve-unknown-fields") is False:
         errs.append(_invalid(f"{path}.x-kubernetes-preserve-unknown-fields", False, "must be true or undefined"))
     _check_list_type(s, path, errs)
@@ -1917,7 +2163,7 @@ def _check_openapi(
             errs.append(_required(f"{path}.x-kubernetes-list-type", detail))
         elif list_type != "map":
             errs.append(_invalid(f"{path}.x-kubernetes-list-type", list_type, detail))
-    _check_rules(s, path, errs, cel_errs, uncorrelatable)
+    _check_rules(s, path, errs, cel_errs, uncorrelatable, ctx if len(errs) == start else None)
 
 
 _LIST_MAP_KEY_DEFAULT = (
@@ -1935,6 +2181,10 @@ def _check_list_type(s: Mapping[str, Any], path: str, errs: list[FieldError]) ->
         errs.append(_required(f"{path}.type", detail) if not typ else _invalid(f"{path}.type", typ, detail))
     if list_type not in ("atomic", "set", "map"):
         errs.append(_not_supported(f"{path}.x-kubernetes-list-type", list_type, ["atomic", "set", "map"]))
+    items_schema = s.get("items")
+    if list_type in ("set", "map") and isinstance(items_schema, Mapping) and items_schema.get("nullable"):
+        detail = f"cannot be nullable when x-kubernetes-list-type is {list_type}"
+        errs.append(_forbidden(f"{path}.items.nullable", detail))
     if list_type != "map":
         return
     keys = s.get("x-kubernetes-list-map-keys") or []
@@ -1966,28 +2216,37 @@ def _check_list_type(s: Mapping[str, Any], path: str, errs: list[FieldError]) ->
             if k not in required and "default" not in prop:
                 detail = _LIST_MAP_KEY_DEFAULT
                 errs.append(_required(_key(f"{path}.items.properties", k) + ".default", detail))
+            if prop.get("nullable"):
+                errs.append(_forbidden(_key(f"{path}.items.properties", k) + ".nullable",
+                                       "this property is in x-kubernetes-list-map-keys, so it cannot be nullable"))
         if k in seen:
             errs.append(_invalid(f"{path}.x-kubernetes-list-map-keys", keys, "must not contain duplicate entries"))
         seen.add(k)
 
 
 def _rule_repr(rule: Mapping[str, Any]) -> str:
-    """%#v of an apiextensions.ValidationRule, as the server prints it in compile errors."""
-    reason = rule.get("reason")
-    reason_s = "(*apiextensions.FieldValueErrorReason)(nil)" if reason is None else f"&{_go_quote(str(reason))}"
-    oos = rule.get("optionalOldSelf")
-    oos_s = "(*bool)(nil)" if oos is None else f"&{'true' if oos else 'false'}"
-    return (
-        f"apiextensions.ValidationRule{{Rule:{_go_quote(str(rule.get('rule') or ''))}, "
-        f"Message:{_go_quote(str(rule.get('message') or ''))}, "
-        f"MessageExpression:{_go_quote(str(rule.get('messageExpression') or ''))}, "
-        f"Reason:{reason_s}, FieldPath:{_go_quote(str(rule.get('fieldPath') or ''))}, OptionalOldSelf:{oos_s}}}"
-    )
+    """An apiextensions.ValidationRule as the server quotes it in a cause (Go's encoding/json)."""
+    value = {
+        "Rule": str(rule.get("rule") or ""),
+        "Message": str(rule.get("message") or ""),
+        "MessageExpression": str(rule.get("messageExpression") or ""),
+        "Reason": rule.get("reason"),
+        "FieldPath": str(rule.get("fieldPath") or ""),
+        "OptionalOldSelf": rule.get("optionalOldSelf"),
+    }
+    return _go_struct_json(value)
 
 
 def _check_rules(
-    s: Mapping[str, Any], path: str, errs: list[FieldError], cel_errs: list[FieldError], uncorrelatable: str | None
+    s: Mapping[str, Any],
+    path: str,
+    errs: list[FieldError],
+    cel_errs: list[FieldError],
+    uncorrelatable: str | None,
+    ctx: _CelContext | None,
 ) -> None:
+    """The rules of one node: their fields first; then, where the schema allows CEL at all (``ctx``),
+    compilation, type checking, the estimated cost, and ``oldSelf`` only where old values correlate."""
     rules = s.get("x-kubernetes-validations") or ()
     if not rules:
         return
@@ -2003,42 +2262,70 @@ def _check_rules(
         if not text:
             errs.append(_required(f"{rpath}.rule", "rule is not specified"))
         elif message and not trimmed_msg:
-            errs.append(_invalid(f"{rpath}.message", message, "message must be non-empty if specified"))
-        elif "\n" in trimmed_msg:
-            errs.append(_invalid(f"{rpath}.message", message, "message must not contain line breaks"))
-        elif "\n" in text and not trimmed_msg:
+            errs.append(_invalid(f"{rpath}.message", message, "must be non-empty if specified"))
+        elif "\n" in trimmed_msg or "\r" in trimmed_msg:
+            errs.append(_invalid(f"{rpath}.message", message, "must not contain line breaks"))
+        elif ("\n" in text or "\r" in text) and not trimmed_msg:
             errs.append(_required(f"{rpath}.message", "message must be specified if rule contains line breaks"))
+        mexpr = rule.get("messageExpression")
+        if mexpr and not str(mexpr).strip():
+            errs.append(_required(f"{rpath}.messageExpression", "messageExpression must be non-empty if specified"))
         reason = rule.get("reason")
         if reason is not None and reason not in (INVALID, FORBIDDEN, REQUIRED, DUPLICATE):
             errs.append(_not_supported(f"{rpath}.reason", reason, [DUPLICATE, FORBIDDEN, INVALID, REQUIRED]))
         fp = rule.get("fieldPath")
-        if fp and not _field_path_exists(str(fp), s):
-            detail = "fieldPath must be a valid path: does not refer to a valid field"
-            errs.append(_invalid(f"{rpath}.fieldPath", fp, detail))
-    if len(errs) != before:
+        if fp and not str(fp).strip():
+            errs.append(_invalid(f"{rpath}.fieldPath", fp, "must be non-empty if specified"))
+        elif fp and ("\n" in str(fp) or "\r" in str(fp)):
+            errs.append(_invalid(f"{rpath}.fieldPath", fp, "must not contain line breaks"))
+        elif fp and not _field_path_exists(str(fp), s):
+            errs.append(_invalid(f"{rpath}.fieldPath", fp, "must be a valid path"))
+    if len(errs) != before or ctx is None:
         return
+    decl = ctx.decl or celcheck.DYN
     for i, rule in enumerate(rules):
         rpath = f"{path}.x-kubernetes-validations[{i}]"
-        compiled = _compiled(str(rule["rule"]))
-        if compiled.error is not None:
-            detail = f"compilation failed: ERROR: <input>: {compiled.error}"
-            cel_errs.append(FieldError(INVALID, f"{rpath}.rule", f"Invalid value: {_rule_repr(rule)}: {detail}"))
+        text = str(rule["rule"])
+        compiled = _compiled(text)
+        checked = celcheck.check_rule(text, decl) if compiled.error is None else None
+        if checked is not None:
+            cardinality = ctx.cardinality if ctx.cardinality is not None else celcheck.max_cardinality(decl.min_size)
+            cost = min(checked.max_cost * cardinality, 2**64 - 1) if checked.max_cost else 0
+            if cost > celcheck.PER_RULE_COST_LIMIT:
+                cel_errs.append(_forbidden(f"{rpath}.rule", _cost_message(
+                    "estimated rule cost", cost, celcheck.PER_RULE_COST_LIMIT)))
+            ctx.cost.observe(f"{rpath}.rule", cost)
+        error = compiled.error and f"compilation failed: ERROR: <input>: {compiled.error}"
+        if error is None and checked is not None and checked.error is not None:
+            error = checked.error if not checked.error.startswith("ERROR:") else f"compilation failed: {checked.error}"
+        if error is not None:
+            cel_errs.append(FieldError(INVALID, f"{rpath}.rule", f"Invalid value: {_rule_repr(rule)}: {error}"))
             continue
-        mexpr = rule.get("messageExpression")
-        if mexpr is not None:
-            if not str(mexpr).strip():
-                detail = "messageExpression must be non-empty if specified"
-                cel_errs.append(_required(f"{rpath}.messageExpression", detail))
-            else:
-                c = _compiled(str(mexpr))
-                if c.error is not None:
-                    detail = f"messageExpression compilation failed: ERROR: <input>: {c.error}"
-                    cel_errs.append(_invalid(f"{rpath}.messageExpression", mexpr, detail))
-        if rule.get("optionalOldSelf") and not compiled.uses_old_self:
-            cel_errs.append(_invalid(f"{rpath}.optionalOldSelf", True, "may not be set if oldSelf is not used in rule"))
-        if compiled.uses_old_self and uncorrelatable is not None:
-            detail = f"oldSelf cannot be used on the uncorrelatable portion of the schema within {uncorrelatable}"
-            cel_errs.append(_invalid(f"{rpath}.rule", rule["rule"], detail))
+        if mexpr := rule.get("messageExpression"):
+            c = _compiled(str(mexpr))
+            m_checked = celcheck.check_rule(str(mexpr), decl, string_result=True) if c.error is None else None
+            detail = None
+            if c.error is not None:
+                detail = f"messageExpression compilation failed: ERROR: <input>: {c.error}"
+            elif m_checked is not None and m_checked.error is not None:
+                detail = m_checked.error if not m_checked.error.startswith("ERROR:") else \
+                    f"messageExpression compilation failed: {m_checked.error}"
+            if detail is not None:
+                cel_errs.append(FieldError(INVALID, f"{rpath}.messageExpression",
+                                           f"Invalid value: {_rule_repr(rule)}: {detail}"))
+            elif m_checked is not None:
+                # A message expression's cost is not multiplied by how often the rule can run.
+                if m_checked.max_cost > celcheck.PER_RULE_COST_LIMIT:
+                    cel_errs.append(_forbidden(f"{rpath}.messageExpression", _cost_message(
+                        "estimated messageExpression cost", m_checked.max_cost, celcheck.PER_RULE_COST_LIMIT)))
+                ctx.cost.observe(f"{rpath}.messageExpression", m_checked.max_cost)
+        if compiled.uses_old_self:
+            if uncorrelatable is not None:
+                detail = f"oldSelf cannot be used on the uncorrelatable portion of the schema within {uncorrelatable}"
+                cel_errs.append(_invalid(f"{rpath}.rule", rule["rule"], detail))
+        elif rule.get("optionalOldSelf") is not None:
+            cel_errs.append(_invalid(f"{rpath}.optionalOldSelf", rule["optionalOldSelf"],
+                                     "may not be set if oldSelf is not used in rule"))
 
 
 def _field_path_exists(fp: str, s: Mapping[str, Any]) -> bool:
@@ -2203,7 +2490,7 @@ def _check_defaults(schema: Mapping[str, Any], base: str, errs: list[FieldError]
         unknown: list[str] = []
         _unknown(node, copy.deepcopy(value), "", False, unknown)
         if unknown:
-            errs.append(_invalid(f"{path}.default", value, "must not have unknown fields"))
+            errs.append(_invalid_json(f"{path}.default", value, "must not have unknown fields"))
             return
         if value is None and s.get("nullable"):
             return
@@ -2211,8 +2498,11 @@ def _check_defaults(schema: Mapping[str, Any], base: str, errs: list[FieldError]
         _validate_node(node, value, "", sub_errs)
         if node.has_listtype_below:
             _validate_lists(node, value, "", sub_errs)
+        if not sub_errs and node.has_rules_below:
+            # The rules see the default as written: nested defaults are not filled in first.
+            _cel_walk(node, value, None, "", sub_errs, False)
         for e in sub_errs:
-            field = f"{path}.default" + ("" if e.field == _NIL_PATH else f".{e.field}")
+            field = f"{path}.default" + ("" if e.field in (_NIL_PATH, "") else f".{e.field}")
             errs.append(FieldError(e.type, field, e.message))
 
     walk(schema, base, False)

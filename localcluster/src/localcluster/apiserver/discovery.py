@@ -6,6 +6,7 @@ Aggregated discovery is not offered: clients asking for it get the plain form (w
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from typing import Any
 
@@ -26,7 +27,9 @@ _SUB_VERBS: dict[str, tuple[str, list[str], str, str]] = {
 
 
 def _storage_hash(info: ResourceInfo) -> str:
-    return hashlib.sha256(f"{info.group}/{info.storage_version}/{info.kind}".encode()).hexdigest()[:11]
+    """StorageVersionHash: base64 of the first 8 bytes of sha256("group/storageVersion/Kind")."""
+    digest = hashlib.sha256(f"{info.group}/{info.storage_version}/{info.kind}".encode()).digest()
+    return base64.b64encode(digest[:8]).decode()
 
 
 def resource_entries(info: ResourceInfo) -> list[dict[str, Any]]:

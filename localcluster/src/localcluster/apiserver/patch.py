@@ -85,14 +85,33 @@ def _resolve(doc: Any, tokens: list[str]) -> Any:
     return cur
 
 
-def _json_patch_error(op: dict[str, Any], msg: str) -> ApiError:
-    return ApiError(422, msg, "Invalid")
+#: a JSON patch that does not apply (failed `test`, missing path): the real server answers 422 with
+#: the generic message of its status code and empty details, whatever went wrong
+_PATCH_REJECTED = "the server rejected our request due to an error in our request"
+
+
+def _json_patch_error() -> ApiError:
+    return ApiError(422, _PATCH_REJECTED, "Invalid", details={})
+
+
+def go_json_kind(value: Any) -> str:
+    """The JSON type name encoding/json's UnmarshalTypeError uses."""
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "bool"
+    return "number" if isinstance(value, int | float) else "null"
 
 
 def json_patch(doc: Any, ops: Any) -> Any:
     """RFC 6902. A failed `test` or a missing path is 422, as the real server answers."""
     if not isinstance(ops, list):
-        raise ApiError(400, "json: cannot unmarshal object into Go value of type jsonpatch.Patch", "BadRequest")
+        raise ApiError(400, f"error decoding patch: json: cannot unmarshal {go_json_kind(ops)} into Go value of "
+                            "type []handlers.jsonPatchOp", "BadRequest")
     doc = json_copy(doc)
     for op in ops:
         if not isinstance(op, dict) or "op" not in op:
@@ -103,8 +122,7 @@ def json_patch(doc: Any, ops: Any) -> Any:
         try:
             if kind == "test":
                 if _resolve(doc, tokens) != op.get("value"):
-                    raise _json_patch_error(op, f"the server rejected our request due to an error in our "
-                                                f"request: testing value {path} failed: test failed")
+                    raise _json_patch_error()
                 continue
             if kind in ("add", "replace"):
                 value = json_copy(op.get("value"))
@@ -120,12 +138,7 @@ def json_patch(doc: Any, ops: Any) -> Any:
             else:
                 raise ApiError(422, f"Unexpected kind: {kind}", "Invalid")
         except (KeyError, IndexError, ValueError, TypeError):
-            raise ApiError(
-                422,
-                f"the server rejected our request due to an error in our request: "
-                f"{kind} operation does not apply: doc is missing path: \"{path}\": missing value",
-                "Invalid",
-            ) from None
+            raise _json_patch_error() from None
     return doc
 
 

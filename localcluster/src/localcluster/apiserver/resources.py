@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+#: the order apiextensions-apiserver lists a custom resource's verbs in discovery
+CUSTOM_VERBS = ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"]
 
 
 @dataclass
@@ -34,6 +36,8 @@ class ResourceInfo:
     custom: bool = False
     storage_version: str = ""
     served_versions: list[str] = field(default_factory=list)
+    # The storage version's schema when it differs (an object is stored, so also pruned, through it).
+    storage_schema: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.singular:
@@ -213,6 +217,7 @@ def resources_from_crd(crd: dict[str, Any]) -> list[ResourceInfo]:
     versions = spec.get("versions") or []
     storage = next((v["name"] for v in versions if v.get("storage")), versions[0]["name"] if versions else "")
     served = [v["name"] for v in versions if v.get("served", True)]
+    schemas = {v["name"]: (v.get("schema") or spec.get("validation") or {}).get("openAPIV3Schema") for v in versions}
     out = []
     for ver in versions:
         if not ver.get("served", True):
@@ -236,11 +241,13 @@ def resources_from_crd(crd: dict[str, Any]) -> list[ResourceInfo]:
                 categories=list(names.get("categories") or []),
                 subresources=subs,
                 has_generation=True,
+                verbs=list(CUSTOM_VERBS),
                 schema=schema,
                 printer_columns=list(ver.get("additionalPrinterColumns") or []),
                 custom=True,
                 storage_version=storage,
                 served_versions=served,
+                storage_schema=schemas.get(storage) if schemas.get(storage) != schema else None,
             )
         )
     return out

@@ -21,13 +21,22 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from localcluster.apiserver import discovery, openapi, protobuf
+from localcluster.apiserver import decode, discovery, managedfields, openapi, protobuf
+from localcluster.apiserver import patch as patch_mod
 from localcluster.apiserver.faults import FaultRule, Faults
 from localcluster.apiserver.logs import serve_pod_log
 from localcluster.apiserver.patch import json_copy, json_patch, merge_patch, strategic_merge
 from localcluster.apiserver.resources import Registry, ResourceInfo, resources_from_crd
 from localcluster.apiserver.selectors import combine, parse_field_selector, parse_label_selector
-from localcluster.apiserver.status import ApiError, already_exists, conflict, gone, invalid, not_found
+from localcluster.apiserver.status import (
+    ApiError,
+    already_exists,
+    conflict,
+    gone,
+    invalid,
+    not_found,
+    precondition_failed,
+)
 from localcluster.apiserver.store import Event, Store, Watcher, dumps
 from localcluster.apiserver.table import make_table
 
@@ -49,6 +58,8 @@ DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease"
 FOREGROUND = "foregroundDeletion"
 ORPHAN = "orphan"
 TERMINAL_PHASES = ("Succeeded", "Failed")
+# Kinds whose DELETE answers the deleted object; the others answer a Status once the object is gone.
+_RETURNS_DELETED_OBJECT = {("", "pods"), ("", "serviceaccounts"), ("storage.k8s.io", "storageclasses")}
 # Kinds whose deletion finishes when their contents are gone, not when finalizers empty.
 _SELF_FINALIZING = {("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions")}
 
@@ -167,11 +178,6 @@ def _schema_module() -> Any:
         except ImportError:
             return None
     return _SCHEMA[0]
-
-
-def _not_json_number(word: str) -> Any:
-    """NaN and Infinity are not JSON: refused as the API server's decoder refuses them."""
-    raise ValueError(f"invalid character '{word[0]}' looking for beginning of value")
 
 
 class ApiServer:
@@ -308,6 +314,7 @@ class ApiServer:
             resp = await handler(request)
         except ApiError as e:
             resp = web.Response(body=dumps(e.to_status()), status=e.code, content_type=JSON, headers=e.headers)
+            _add_warnings(resp, e.warnings)
         except web.HTTPException:
             raise
         except Exception as e:
@@ -403,11 +410,69 @@ class ApiServer:
                            {"group": ri.group, "kind": ri.plural} if ri.group else {"kind": ri.plural})
         return info
 
+    @staticmethod
+    async def _raw_body(request: web.Request) -> bytes:
+        """The request body's bytes: every body reader goes through here."""
+        return await request.read()
+
+    async def _read_object(self, request: web.Request, info: ResourceInfo) -> tuple[dict[str, Any], list[str]]:
+        """The body of a create or update: an object, and the paths of its duplicated keys."""
+        raw = await self._raw_body(request)
+        ctype = request.headers.get("Content-Type", JSON).split(";")[0].strip()
+        dups: list[str] = []
+        if raw and ctype == JSON:
+            try:
+                body, dups = decode.loads(raw)
+            except ValueError as e:
+                if info.custom:
+                    raise ApiError(400, f"the object provided is unrecognized (must be of type {info.kind}): "
+                                        f"couldn't get version/kind; json parse error: "
+                                        f"{decode.json_error_text(e, raw)}", "BadRequest") from None
+                raise ApiError(400, f"the body of the request was in an unknown format: {e}", "BadRequest") from None
+        else:
+            body = self._parse_body(raw, ctype)
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body of the request was empty or not an object", "BadRequest")
+        if info.custom:
+            self._check_type_meta(info, body)
+        return body, dups
+
+    @staticmethod
+    def _check_type_meta(info: ResourceInfo, body: dict[str, Any]) -> None:
+        """A custom resource body of another version of the group is refused while decoding (400); the
+        fields that version's (absent) schema would prune come back as warnings."""
+        av = body.get("apiVersion")
+        if isinstance(av, str) and av and av != info.api_version:
+            same_kind = av.split("/")[0] == info.group and body.get("kind") == info.kind
+            unknown = sorted(k for k in body if k not in ("apiVersion", "kind", "metadata")) if same_kind else []
+            raise ApiError(400, f"the API version in the data ({av}) does not match the expected API version "
+                                f"({info.api_version})", "BadRequest",
+                           warnings=[f'unknown field "{k}"' for k in unknown])
+
+    async def _read_patch(self, request: web.Request, ctype: str) -> Any:
+        """A patch body; one that does not decode as its patch type is 400 `error decoding patch`."""
+        raw = await self._raw_body(request)
+        if ctype in ("application/merge-patch+json", "application/json-patch+json",
+                     "application/strategic-merge-patch+json"):
+            try:
+                body = json.loads(raw, parse_constant=decode.not_json_number) if raw else None
+            except ValueError as e:
+                raise ApiError(400, f"error decoding patch: {decode.json_error_text(e, raw)}", "BadRequest") from None
+            if ctype != "application/json-patch+json" and not isinstance(body, dict):
+                kind = patch_mod.go_json_kind(body)
+                raise ApiError(400, f"error decoding patch: json: cannot unmarshal {kind} into Go value of type "
+                                    "map[string]interface {}", "BadRequest")
+            return body
+        return self._parse_body(raw, request.headers.get("Content-Type", JSON).split(";")[0].strip())
+
     async def _read_body(self, request: web.Request) -> Any:
-        raw = await request.read()
+        raw = await self._raw_body(request)
+        return self._parse_body(raw, request.headers.get("Content-Type", JSON).split(";")[0].strip())
+
+    @staticmethod
+    def _parse_body(raw: bytes, ctype: str) -> Any:
         if not raw:
             return None
-        ctype = request.headers.get("Content-Type", JSON).split(";")[0].strip()
         if "protobuf" in ctype:
             try:
                 return protobuf.decode(raw)
@@ -421,7 +486,7 @@ class ApiServer:
         try:
             if "yaml" in ctype:
                 return yaml.safe_load(raw)
-            return json.loads(raw, parse_constant=_not_json_number)
+            return json.loads(raw, parse_constant=decode.not_json_number)
         except (ValueError, yaml.YAMLError) as e:
             raise ApiError(400, f"the body of the request was in an unknown format: {e}", "BadRequest") from None
 
@@ -429,11 +494,17 @@ class ApiServer:
         info = self._info(ri)
         q = request.query
         verb = request[VERB_KEY]
+        if ri.namespace and not info.namespaced:
+            # a namespaced path for a cluster-scoped resource: no route at all
+            return web.Response(status=404, text="404 page not found\n")
         ns = ri.namespace if info.namespaced else ""
         if ri.sub and ri.sub not in info.subresources:
+            if info.custom and ri.name:
+                raise not_found(info.group_resource, info.group, info.plural, ri.name)
             raise ApiError(404, "the server could not find the requested resource", "NotFound")
         table = _table_accept(request.headers.get("Accept", ""))
-        dry = q.get("dryRun") == "All"
+        dry_run = q.getall("dryRun", [])
+        dry = "All" in dry_run
         if verb == "list":
             return self._list(info, ri, q, table)
         if verb == "watch":
@@ -451,45 +522,57 @@ class ApiServer:
             review = {"apiVersion": info.api_version, "kind": info.kind, "metadata": {},
                       "status": {"allowed": True, "reason": "the local cluster does not authorize requests"}}
             return self._json(review, 201)
+        manager = _field_manager(q, request.headers.get("User-Agent", ""))
         if verb == "create":
-            body = await self._read_body(request)
-            if not isinstance(body, dict):
-                raise ApiError(400, "the body of the request was empty or not an object", "BadRequest")
+            decode.check_write_options("CreateOptions", q, dry_run)
             if ri.sub == "binding":
-                return self._json(self.bind_pod(ns, ri.name, body), 201)
+                return self._json(self.bind_pod(ns, ri.name, await self._read_body_object(request)), 201)
             if ri.sub == "eviction":
+                body = await self._read_body_object(request)
                 self.delete_object(info, ns, ri.name, body.get("deleteOptions") or {})
                 return self._json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                                    "code": 201}, 201)
-            if ri.name:
+            if ri.name and not info.custom:
                 raise ApiError(405, "the server does not allow this method on the requested resource",
                                "MethodNotAllowed")
-            warnings = self._field_validation(info, body, q)
-            obj = self.create_object(info, ri.namespace, body, dry_run=dry)
+            body, dups = await self._read_object(request, info)
+            # the custom resource handler takes a POST to an object's path as a create of the body's object
+            warnings = self._field_validation(info, body, q, dups)
+            obj = self.create_object(info, ri.namespace, body, dry_run=dry, manager=manager)
             return self._obj_response(info, obj, 201, warnings)
         if verb == "update":
-            body = await self._read_body(request)
-            if not isinstance(body, dict):
-                raise ApiError(400, "the body of the request was empty or not an object", "BadRequest")
-            warnings = self._field_validation(info, body, q)
-            obj = self.update_object(info, ns, ri.name, body, ri.sub, dry_run=dry)
+            decode.check_write_options("UpdateOptions", q, dry_run)
+            body, dups = await self._read_object(request, info)
+            warnings = self._field_validation(info, body, q, dups)
+            obj = self.update_object(info, ns, ri.name, body, ri.sub, dry_run=dry, manager=manager)
             return self._obj_response(info, obj, 200, warnings)
         if verb == "patch":
             ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
-            body = await self._read_body(request)
+            decode.check_write_options("PatchOptions", q, dry_run, ctype)
+            body = await self._read_patch(request, ctype)
             patch_warnings: list[str] = []
             obj, created = self.patch_object(info, ns, ri.name, ctype, body, ri.sub, dry_run=dry, query=q,
-                                             warnings=patch_warnings)
+                                             warnings=patch_warnings, manager=manager)
             return self._obj_response(info, obj, 201 if created else 200, patch_warnings)
         if verb == "delete":
             opts: dict[str, Any] = {}
             body = await self._read_body(request)
             if isinstance(body, dict):
                 opts.update(body)
-            for k in ("gracePeriodSeconds", "propagationPolicy", "dryRun"):
+            for k in ("gracePeriodSeconds", "propagationPolicy"):
                 if k in q:
                     opts[k] = int(q[k]) if k == "gracePeriodSeconds" else q[k]
-            obj = self.delete_object(info, ns, ri.name, opts, dry_run=dry or opts.get("dryRun") in ("All", ["All"]))
+            body_dry = opts.get("dryRun") or []
+            dry_run = dry_run or (body_dry if isinstance(body_dry, list) else [body_dry])
+            decode.check_delete_options(opts, dry_run)
+            obj = self.delete_object(info, ns, ri.name, opts, dry_run="All" in dry_run)
+            meta = obj["metadata"]
+            # removed at once (no finalizer held it): a Status; marked for deletion: the object
+            if not meta.get("deletionTimestamp") and info.store_key not in _RETURNS_DELETED_OBJECT:
+                details = {"name": ri.name, **({"group": info.group} if info.group else {}), "kind": info.plural,
+                           "uid": meta.get("uid", "")}
+                return self._json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                                   "details": details})
             return self._obj_response(info, obj, 200)
         if verb == "deletecollection":
             matcher = combine(parse_label_selector(q.get("labelSelector")),
@@ -503,6 +586,12 @@ class ApiServer:
                                "metadata": {"resourceVersion": str(self.store.rv)}, "items": items})
         raise ApiError(405, "the server does not allow this method on the requested resource", "MethodNotAllowed")
 
+    async def _read_body_object(self, request: web.Request) -> dict[str, Any]:
+        body = await self._read_body(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body of the request was empty or not an object", "BadRequest")
+        return body
+
     def _obj_response(self, info: ResourceInfo, obj: dict[str, Any], status: int = 200,
                       warnings: list[str] | None = None) -> web.Response:
         raw = None
@@ -511,9 +600,7 @@ class ApiServer:
         elif self.store.get(info.store_key, obj["metadata"].get("namespace", ""), obj["metadata"]["name"]) is obj:
             raw = self.store.encoded(obj)
         resp = self._json(obj, status, raw)
-        for w in warnings or []:
-            escaped = w.replace("\\", "\\\\").replace('"', '\\"')
-            resp.headers.add("Warning", f'299 - "{escaped}"')
+        _add_warnings(resp, warnings or [])
         return resp
 
     def _must_get(self, info: ResourceInfo, ns: str, name: str) -> dict[str, Any]:
@@ -522,32 +609,33 @@ class ApiServer:
             raise not_found(info.group_resource, info.group, info.plural, name)
         return obj
 
-    def _field_validation(self, info: ResourceInfo, body: dict[str, Any], q: Any) -> list[str]:
-        """fieldValidation=Strict|Warn|Ignore: unknown fields are an error, a Warning header, or nothing."""
-        mode = q.get("fieldValidation", "Warn")
+    def _field_validation(self, info: ResourceInfo, body: dict[str, Any], q: Any,
+                          duplicates: list[str] | None = None) -> list[str]:
+        """fieldValidation=Strict|Warn (also when unset)|Ignore: duplicated and unknown fields are an error (400),
+        one Warning header each, or nothing."""
+        mode = q.get("fieldValidation") or "Warn"
         if mode == "Ignore":
             return []
+        msgs = [f'duplicate field "{p}"' for p in duplicates or ()]
         if not info.custom:
             if mode == "Strict":  # kubectl's default; the published schemas are too slow for every request
+                self._strict_failure(info, msgs)
                 _strict_builtin(info, body)
-            return []
-        if not info.schema:
-            return []
+            return msgs
+        unknown = decode.unknown_meta_fields(body)
         mod = _schema_module()
-        if mod is None or not hasattr(mod, "strict_unknown_fields"):
-            return []
-        unknown = [p.lstrip(".") for p in mod.strict_unknown_fields(info.schema, _body_without_meta(body))]
-        if not unknown:
-            return []
-        msgs = [f'unknown field "{p}"' for p in unknown]
+        if info.schema and mod is not None and hasattr(mod, "strict_unknown_fields"):
+            unknown += sorted(p.lstrip(".") for p in mod.strict_unknown_fields(info.schema, _body_without_meta(body)))
+        msgs += [f'unknown field "{p}"' for p in unknown]
         if mode == "Strict":
-            raise ApiError(
-                400,
-                f'{info.kind} in version "{info.version}" cannot be handled as a {info.kind}: '
-                f"strict decoding error: {', '.join(msgs)}",
-                "BadRequest",
-            )
+            self._strict_failure(info, msgs)
         return msgs
+
+    @staticmethod
+    def _strict_failure(info: ResourceInfo, msgs: list[str]) -> None:
+        if msgs:
+            raise ApiError(400, f'{info.kind} in version "{info.version}" cannot be handled as a {info.kind}: '
+                                f"strict decoding error: {', '.join(msgs)}", "BadRequest")
 
     # ------------------------------------------------------------------------------ list
     def _selected(self, info: ResourceInfo, ns: str, q: Any) -> list[dict[str, Any]]:
@@ -771,23 +859,24 @@ class ApiServer:
                                         "terminated", "field": "metadata.namespace"}]})
 
     def _validate_name(self, info: ResourceInfo, name: str) -> list[dict[str, Any]]:
-        if info.plural == "namespaces":
-            if len(name) > 63 or not LABEL_RE.match(name):
-                return [{"reason": "FieldValueInvalid", "field": "metadata.name",
-                         "message": f'Invalid value: "{name}": {LABEL_MSG}'}]
-            return []
+        """IsDNS1123Label (namespaces) or IsDNS1123Subdomain: one Invalid cause per broken rule."""
         if info.plural == "customresourcedefinitions":
             return []
-        if len(name) > 253:
-            return [{"reason": "FieldValueTooLong", "field": "metadata.name",
-                     "message": 'Too long: may not be more than 253 bytes'}]
-        if not SUBDOMAIN_RE.match(name):
-            return [{"reason": "FieldValueInvalid", "field": "metadata.name",
-                     "message": f'Invalid value: "{name}": {SUBDOMAIN_MSG}'}]
-        return []
+        if info.plural == "namespaces":
+            limit, pattern, msg = 63, LABEL_RE, LABEL_MSG
+        else:
+            limit, pattern, msg = 253, SUBDOMAIN_RE, SUBDOMAIN_MSG
+        problems = [f"must be no more than {limit} characters"] if len(name) > limit else []
+        if not pattern.match(name):
+            problems.append(msg)
+        value = json.dumps(name, ensure_ascii=False)
+        return [{"reason": "FieldValueInvalid", "field": "metadata.name", "message": f"Invalid value: {value}: {p}"}
+                for p in problems]
 
-    def create_object(self, info: ResourceInfo, ns: str, body: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
-        """POST semantics: defaulting, validation, uid/rv/timestamps, side effects."""
+    def create_object(self, info: ResourceInfo, ns: str, body: dict[str, Any], dry_run: bool = False,
+                      manager: str = "", apply_config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """POST semantics: defaulting, validation, uid/rv/timestamps, side effects; the fields go to manager
+        (as applied, when the create is a server-side apply of apply_config)."""
         obj = json_copy(body)
         meta = obj.setdefault("metadata", {}) or {}
         obj["metadata"] = meta
@@ -801,6 +890,8 @@ class ApiServer:
         else:
             meta.pop("namespace", None)
             ns = ""
+        if info.custom:
+            _check_kind(info, obj, meta.get("name") or "")
         obj = {"apiVersion": info.api_version, "kind": info.kind, "metadata": meta,
                **{k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}}
         name = meta.get("name") or ""
@@ -829,13 +920,18 @@ class ApiServer:
         self._prepare_create(info, ns, obj)
         if info.custom:
             obj = self._validate_custom(info, obj, None)
+        if apply_config is not None:
+            managedfields.apply({}, apply_config, obj, info.schema, manager, info.api_version, "", info.has_status,
+                                True, now_rfc3339())
+        elif manager:
+            managedfields.record_update(None, obj, info.schema, manager, info.api_version, "", info.has_status,
+                                        now_rfc3339())
         meta = obj["metadata"]
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339()
         if info.has_generation:
             meta["generation"] = 1
         if dry_run:
-            meta["resourceVersion"] = str(self.store.rv)
             return obj
         obj = self._persist(info, ns, obj, "ADDED", None)
         self._after_create(info, ns, obj)
@@ -970,35 +1066,58 @@ class ApiServer:
                         {"name": name, "kind": "pods"},
                     )
 
-    def _prepare_crd(self, crd: dict[str, Any]) -> None:
-        spec = crd.get("spec") or {}
-        names = spec.get("names") or {}
-        expected = f"{names.get('plural', '')}.{spec.get('group', '')}"
-        name = crd["metadata"].get("name", "")
-        if name != expected:
-            raise invalid("CustomResourceDefinition.apiextensions.k8s.io", "apiextensions.k8s.io",
-                          "CustomResourceDefinition", name,
-                          [{"reason": "FieldValueInvalid", "field": "metadata.name",
-                            "message": f'Invalid value: "{name}": must be spec.names.plural+"."+spec.group'}])
-        accepted = dict(names)
-        accepted.setdefault("singular", str(names.get("kind", "")).lower())
-        accepted.setdefault("listKind", f"{names.get('kind', '')}List")
-        names.setdefault("singular", accepted["singular"])
-        names.setdefault("listKind", accepted["listKind"])
+    def _prepare_crd(self, crd: dict[str, Any], old: dict[str, Any] | None = None) -> None:
+        """The v1 defaults and the status a write leaves; the names controller fills in the rest later."""
+        from localcluster.crdvalidation import apply_v1_defaults, stored_versions
+
+        apply_v1_defaults(crd)
+        spec = crd.get("spec")
+        if not isinstance(spec, dict):
+            return
+        if old is None:
+            crd["status"] = {"conditions": None, "acceptedNames": {"plural": "", "kind": ""},
+                             "storedVersions": stored_versions(spec)}
+            return
+        status = json_copy(old.get("status") or {})
+        stored = list(status.get("storedVersions") or [])
+        for v in stored_versions(spec):
+            if v not in stored:
+                stored.append(v)
+        status["storedVersions"] = stored
+        crd["status"] = status
+
+    def _establish_crd(self, name: str) -> None:
+        """The names and establishing controllers: accepted names, NamesAccepted and Established."""
+        key = ("apiextensions.k8s.io", "customresourcedefinitions")
+        info = self.registry.get("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        crd = self.store.get(key, "", name)
+        if info is None or crd is None or crd["metadata"].get("deletionTimestamp"):
+            return
+        names = dict((crd.get("spec") or {}).get("names") or {})
+        status = dict(crd.get("status") or {})
         ts = now_rfc3339()
-        storage = [v["name"] for v in spec.get("versions") or [] if v.get("storage")]
-        crd["status"] = {
-            "acceptedNames": accepted,
-            "conditions": [
-                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
-                 "message": "no conflicts found", "lastTransitionTime": ts},
-                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
-                 "message": "the initial names have been accepted", "lastTransitionTime": ts},
-            ],
-            "storedVersions": storage,
-        }
-        spec.setdefault("scope", "Namespaced")
-        spec.setdefault("conversion", {"strategy": "None"})
+        old_conditions = {c.get("type"): c for c in status.get("conditions") or [] if isinstance(c, dict)}
+
+        def condition(ctype: str, reason: str, message: str) -> dict[str, Any]:
+            prior = old_conditions.get(ctype)
+            if prior is not None and prior.get("status") == "True":
+                return prior
+            return {"type": ctype, "status": "True", "lastTransitionTime": ts, "reason": reason, "message": message}
+
+        status["acceptedNames"] = names
+        status["conditions"] = [
+            condition("NamesAccepted", "NoConflicts", "no conflicts found"),
+            condition("Established", "InitialNamesAccepted", "the initial names have been accepted"),
+        ]
+        if status == crd.get("status"):
+            return
+        self._persist(info, "", {**crd, "metadata": dict(crd["metadata"]), "status": status}, "MODIFIED", crd)
+
+    def _establish_crd_soon(self, name: str) -> None:
+        try:
+            asyncio.get_running_loop().call_soon(self._establish_crd, name)
+        except RuntimeError:
+            self._establish_crd(name)
 
     def _after_create(self, info: ResourceInfo, ns: str, obj: dict[str, Any]) -> None:
         key = info.store_key
@@ -1009,6 +1128,7 @@ class ApiServer:
             self.create_object(sa, name, {"metadata": {"name": "default", "namespace": name}})
         elif key == ("apiextensions.k8s.io", "customresourcedefinitions"):
             self._register_crd(obj)
+            self._establish_crd_soon(obj["metadata"]["name"])
 
     def _register_crd(self, crd: dict[str, Any]) -> None:
         spec = crd.get("spec") or {}
@@ -1016,56 +1136,82 @@ class ApiServer:
         for info in resources_from_crd(crd):
             self.registry.add(info)
 
-    def _validate_custom(self, info: ResourceInfo, obj: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
-        """default_and_prune + validate from localcluster.schema; 422 Invalid on errors."""
+    def _validate_custom(self, info: ResourceInfo, obj: dict[str, Any], old: dict[str, Any] | None,
+                         sub: str = "") -> dict[str, Any]:
+        """default_and_prune + validate (validate_status for /status) from localcluster.schema; 422 on errors."""
         if not info.schema:
             return obj
         mod = _schema_module()
         if mod is None:
             return obj
         meta = obj.get("metadata")
+        if isinstance(meta, dict):
+            for k in [k for k in meta if k not in decode.OBJECT_META_FIELDS]:
+                del meta[k]  # decoding into ObjectMeta drops what it does not have (a warning said so)
         pruned = mod.default_and_prune(info.schema, obj)
+        if info.storage_schema is not None and isinstance(pruned, dict):
+            # Conversion None: the object is stored as the storage version, pruned through its schema.
+            pruned = mod.default_and_prune(info.storage_schema, pruned)
         if isinstance(pruned, dict):
             obj = pruned
             obj["metadata"] = meta
             obj["apiVersion"] = obj.get("apiVersion") or info.api_version
             obj["kind"] = obj.get("kind") or info.kind
-        errors = mod.validate(info.schema, obj, old)
+        if sub == "status" and old is not None:
+            errors = mod.validate_status(info.schema, obj, old)
+        else:
+            errors = mod.validate(info.schema, obj, old)
         if errors:
             causes = [{"reason": e.type, "message": e.message, "field": e.field} for e in errors]
             raise invalid(info.kind_group, info.group, info.kind, (meta or {}).get("name", ""), causes)
         return obj
 
-    def _validate_crd(self, crd: dict[str, Any]) -> None:
-        """The structural-schema checks the real server applies to CRDs (when the schema module has them)."""
+    def _validate_crd(self, crd: dict[str, Any], old: dict[str, Any] | None = None) -> None:
+        """CustomResourceDefinition validation as the apiextensions server does it (localcluster.crdvalidation)."""
         mod = _schema_module()
         if mod is None or not hasattr(mod, "validate_crd"):
             return
-        errors = mod.validate_crd(crd)
+        errors = mod.validate_crd(crd, old)
         if errors:
             causes = [{"reason": e.type, "message": e.message, "field": e.field} for e in errors]
             raise invalid("CustomResourceDefinition.apiextensions.k8s.io", "apiextensions.k8s.io",
                           "CustomResourceDefinition", crd["metadata"].get("name", ""), causes)
 
     def update_object(self, info: ResourceInfo, ns: str, name: str, body: dict[str, Any], sub: str = "",
-                      dry_run: bool = False, _patched: bool = False) -> dict[str, Any]:
-        """PUT semantics (also the tail of every patch): preconditions, status split, generation."""
+                      dry_run: bool = False, _patched: bool = False, manager: str = "",
+                      applied: bool = False) -> dict[str, Any]:
+        """PUT semantics (also the tail of every patch): preconditions, status split, generation, field
+        ownership (`applied`: the body's managedFields were set by server-side apply)."""
         old = self._must_get(info, ns, name)
         new = json_copy(body) if not _patched else body
         meta = new.get("metadata")
         meta = dict(meta) if isinstance(meta, dict) else {}
         new["metadata"] = meta
+        applied_fields = meta.get("managedFields") if applied else None
         if meta.get("name") not in (None, name):
             raise ApiError(400, f'the name of the object ({meta.get("name")}) does not match the name on the URL '
                                 f"({name})", "BadRequest")
         rv = meta.get("resourceVersion")
+        if rv not in (None, "") and not str(rv).isdigit():
+            raise ApiError(500, f'strconv.ParseUint: parsing {json.dumps(str(rv))}: invalid syntax', "")
         if rv not in (None, "") and str(rv) != old["metadata"]["resourceVersion"]:
             raise conflict(info.group_resource, info.group, info.plural, name)
         if rv in (None, "") and info.custom and not _patched:
             # Custom resources do not allow unconditional updates (AllowUnconditionalUpdate is false).
-            raise invalid(info.kind_group, info.group, info.kind, name, [{
+            raise invalid(info.group_resource, info.group, info.plural, name, [{
                 "reason": "FieldValueInvalid", "field": "metadata.resourceVersion",
-                "message": "Invalid value: 0x0: must be specified for an update"}])
+                "message": "Invalid value: 0: must be specified for an update"}])
+        uid = meta.get("uid")
+        if uid and uid != old["metadata"].get("uid"):
+            # the object's uid is a precondition of the update (storage.Preconditions, checked in the store)
+            key = "/".join(p for p in ("/registry", info.group if info.custom else "", info.plural, ns, name) if p)
+            raise ApiError(409, f'Operation cannot be fulfilled on {info.group_resource} "{name}": StorageError: '
+                                f"invalid object, Code: 4, Key: {key}, ResourceVersion: 0, AdditionalErrorMsg: "
+                                f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
+                                f'{old["metadata"].get("uid")}', "Conflict",
+                           {"name": name, **({"group": info.group} if info.group else {}), "kind": info.plural})
+        if info.custom:
+            _check_kind(info, new, name)
         new["apiVersion"] = info.api_version
         new["kind"] = info.kind
         if sub == "status":
@@ -1098,16 +1244,25 @@ class ApiServer:
                          "message": f"Forbidden: no new finalizers can be added if the object is being deleted, "
                                     f"found new finalizers {sorted(added)}"}])
         if info.custom:
-            new = self._validate_custom(info, new, old)
+            new = self._validate_custom(info, new, old, sub)
         if info.store_key == ("", "pods") and sub != "status":
             self._check_pod_update(old, new)
         if info.store_key == ("apiextensions.k8s.io", "customresourcedefinitions") and sub != "status":
-            self._prepare_crd(new)
-            self._validate_crd(new)
+            self._prepare_crd(new, old)
+            self._validate_crd(new, old)
         new_meta = new["metadata"]
         new_meta["resourceVersion"] = old["metadata"]["resourceVersion"]
         if not new_meta.get("finalizers"):
             new_meta.pop("finalizers", None)
+        if applied_fields is not None:
+            new_meta["managedFields"] = applied_fields
+        elif manager:
+            managedfields.record_update(old, new, info.schema, manager, info.api_version, sub, info.has_status,
+                                        now_rfc3339())
+        elif old["metadata"].get("managedFields"):
+            new_meta["managedFields"] = old["metadata"]["managedFields"]
+        if not new_meta.get("managedFields"):
+            new_meta.pop("managedFields", None)
         if _semantically_equal(old, new):
             return old
         if info.has_generation and _spec_changed(info, old, new):
@@ -1116,10 +1271,12 @@ class ApiServer:
             return new
         if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers") \
                 and not self._awaiting_node(info, new) and info.store_key not in _SELF_FINALIZING:
-            return self._remove(info, ns, new, old)
+            self._remove(info, ns, new, old)
+            return new  # as last stored: the deletion's resourceVersion is only in the watch event
         new = self._persist(info, ns, new, "MODIFIED", old)
         if info.store_key == ("apiextensions.k8s.io", "customresourcedefinitions"):
             self._register_crd(new)
+            self._establish_crd_soon(name)
         return new
 
     def _check_pod_update(self, old: dict[str, Any], new: dict[str, Any]) -> None:
@@ -1141,15 +1298,12 @@ class ApiServer:
 
     def patch_object(self, info: ResourceInfo, ns: str, name: str, ctype: str, body: Any, sub: str = "",
                      dry_run: bool = False, query: Any = None,
-                     warnings: list[str] | None = None) -> tuple[dict[str, Any], bool]:
+                     warnings: list[str] | None = None, manager: str = "") -> tuple[dict[str, Any], bool]:
         """PATCH in all four content types; returns (object, created). Field-validation warnings are appended."""
         q = query or {}
         warn = warnings if warnings is not None else []
         old = self.store.get(info.store_key, ns, name)
         if ctype == "application/apply-patch+yaml":
-            if not q.get("fieldManager"):
-                raise ApiError(400, "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is "
-                                    "required for apply patch", "BadRequest")
             if not isinstance(body, dict):
                 raise ApiError(400, "the body of the request was empty or not an object", "BadRequest")
             if old is None:
@@ -1159,15 +1313,18 @@ class ApiServer:
                 if info.namespaced:
                     body["metadata"]["namespace"] = ns
                 warn.extend(self._field_validation(info, body, q))
-                return self.create_object(info, ns, body, dry_run=dry_run), True
+                return self.create_object(info, ns, body, dry_run=dry_run, manager=manager,
+                                          apply_config=json_copy(body)), True
             warn.extend(self._field_validation(info, body, q))
-            applied = _apply_merge(old, body, not info.custom)
-            return self.update_object(info, ns, name, applied, sub, dry_run=dry_run, _patched=True), False
+            merged = _apply_merge(info, old, body)
+            force = q.get("force") not in (None, "false", "False", "FALSE", "0", "f", "F")  # force=maybe forces
+            managedfields.apply(old, body, merged, info.schema, manager, info.api_version, sub, info.has_status,
+                                force, now_rfc3339())
+            return self.update_object(info, ns, name, merged, sub, dry_run=dry_run, _patched=True,
+                                      manager=manager, applied=True), False
         if old is None:
             raise not_found(info.group_resource, info.group, info.plural, name)
         if ctype == "application/merge-patch+json":
-            if not isinstance(body, dict):
-                raise ApiError(400, "the body of the request was empty or not an object", "BadRequest")
             patched = merge_patch(old, body)
         elif ctype == "application/json-patch+json":
             patched = json_patch(old, body)
@@ -1188,7 +1345,8 @@ class ApiServer:
         if ctype != "application/json-patch+json":
             patched = json_copy(patched)  # merges share untouched subtrees with the stored object
         warn.extend(self._field_validation(info, patched, q))
-        return self.update_object(info, ns, name, patched, sub, dry_run=dry_run, _patched=True), False
+        return self.update_object(info, ns, name, patched, sub, dry_run=dry_run, _patched=True,
+                                  manager=manager), False
 
     # ------------------------------------------------------------------------------ deletion & GC
     def _awaiting_node(self, info: ResourceInfo, obj: dict[str, Any]) -> bool:
@@ -1204,18 +1362,17 @@ class ApiServer:
         obj = self._must_get(info, ns, name)
         meta = obj["metadata"]
         pre = opts.get("preconditions") or {}
-        if pre.get("uid") and pre["uid"] != meta.get("uid"):
-            raise ApiError(409, f'Precondition failed: UID in precondition: {pre["uid"]}, UID in object meta: '
-                                f'{meta.get("uid")}', "Conflict")
-        if pre.get("resourceVersion") and pre["resourceVersion"] != meta.get("resourceVersion"):
-            raise conflict(info.group_resource, info.group, info.plural, name)
+        for what, key in (("UID", "uid"), ("ResourceVersion", "resourceVersion")):
+            if pre.get(key) and pre[key] != meta.get(key):
+                raise precondition_failed(info.kind_group, info.group, info.kind, name, what, str(pre[key]),
+                                          str(meta.get(key)))
         policy = opts.get("propagationPolicy")
         if policy is None and opts.get("orphanDependents") is True:
             policy = "Orphan"
         policy = policy or "Background"
         grace = opts.get("gracePeriodSeconds")
         if dry_run:
-            return obj
+            return {**obj, "metadata": _deleting_meta(meta)} if meta.get("finalizers") else obj
         is_pod = info.store_key == ("", "pods")
         if is_pod:
             spec = obj.get("spec") or {}
@@ -1229,8 +1386,8 @@ class ApiServer:
             if meta.get("deletionTimestamp") and current is not None and grace >= int(current) and grace > 0:
                 return obj
             if grace > 0:
-                new = {**obj, "metadata": {**meta, "deletionTimestamp": _rfc3339_in(grace),
-                                           "deletionGracePeriodSeconds": grace}}
+                new = {**obj, "metadata": _deleting_meta(meta, deletionTimestamp=_rfc3339_in(grace),
+                                                         deletionGracePeriodSeconds=grace)}
                 if policy == "Foreground" and self._has_dependents(meta.get("uid", "")):
                     new["metadata"]["finalizers"] = _add(meta.get("finalizers"), FOREGROUND)
                     self._foreground[meta.get("uid", "")] = (info.store_key, ns, name)
@@ -1246,9 +1403,7 @@ class ApiServer:
         if policy == "Foreground" and self._has_dependents(uid):
             if meta.get("deletionTimestamp") and FOREGROUND in (meta.get("finalizers") or []):
                 return obj
-            new = {**obj, "metadata": {**meta, "deletionTimestamp": meta.get("deletionTimestamp") or now_rfc3339(),
-                                       "deletionGracePeriodSeconds": 0,
-                                       "finalizers": _add(meta.get("finalizers"), FOREGROUND)}}
+            new = {**obj, "metadata": _deleting_meta(meta, finalizers=_add(meta.get("finalizers"), FOREGROUND))}
             self._foreground[uid] = (info.store_key, ns, name)
             new = self._persist(info, ns, new, "MODIFIED", obj)
             self._delete_dependents(uid)
@@ -1258,8 +1413,7 @@ class ApiServer:
         if meta.get("finalizers"):
             if meta.get("deletionTimestamp") and not (is_pod and meta.get("deletionGracePeriodSeconds")):
                 return obj
-            new = {**obj, "metadata": {**meta, "deletionTimestamp": meta.get("deletionTimestamp") or now_rfc3339(),
-                                       "deletionGracePeriodSeconds": 0}}
+            new = {**obj, "metadata": _deleting_meta(meta)}
             return self._persist(info, ns, new, "MODIFIED", obj)
         return self._remove(info, ns, obj, obj)
 
@@ -1461,6 +1615,36 @@ def _strict_builtin(info: ResourceInfo, body: dict[str, Any]) -> None:
                                 f"strict decoding error: {unknown}", "BadRequest") from None
 
 
+def _deleting_meta(meta: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """Metadata of an object whose deletion starts (or goes on): deletionTimestamp (kept if set) and grace
+    period 0 unless given; the first time, a generation is bumped (BeforeDelete)."""
+    new = {**meta, "deletionTimestamp": meta.get("deletionTimestamp") or now_rfc3339(),
+           "deletionGracePeriodSeconds": 0, **changes}
+    if not meta.get("deletionTimestamp") and isinstance(meta.get("generation"), int) and meta["generation"] > 0:
+        new["generation"] = meta["generation"] + 1
+    return new
+
+
+def _check_kind(info: ResourceInfo, obj: dict[str, Any], name: str) -> None:
+    """ValidateTypeMeta: a custom resource of another kind is refused before any other validation."""
+    kind = obj.get("kind")
+    if isinstance(kind, str) and kind and kind != info.kind:
+        raise invalid(f"{kind}.{info.group}", info.group, kind, name, [{
+            "reason": "FieldValueInvalid", "field": "kind",
+            "message": f"Invalid value: {json.dumps(kind)}: must be {info.kind}"}])
+
+
+def _field_manager(q: Any, user_agent: str) -> str:
+    """The fieldManager parameter, else the client's name (the User-Agent up to its first '/')."""
+    return q.get("fieldManager") or user_agent.split("/", 1)[0]
+
+
+def _add_warnings(resp: web.StreamResponse, warnings: list[str]) -> None:
+    for w in warnings:
+        escaped = w.replace("\\", "\\\\").replace('"', '\\"')
+        resp.headers.add("Warning", f'299 - "{escaped}"')
+
+
 def _add(items: list[str] | None, item: str) -> list[str]:
     out = list(items or [])
     if item not in out:
@@ -1491,7 +1675,7 @@ def _body_without_meta(obj: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _strip_volatile(obj: dict[str, Any]) -> dict[str, Any]:
-    meta = {k: v for k, v in obj.get("metadata", {}).items() if k not in ("resourceVersion", "managedFields")}
+    meta = {k: v for k, v in obj.get("metadata", {}).items() if k != "resourceVersion"}
     return {**obj, "metadata": meta}
 
 
@@ -1504,23 +1688,17 @@ def _spec_changed(info: ResourceInfo, old: dict[str, Any], new: dict[str, Any]) 
     return {k: v for k, v in old.items() if k not in skip} != {k: v for k, v in new.items() if k not in skip}
 
 
-def _apply_merge(old: dict[str, Any], applied: dict[str, Any], strategic: bool) -> dict[str, Any]:
-    """Server-side apply, simplified: the applied config is merged over the live object."""
+def _apply_merge(info: ResourceInfo, old: dict[str, Any], applied: dict[str, Any]) -> dict[str, Any]:
+    """The applied configuration merged over the live object: by the schema's list types for a custom
+    resource, by strategic-merge keys for a built-in kind."""
     body = json_copy(applied)
     meta = body.get("metadata") or {}
     meta.pop("resourceVersion", None)
-    if strategic:
+    if not info.custom:
         return json_copy(strategic_merge(old, body))
-    return json_copy(_merge_keep_nulls(old, body))
-
-
-def _merge_keep_nulls(target: Any, patch: Any) -> Any:
-    if not isinstance(patch, dict) or not isinstance(target, dict):
-        return json_copy(patch)
-    out = dict(target)
-    for k, v in patch.items():
-        out[k] = _merge_keep_nulls(out.get(k), v) if isinstance(v, dict) else json_copy(v)
-    return out
+    merged = managedfields.merge(old, body, info.schema)
+    assert isinstance(merged, dict)
+    return merged
 
 
 def _table_accept(accept: str) -> str | None:

@@ -32,13 +32,17 @@ class ApiError(Exception):
         reason: str | None = None,
         details: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        warnings: list[str] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
-        self.reason = reason or REASONS.get(code, "Unknown")
+        # reason "" leaves the field out, as the server does for errors it did not classify
+        self.reason = REASONS.get(code, "Unknown") if reason is None else reason
         self.details = details
         self.headers = headers or {}
+        #: Warning headers sent with the error (e.g. unknown fields found while decoding)
+        self.warnings = warnings or []
 
     def to_status(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -50,6 +54,8 @@ class ApiError(Exception):
             "reason": self.reason,
             "code": self.code,
         }
+        if not self.reason:
+            del body["reason"]
         if self.details is not None:
             body["details"] = self.details
         return body
@@ -92,6 +98,24 @@ def invalid(kind_group: str, group: str, kind: str, name: str, causes: list[dict
     summary = parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
     return ApiError(422, f'{kind_group} "{name}" is invalid: {summary}', "Invalid",
                     _details(name, group, kind, causes))
+
+
+def options_invalid(kind: str, causes: list[dict[str, Any]]) -> ApiError:
+    """422 for bad request options (CreateOptions, PatchOptions, DeleteOptions...): an object without a name."""
+    err = invalid(f"{kind}.meta.k8s.io", "meta.k8s.io", kind, "", causes)
+    assert err.details is not None
+    del err.details["name"]
+    return err
+
+
+def precondition_failed(kind_group: str, group: str, kind: str, name: str, what: str, wanted: str,
+                        actual: str) -> ApiError:
+    """409 for a delete precondition (uid or resourceVersion) the stored object does not meet."""
+    tail = ("The object might have been deleted and then recreated" if what == "UID"
+            else "The object might have been modified")
+    return ApiError(409, f'Operation cannot be fulfilled on {kind_group} "{name}": the {what} in the precondition '
+                         f"({wanted}) does not match the {what} in record ({actual}). {tail}", "Conflict",
+                    _details(name, group, kind))
 
 
 def gone(message: str) -> ApiError:
