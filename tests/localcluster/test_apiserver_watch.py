@@ -14,6 +14,7 @@ import pytest
 from test_apiserver_support import TABLE, WIDGET_CRD, Api, cm, collect, eventually, pod
 
 from localcluster.apiserver import ApiServer, FaultRule
+from localcluster.apiserver.bookmarks import next_bookmark
 
 CM = "/api/v1/namespaces/default/configmaps"
 PODS = "/api/v1/namespaces/default/pods"
@@ -162,21 +163,39 @@ async def test_watch_field_selector_by_name_as_kubectl_wait_does(api: Api) -> No
 
 
 async def test_watch_bookmarks_and_initial_events(api: Api, server: ApiServer) -> None:
+    await api.post("/api/v1/namespaces", {"metadata": {"name": "other"}})
+    await api.post(CM, cm("b"))
     await api.post(CM, cm("a"))
     stream = api.watch(f"{CM}?watch=true&allowWatchBookmarks=true&sendInitialEvents=true"
                        "&resourceVersionMatch=NotOlderThan")
     events = await collect(stream, 3)
-    assert events[0]["type"] == "ADDED"
-    assert events[1]["type"] == "BOOKMARK"
-    assert events[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
-    assert events[2]["type"] == "BOOKMARK"  # periodic (bookmark_interval=0.2 s)
-    assert int(events[2]["object"]["metadata"]["resourceVersion"]) == server.store.rv
-    assert events[2]["object"]["kind"] == "ConfigMap"
+    assert [(e["type"], e["object"]["metadata"].get("name")) for e in events] == [
+        ("ADDED", "a"), ("ADDED", "b"), ("BOOKMARK", None)]  # in key order, then the end of the initial events
+    assert events[2]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+    # A change this watch does not see (another namespace) makes the next periodic bookmark carry its version.
+    _, hidden = await api.post("/api/v1/namespaces/other/configmaps", cm("x"))
+    events = await collect(stream, 1)
+    assert events[0]["type"] == "BOOKMARK" and events[0]["object"]["kind"] == "ConfigMap"
+    assert events[0]["object"]["metadata"] == {"resourceVersion": hidden["metadata"]["resourceVersion"]}
 
 
-async def test_watch_timeout_seconds_ends_stream(api: Api) -> None:
+async def test_watch_bookmarks_need_a_change_after_the_watch_version(api: Api, server: ApiServer) -> None:
+    """A quiet watch gets no periodic bookmark (bookmark_interval=0.2 s here), only its end."""
+    events = [e async for e in api.watch(f"{CM}?watch=true&allowWatchBookmarks=true&timeoutSeconds=1"
+                                         f"&resourceVersion={server.store.rv}")]
+    assert events == []
+
+
+def test_bookmark_schedule_is_two_seconds_before_the_timeout_or_the_frequency() -> None:
+    assert next_bookmark(100.0, 105.0, 60.0) == 103.0
+    assert next_bookmark(100.0, 1000.0, 60.0) == 160.0
+    assert next_bookmark(100.0, None, 60.0) == 160.0
+    assert next_bookmark(104.0, 105.0, 60.0) is None  # the last 2 s of a watch get none
+
+
+async def test_watch_timeout_seconds_ends_stream(api: Api, server: ApiServer) -> None:
     started = time.monotonic()
-    events = [e async for e in api.watch(f"{CM}?watch=true&timeoutSeconds=1&resourceVersion=1")]
+    events = [e async for e in api.watch(f"{CM}?watch=true&timeoutSeconds=1&resourceVersion={server.store.rv}")]
     assert events == []
     assert 0.9 < time.monotonic() - started < 5
 
@@ -232,7 +251,7 @@ async def test_table_for_pods_and_namespaces(api: Api) -> None:
          "state": {"waiting": {"reason": "ErrImagePull"}}}]}})
     _, table = await api.get(PODS, headers={"Accept": TABLE})
     assert [c["name"] for c in table["columnDefinitions"]][:5] == ["Name", "Ready", "Status", "Restarts", "Age"]
-    assert table["rows"][0]["cells"][:4] == ["p", "0/1", "ErrImagePull", 0]
+    assert table["rows"][0]["cells"][:4] == ["p", "0/1", "ErrImagePull", "0"]
     _, nst = await api.get("/api/v1/namespaces", headers={"Accept": TABLE})
     assert ["default", "Active"] in [r["cells"][:2] for r in nst["rows"]]
 

@@ -31,6 +31,7 @@ class ResourceInfo:
     # For custom resources: the version's openAPIV3Schema and printer columns.
     schema: dict[str, Any] | None = None
     printer_columns: list[dict[str, Any]] = field(default_factory=list)
+    selectable_fields: list[dict[str, Any]] = field(default_factory=list)
     custom: bool = False
     storage_version: str = ""
     served_versions: list[str] = field(default_factory=list)
@@ -238,6 +239,7 @@ def resources_from_crd(crd: dict[str, Any]) -> list[ResourceInfo]:
                 has_generation=True,
                 schema=schema,
                 printer_columns=list(ver.get("additionalPrinterColumns") or []),
+                selectable_fields=list(ver.get("selectableFields") or []),
                 custom=True,
                 storage_version=storage,
                 served_versions=served,
