@@ -79,6 +79,53 @@ async def test_list_pagination_and_metadata(api: Api, server: ApiServer) -> None
     assert seen == [f"c{i}" for i in range(5)]
 
 
+async def test_list_pages_with_a_selector_have_no_remaining_count(api: Api) -> None:
+    for i in range(4):
+        await api.post(CM, cm(f"c{i}", {"set": "p" if i < 3 else "q"}))
+    _, page = await api.get(f"{CM}?limit=2&labelSelector=set%3Dp")
+    assert names(page["items"]) == ["c0", "c1"] and "remainingItemCount" not in page["metadata"]
+    assert "kind" not in page["items"][0]  # items of a built-in kind's list carry no kind/apiVersion
+    _, page = await api.get(f"{CM}?limit=1&labelSelector=set%3Dp&continue={page['metadata']['continue']}")
+    assert names(page["items"]) == ["c2"]
+    assert page["metadata"].get("continue")  # c3 follows (not matching): the real server still hands a token
+    _, page = await api.get(f"{CM}?limit=1&labelSelector=set%3Dp&continue={page['metadata']['continue']}")
+    assert page["items"] == [] and "continue" not in page["metadata"]
+
+
+async def test_list_at_an_exact_past_resource_version(api: Api, server: ApiServer) -> None:
+    _, a = await api.post(CM, cm("a", k="1"))
+    rv = a["metadata"]["resourceVersion"]
+    await api.patch(f"{CM}/a", {"data": {"k": "2"}})
+    await api.post(CM, cm("b"))
+    status, old = await api.get(f"{CM}?resourceVersion={rv}&resourceVersionMatch=Exact")
+    assert status == 200 and old["metadata"]["resourceVersion"] == rv
+    assert [(i["metadata"]["name"], i["data"]) for i in old["items"]] == [("a", {"k": "1"})]
+    status, body = await api.get(f"{CM}?resourceVersion=1&resourceVersionMatch=Exact")  # before the server was up
+    assert (status, body["reason"], body["message"]) == (410, "Expired",
+                                                         "The resourceVersion for the provided list is too old.")
+    status, body = await api.get(f"{CM}?resourceVersion={server.store.rv + 1000}")
+    assert (status, body["reason"]) == (504, "Timeout") and body["details"]["retryAfterSeconds"] == 1
+
+
+async def test_media_types_partial_metadata_and_406(api: Api) -> None:
+    await api.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", WIDGET_CRD)
+    path = "/apis/test.dev/v1/namespaces/default/widgets"
+    await api.post(path, {"metadata": {"name": "w"}, "spec": {"size": 7}})
+    _, meta = await api.get(path, headers={"Accept": "application/json;as=PartialObjectMetadataList;v=v1;"
+                                                     "g=meta.k8s.io"})
+    assert (meta["kind"], meta["apiVersion"]) == ("PartialObjectMetadataList", "meta.k8s.io/v1")
+    assert meta["items"][0]["kind"] == "PartialObjectMetadata" and "spec" not in meta["items"][0]
+    status, body = await api.get(path, headers={"Accept": "application/vnd.kubernetes.protobuf"}, raw=True)
+    assert status == 406 and body.startswith(b"k8s\x00") and b"NotAcceptable" in body  # a protobuf Status
+    status, body = await api.get(path, headers={"Accept": "text/html"})
+    assert (status, body["reason"]) == (406, "NotAcceptable")
+    status, lst = await api.get(path, headers={"Accept": "application/vnd.kubernetes.protobuf, application/json"})
+    assert status == 200 and lst["kind"] == "WidgetList" and lst["metadata"]["continue"] == ""
+    _, table = await api.get(path, headers={"Accept": "application/json;as=Table;v=v1beta1;g=meta.k8s.io"})
+    assert table["apiVersion"] == "meta.k8s.io/v1beta1"
+    assert table["rows"][0]["object"]["apiVersion"] == "meta.k8s.io/v1beta1"
+
+
 async def test_list_across_namespaces(api: Api) -> None:
     await api.post(CM, cm("a"))
     await api.post("/api/v1/namespaces", {"metadata": {"name": "other"}})
