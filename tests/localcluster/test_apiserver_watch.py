@@ -190,12 +190,15 @@ async def test_watch_too_old_resource_version_is_410(api: Api, server: ApiServer
 async def test_watch_label_selector_entry_and_exit(api: Api) -> None:
     _, a = await api.post(CM, cm("a", {"app": "x"}))
     rv = a["metadata"]["resourceVersion"]
-    await api.patch(f"{CM}/a", {"metadata": {"labels": {"app": "y"}}})  # leaves the selector
+    _, left = await api.patch(f"{CM}/a", {"metadata": {"labels": {"app": "y"}}})  # leaves the selector
     await api.patch(f"{CM}/a", {"data": {"k": "v"}})  # invisible
     await api.patch(f"{CM}/a", {"metadata": {"labels": {"app": "x"}}})  # enters again
     await api.post(CM, cm("other", {"app": "y"}))
     events = await collect(api.watch(f"{CM}?watch=true&resourceVersion={rv}&labelSelector=app%3Dx"), 2)
     assert [e["type"] for e in events] == ["DELETED", "ADDED"]
+    # DELETED carries the object as it was (still matching), at the version of the change that took it out
+    assert events[0]["object"]["metadata"]["labels"] == {"app": "x"}
+    assert events[0]["object"]["metadata"]["resourceVersion"] == left["metadata"]["resourceVersion"]
     assert events[1]["object"]["data"] == {"k": "v"}
 
 

@@ -775,15 +775,14 @@ class ApiServer:
         return resp
 
     def _event_encoder(self, info: ResourceInfo, out: negotiation.Output) -> Any:
-        if not out.as_ and not info.custom:
-            return lambda et, ev: ev.encoded(et)
-        if not out.as_:
-            def enc(et: str, ev: Event) -> bytes:
-                if ev.obj.get("apiVersion") == info.api_version:
-                    return ev.encoded(et)
-                return self._encode_obj_event(info, out, et, ev.full_object())
-            return enc
-        return lambda et, ev: self._encode_obj_event(info, out, et, ev.full_object())
+        def enc(et: str, ev: Event) -> bytes:
+            if et == "DELETED" and ev.type == "MODIFIED":
+                # it left the watch's selector: the real server sends the object as it was, at the new version
+                return self._encode_obj_event(info, out, et, _left_selector(ev))
+            if not out.as_ and ev.obj.get("apiVersion") == info.api_version:
+                return ev.encoded(et)
+            return self._encode_obj_event(info, out, et, ev.full_object())
+        return enc
 
     def _encode_obj_event(self, info: ResourceInfo, out: negotiation.Output, et: str, obj: dict[str, Any]) -> bytes:
         if out.as_ == "Table":
@@ -1560,6 +1559,17 @@ def _strict_builtin(info: ResourceInfo, body: dict[str, Any]) -> None:
             unknown = ", ".join(f'unknown field "{f}"' for f in fields)
             raise ApiError(400, f"{info.kind} in version \"{info.version}\" cannot be handled as a {info.kind}: "
                                 f"strict decoding error: {unknown}", "BadRequest") from None
+
+
+def _left_selector(ev: Event) -> dict[str, Any]:
+    """The object a watcher gets in the DELETED event when a change took it out of its selector: the old
+    object with the change's resourceVersion (an old event keeps only the old labels and fields)."""
+    old = ev.old or {}
+    if ev.slim:
+        new = ev.full_object()
+        old = {**new, **{k: v for k, v in old.items() if k not in ("metadata", "spec", "status")},
+               "metadata": {**new["metadata"], "labels": (old.get("metadata") or {}).get("labels") or {}}}
+    return {**old, "metadata": {**(old.get("metadata") or {}), "resourceVersion": str(ev.rv)}}
 
 
 def _add(items: list[str] | None, item: str) -> list[str]:
