@@ -121,7 +121,8 @@ def parse_path(path: str) -> ReqInfo:
 def request_verb(method: str, ri: ReqInfo, query: Any) -> str:
     if not ri.is_resource:
         return method.lower()
-    watch = ri.legacy_watch or bool(query_bool(query, "watch"))
+    # `watch` counts on a collection only: a GET of a named object with ?watch=true is a plain get
+    watch = ri.legacy_watch or (not ri.name and bool(query_bool(query, "watch")))
     if method == "GET":
         if watch:
             return "watch"
