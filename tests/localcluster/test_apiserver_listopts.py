@@ -141,3 +141,9 @@ def _token(rv: int, start: str = "") -> str:
     import json
     raw = json.dumps({"v": "meta.k8s.io/v1", "rv": rv, "start": start}).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def test_a_named_watch_takes_only_a_field_selector_that_repeats_its_name() -> None:
+    assert list_options({"fieldSelector": "metadata.name=a,status.phase=x"}, PODS, True, "a").matcher is not None
+    e = refused(list_options, {"fieldSelector": "metadata.name=b"}, PODS, True, "a")
+    assert (e.code, e.message) == (400, "fieldSelector metadata.name doesn't match requested name")

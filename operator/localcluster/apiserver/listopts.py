@@ -130,6 +130,11 @@ def list_options(q: Any, info: ResourceInfo, watch: bool, name: str = "") -> Lis
                        {"group": "meta.k8s.io", "kind": "ListOptions", "causes": causes})
     field_m = parse_field_selector(q.get("fieldSelector"), info)
     if name:
+        # a named watch (/watch/.../NAME): a field selector may only repeat that name
+        terms = [t for t in str(q.get("fieldSelector", "")).split(",") if t]
+        exact = [t.replace("==", "=", 1).split("=", 1) for t in terms if "!=" not in t]
+        if terms and [name] != [v for k, v in exact if k == "metadata.name"][:1]:
+            raise ApiError(400, "fieldSelector metadata.name doesn't match requested name", "BadRequest")
         field_m = combine(field_m, parse_field_selector(f"metadata.name={name}"))
     opts.matcher = combine(label_m, field_m)
     return opts
