@@ -309,12 +309,16 @@ async def test_table_for_pods_and_namespaces(api: Api) -> None:
 async def test_table_watch_events(api: Api, server: ApiServer) -> None:
     rv = server.store.rv
     await api.post(CM, cm("a", k="v"))
+    await api.post(CM, cm("b"))
     async with api.session.get(f"{server.url}{CM}?watch=true&resourceVersion={rv}",
                                headers={"Accept": TABLE}) as resp:
-        line = await asyncio.wait_for(resp.content.readline(), 5)
-    ev = json.loads(line)
-    assert ev["type"] == "ADDED" and ev["object"]["kind"] == "Table"
-    assert ev["object"]["rows"][0]["cells"][:2] == ["a", 1]
+        lines = [await asyncio.wait_for(resp.content.readline(), 5) for _ in range(2)]
+    first, second = (json.loads(line) for line in lines)
+    assert first["type"] == "ADDED" and first["object"]["kind"] == "Table"
+    assert first["object"]["rows"][0]["cells"][:2] == ["a", 1]
+    # the column definitions come with the first event only, as the real server sends them
+    assert first["object"]["columnDefinitions"] and second["object"]["columnDefinitions"] is None
+    assert second["object"]["rows"][0]["cells"][0] == "b"
 
 
 # ---------------------------------------------------------------------------------------------- logs

@@ -23,13 +23,15 @@ _META_VERSIONS = ("v1", "v1beta1")
 _KNOWN_PARAMS = {"as", "g", "v", "pretty", "stream", "q", "charset"}
 
 
-@dataclass(frozen=True)
+@dataclass
 class Output:
-    """What to answer with: `as_` is "", "Table", "PartialObjectMetadata" or "PartialObjectMetadataList"."""
+    """What to answer with: `as_` is "", "Table", "PartialObjectMetadata" or "PartialObjectMetadataList".
+    `headers_sent`: a Table watch has sent its column definitions (later events have none)."""
 
     media_type: str = JSON
     as_: str = ""
     version: str = "v1"
+    headers_sent: bool = False
 
     @property
     def api_version(self) -> str:

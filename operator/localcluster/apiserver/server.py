@@ -776,6 +776,7 @@ class ApiServer:
         return resp
 
     def _event_encoder(self, info: ResourceInfo, out: negotiation.Output) -> Any:
+        """How this watch writes an event. A Table watch has column definitions in its first event only."""
         def enc(et: str, ev: Event) -> bytes:
             if et == "DELETED" and ev.type == "MODIFIED":
                 # it left the watch's selector: the real server sends the object as it was, at the new version
@@ -788,7 +789,9 @@ class ApiServer:
     def _encode_obj_event(self, info: ResourceInfo, out: negotiation.Output, et: str, obj: dict[str, Any]) -> bytes:
         if out.as_ == "Table":
             payload: dict[str, Any] = make_table(info, [obj], out.api_version,
-                                                 obj["metadata"].get("resourceVersion", ""))
+                                                 obj["metadata"].get("resourceVersion", ""),
+                                                 with_columns=not out.headers_sent)
+            out.headers_sent = True
             return dumps({"type": et, "object": payload}) + b"\n"
         if out.as_:
             return dumps({"type": et, "object": partial_metadata(obj, out.api_version)}) + b"\n"

@@ -359,5 +359,5 @@ def make_table(
     if remaining is not None:
         meta["remainingItemCount"] = remaining
     table: dict[str, Any] = {"kind": "Table", "apiVersion": api_version, "metadata": meta, "rows": rows}
-    table["columnDefinitions"] = cols if with_columns else []
+    table["columnDefinitions"] = cols if with_columns else None  # NoHeaders: a watch's later events
     return table
