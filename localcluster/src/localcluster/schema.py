@@ -88,6 +88,7 @@ import celpy.evaluation
 from celpy.evaluation import CELEvalError
 
 from localcluster import celcheck
+from localcluster.quantity import quantity_value
 
 __all__ = [
     "FieldError",
@@ -209,9 +210,9 @@ def _go_value(v: Any) -> str:
     return '"null"' if v is None else _go_sharp(v)
 
 
-def _go_json(v: Any, sort_keys: bool = True) -> str:
-    """encoding/json.Marshal of a decoded JSON value (map keys sorted, a struct's in field order with
-    ``sort_keys=False``; whole floats without '.0'; <, > and & escaped as Go escapes them)."""
+def _go_json(v: Any) -> str:
+    """encoding/json.Marshal of a decoded JSON value (sorted keys, whole floats without '.0', HTML
+    characters escaped)."""
 
     def norm(x: Any) -> Any:
         if isinstance(x, float) and x.is_integer() and abs(x) < 1e21:
@@ -222,8 +223,13 @@ def _go_json(v: Any, sort_keys: bool = True) -> str:
             return [norm(i) for i in x]
         return x
 
-    text = json.dumps(norm(v), sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(norm(v), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _go_struct_json(fields: Mapping[str, Any]) -> str:
+    """encoding/json.Marshal of a Go struct: its fields in declaration order (``fields``' order)."""
+    return "{" + ",".join(f"{_go_json(k)}:{_go_json(v)}" for k, v in fields.items()) + "}"
 
 
 _OMIT = object()
@@ -244,7 +250,7 @@ def _invalid(path: str, value: Any, detail: str) -> FieldError:
 
 def _invalid_json(path: str, value: Any, detail: str) -> FieldError:
     """field.Invalid with a composite (or null) value: a current server prints those as JSON."""
-    return FieldError(INVALID, _f(path), f"Invalid value: {_go_json(value, sort_keys=False)}: {detail}")
+    return FieldError(INVALID, _f(path), f"Invalid value: {_go_json(value)}: {detail}")
 
 
 def _type_invalid(path: str, value: Any, detail: str) -> FieldError:
@@ -1631,15 +1637,6 @@ def _url_query(u: Any) -> Any:
     return ct.MapType({ct.StringType(k): ct.ListType([ct.StringType(x) for x in v]) for k, v in q.items()})
 
 
-_RX_QUANTITY = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$")
-_SUFFIX = {
-    "": Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
-    "k": Decimal(10) ** 3, "M": Decimal(10) ** 6, "G": Decimal(10) ** 9, "T": Decimal(10) ** 12,
-    "P": Decimal(10) ** 15, "E": Decimal(10) ** 18, "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20,
-    "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40, "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
-}  # fmt: skip
-
-
 class _Quantity:
     """A resource.Quantity as an exact decimal, enough for comparisons and arithmetic."""
 
@@ -1656,17 +1653,8 @@ class _Quantity:
 
 
 def _parse_quantity(s: str) -> _Quantity | None:
-    m = _RX_QUANTITY.match(s.strip()) if s and s == s.strip() else None
-    if not m:
-        return None
-    try:
-        num = Decimal(m.group(1))
-    except InvalidOperation:
-        return None
-    suffix = m.group(2) or ""
-    if suffix[:1] in ("e", "E"):
-        return _Quantity(num * Decimal(10) ** int(suffix[1:]))
-    return _Quantity(num * _SUFFIX[suffix])
+    value = quantity_value(s)
+    return None if value is None else _Quantity(value)
 
 
 def _fn_quantity(s: Any) -> Any:
@@ -2057,6 +2045,10 @@ def _check_list_type(s: Mapping[str, Any], path: str, errs: list[FieldError]) ->
         errs.append(_required(f"{path}.type", detail) if not typ else _invalid(f"{path}.type", typ, detail))
     if list_type not in ("atomic", "set", "map"):
         errs.append(_not_supported(f"{path}.x-kubernetes-list-type", list_type, ["atomic", "set", "map"]))
+    items_schema = s.get("items")
+    if list_type in ("set", "map") and isinstance(items_schema, Mapping) and items_schema.get("nullable"):
+        detail = f"cannot be nullable when x-kubernetes-list-type is {list_type}"
+        errs.append(_forbidden(f"{path}.items.nullable", detail))
     if list_type != "map":
         return
     keys = s.get("x-kubernetes-list-map-keys") or []
@@ -2088,6 +2080,9 @@ def _check_list_type(s: Mapping[str, Any], path: str, errs: list[FieldError]) ->
             if k not in required and "default" not in prop:
                 detail = _LIST_MAP_KEY_DEFAULT
                 errs.append(_required(_key(f"{path}.items.properties", k) + ".default", detail))
+            if prop.get("nullable"):
+                errs.append(_forbidden(_key(f"{path}.items.properties", k) + ".nullable",
+                                       "this property is in x-kubernetes-list-map-keys, so it cannot be nullable"))
         if k in seen:
             errs.append(_invalid(f"{path}.x-kubernetes-list-map-keys", keys, "must not contain duplicate entries"))
         seen.add(k)
@@ -2103,7 +2098,7 @@ def _rule_repr(rule: Mapping[str, Any]) -> str:
         "FieldPath": str(rule.get("fieldPath") or ""),
         "OptionalOldSelf": rule.get("optionalOldSelf"),
     }
-    return _go_json(value, sort_keys=False)
+    return _go_struct_json(value)
 
 
 def _check_rules(
@@ -2172,10 +2167,22 @@ def _check_rules(
             continue
         if mexpr := rule.get("messageExpression"):
             c = _compiled(str(mexpr))
+            m_checked = celcheck.check_rule(str(mexpr), decl, string_result=True) if c.error is None else None
+            detail = None
             if c.error is not None:
                 detail = f"messageExpression compilation failed: ERROR: <input>: {c.error}"
+            elif m_checked is not None and m_checked.error is not None:
+                detail = m_checked.error if not m_checked.error.startswith("ERROR:") else \
+                    f"messageExpression compilation failed: {m_checked.error}"
+            if detail is not None:
                 cel_errs.append(FieldError(INVALID, f"{rpath}.messageExpression",
                                            f"Invalid value: {_rule_repr(rule)}: {detail}"))
+            elif m_checked is not None:
+                # A message expression's cost is not multiplied by how often the rule can run.
+                if m_checked.max_cost > celcheck.PER_RULE_COST_LIMIT:
+                    cel_errs.append(_forbidden(f"{rpath}.messageExpression", _cost_message(
+                        "estimated messageExpression cost", m_checked.max_cost, celcheck.PER_RULE_COST_LIMIT)))
+                ctx.cost.observe(f"{rpath}.messageExpression", m_checked.max_cost)
         if compiled.uses_old_self:
             if uncorrelatable is not None:
                 detail = f"oldSelf cannot be used on the uncorrelatable portion of the schema within {uncorrelatable}"

@@ -33,7 +33,7 @@ from localcluster.schema import (
     _RX_DNS1035,
     FieldError,
     _forbidden,
-    _go_json,
+    _go_struct_json,
     _invalid,
     _invalid_json,
     _not_supported,
@@ -91,7 +91,7 @@ def _go_version(v: Mapping[str, Any], view: Mapping[str, Any]) -> dict[str, Any]
 
 
 def _versions_invalid(versions: list[Any], view: Mapping[str, Any], detail: str) -> FieldError:
-    quoted = _go_json([_go_version(v if isinstance(v, Mapping) else {}, view) for v in versions], sort_keys=False)
+    quoted = "[" + ",".join(_go_struct_json(_go_version(_map(v), view)) for v in versions) + "]"
     return FieldError("FieldValueInvalid", "spec.versions", f"Invalid value: {quoted}: {detail}")
 
 
