@@ -147,3 +147,24 @@ def test_a_named_watch_takes_only_a_field_selector_that_repeats_its_name() -> No
     assert list_options({"fieldSelector": "metadata.name=a,status.phase=x"}, PODS, True, "a").matcher is not None
     e = refused(list_options, {"fieldSelector": "metadata.name=b"}, PODS, True, "a")
     assert (e.code, e.message) == (400, "fieldSelector metadata.name doesn't match requested name")
+
+
+def test_accept_negotiation() -> None:
+    from localcluster.apiserver.negotiation import NotAcceptable, Output, negotiate
+
+    table = "application/json;as=Table;v=v1;g=meta.k8s.io"
+    assert negotiate("", True, "list") == Output()
+    assert negotiate(f"{table}, application/json", True, "list").as_ == "Table"
+    assert negotiate("application/json;as=Table;v=v1beta1;g=meta.k8s.io", False, "get").version == "v1beta1"
+    assert negotiate("application/json;as=Table;v=v9;g=meta.k8s.io, application/json", True, "get") == Output()
+    assert negotiate("application/vnd.kubernetes.protobuf, application/json", True, "list") == Output()
+    assert negotiate("application/json;q=0.5, application/yaml", False, "get").media_type == "application/yaml"
+    assert negotiate(table, True, "create") == Output()  # a write answers with the object
+    with pytest.raises(NotAcceptable) as e:
+        negotiate("application/vnd.kubernetes.protobuf", True, "list")
+    assert e.value.code == 406 and e.value.protobuf_body
+    assert e.value.message == ("only the following media types are accepted: application/json, application/yaml, "
+                               "application/vnd.kubernetes.protobuf")
+    with pytest.raises(NotAcceptable) as e:
+        negotiate("text/html", False, "get")
+    assert not e.value.protobuf_body

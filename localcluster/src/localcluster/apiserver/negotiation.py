@@ -74,6 +74,7 @@ def negotiate(accept: str, custom: bool, verb: str) -> Output:
     if not accept.strip():
         return Output()
     clauses = _clauses(accept)
+    converted_write = False
     for media, params in clauses:
         if media in ("*/*", "application/*"):
             media = JSON
@@ -84,6 +85,7 @@ def negotiate(accept: str, custom: bool, verb: str) -> Output:
             if as_ not in _CONVERSIONS or params.get("g") != "meta.k8s.io" or params.get("v") not in _META_VERSIONS:
                 continue
             if verb not in ("get", "list", "watch"):
+                converted_write = True  # this emulator answers writes with the object itself
                 continue
             if as_ == "PartialObjectMetadataList" and verb == "get":
                 continue
@@ -93,5 +95,7 @@ def negotiate(accept: str, custom: bool, verb: str) -> Output:
         if media == PROTOBUF and custom:
             continue
         return Output(media)
+    if converted_write:
+        return Output()
     only_protobuf = bool(clauses) and all(m == PROTOBUF for m, _ in clauses)
     raise NotAcceptable(only_protobuf)

@@ -452,7 +452,8 @@ class ApiServer:
         dry = q.get("dryRun") == "All"
         if ri.sub == "log":
             return await serve_pod_log(self, request, info, ns, ri.name)
-        out = negotiation.negotiate(request.headers.get("Accept", ""), info.custom and not ri.sub, verb)
+        # custom resources (and their status) have no protobuf form; their Scale has
+        out = negotiation.negotiate(request.headers.get("Accept", ""), info.custom and ri.sub != "scale", verb)
         if verb == "list":
             return await self._list(info, ri, q, out)
         if verb == "watch":
