@@ -719,18 +719,19 @@ class ApiServer:
                 now = time.monotonic()
                 if now >= deadline:
                     break
+                if due is not None and now >= due and watcher.queue.empty():
+                    # a bookmark only when the resource changed after what this watch has seen
+                    key_rv = self.store.key_rv.get(info.store_key, 0)
+                    if key_rv > watcher.since:
+                        await resp.write(bookmark(info, key_rv))
+                    due = next_bookmark(time.monotonic(), deadline, self.bookmark_interval)
+                    continue
                 wait = min(deadline, due if due is not None else deadline) - now
                 first: tuple[str, Event] | None = None
                 if watcher.queue.empty():
                     try:
                         first = await asyncio.wait_for(watcher.queue.get(), max(wait, 0.0))
                     except TimeoutError:
-                        if due is not None and time.monotonic() >= due:
-                            # only when the resource changed after what this watch has seen
-                            key_rv = self.store.key_rv.get(info.store_key, 0)
-                            if key_rv > watcher.since:
-                                await resp.write(bookmark(info, key_rv))
-                            due = next_bookmark(time.monotonic(), deadline, self.bookmark_interval)
                         continue
                     if first is None:
                         break
