@@ -188,6 +188,8 @@ class ApiServer:
     """An in-memory Kubernetes API server on aiohttp.
 
     `store` holds the objects, `request_log`/`counters` record traffic, `faults` injects failures.
+    `bookmark_interval` is how often a watch that allows bookmarks gets one (the real watch cache: a
+    minute; tests shorten it), besides the one 2 s before its timeout.
     """
 
     def __init__(
