@@ -14,6 +14,7 @@ import pytest
 from test_apiserver_support import TABLE, WIDGET_CRD, Api, cm, collect, eventually, pod
 
 from localcluster.apiserver import ApiServer, FaultRule
+from localcluster.apiserver.bookmarks import next_bookmark
 
 CM = "/api/v1/namespaces/default/configmaps"
 PODS = "/api/v1/namespaces/default/pods"
@@ -76,6 +77,53 @@ async def test_list_pagination_and_metadata(api: Api, server: ApiServer) -> None
         _, page = await api.get(f"{CM}?limit=2&continue={page['metadata']['continue']}")
         seen += names(page["items"])
     assert seen == [f"c{i}" for i in range(5)]
+
+
+async def test_list_pages_with_a_selector_have_no_remaining_count(api: Api) -> None:
+    for i in range(4):
+        await api.post(CM, cm(f"c{i}", {"set": "p" if i < 3 else "q"}))
+    _, page = await api.get(f"{CM}?limit=2&labelSelector=set%3Dp")
+    assert names(page["items"]) == ["c0", "c1"] and "remainingItemCount" not in page["metadata"]
+    assert "kind" not in page["items"][0]  # items of a built-in kind's list carry no kind/apiVersion
+    _, page = await api.get(f"{CM}?limit=1&labelSelector=set%3Dp&continue={page['metadata']['continue']}")
+    assert names(page["items"]) == ["c2"]
+    assert page["metadata"].get("continue")  # c3 follows (not matching): the real server still hands a token
+    _, page = await api.get(f"{CM}?limit=1&labelSelector=set%3Dp&continue={page['metadata']['continue']}")
+    assert page["items"] == [] and "continue" not in page["metadata"]
+
+
+async def test_list_at_an_exact_past_resource_version(api: Api, server: ApiServer) -> None:
+    _, a = await api.post(CM, cm("a", k="1"))
+    rv = a["metadata"]["resourceVersion"]
+    await api.patch(f"{CM}/a", {"data": {"k": "2"}})
+    await api.post(CM, cm("b"))
+    status, old = await api.get(f"{CM}?resourceVersion={rv}&resourceVersionMatch=Exact")
+    assert status == 200 and old["metadata"]["resourceVersion"] == rv
+    assert [(i["metadata"]["name"], i["data"]) for i in old["items"]] == [("a", {"k": "1"})]
+    status, body = await api.get(f"{CM}?resourceVersion=1&resourceVersionMatch=Exact")  # before the server was up
+    assert (status, body["reason"], body["message"]) == (410, "Expired",
+                                                         "The resourceVersion for the provided list is too old.")
+    status, body = await api.get(f"{CM}?resourceVersion={server.store.rv + 1000}")
+    assert (status, body["reason"]) == (504, "Timeout") and body["details"]["retryAfterSeconds"] == 1
+
+
+async def test_media_types_partial_metadata_and_406(api: Api) -> None:
+    await api.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", WIDGET_CRD)
+    path = "/apis/test.dev/v1/namespaces/default/widgets"
+    await api.post(path, {"metadata": {"name": "w"}, "spec": {"size": 7}})
+    _, meta = await api.get(path, headers={"Accept": "application/json;as=PartialObjectMetadataList;v=v1;"
+                                                     "g=meta.k8s.io"})
+    assert (meta["kind"], meta["apiVersion"]) == ("PartialObjectMetadataList", "meta.k8s.io/v1")
+    assert meta["items"][0]["kind"] == "PartialObjectMetadata" and "spec" not in meta["items"][0]
+    status, body = await api.get(path, headers={"Accept": "application/vnd.kubernetes.protobuf"}, raw=True)
+    assert status == 406 and body.startswith(b"k8s\x00") and b"NotAcceptable" in body  # a protobuf Status
+    status, body = await api.get(path, headers={"Accept": "text/html"})
+    assert (status, body["reason"]) == (406, "NotAcceptable")
+    status, lst = await api.get(path, headers={"Accept": "application/vnd.kubernetes.protobuf, application/json"})
+    assert status == 200 and lst["kind"] == "WidgetList" and lst["metadata"]["continue"] == ""
+    _, table = await api.get(path, headers={"Accept": "application/json;as=Table;v=v1beta1;g=meta.k8s.io"})
+    assert table["apiVersion"] == "meta.k8s.io/v1beta1"
+    assert table["rows"][0]["object"]["apiVersion"] == "meta.k8s.io/v1beta1"
 
 
 async def test_list_across_namespaces(api: Api) -> None:
@@ -142,12 +190,15 @@ async def test_watch_too_old_resource_version_is_410(api: Api, server: ApiServer
 async def test_watch_label_selector_entry_and_exit(api: Api) -> None:
     _, a = await api.post(CM, cm("a", {"app": "x"}))
     rv = a["metadata"]["resourceVersion"]
-    await api.patch(f"{CM}/a", {"metadata": {"labels": {"app": "y"}}})  # leaves the selector
+    _, left = await api.patch(f"{CM}/a", {"metadata": {"labels": {"app": "y"}}})  # leaves the selector
     await api.patch(f"{CM}/a", {"data": {"k": "v"}})  # invisible
     await api.patch(f"{CM}/a", {"metadata": {"labels": {"app": "x"}}})  # enters again
     await api.post(CM, cm("other", {"app": "y"}))
     events = await collect(api.watch(f"{CM}?watch=true&resourceVersion={rv}&labelSelector=app%3Dx"), 2)
     assert [e["type"] for e in events] == ["DELETED", "ADDED"]
+    # DELETED carries the object as it was (still matching), at the version of the change that took it out
+    assert events[0]["object"]["metadata"]["labels"] == {"app": "x"}
+    assert events[0]["object"]["metadata"]["resourceVersion"] == left["metadata"]["resourceVersion"]
     assert events[1]["object"]["data"] == {"k": "v"}
 
 
@@ -162,21 +213,39 @@ async def test_watch_field_selector_by_name_as_kubectl_wait_does(api: Api) -> No
 
 
 async def test_watch_bookmarks_and_initial_events(api: Api, server: ApiServer) -> None:
+    await api.post("/api/v1/namespaces", {"metadata": {"name": "other"}})
+    await api.post(CM, cm("b"))
     await api.post(CM, cm("a"))
     stream = api.watch(f"{CM}?watch=true&allowWatchBookmarks=true&sendInitialEvents=true"
                        "&resourceVersionMatch=NotOlderThan")
     events = await collect(stream, 3)
-    assert events[0]["type"] == "ADDED"
-    assert events[1]["type"] == "BOOKMARK"
-    assert events[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
-    assert events[2]["type"] == "BOOKMARK"  # periodic (bookmark_interval=0.2 s)
-    assert int(events[2]["object"]["metadata"]["resourceVersion"]) == server.store.rv
-    assert events[2]["object"]["kind"] == "ConfigMap"
+    assert [(e["type"], e["object"]["metadata"].get("name")) for e in events] == [
+        ("ADDED", "a"), ("ADDED", "b"), ("BOOKMARK", None)]  # in key order, then the end of the initial events
+    assert events[2]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+    # A change this watch does not see (another namespace) makes the next periodic bookmark carry its version.
+    _, hidden = await api.post("/api/v1/namespaces/other/configmaps", cm("x"))
+    events = await collect(stream, 1)
+    assert events[0]["type"] == "BOOKMARK" and events[0]["object"]["kind"] == "ConfigMap"
+    assert events[0]["object"]["metadata"] == {"resourceVersion": hidden["metadata"]["resourceVersion"]}
 
 
-async def test_watch_timeout_seconds_ends_stream(api: Api) -> None:
+async def test_watch_bookmarks_need_a_change_after_the_watch_version(api: Api, server: ApiServer) -> None:
+    """A quiet watch gets no periodic bookmark (bookmark_interval=0.2 s here), only its end."""
+    events = [e async for e in api.watch(f"{CM}?watch=true&allowWatchBookmarks=true&timeoutSeconds=1"
+                                         f"&resourceVersion={server.store.rv}")]
+    assert events == []
+
+
+def test_bookmark_schedule_is_two_seconds_before_the_timeout_or_the_frequency() -> None:
+    assert next_bookmark(100.0, 105.0, 60.0) == 103.0
+    assert next_bookmark(100.0, 1000.0, 60.0) == 160.0
+    assert next_bookmark(100.0, None, 60.0) == 160.0
+    assert next_bookmark(104.0, 105.0, 60.0) is None  # the last 2 s of a watch get none
+
+
+async def test_watch_timeout_seconds_ends_stream(api: Api, server: ApiServer) -> None:
     started = time.monotonic()
-    events = [e async for e in api.watch(f"{CM}?watch=true&timeoutSeconds=1&resourceVersion=1")]
+    events = [e async for e in api.watch(f"{CM}?watch=true&timeoutSeconds=1&resourceVersion={server.store.rv}")]
     assert events == []
     assert 0.9 < time.monotonic() - started < 5
 
@@ -232,7 +301,7 @@ async def test_table_for_pods_and_namespaces(api: Api) -> None:
          "state": {"waiting": {"reason": "ErrImagePull"}}}]}})
     _, table = await api.get(PODS, headers={"Accept": TABLE})
     assert [c["name"] for c in table["columnDefinitions"]][:5] == ["Name", "Ready", "Status", "Restarts", "Age"]
-    assert table["rows"][0]["cells"][:4] == ["p", "0/1", "ErrImagePull", 0]
+    assert table["rows"][0]["cells"][:4] == ["p", "0/1", "ErrImagePull", "0"]
     _, nst = await api.get("/api/v1/namespaces", headers={"Accept": TABLE})
     assert ["default", "Active"] in [r["cells"][:2] for r in nst["rows"]]
 
@@ -240,12 +309,16 @@ async def test_table_for_pods_and_namespaces(api: Api) -> None:
 async def test_table_watch_events(api: Api, server: ApiServer) -> None:
     rv = server.store.rv
     await api.post(CM, cm("a", k="v"))
+    await api.post(CM, cm("b"))
     async with api.session.get(f"{server.url}{CM}?watch=true&resourceVersion={rv}",
                                headers={"Accept": TABLE}) as resp:
-        line = await asyncio.wait_for(resp.content.readline(), 5)
-    ev = json.loads(line)
-    assert ev["type"] == "ADDED" and ev["object"]["kind"] == "Table"
-    assert ev["object"]["rows"][0]["cells"][:2] == ["a", 1]
+        lines = [await asyncio.wait_for(resp.content.readline(), 5) for _ in range(2)]
+    first, second = (json.loads(line) for line in lines)
+    assert first["type"] == "ADDED" and first["object"]["kind"] == "Table"
+    assert first["object"]["rows"][0]["cells"][:2] == ["a", 1]
+    # the column definitions come with the first event only, as the real server sends them
+    assert first["object"]["columnDefinitions"] and second["object"]["columnDefinitions"] is None
+    assert second["object"]["rows"][0]["cells"][0] == "b"
 
 
 # ---------------------------------------------------------------------------------------------- logs

@@ -8,8 +8,9 @@
   with uid, one global resourceVersion, generation, generateName, finalizers, graceful pod deletion,
   owner-reference garbage collection, namespace and CRD cascades, ResourceQuota pod counts,
   RuntimeClass and ServiceAccount admission, CRD defaulting/pruning/validation (`localcluster.schema`);
-- label/field selectors, limit/continue, watch resume from a resourceVersion (410 when compacted),
-  bookmarks, Table output with printer columns, `pods/log` from the node's log files;
+- label/field selectors, limit/continue, exact and compacted resourceVersions (410), watch resume,
+  initial events and bookmarks as the real watch cache sends them, Table and PartialObjectMetadata
+  output (406 for what cannot be served), `pods/log` from the node's log files;
 - `request_log`, `counters`, `faults` (FaultRule) and `drop_watches`, also over `/debug/*`.
 
 Not emulated: authentication/authorization (every access review is allowed), admission webhooks,

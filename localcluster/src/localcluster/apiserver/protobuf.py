@@ -148,3 +148,49 @@ def decode(body: bytes) -> dict[str, Any]:
         raise ProtobufError(f"protobuf decoding of {api_version}/{kind} is not supported")
     obj = decode_message(unknown.get("raw", b""), spec)
     return {"apiVersion": api_version, "kind": kind, **obj}
+
+
+# -- encoding (a Status, for errors answered to protobuf-only clients) -------------------------------
+def _enc_varint(n: int) -> bytes:
+    n &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _enc_bytes(num: int, data: bytes) -> bytes:
+    return _enc_varint(num << 3 | 2) + _enc_varint(len(data)) + data
+
+
+def _enc_str(num: int, value: Any) -> bytes:
+    return _enc_bytes(num, str(value or "").encode())
+
+
+def _enc_int(num: int, value: int) -> bytes:
+    return _enc_varint(num << 3) + _enc_varint(value)
+
+
+def encode_status(status: dict[str, Any]) -> bytes:
+    """A metav1.Status as the API server writes it in protobuf: every non-pointer field, even when empty."""
+    meta = status.get("metadata") or {}
+    list_meta = _enc_str(1, meta.get("selfLink")) + _enc_str(2, meta.get("resourceVersion")) + \
+        _enc_str(3, meta.get("continue"))
+    body = _enc_bytes(1, list_meta) + _enc_str(2, status.get("status")) + _enc_str(3, status.get("message")) + \
+        _enc_str(4, status.get("reason"))
+    details = status.get("details")
+    if isinstance(details, dict):
+        d = _enc_str(1, details.get("name")) + _enc_str(2, details.get("group")) + _enc_str(3, details.get("kind"))
+        for c in details.get("causes") or []:
+            d += _enc_bytes(4, _enc_str(1, c.get("reason")) + _enc_str(2, c.get("message")) +
+                            _enc_str(3, c.get("field")))
+        d += _enc_int(5, int(details.get("retryAfterSeconds") or 0)) + _enc_str(6, details.get("uid"))
+        body += _enc_bytes(5, d)
+    body += _enc_int(6, int(status.get("code") or 0))
+    type_meta = _enc_str(1, "v1") + _enc_str(2, "Status")
+    return MAGIC + _enc_bytes(1, type_meta) + _enc_bytes(2, body) + _enc_str(3, "") + _enc_str(4, "")

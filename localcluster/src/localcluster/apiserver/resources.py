@@ -33,6 +33,7 @@ class ResourceInfo:
     # For custom resources: the version's openAPIV3Schema and printer columns.
     schema: dict[str, Any] | None = None
     printer_columns: list[dict[str, Any]] = field(default_factory=list)
+    selectable_fields: list[dict[str, Any]] = field(default_factory=list)
     custom: bool = False
     storage_version: str = ""
     served_versions: list[str] = field(default_factory=list)
@@ -244,6 +245,7 @@ def resources_from_crd(crd: dict[str, Any]) -> list[ResourceInfo]:
                 verbs=list(CUSTOM_VERBS),
                 schema=schema,
                 printer_columns=list(ver.get("additionalPrinterColumns") or []),
+                selectable_fields=list(ver.get("selectableFields") or []),
                 custom=True,
                 storage_version=storage,
                 served_versions=served,

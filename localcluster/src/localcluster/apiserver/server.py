@@ -21,9 +21,19 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from localcluster.apiserver import decode, discovery, managedfields, openapi, protobuf
+from localcluster.apiserver import decode, discovery, managedfields, negotiation, openapi, protobuf
 from localcluster.apiserver import patch as patch_mod
+from localcluster.apiserver.bookmarks import bookmark, next_bookmark
 from localcluster.apiserver.faults import FaultRule, Faults
+from localcluster.apiserver.listopts import (
+    EXACT,
+    ListOptions,
+    decode_continue,
+    encode_continue,
+    list_options,
+    parse_resource_version,
+    query_bool,
+)
 from localcluster.apiserver.logs import serve_pod_log
 from localcluster.apiserver.patch import json_copy, json_patch, merge_patch, strategic_merge
 from localcluster.apiserver.resources import Registry, ResourceInfo, resources_from_crd
@@ -38,7 +48,7 @@ from localcluster.apiserver.status import (
     precondition_failed,
 )
 from localcluster.apiserver.store import Event, Store, Watcher, dumps
-from localcluster.apiserver.table import make_table
+from localcluster.apiserver.table import make_table, partial_metadata
 
 log = logging.getLogger(__name__)
 JSON = "application/json"
@@ -122,7 +132,8 @@ def parse_path(path: str) -> ReqInfo:
 def request_verb(method: str, ri: ReqInfo, query: Any) -> str:
     if not ri.is_resource:
         return method.lower()
-    watch = ri.legacy_watch or query.get("watch") in ("true", "1")
+    # `watch` counts on a collection only: a GET of a named object with ?watch=true is a plain get
+    watch = ri.legacy_watch or (not ri.name and bool(query_bool(query, "watch")))
     if method == "GET":
         if watch:
             return "watch"
@@ -184,12 +195,14 @@ class ApiServer:
     """An in-memory Kubernetes API server on aiohttp.
 
     `store` holds the objects, `request_log`/`counters` record traffic, `faults` injects failures.
+    `bookmark_interval` is how often a watch that allows bookmarks gets one (the real watch cache: a
+    minute; tests shorten it), besides the one 2 s before its timeout.
     """
 
     def __init__(
         self,
         state_dir: Path | str | None = None,
-        bookmark_interval: float = 5.0,
+        bookmark_interval: float = 60.0,
         history_size: int = 10000,
         history_bytes: int = 128 * 1024 * 1024,
         git_version: str = "v1.35.0",
@@ -216,6 +229,9 @@ class ApiServer:
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._bootstrap()
+        # What happened before the server was up is compacted, as on a cluster that has run a while: a watch
+        # or an exact list from a resourceVersion older than now is 410, as on the real server.
+        self.store.forget_history()
 
     # ------------------------------------------------------------------------------ lifecycle
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -312,6 +328,11 @@ class ApiServer:
                     details = {"retryAfterSeconds": rule.retry_after} if rule.retry_after is not None else None
                     raise ApiError(rule.status, msg, details=details, headers=headers)
             resp = await handler(request)
+        except negotiation.NotAcceptable as e:
+            if e.protobuf_body:
+                resp = web.Response(body=e.body(), status=e.code, content_type=negotiation.PROTOBUF)
+            else:
+                resp = web.Response(body=dumps(e.to_status()), status=e.code, content_type=JSON)
         except ApiError as e:
             resp = web.Response(body=dumps(e.to_status()), status=e.code, content_type=JSON, headers=e.headers)
             _add_warnings(resp, e.warnings)
@@ -502,20 +523,23 @@ class ApiServer:
             if info.custom and ri.name:
                 raise not_found(info.group_resource, info.group, info.plural, ri.name)
             raise ApiError(404, "the server could not find the requested resource", "NotFound")
-        table = _table_accept(request.headers.get("Accept", ""))
         dry_run = q.getall("dryRun", [])
         dry = "All" in dry_run
-        if verb == "list":
-            return self._list(info, ri, q, table)
-        if verb == "watch":
-            return await self._watch(request, info, ri, table)
         if ri.sub == "log":
             return await serve_pod_log(self, request, info, ns, ri.name)
+        # custom resources (and their status) have no protobuf form; their Scale has
+        out = negotiation.negotiate(request.headers.get("Accept", ""), info.custom and ri.sub != "scale", verb)
+        if verb == "list":
+            return await self._list(info, ri, q, out)
+        if verb == "watch":
+            return await self._watch(request, info, ri, out)
         if verb == "get":
             obj = self._must_get(info, ns, ri.name)
-            if table:
-                return self._json(make_table(info, [obj], table, str(self.store.rv),
+            if out.as_ == "Table":
+                return self._json(make_table(info, [obj], out.api_version, obj["metadata"].get("resourceVersion", ""),
                                              q.get("includeObject", "Metadata")))
+            if out.as_ == "PartialObjectMetadata":
+                return self._json(partial_metadata(obj, out.api_version))
             return self._obj_response(info, obj)
         if verb == "create" and info.group == "authorization.k8s.io":
             # No authorization here: every review is allowed (its body may be protobuf; it is not needed).
@@ -576,7 +600,7 @@ class ApiServer:
             return self._obj_response(info, obj, 200)
         if verb == "deletecollection":
             matcher = combine(parse_label_selector(q.get("labelSelector")),
-                              parse_field_selector(q.get("fieldSelector")))
+                              parse_field_selector(q.get("fieldSelector"), info))
             items = []
             for o in list(self.store.iter(info.store_key, ns or None)):
                 if matcher is None or matcher(o):
@@ -638,118 +662,171 @@ class ApiServer:
                                 f"strict decoding error: {', '.join(msgs)}", "BadRequest")
 
     # ------------------------------------------------------------------------------ list
-    def _selected(self, info: ResourceInfo, ns: str, q: Any) -> list[dict[str, Any]]:
-        matcher = combine(parse_label_selector(q.get("labelSelector")), parse_field_selector(q.get("fieldSelector")))
-        objs = self.store.iter(info.store_key, ns or None)
-        out = [o for o in objs if matcher is None or matcher(o)]
-        return out
+    async def _wait_for_rv(self, rv: int, within: float = 3.0) -> None:
+        """A resourceVersion from the future: wait for it briefly, as the watch cache does, then 504."""
+        reached = asyncio.Event()
 
-    def _list(self, info: ResourceInfo, ri: ReqInfo, q: Any, table: str | None) -> web.Response:
+        def check(_ev: Event) -> None:
+            if self.store.rv >= rv:
+                reached.set()
+
+        self.store.listeners.append(check)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reached.wait(), within)
+        finally:
+            self.store.listeners.remove(check)
+        if self.store.rv < rv:
+            raise ApiError(504, f"Timeout: Too large resource version: {rv}, current: {self.store.rv}", "Timeout",
+                           {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                            "retryAfterSeconds": 1})
+
+    async def _list_state(self, info: ResourceInfo, ns: str,
+                          opts: ListOptions) -> tuple[list[dict[str, Any]], int, str]:
+        """The objects a list reads (at the resourceVersion it asks for), that version, and the key to start
+        after (from a continue token)."""
+        key, scope = info.store_key, ns or None
+        if opts.continue_token:
+            if opts.resource_version not in ("", "0"):
+                raise ApiError(400, "specifying resource version is not allowed when using continue", "BadRequest")
+            rv, start = decode_continue(opts.continue_token)
+            objs = list(self.store.iter(key, scope)) if rv >= self.store.rv else self.store.state_at(key, rv, scope)
+            if objs is None:
+                raise gone("The provided continue parameter is too old to display a consistent list result. You can "
+                           "start a new list without the continue parameter, or use the continue token in this "
+                           "response to retrieve the remainder of the results. Continuing with the provided token "
+                           "results in an inconsistent list - objects that were created, modified, or deleted "
+                           "between the time the first chunk was returned and now may show up in the list.")
+            return objs, rv, start
+        if not opts.resource_version:
+            return list(self.store.iter(key, scope)), self.store.rv, ""
+        rv = parse_resource_version(opts.resource_version, info, watch=False)
+        if rv > self.store.rv:
+            await self._wait_for_rv(rv)
+        if opts.rv_match == EXACT and rv < self.store.rv:
+            objs = self.store.state_at(key, rv, scope)
+            if objs is None:
+                raise gone("The resourceVersion for the provided list is too old.")
+            return objs, rv, ""
+        return list(self.store.iter(key, scope)), self.store.rv, ""
+
+    async def _list(self, info: ResourceInfo, ri: ReqInfo, q: Any, out: negotiation.Output) -> web.Response:
+        opts = list_options(q, info, watch=False)
         ns = ri.namespace if info.namespaced else ""
-        objs = self._selected(info, ns, q)
-        objs.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
-        rv = str(self.store.rv)
-        cont_token = None
-        if q.get("continue"):
-            try:
-                tok = json.loads(base64.urlsafe_b64decode(q["continue"].encode()))
-                start = (tok["ns"], tok["name"])
-                rv = tok.get("rv", rv)
-            except (ValueError, KeyError, TypeError):
-                raise ApiError(400, "continue key is not valid", "BadRequest") from None
-            objs = [o for o in objs if (o["metadata"].get("namespace", ""), o["metadata"]["name"]) > start]
-        limit = int(q.get("limit", "0") or 0)
-        remaining = 0
-        if limit > 0 and len(objs) > limit:
-            remaining = len(objs) - limit
-            objs = objs[:limit]
-            last = objs[-1]["metadata"]
-            cont_token = base64.urlsafe_b64encode(json.dumps(
-                {"rv": rv, "ns": last.get("namespace", ""), "name": last["name"]}).encode()).decode()
-        if table:
-            return self._json(make_table(info, objs, table, rv, q.get("includeObject", "Metadata"), cont_token))
-        meta: dict[str, Any] = {"resourceVersion": rv}
-        if cont_token:
-            meta["continue"] = cont_token
+        objs, rv, start = await self._list_state(info, ns, opts)
+        # Keys are relative to the list's prefix: names within a namespace, namespace/name across them.
+        across = info.namespaced and not ns
+        keyed = sorted(((f"{o['metadata'].get('namespace', '')}/{o['metadata']['name']}" if across
+                         else o["metadata"]["name"]), o) for o in objs)
+        if start:
+            keyed = [(k, o) for k, o in keyed if k > start]
+        page: list[dict[str, Any]] = []
+        cont, remaining = "", None
+        for i, (_key, o) in enumerate(keyed):
+            if opts.limit > 0 and len(page) >= opts.limit:
+                # more keys follow (matching or not): the real server hands out a continue token
+                cont = encode_continue(rv, keyed[i - 1][0])
+                remaining = None if opts.has_selector else len(keyed) - i
+                break
+            if opts.matcher is None or opts.matcher(o):
+                page.append(o)
+        if out.as_ == "Table":
+            return self._json(make_table(info, page, out.api_version, str(rv), q.get("includeObject", "Metadata"),
+                                         cont, remaining=remaining))
+        meta: dict[str, Any] = {"resourceVersion": str(rv)}
+        if cont:
+            meta["continue"] = cont
+        if remaining is not None:
             meta["remainingItemCount"] = remaining
+        if out.as_:
+            return self._json({"kind": "PartialObjectMetadataList", "apiVersion": out.api_version, "metadata": meta,
+                               "items": [partial_metadata(o, out.api_version) for o in page]})
+        if info.custom:  # unstructured lists: sorted keys, and "continue" even when empty
+            meta = dict(sorted({**meta, "continue": cont}.items()))
         head = dumps({"apiVersion": info.api_version, "kind": f"{info.kind}List", "metadata": meta})
-        av = info.api_version
-        items = b",".join(self.store.encoded(o) if o.get("apiVersion") == av else dumps({**o, "apiVersion": av})
-                          for o in objs)
+        items = b",".join(self._list_item(info, o) for o in page)
         raw = head[:-1] + b',"items":[' + items + b"]}"
         return self._json(None, raw=raw)
 
+    def _list_item(self, info: ResourceInfo, obj: dict[str, Any]) -> bytes:
+        """A list item's bytes: custom resources keep kind and apiVersion, built-in kinds' items have neither."""
+        av = info.api_version
+        if info.custom:
+            return self.store.encoded(obj) if obj.get("apiVersion") == av else dumps({**obj, "apiVersion": av})
+        data = self.store.encoded(obj)
+        prefix = b'{"apiVersion":"' + av.encode() + b'","kind":"' + info.kind.encode() + b'",'
+        if data.startswith(prefix):
+            return b"{" + data[len(prefix):]
+        return dumps({k: v for k, v in obj.items() if k not in ("apiVersion", "kind")})
+
     # ------------------------------------------------------------------------------ watch
     async def _watch(self, request: web.Request, info: ResourceInfo, ri: ReqInfo,
-                     table: str | None) -> web.StreamResponse:
-        q = request.query
+                     out: negotiation.Output) -> web.StreamResponse:
+        opts = list_options(request.query, info, watch=True, name=ri.name)
         ns = (ri.namespace or None) if info.namespaced else None
-        matcher = combine(parse_label_selector(q.get("labelSelector")), parse_field_selector(q.get("fieldSelector")))
-        if ri.legacy_watch and ri.name:
-            name_m = parse_field_selector(f"metadata.name={ri.name}")
-            matcher = combine(matcher, name_m)
-        bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
-        send_initial = q.get("sendInitialEvents") in ("true", "1")
-        timeout = float(q["timeoutSeconds"]) if q.get("timeoutSeconds") else None
-        fault = request.get(FAULT_KEY)
-        if fault is not None and fault.drop_after is not None:
-            timeout = min(timeout or fault.drop_after, fault.drop_after)
-        rv_param = q.get("resourceVersion", "")
-        watcher = Watcher(info.store_key, ns, matcher)
+        watcher = Watcher(info.store_key, ns, opts.matcher)
         initial: list[tuple[str, Event | dict[str, Any]]] = []
-        if rv_param in ("", "0") or send_initial:
-            for o in self.store.iter(info.store_key, ns):
-                if matcher is None or matcher(o):
-                    initial.append(("ADDED", o))
-            initial.sort(key=lambda t: int(t[1]["metadata"]["resourceVersion"]))  # type: ignore[index]
+        legacy = opts.send_initial is None and opts.resource_version in ("", "0")
+        if opts.resource_version not in ("", "0"):
+            since = parse_resource_version(opts.resource_version, info, watch=True)
+            if opts.send_initial and since > self.store.rv:
+                await self._wait_for_rv(since)
         else:
-            try:
-                since = int(rv_param)
-            except ValueError:
-                raise ApiError(400, f'invalid resource version "{rv_param}"', "BadRequest") from None
-            if since < self.store.compacted_rv:
-                err = gone(f"too old resource version: {since} ({self.store.compacted_rv + 1})")
-                resp = web.StreamResponse(status=200, headers={"Content-Type": JSON})
-                await resp.prepare(request)
-                await resp.write(dumps({"type": "ERROR", "object": err.to_status()}) + b"\n")
-                await resp.write_eof()
-                return resp
+            since = self.store.rv
+        if opts.send_initial or legacy:
+            # the current state first, in key order as the watch cache holds it
+            snapshot = sorted(self.store.iter(info.store_key, ns),
+                              key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
+            initial = [("ADDED", o) for o in snapshot if opts.matcher is None or opts.matcher(o)]
+            watcher.since = self.store.rv
+        elif since < self.store.compacted_rv:
+            return await self._watch_expired(request, ri, since)
+        else:
+            watcher.since = since
             for ev in self.store.events_since(info.store_key, since):
                 et = watcher.classify(ev)
                 if et is not None:
                     initial.append((et, ev))
         self.store.add_watcher(watcher)
-        start_rv = self.store.rv
         resp = web.StreamResponse(status=200, headers={"Content-Type": JSON, "Cache-Control": "no-cache"})
         resp.enable_chunked_encoding()
+        # Without timeoutSeconds the real server ends a watch after a random 30 to 60 minutes.
+        timeout = float(opts.timeout) if opts.timeout else 1800.0 * (1.0 + random.random())
+        fault = request.get(FAULT_KEY)
+        if fault is not None and fault.drop_after is not None:  # an injected fault ends the stream early
+            timeout = min(timeout, fault.drop_after)
+        deadline = time.monotonic() + timeout
         try:
             await resp.prepare(request)
             # A watch is logged when it starts streaming: it may stay open for the whole test.
             self._record(request, ri, "watch", request.headers.get("User-Agent", ""), 200, time.time())
             request[RECORDED_KEY] = True
-            enc = self._event_encoder(info, table)
+            enc = self._event_encoder(info, out)
             for et, item in initial:
                 if isinstance(item, Event):
                     await resp.write(enc(et, item))
                 else:
-                    await resp.write(self._encode_obj_event(info, table, et, item))
-            if send_initial and bookmarks:
-                await resp.write(self._bookmark(info, start_rv, initial_end=True))
-            deadline = time.monotonic() + timeout if timeout else None
+                    await resp.write(self._encode_obj_event(info, out, et, item))
+            if opts.send_initial and opts.allow_bookmarks:
+                await resp.write(bookmark(info, watcher.since, initial_end=True))
+            due = next_bookmark(time.monotonic(), deadline, self.bookmark_interval) if opts.allow_bookmarks else None
             while not self._stopping:
-                wait = self.bookmark_interval if bookmarks else 3600.0
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    wait = min(wait, left)
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                if due is not None and now >= due and watcher.queue.empty():
+                    # a bookmark only when the resource changed after what this watch has seen
+                    key_rv = self.store.key_rv.get(info.store_key, 0)
+                    if key_rv > watcher.since:
+                        await resp.write(bookmark(info, key_rv))
+                    due = next_bookmark(time.monotonic(), deadline, self.bookmark_interval)
+                    continue
+                wait = min(deadline, due if due is not None else deadline) - now
                 first: tuple[str, Event] | None = None
                 if watcher.queue.empty():
                     try:
-                        first = await asyncio.wait_for(watcher.queue.get(), wait)
+                        first = await asyncio.wait_for(watcher.queue.get(), max(wait, 0.0))
                     except TimeoutError:
-                        if bookmarks and watcher.queue.empty() and (deadline is None or time.monotonic() < deadline):
-                            await resp.write(self._bookmark(info, self.store.rv))
                         continue
                     if first is None:
                         break
@@ -784,33 +861,41 @@ class ApiServer:
             size += len(data)
         return b"".join(parts), False
 
-    def _event_encoder(self, info: ResourceInfo, table: str | None) -> Any:
-        if table is None and not info.custom:
-            return lambda et, ev: ev.encoded(et)
-        if table is None:
-            def enc(et: str, ev: Event) -> bytes:
-                if ev.obj.get("apiVersion") == info.api_version:
-                    return ev.encoded(et)
-                return self._encode_obj_event(info, None, et, ev.full_object())
-            return enc
-        return lambda et, ev: self._encode_obj_event(info, table, et, ev.full_object())
+    async def _watch_expired(self, request: web.Request, ri: ReqInfo, since: int) -> web.StreamResponse:
+        """A watch from a compacted resourceVersion: 200, one ERROR event with a 410 Expired Status, the end."""
+        err = gone(f"too old resource version: {since} ({self.store.compacted_rv})")
+        resp = web.StreamResponse(status=200, headers={"Content-Type": JSON, "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        self._record(request, ri, "watch", request.headers.get("User-Agent", ""), 200, time.time())
+        request[RECORDED_KEY] = True
+        await resp.write(dumps({"type": "ERROR", "object": err.to_status()}) + b"\n")
+        await resp.write_eof()
+        return resp
 
-    def _encode_obj_event(self, info: ResourceInfo, table: str | None, et: str, obj: dict[str, Any]) -> bytes:
-        if table:
-            payload: dict[str, Any] = make_table(info, [obj], table, obj["metadata"].get("resourceVersion", ""))
+    def _event_encoder(self, info: ResourceInfo, out: negotiation.Output) -> Any:
+        """How this watch writes an event. A Table watch has column definitions in its first event only."""
+        def enc(et: str, ev: Event) -> bytes:
+            if et == "DELETED" and ev.type == "MODIFIED":
+                # it left the watch's selector: the real server sends the object as it was, at the new version
+                return self._encode_obj_event(info, out, et, _left_selector(ev))
+            if not out.as_ and ev.obj.get("apiVersion") == info.api_version:
+                return ev.encoded(et)
+            return self._encode_obj_event(info, out, et, ev.full_object())
+        return enc
+
+    def _encode_obj_event(self, info: ResourceInfo, out: negotiation.Output, et: str, obj: dict[str, Any]) -> bytes:
+        if out.as_ == "Table":
+            payload: dict[str, Any] = make_table(info, [obj], out.api_version,
+                                                 obj["metadata"].get("resourceVersion", ""),
+                                                 with_columns=not out.headers_sent)
+            out.headers_sent = True
             return dumps({"type": et, "object": payload}) + b"\n"
+        if out.as_:
+            return dumps({"type": et, "object": partial_metadata(obj, out.api_version)}) + b"\n"
         if obj.get("apiVersion") != info.api_version:
             obj = {**obj, "apiVersion": info.api_version}
             return dumps({"type": et, "object": obj}) + b"\n"
         return b'{"type":"' + et.encode() + b'","object":' + self.store.encoded(obj) + b"}\n"
-
-    @staticmethod
-    def _bookmark(info: ResourceInfo, rv: int, initial_end: bool = False) -> bytes:
-        meta: dict[str, Any] = {"resourceVersion": str(rv)}
-        if initial_end:
-            meta["annotations"] = {"k8s.io/initial-events-end": "true"}
-        return dumps({"type": "BOOKMARK", "object": {"kind": info.kind, "apiVersion": info.api_version,
-                                                     "metadata": meta}}) + b"\n"
 
     # ------------------------------------------------------------------------------ object semantics
     def _persist(self, info: ResourceInfo, ns: str, obj: dict[str, Any], etype: str,
@@ -1645,6 +1730,17 @@ def _add_warnings(resp: web.StreamResponse, warnings: list[str]) -> None:
         resp.headers.add("Warning", f'299 - "{escaped}"')
 
 
+def _left_selector(ev: Event) -> dict[str, Any]:
+    """The object a watcher gets in the DELETED event when a change took it out of its selector: the old
+    object with the change's resourceVersion (an old event keeps only the old labels and fields)."""
+    old = ev.old or {}
+    if ev.slim:
+        new = ev.full_object()
+        old = {**new, **{k: v for k, v in old.items() if k not in ("metadata", "spec", "status")},
+               "metadata": {**new["metadata"], "labels": (old.get("metadata") or {}).get("labels") or {}}}
+    return {**old, "metadata": {**(old.get("metadata") or {}), "resourceVersion": str(ev.rv)}}
+
+
 def _add(items: list[str] | None, item: str) -> list[str]:
     out = list(items or [])
     if item not in out:
@@ -1699,17 +1795,6 @@ def _apply_merge(info: ResourceInfo, old: dict[str, Any], applied: dict[str, Any
     merged = managedfields.merge(old, body, info.schema)
     assert isinstance(merged, dict)
     return merged
-
-
-def _table_accept(accept: str) -> str | None:
-    """The Table apiVersion if the client asked for Table output (first acceptable entry wins)."""
-    for part in accept.split(","):
-        params = dict(p.strip().split("=", 1) for p in part.split(";")[1:] if "=" in p)
-        if params.get("as") == "Table" and params.get("g") == "meta.k8s.io":
-            return f"meta.k8s.io/{params.get('v', 'v1')}"
-        if part.strip().startswith("application/json") and "as=" not in part:
-            return None
-    return None
 
 
 __all__ = ["ApiServer", "FaultRule", "ReqInfo", "RequestRecord", "parse_path"]

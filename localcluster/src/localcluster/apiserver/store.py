@@ -93,11 +93,12 @@ class Watcher:
     key: StoreKey
     namespace: str | None
     matcher: Matcher | None
+    since: int = 0  # events at or before this resourceVersion are not sent
     queue: asyncio.Queue[tuple[str, Event] | None] = field(default_factory=asyncio.Queue)
 
     def classify(self, ev: Event) -> str | None:
         """Which event type this watcher sees for `ev` (selector entry -> ADDED, exit -> DELETED)."""
-        if self.namespace is not None and ev.namespace != self.namespace:
+        if ev.rv <= self.since or (self.namespace is not None and ev.namespace != self.namespace):
             return None
         m = self.matcher
         if m is None:
@@ -138,6 +139,7 @@ class Store:
         self.history_bytes = history_bytes
         self._held_bytes = 0
         self.compacted_rv = 0  # events with rv <= this are no longer replayable
+        self.key_rv: dict[StoreKey, int] = {}  # the newest event's rv per resource (what bookmarks carry)
         self.watchers: dict[StoreKey, set[Watcher]] = {}
         self.listeners: list[Callable[[Event], None]] = []
 
@@ -196,6 +198,7 @@ class Store:
             by_name[name] = obj
             self._bytes[id(obj)] = data
         ev = Event(rv, etype, key, namespace, obj, data, old)
+        self.key_rv[key] = rv
         self.history.append(ev)
         self._history_rvs.append(rv)
         self._held_bytes += len(data)
@@ -222,6 +225,40 @@ class Store:
             del self._history_rvs[:cut]
             self._held_bytes = held
 
+    def forget_history(self) -> None:
+        """Compact everything so far: a watch or an exact list from before now is too old (410)."""
+        self.compacted_rv = self.rv
+        self.history.clear()
+        self._history_rvs.clear()
+        self._held_bytes = 0
+
+    def state_at(self, key: StoreKey, rv: int, namespace: str | None = None) -> list[dict[str, Any]] | None:
+        """The objects of a resource as they were at `rv`, rebuilt from the history; None once compacted."""
+        if rv < self.compacted_rv:
+            return None
+        start = bisect.bisect_right(self._history_rvs, rv)
+        state: dict[tuple[str, str], dict[str, Any] | None] = {}
+        for ev in self.history[:start]:  # the newest event at or before rv decides, if any
+            if ev.key == key and (namespace is None or ev.namespace == namespace):
+                name = ev.obj["metadata"]["name"]
+                state[(ev.namespace, name)] = None if ev.type == "DELETED" else ev.full_object()
+        for ev in self.history[start:]:  # else the first event after rv tells what was there before it
+            if ev.key != key or (namespace is not None and ev.namespace != namespace):
+                continue
+            k = (ev.namespace, ev.obj["metadata"]["name"])
+            if k in state:
+                continue
+            if ev.type == "ADDED":
+                state[k] = None
+            elif ev.slim or ev.old is None:
+                return None  # the object before this event is no longer held in full
+            else:
+                state[k] = ev.old
+        for obj in self.iter(key, namespace):
+            m = obj["metadata"]
+            state.setdefault((m.get("namespace", ""), m["name"]), obj)
+        return [o for o in state.values() if o is not None]
+
     def drop_key(self, key: StoreKey) -> None:
         """Forget every object of a group/plural (CRD removal) without events."""
         for objs in self.objects.pop(key, {}).values():
@@ -230,6 +267,7 @@ class Store:
 
     # -- watch support -------------------------------------------------------------------------
     def events_since(self, key: StoreKey, rv: int) -> list[Event]:
+        """The events of a resource after `rv` (the caller checks `rv` against `compacted_rv` first)."""
         i = bisect.bisect_right(self._history_rvs, rv)
         return [e for e in self.history[i:] if e.key == key]
 

@@ -113,9 +113,48 @@ def _col(name: str, ctype: str = "string", fmt: str = "", priority: int = 0, des
     return {"name": name, "type": ctype, "format": fmt, "description": desc or name, "priority": priority}
 
 
-NAME_COL = _col("Name", fmt="name", desc="Name must be unique within a namespace.")
-AGE_COL = _col("Age", desc="CreationTimestamp is a timestamp representing the server time when this object "
-                           "was created.")
+# The API documentation the real server uses as column descriptions.
+NAME_DOC = (
+    "Name must be unique within a namespace. Is required when creating resources, although some resources may "
+    "allow a client to request the generation of an appropriate name automatically. Name is primarily intended "
+    "for creation idempotence and configuration definition. Cannot be updated. More info: "
+    "https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names"
+)
+CREATED_DOC = (
+    "CreationTimestamp is a timestamp representing the server time when this object was created. It is not "
+    "guaranteed to be set in happens-before order across separate operations. Clients may not set this value. "
+    "It is represented in RFC3339 form and is in UTC.\n\nPopulated by the system. Read-only. Null for lists. "
+    "More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata"
+)
+NAME_COL = _col("Name", fmt="name", desc=NAME_DOC)
+AGE_COL = _col("Age", desc=CREATED_DOC)
+POD_COLUMNS = [
+    NAME_COL,
+    _col("Ready", desc="The aggregate readiness state of this pod for accepting traffic."),
+    _col("Status", desc="The aggregate status of the containers in this pod."),
+    _col("Restarts", desc="The number of times the containers in this pod have been restarted and when the last "
+                          "container in this pod has restarted."),
+    AGE_COL,
+    _col("IP", priority=1, desc="podIP address allocated to the pod. Routable at least within the cluster. Empty if "
+                                "not yet allocated."),
+    _col("Node", priority=1, desc=(
+        "NodeName indicates in which node this pod is scheduled. If empty, this pod is a candidate for scheduling "
+        "by the scheduler defined in schedulerName. Once this field is set, the kubelet for this node becomes "
+        "responsible for the lifecycle of this pod. This field should not be used to express a desire for the pod "
+        "to be scheduled on a specific node. "
+        "https://kubernetes.io/docs/concepts/scheduling-eviction/assign-pod-node/#nodename")),
+    _col("Nominated Node", priority=1, desc=(
+        "nominatedNodeName is set only when this pod preempts other pods on the node, but it cannot be scheduled "
+        "right away as preemption victims receive their graceful termination periods. This field does not "
+        "guarantee that the pod will be scheduled on this node. Scheduler may decide to place the pod elsewhere if "
+        "other nodes become available sooner. Scheduler may also decide to give the resources on this node to a "
+        "higher priority pod that is created after preemption. As a result, this field may be different than "
+        "PodSpec.nodeName when the pod is scheduled.")),
+    _col("Readiness Gates", priority=1, desc=(
+        "If specified, all readiness gates will be evaluated for pod readiness. A pod is ready when all its "
+        "containers are ready AND all conditions specified in the readiness gates have status equal to \"True\" "
+        "More info: https://git.k8s.io/enhancements/keps/sig-network/580-pod-readiness-gates")),
+]
 
 
 def _meta(o: dict[str, Any]) -> dict[str, Any]:
@@ -159,14 +198,24 @@ def pod_status_text(pod: dict[str, Any]) -> str:
 
 def _pod_row(p: dict[str, Any]) -> list[Any]:
     st = p.get("status") or {}
+    spec = p.get("spec") or {}
     css = st.get("containerStatuses") or []
-    total = len((p.get("spec") or {}).get("containers") or [])
+    total = len(spec.get("containers") or [])
     ready = sum(1 for c in css if c.get("ready"))
     restarts = sum(int(c.get("restartCount", 0)) for c in css)
-    ip = st.get("podIP") or "<none>"
-    node = (p.get("spec") or {}).get("nodeName") or "<none>"
-    return [_meta(p).get("name"), f"{ready}/{total}", pod_status_text(p), restarts,
-            age(_meta(p).get("creationTimestamp")), ip, node, "<none>", "<none>"]
+    last = max((t for c in css if (t := parse_time(
+        (((c.get("lastState") or {}).get("terminated") or {}).get("finishedAt")) or "")) is not None), default=None)
+    restarts_text = str(restarts)
+    if restarts and last is not None:
+        restarts_text += f" ({human_duration((dt.datetime.now(dt.UTC) - last).total_seconds())} ago)"
+    gates = spec.get("readinessGates") or []
+    gates_text = "<none>"
+    if gates:
+        true = {c.get("type") for c in st.get("conditions") or [] if c.get("status") == "True"}
+        gates_text = f"{sum(1 for g in gates if g.get('conditionType') in true)}/{len(gates)}"
+    return [_meta(p).get("name"), f"{ready}/{total}", pod_status_text(p), restarts_text,
+            age(_meta(p).get("creationTimestamp")), st.get("podIP") or "<none>", spec.get("nodeName") or "<none>",
+            st.get("nominatedNodeName") or "<none>", gates_text]
 
 
 def _node_row(n: dict[str, Any]) -> list[Any]:
@@ -190,11 +239,7 @@ def _event_row(e: dict[str, Any]) -> list[Any]:
 
 
 BUILTIN_PRINTERS: dict[str, tuple[list[Column], Callable[[dict[str, Any]], list[Any]]]] = {
-    "pods": (
-        [NAME_COL, _col("Ready"), _col("Status"), _col("Restarts", "string"), AGE_COL, _col("IP", priority=1),
-         _col("Node", priority=1), _col("Nominated Node", priority=1), _col("Readiness Gates", priority=1)],
-        _pod_row,
-    ),
+    "pods": (POD_COLUMNS, _pod_row),
     "namespaces": (
         [NAME_COL, _col("Status"), AGE_COL],
         lambda o: [_meta(o).get("name"), (o.get("status") or {}).get("phase", "Active"),
@@ -219,7 +264,7 @@ BUILTIN_PRINTERS: dict[str, tuple[list[Column], Callable[[dict[str, Any]], list[
         _node_row,
     ),
     "customresourcedefinitions": (
-        [NAME_COL, _col("Created At", "date")],
+        [NAME_COL, _col("Created At", "date", desc=CREATED_DOC)],
         lambda o: [_meta(o).get("name"), _meta(o).get("creationTimestamp")],
     ),
 }
@@ -262,11 +307,13 @@ def columns_for(info: ResourceInfo) -> tuple[list[Column], Callable[[dict[str, A
         cols = [NAME_COL]
         getters: list[tuple[str, str]] = []
         for pc in info.printer_columns:
+            path = pc.get("jsonPath", "")
+            desc = pc.get("description") or f"Custom resource definition column (in JSONPath format): {path}"
             cols.append(_col(pc.get("name", ""), pc.get("type", "string"), pc.get("format", ""),
-                             int(pc.get("priority", 0)), pc.get("description", "")))
-            getters.append((pc.get("jsonPath", ""), pc.get("type", "string")))
-        if not info.printer_columns:
-            cols.append(AGE_COL)
+                             int(pc.get("priority", 0)), desc))
+            getters.append((path, pc.get("type", "string")))
+        if not info.printer_columns:  # the CRD's default column
+            cols.append(_col("Age", "date", desc=CREATED_DOC))
             getters.append((".metadata.creationTimestamp", "date"))
 
         def row(o: dict[str, Any]) -> list[Any]:
@@ -279,29 +326,38 @@ def columns_for(info: ResourceInfo) -> tuple[list[Column], Callable[[dict[str, A
         return cols, row
     if info.plural in BUILTIN_PRINTERS and not (info.plural == "events" and info.group):
         return BUILTIN_PRINTERS[info.plural]
-    return [NAME_COL, AGE_COL], lambda o: [_meta(o).get("name"), age(_meta(o).get("creationTimestamp"))]
+    # the default table of a kind without a printer of its own
+    return ([NAME_COL, _col("Created At", "date", desc=CREATED_DOC)],
+            lambda o: [_meta(o).get("name"), _meta(o).get("creationTimestamp")])
 
 
-def partial_metadata(obj: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": _meta(obj)}
+def partial_metadata(obj: dict[str, Any], api_version: str = "meta.k8s.io/v1") -> dict[str, Any]:
+    return {"kind": "PartialObjectMetadata", "apiVersion": api_version, "metadata": _meta(obj)}
 
 
 def make_table(
     info: ResourceInfo, objs: list[dict[str, Any]], api_version: str, rv: str,
     include_object: str = "Metadata", cont: str | None = None, with_columns: bool = True,
+    remaining: int | None = None,
 ) -> dict[str, Any]:
+    """A meta.k8s.io Table of `objs`; rows carry PartialObjectMetadata (of the Table's version), the whole
+    object, or null, as `includeObject` asks."""
     cols, row = columns_for(info)
     rows = []
     for o in objs:
         r: dict[str, Any] = {"cells": row(o)}
         if include_object == "Object":
             r["object"] = o
-        elif include_object != "None":
-            r["object"] = partial_metadata(o)
+        elif include_object == "None":
+            r["object"] = None
+        else:
+            r["object"] = partial_metadata(o, api_version)
         rows.append(r)
     meta: dict[str, Any] = {"resourceVersion": rv}
     if cont:
         meta["continue"] = cont
+    if remaining is not None:
+        meta["remainingItemCount"] = remaining
     table: dict[str, Any] = {"kind": "Table", "apiVersion": api_version, "metadata": meta, "rows": rows}
-    table["columnDefinitions"] = cols if with_columns else []
+    table["columnDefinitions"] = cols if with_columns else None  # NoHeaders: a watch's later events
     return table
