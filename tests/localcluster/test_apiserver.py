@@ -522,7 +522,7 @@ async def test_eviction_deletes_pod(api: Api) -> None:
 
 
 async def test_events_core_and_events_k8s_io(api: Api) -> None:
-    ev = {"metadata": {"generateName": "x."}, "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"},
+    ev = {"metadata": {"generateName": "x-"}, "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"},
           "reason": "Started", "message": "hi", "type": "Normal"}
     status, _ = await api.post("/api/v1/namespaces/default/events", ev)
     assert status == 201
@@ -531,7 +531,8 @@ async def test_events_core_and_events_k8s_io(api: Api) -> None:
     status, _ = await api.post("/apis/events.k8s.io/v1/namespaces/default/events",
                                {"metadata": {"name": "e2"}, "reason": "R", "note": "n", "action": "A",
                                 "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "c",
-                                "reportingInstance": "i", "regarding": {"kind": "Pod", "name": "p"}})
+                                "reportingInstance": "i", "regarding": {"kind": "Pod", "name": "p"},
+                                "type": "Normal"})
     assert status == 201
 
 

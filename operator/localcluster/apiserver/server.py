@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from localcluster.apiserver import discovery, openapi, protobuf
+from localcluster.apiserver import discovery, limits, openapi, protobuf, validation
 from localcluster.apiserver.faults import FaultRule, Faults
 from localcluster.apiserver.logs import serve_pod_log
 from localcluster.apiserver.patch import json_copy, json_patch, merge_patch, strategic_merge
@@ -33,24 +33,16 @@ from localcluster.apiserver.table import make_table
 
 log = logging.getLogger(__name__)
 JSON = "application/json"
-SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-SUBDOMAIN_MSG = (
-    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and "
-    "must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is "
-    "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
-)
-LABEL_MSG = (
-    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start "
-    "and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is "
-    "'[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
-)
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 FOREGROUND = "foregroundDeletion"
 ORPHAN = "orphan"
 TERMINAL_PHASES = ("Succeeded", "Failed")
 # Kinds whose deletion finishes when their contents are gone, not when finalizers empty.
 _SELF_FINALIZING = {("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions")}
+# Kinds whose registry answers DELETE with the deleted object (ReturnDeletedObject); the rest answer a Status.
+_RETURNS_DELETED_OBJECT = {("", "pods"), ("", "serviceaccounts"), ("", "services"), ("", "namespaces"),
+                           ("storage.k8s.io", "storageclasses"), ("scheduling.k8s.io", "priorityclasses"),
+                           ("apiextensions.k8s.io", "customresourcedefinitions")}
 
 
 def now_rfc3339() -> str:
@@ -405,6 +397,7 @@ class ApiServer:
         raw = await request.read()
         if not raw:
             return None
+        limits.check_body(len(raw))
         ctype = request.headers.get("Content-Type", JSON).split(";")[0].strip()
         if "protobuf" in ctype:
             try:
@@ -463,7 +456,7 @@ class ApiServer:
                 raise ApiError(405, "the server does not allow this method on the requested resource",
                                "MethodNotAllowed")
             warnings = self._field_validation(info, body, q)
-            obj = self.create_object(info, ri.namespace, body, dry_run=dry)
+            obj = self.create_object(info, ri.namespace, body, dry_run=dry, warnings=warnings)
             return self._obj_response(info, obj, 201, warnings)
         if verb == "update":
             body = await self._read_body(request)
@@ -488,6 +481,13 @@ class ApiServer:
                 if k in q:
                     opts[k] = int(q[k]) if k == "gracePeriodSeconds" else q[k]
             obj = self.delete_object(info, ns, ri.name, opts, dry_run=dry or opts.get("dryRun") in ("All", ["All"]))
+            m = obj["metadata"]
+            if not m.get("deletionTimestamp") and not dry and info.store_key not in _RETURNS_DELETED_OBJECT:
+                # Most kinds answer an immediate deletion with a Status naming the plural, not the object.
+                details = {"name": m["name"], **({"group": info.group} if info.group else {}), "kind": info.plural,
+                           "uid": m.get("uid", "")}
+                return self._json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                                   "details": details})
             return self._obj_response(info, obj, 200)
         if verb == "deletecollection":
             matcher = combine(parse_label_selector(q.get("labelSelector")),
@@ -724,6 +724,10 @@ class ApiServer:
                  old: dict[str, Any] | None) -> dict[str, Any]:
         meta = obj["metadata"]
         if etype != "DELETED":
+            key = limits.etcd_key(info.group, info.plural, ns, meta["name"], info.custom)
+            stored = {**obj, "metadata": {k: v for k, v in meta.items() if k != "resourceVersion"}}
+            limits.check_storable(key, len(dumps(stored)) + 1, int((old or {}).get("metadata", {}).get(
+                "resourceVersion") or 0))
             meta["resourceVersion"] = str(self.store.next_rv())
         else:
             obj = {**obj, "metadata": {**meta, "resourceVersion": str(self.store.next_rv())}}
@@ -765,24 +769,54 @@ class ApiServer:
                             "causes": [{"reason": "NamespaceTerminating", "message": f"namespace {ns} is being "
                                         "terminated", "field": "metadata.namespace"}]})
 
-    def _validate_name(self, info: ResourceInfo, name: str) -> list[dict[str, Any]]:
-        if info.plural == "namespaces":
-            if len(name) > 63 or not LABEL_RE.match(name):
-                return [{"reason": "FieldValueInvalid", "field": "metadata.name",
-                         "message": f'Invalid value: "{name}": {LABEL_MSG}'}]
-            return []
-        if info.plural == "customresourcedefinitions":
-            return []
-        if len(name) > 253:
-            return [{"reason": "FieldValueTooLong", "field": "metadata.name",
-                     "message": 'Too long: may not be more than 253 bytes'}]
-        if not SUBDOMAIN_RE.match(name):
-            return [{"reason": "FieldValueInvalid", "field": "metadata.name",
-                     "message": f'Invalid value: "{name}": {SUBDOMAIN_MSG}'}]
-        return []
+    def _check_decodable(self, info: ResourceInfo, obj: dict[str, Any]) -> None:
+        """What the real server's decoding into Go types refuses: 400 before any validation."""
+        if info.custom:
+            return
+        err = validation.decode_errors(info.store_key, obj)
+        if err:
+            raise ApiError(400, f'{info.kind} in version "{info.version}" cannot be handled as a {info.kind}: {err}',
+                           "BadRequest")
 
-    def create_object(self, info: ResourceInfo, ns: str, body: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
-        """POST semantics: defaulting, validation, uid/rv/timestamps, side effects."""
+    @staticmethod
+    def _invalid(info: ResourceInfo, name: str, causes: list[dict[str, Any]]) -> ApiError:
+        if info.store_key == ("events.k8s.io", "events"):
+            # events.k8s.io/v1 Events are validated as the core Event they are stored as
+            return invalid("Event", "", "Event", name, causes)
+        return invalid(info.kind_group, info.group, info.kind, name, causes)
+
+    def _validate_builtin(self, info: ResourceInfo, ns: str, obj: dict[str, Any],
+                          old: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """Object metadata for every kind, then the rules of the built-in kinds the project writes."""
+        builtin = not info.custom
+        meta = obj["metadata"]
+        if old is None:
+            causes = validation.validate_meta(info.plural, meta, builtin)
+        else:
+            causes = validation.validate_meta_update(old["metadata"], meta, builtin)
+            causes += validation.validate_meta(info.plural, meta, builtin)
+        key = info.store_key
+        if key == ("", "configmaps"):
+            causes += validation.validate_configmap(obj)
+            if old is not None:
+                causes += validation.validate_immutable_update(old, obj, ("data", "binaryData"))
+        elif key == ("", "secrets") and old is not None:
+            causes += validation.validate_immutable_update(old, obj, ("data",))
+        elif key == ("", "pods"):
+            causes += validation.validate_pod(obj)
+            if old is not None and not causes:
+                causes += validation.validate_pod_update(old, obj)
+        elif key == ("", "events"):
+            causes += validation.validate_core_event(obj, ns)
+        elif key == ("events.k8s.io", "events"):
+            causes += validation.validate_events_v1(obj)
+        elif key == ("networking.k8s.io", "networkpolicies"):
+            causes += validation.validate_network_policy(obj)
+        return causes
+
+    def create_object(self, info: ResourceInfo, ns: str, body: dict[str, Any], dry_run: bool = False,
+                      warnings: list[str] | None = None) -> dict[str, Any]:
+        """POST semantics: defaulting, validation, uid/rv/timestamps, side effects (warnings are appended)."""
         obj = json_copy(body)
         meta = obj.setdefault("metadata", {}) or {}
         obj["metadata"] = meta
@@ -798,40 +832,40 @@ class ApiServer:
             ns = ""
         obj = {"apiVersion": info.api_version, "kind": info.kind, "metadata": meta,
                **{k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}}
+        self._check_decodable(info, obj)
         name = meta.get("name") or ""
-        if not name:
-            gen = meta.get("generateName")
-            if not gen:
-                raise invalid(info.kind_group, info.group, info.kind, "", [
-                    {"reason": "FieldValueRequired", "field": "metadata.name",
-                     "message": "Required value: name or generateName is required"}])
+        gen = meta.get("generateName")
+        if not name and gen:
             for _ in range(20):
-                name = f"{gen}{_rand_suffix()}"
+                name = validation.generated_name(str(gen), _rand_suffix())
                 if self.store.get(info.store_key, ns, name) is None:
                     break
             meta["name"] = name
-        causes = self._validate_name(info, name)
-        if causes:
-            raise invalid(info.kind_group, info.group, info.kind, name, causes)
-        self._check_namespace(info, ns, name)
-        if self.store.get(info.store_key, ns, name) is not None:
-            raise already_exists(info.group_resource, info.group, info.plural, name)
+        if name:
+            self._check_namespace(info, ns, name)
         for k in ("resourceVersion", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds",
                   "managedFields", "selfLink", "generation"):
             meta.pop(k, None)
         if info.custom and info.has_status:
             obj.pop("status", None)
-        self._prepare_create(info, ns, obj)
+        if warnings is not None:
+            warnings.extend(validation.dedup_owner_references(meta))
+        if name:
+            self._prepare_create(info, ns, obj)
+        causes = self._validate_builtin(info, ns, obj, None)
+        if causes:
+            raise self._invalid(info, name, causes)
         if info.custom:
             obj = self._validate_custom(info, obj, None)
+        if self.store.get(info.store_key, ns, name) is not None:
+            raise already_exists(info.group_resource, info.group, info.plural, name)
         meta = obj["metadata"]
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339()
         if info.has_generation:
             meta["generation"] = 1
         if dry_run:
-            meta["resourceVersion"] = str(self.store.rv)
-            return obj
+            return obj  # a dry-run create has a uid and a creationTimestamp, but no resourceVersion
         obj = self._persist(info, ns, obj, "ADDED", None)
         self._after_create(info, ns, obj)
         refs = obj["metadata"].get("ownerReferences") or []
@@ -885,35 +919,42 @@ class ApiServer:
             for port in spec.get("ports") or []:
                 port.setdefault("protocol", "TCP")
                 port.setdefault("targetPort", port.get("port"))
-        elif key == ("", "events") and not obj.get("firstTimestamp") and not obj.get("eventTime"):
-            obj.setdefault("count", 1)
+        elif key == ("networking.k8s.io", "networkpolicies"):
+            validation.default_network_policy(obj)
+        elif key == ("", "events"):
+            for k in ("firstTimestamp", "lastTimestamp", "eventTime"):
+                obj.setdefault(k, None)  # the Go types have no omitempty on these times
+        elif key == ("events.k8s.io", "events"):
+            obj.setdefault("deprecatedSource", {})
+            for k in ("deprecatedFirstTimestamp", "deprecatedLastTimestamp"):
+                obj.setdefault(k, None)
 
     def _default_pod(self, pod: dict[str, Any]) -> None:
         spec = pod.setdefault("spec", {})
         containers = spec.get("containers") or []
-        name = pod["metadata"]["name"]
-        if not containers:
-            raise invalid("Pod", "", "Pod", name, [{"reason": "FieldValueRequired", "field": "spec.containers",
-                                                    "message": "Required value"}])
-        all_containers = [("containers", i, c) for i, c in enumerate(containers)] + [
-            ("initContainers", i, c) for i, c in enumerate(spec.get("initContainers") or [])]
-        for field, i, c in all_containers:
-            for required in ("name", "image"):
-                if not c.get(required):
-                    raise invalid("Pod", "", "Pod", name, [{"reason": "FieldValueRequired",
-                                                            "field": f"spec.{field}[{i}].{required}",
-                                                            "message": "Required value"}])
+        for c in containers + (spec.get("initContainers") or []):
+            c.setdefault("resources", {})
             c.setdefault("terminationMessagePath", "/dev/termination-log")
             c.setdefault("terminationMessagePolicy", "File")
             image = str(c.get("image", ""))
             tagged = ":" in image.rsplit("/", 1)[-1] or "@" in image
             c.setdefault("imagePullPolicy",
                          "Always" if not tagged or image.endswith(":latest") else "IfNotPresent")
+        for v in spec.get("volumes") or []:
+            for source in ("downwardAPI", "configMap", "secret"):
+                if isinstance(v.get(source), dict):
+                    v[source].setdefault("defaultMode", 420)
+            for item in (v.get("downwardAPI") or {}).get("items") or []:
+                if isinstance(item.get("fieldRef"), dict):
+                    item["fieldRef"].setdefault("apiVersion", "v1")
         spec.setdefault("restartPolicy", "Always")
         spec.setdefault("terminationGracePeriodSeconds", 30)
+        if isinstance(spec["terminationGracePeriodSeconds"], int) and spec["terminationGracePeriodSeconds"] < 0:
+            spec["terminationGracePeriodSeconds"] = 1  # the pod strategy raises a negative grace period to 1
         spec.setdefault("dnsPolicy", "ClusterFirst")
         spec.setdefault("schedulerName", "default-scheduler")
         spec.setdefault("serviceAccountName", spec.get("serviceAccount") or "default")
+        spec.setdefault("serviceAccount", spec["serviceAccountName"])
         spec.setdefault("securityContext", {})
         spec.setdefault("enableServiceLinks", True)
         spec.setdefault("priority", 0)
@@ -1085,13 +1126,10 @@ class ApiServer:
                     new["status"] = old["status"]
                 else:
                     new.pop("status", None)
-            if old_meta.get("deletionTimestamp"):
-                added = set(meta.get("finalizers") or []) - set(old_meta.get("finalizers") or [])
-                if added:
-                    raise invalid(info.kind_group, info.group, info.kind, name, [
-                        {"reason": "FieldValueForbidden", "field": "metadata.finalizers",
-                         "message": f"Forbidden: no new finalizers can be added if the object is being deleted, "
-                                    f"found new finalizers {sorted(added)}"}])
+            self._check_decodable(info, new)
+            causes = self._validate_builtin(info, ns, new, old)
+            if causes:
+                raise self._invalid(info, name, causes)
         if info.custom:
             new = self._validate_custom(info, new, old)
         if info.store_key == ("", "pods") and sub != "status":
@@ -1111,7 +1149,10 @@ class ApiServer:
             return new
         if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers") \
                 and not self._awaiting_node(info, new) and info.store_key not in _SELF_FINALIZING:
-            return self._remove(info, ns, new, old)
+            # The update that clears the last finalizer deletes the object: the answer is the update (at the
+            # stored resourceVersion), the DELETED event carries the object as it was last stored.
+            self._remove(info, ns, old, old)
+            return new
         new = self._persist(info, ns, new, "MODIFIED", old)
         if info.store_key == ("apiextensions.k8s.io", "customresourcedefinitions"):
             self._register_crd(new)
@@ -1211,7 +1252,12 @@ class ApiServer:
         grace = opts.get("gracePeriodSeconds")
         if dry_run:
             return obj
+        if info.store_key == ("", "namespaces"):
+            return self._delete_namespace(obj)
+        if info.store_key == ("apiextensions.k8s.io", "customresourcedefinitions"):
+            return self._delete_crd(info, obj)
         is_pod = info.store_key == ("", "pods")
+        deleting = bool(meta.get("deletionTimestamp"))
         if is_pod:
             spec = obj.get("spec") or {}
             phase = (obj.get("status") or {}).get("phase")
@@ -1221,42 +1267,68 @@ class ApiServer:
                 grace = int(spec.get("terminationGracePeriodSeconds", 30))
             grace = int(grace)
             current = meta.get("deletionGracePeriodSeconds")
-            if meta.get("deletionTimestamp") and current is not None and grace >= int(current) and grace > 0:
+            if deleting and current is not None and grace >= int(current) and grace > 0:
                 return obj
-            if grace > 0:
-                new = {**obj, "metadata": {**meta, "deletionTimestamp": _rfc3339_in(grace),
-                                           "deletionGracePeriodSeconds": grace}}
-                if policy == "Foreground" and self._has_dependents(meta.get("uid", "")):
-                    new["metadata"]["finalizers"] = _add(meta.get("finalizers"), FOREGROUND)
-                    self._foreground[meta.get("uid", "")] = (info.store_key, ns, name)
-                    new = self._persist(info, ns, new, "MODIFIED", obj)
-                    self._delete_dependents(meta.get("uid", ""))
-                    return self.store.get(info.store_key, ns, name) or new
-                return self._persist(info, ns, new, "MODIFIED", obj)
+        else:
+            grace = 0
+        # The registry adds the garbage collector's finalizer for Orphan and Foreground, owners or not.
+        fins = [f for f in meta.get("finalizers") or [] if f not in (ORPHAN, FOREGROUND)]
+        gc_finalizer = {"Orphan": ORPHAN, "Foreground": FOREGROUND}.get(policy)
+        if gc_finalizer:
+            fins.append(gc_finalizer)
+        elif deleting:
+            fins = list(meta.get("finalizers") or [])
+        if deleting and not is_pod:
+            if fins == list(meta.get("finalizers") or []):
+                return obj
+            obj = self._persist(info, ns, {**obj, "metadata": {**meta, "finalizers": fins}}, "MODIFIED", obj)
+            return self._collect_finalizers(info, ns, obj)
+        if not fins and not is_pod:
+            self._remove(info, ns, obj, obj)
+            return obj
+        new_meta = {**meta, "deletionGracePeriodSeconds": grace,
+                    "deletionTimestamp": _rfc3339_in(grace) if grace else now_rfc3339()}
+        if fins:
+            new_meta["finalizers"] = fins
+        if int(meta.get("generation") or 0) > 0 and not deleting:
+            new_meta["generation"] = int(meta["generation"]) + 1  # deletion bumps the generation
+        new = self._persist(info, ns, {**obj, "metadata": new_meta}, "MODIFIED", obj)
+        if fins:
+            return self._collect_finalizers(info, ns, new)
+        if not grace:
+            self._remove(info, ns, new, new)  # an unscheduled pod goes at once, after the MODIFIED
+        return new
+
+    def _collect_finalizers(self, info: ResourceInfo, ns: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """The garbage collector's part of a deletion: orphan or delete the dependents, then drop its finalizer.
+
+        Returns the object as the DELETE answers it (the state the deletion stored).
+        """
+        meta = obj["metadata"]
         uid = meta.get("uid", "")
-        if info.store_key == ("", "namespaces"):
-            return self._delete_namespace(obj)
-        if info.store_key == ("apiextensions.k8s.io", "customresourcedefinitions"):
-            return self._delete_crd(info, obj)
-        if policy == "Foreground" and self._has_dependents(uid):
-            if meta.get("deletionTimestamp") and FOREGROUND in (meta.get("finalizers") or []):
-                return obj
-            new = {**obj, "metadata": {**meta, "deletionTimestamp": meta.get("deletionTimestamp") or now_rfc3339(),
-                                       "deletionGracePeriodSeconds": 0,
-                                       "finalizers": _add(meta.get("finalizers"), FOREGROUND)}}
-            self._foreground[uid] = (info.store_key, ns, name)
-            new = self._persist(info, ns, new, "MODIFIED", obj)
-            self._delete_dependents(uid)
-            return self.store.get(info.store_key, ns, name) or new
-        if policy == "Orphan":
+        fins = meta.get("finalizers") or []
+        if ORPHAN in fins:
             self._orphan_dependents(uid)
-        if meta.get("finalizers"):
-            if meta.get("deletionTimestamp") and not (is_pod and meta.get("deletionGracePeriodSeconds")):
-                return obj
-            new = {**obj, "metadata": {**meta, "deletionTimestamp": meta.get("deletionTimestamp") or now_rfc3339(),
-                                       "deletionGracePeriodSeconds": 0}}
-            return self._persist(info, ns, new, "MODIFIED", obj)
-        return self._remove(info, ns, obj, obj)
+            current = self.store.get(info.store_key, ns, meta["name"])
+            if current is not None and current["metadata"].get("uid") == uid:
+                self._drop_finalizer(info, ns, current, ORPHAN)
+        elif FOREGROUND in fins:
+            self._foreground[uid] = (info.store_key, ns, meta["name"])
+            self._delete_dependents(uid)
+            self._maybe_finish_foreground(uid, ns)
+        return obj
+
+    def _drop_finalizer(self, info: ResourceInfo, ns: str, obj: dict[str, Any], finalizer: str) -> None:
+        """Remove one finalizer; the last one gone completes a pending deletion (DELETED carries the last state)."""
+        m = obj["metadata"]
+        fins = [f for f in m.get("finalizers") or [] if f != finalizer]
+        new = {**obj, "metadata": {**m, "finalizers": fins}}
+        if not fins:
+            new["metadata"].pop("finalizers")
+            if m.get("deletionTimestamp") and not self._awaiting_node(info, new):
+                self._remove(info, ns, obj, obj)
+                return
+        self._persist(info, ns, new, "MODIFIED", obj)
 
     def _remove(self, info: ResourceInfo, ns: str, obj: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
         """Actually delete the object, then let GC and namespace/CRD finalisation run."""
@@ -1324,15 +1396,7 @@ class ApiServer:
         m = o["metadata"]
         if m.get("uid") != owner_uid or FOREGROUND not in (m.get("finalizers") or []):
             return
-        namespace = m.get("namespace", "")
-        fins = [f for f in m["finalizers"] if f != FOREGROUND]
-        new = {**o, "metadata": {**m, "finalizers": fins}}
-        if not fins:
-            new["metadata"].pop("finalizers")
-            if not self._awaiting_node(info, new):
-                self._remove(info, namespace, new, o)
-                return
-        self._persist(info, namespace, new, "MODIFIED", o)
+        self._drop_finalizer(info, m.get("namespace", ""), o, FOREGROUND)
 
     def _delete_namespace(self, ns_obj: dict[str, Any]) -> dict[str, Any]:
         info = self.registry.get("", "v1", "namespaces")

@@ -36,7 +36,7 @@ class ApiError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-        self.reason = reason or REASONS.get(code, "Unknown")
+        self.reason = reason if reason is not None else REASONS.get(code, "Unknown")  # "": a Status without one
         self.details = details
         self.headers = headers or {}
 
@@ -50,13 +50,15 @@ class ApiError(Exception):
             "reason": self.reason,
             "code": self.code,
         }
+        if not self.reason:
+            del body["reason"]
         if self.details is not None:
             body["details"] = self.details
         return body
 
 
 def _details(name: str, group: str, kind: str, causes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    d: dict[str, Any] = {"name": name, "kind": kind}
+    d: dict[str, Any] = {"name": name, "kind": kind} if name else {"kind": kind}
     if group:
         d["group"] = group
     if causes:
@@ -85,10 +87,12 @@ def conflict(group_resource: str, group: str, plural: str, name: str) -> ApiErro
 
 def invalid(kind_group: str, group: str, kind: str, name: str, causes: list[dict[str, Any]]) -> ApiError:
     """422 Invalid, worded like the real API server's aggregate field error."""
-    parts = []
+    parts: list[str] = []
     for c in causes:
         field = c.get("field", "")
-        parts.append(f"{field}: {c.get('message', '')}" if field else c.get("message", ""))
+        part = f"{field}: {c.get('message', '')}" if field else c.get("message", "")
+        if part not in parts:  # the aggregate message lists a repeated error once; the causes keep both
+            parts.append(part)
     summary = parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
     return ApiError(422, f'{kind_group} "{name}" is invalid: {summary}', "Invalid",
                     _details(name, group, kind, causes))
