@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from localcluster.apiserver import discovery, limits, openapi, protobuf, validation
+from localcluster.apiserver import discovery, event_api, limits, openapi, protobuf, validation
 from localcluster.apiserver.faults import FaultRule, Faults
 from localcluster.apiserver.logs import serve_pod_log
 from localcluster.apiserver.patch import json_copy, json_patch, merge_patch, strategic_merge
@@ -732,6 +732,9 @@ class ApiServer:
         else:
             obj = {**obj, "metadata": {**meta, "resourceVersion": str(self.store.next_rv())}}
         self.store.commit(info.store_key, ns, meta["name"], obj, etype, old)
+        mirror = event_api.other_key(info.store_key)
+        if mirror is not None:
+            self._mirror_event(mirror, ns, obj, etype)
         self._index_owners(info, ns, obj, old, etype)
         uid = meta.get("uid", "")
         if etype == "ADDED":
@@ -739,6 +742,15 @@ class ApiServer:
         elif etype == "DELETED":
             self._uids.pop(uid, None)
         return obj
+
+    def _mirror_event(self, key: tuple[str, str], ns: str, obj: dict[str, Any], etype: str) -> None:
+        """Keep the other Events API's copy in step: same uid and resourceVersion, converted fields."""
+        name = obj["metadata"]["name"]
+        prev = self.store.get(key, ns, name)
+        if etype == "DELETED" and prev is None:
+            return
+        etype = "DELETED" if etype == "DELETED" else ("MODIFIED" if prev is not None else "ADDED")
+        self.store.commit(key, ns, name, event_api.convert(obj, key), etype, prev)
 
     def _index_owners(self, info: ResourceInfo, ns: str, obj: dict[str, Any], old: dict[str, Any] | None,
                       etype: str) -> None:
@@ -922,6 +934,7 @@ class ApiServer:
         elif key == ("networking.k8s.io", "networkpolicies"):
             validation.default_network_policy(obj)
         elif key == ("", "events"):
+            obj.setdefault("source", {})
             for k in ("firstTimestamp", "lastTimestamp", "eventTime"):
                 obj.setdefault(k, None)  # the Go types have no omitempty on these times
         elif key == ("events.k8s.io", "events"):
