@@ -576,3 +576,68 @@ async def test_multi_version_crd_serves_each_version(api: Api) -> None:
     assert g["apiVersion"] == "test.dev/v1"
     _, lst = await api.get("/apis/test.dev/v1/namespaces/default/gadgets")
     assert lst["apiVersion"] == "test.dev/v1" and lst["items"][0]["apiVersion"] == "test.dev/v1"
+
+
+# ---------------------------------------------------------------------------------------------- real-server limits
+async def test_annotations_are_limited_to_256_kib_of_keys_and_values(api: Api) -> None:
+    at_limit = {"metadata": {"name": "max", "annotations": {"a": "x" * (262144 - 1)}}}
+    assert (await api.post(CM, at_limit))[0] == 201
+    status, body = await api.post(CM, {"metadata": {"name": "over", "annotations": {"a": "x" * 262144}}})
+    assert status == 422
+    assert body["message"] == 'ConfigMap "over" is invalid: metadata.annotations: Too long: may not be more than ' \
+                              "262144 bytes"
+
+
+async def test_size_limits_answer_by_layer(api: Api) -> None:
+    await install_widgets(api)
+    status, body = await api.post(CM, cm("huge", big="x" * (3 * 1024 * 1024)))
+    assert status == 413 and body["message"] == "Request entity too large: limit is 3145728"
+    status, body = await api.post(CM, cm("toobig", a="x" * 524288, b="x" * 524289))
+    assert status == 422 and body["details"]["causes"][0]["field"] == "[]"
+    status, body = await api.post(W, widget("w-etcd", frozen="x" * 1572864))
+    assert status == 500 and body["message"] == "etcdserver: request is too large" and "reason" not in body
+    status, body = await api.post(W, widget("w-grpc", frozen="x" * 2097152))
+    assert status == 500 and body["message"].startswith(
+        "rpc error: code = ResourceExhausted desc = trying to send message larger than max (")
+    assert (await api.get(f"{W}/w-etcd"))[0] == 404
+
+
+async def test_names_labels_and_finalizers_follow_the_real_rules(api: Api) -> None:
+    status, body = await api.post(CM, cm("n" * 254))
+    assert status == 422 and body["details"]["causes"][0]["message"].endswith("must be no more than 253 characters")
+    status, body = await api.post(CM, cm("l", labels={"k": "bad value"}))
+    assert status == 422 and body["details"]["causes"][0]["field"] == "metadata.labels"
+    status, body = await api.post(CM, {"metadata": {"name": "f", "finalizers": ["hold"]}})
+    assert status == 422 and body["details"]["causes"][0]["field"] == "metadata.finalizers[0]"
+    status, body = await api.post(CM, {"metadata": {"generateName": "g" * 70}})
+    assert status == 201 and len(body["metadata"]["name"]) == 63
+
+
+async def test_delete_answers_a_status_unless_finalizers_keep_the_object(api: Api) -> None:
+    await api.post(CM, cm("plain"))
+    status, body = await api.delete(f"{CM}/plain")
+    assert status == 200 and body["kind"] == "Status" and body["details"]["kind"] == "configmaps"
+    await api.post(CM, {"metadata": {"name": "held", "finalizers": ["example.com/hold"]}})
+    status, body = await api.delete(f"{CM}/held")
+    assert status == 200 and body["kind"] == "ConfigMap" and body["metadata"]["deletionGracePeriodSeconds"] == 0
+    status, owner = await api.post(CM, cm("owner"))
+    dep = {"metadata": {"name": "dep", "ownerReferences": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}]}}
+    await api.post(CM, dep)
+    status, body = await api.delete(f"{CM}/owner", {"propagationPolicy": "Orphan"})
+    assert status == 200 and body["metadata"]["finalizers"] == ["orphan"]
+    status, kept = await api.get(f"{CM}/dep")
+    assert status == 200 and "ownerReferences" not in kept["metadata"]
+    assert (await api.get(f"{CM}/owner"))[0] == 404
+
+
+async def test_pods_mount_the_service_account_token_unless_they_opt_out(api: Api) -> None:
+    status, p = await api.post(PODS, pod("with-token"))
+    assert status == 201
+    volume = p["spec"]["volumes"][0]
+    assert volume["name"].startswith("kube-api-access-")
+    assert p["spec"]["containers"][0]["volumeMounts"] == [
+        {"name": volume["name"], "readOnly": True, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]
+    assert (await api.get(f"{CM}/kube-root-ca.crt"))[0] == 200
+    status, p = await api.post(PODS, pod("no-token", automountServiceAccountToken=False))
+    assert status == 201 and "volumes" not in p["spec"]

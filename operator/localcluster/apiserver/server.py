@@ -34,6 +34,8 @@ from localcluster.apiserver.table import make_table
 log = logging.getLogger(__name__)
 JSON = "application/json"
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+SERVICE_ACCOUNT_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+ROOT_CA_CONFIGMAP = "kube-root-ca.crt"
 FOREGROUND = "foregroundDeletion"
 ORPHAN = "orphan"
 TERMINAL_PHASES = ("Succeeded", "Failed")
@@ -990,12 +992,33 @@ class ApiServer:
                            "Forbidden", {"name": name, "kind": "pods"})
 
     def _admit_service_account(self, ns: str, pod: dict[str, Any]) -> None:
-        """The ServiceAccount admission plugin: the pod's service account must exist."""
-        sa = (pod.get("spec") or {}).get("serviceAccountName") or "default"
-        if self.store.get(("", "serviceaccounts"), ns, sa) is None:
+        """The ServiceAccount admission plugin: the pod's service account must exist, and unless the pod or the
+        account opts out, every container mounts the projected `kube-api-access-*` token volume."""
+        spec = pod.get("spec") or {}
+        sa = spec.get("serviceAccountName") or "default"
+        account = self.store.get(("", "serviceaccounts"), ns, sa)
+        if account is None:
             name = pod["metadata"]["name"]
             raise ApiError(403, f'pods "{name}" is forbidden: error looking up service account {ns}/{sa}: '
                                 f'serviceaccount "{sa}" not found', "Forbidden", {"name": name, "kind": "pods"})
+        automount = spec.get("automountServiceAccountToken")
+        if automount is None:
+            automount = account.get("automountServiceAccountToken")
+        containers = (spec.get("containers") or []) + (spec.get("initContainers") or [])
+        mounted = any(m.get("mountPath") == SERVICE_ACCOUNT_MOUNT for c in containers
+                      for m in c.get("volumeMounts") or [])
+        if automount is False or mounted or not containers:
+            return
+        volume = f"kube-api-access-{_rand_suffix()}"
+        spec.setdefault("volumes", []).append({"name": volume, "projected": {"sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": ROOT_CA_CONFIGMAP, "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace",
+                                        "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+        ], "defaultMode": 420}})
+        for c in containers:
+            c.setdefault("volumeMounts", []).append({"name": volume, "readOnly": True,
+                                                     "mountPath": SERVICE_ACCOUNT_MOUNT})
 
     def _enforce_quota(self, ns: str, name: str) -> None:
         for quota in self.store.iter(("", "resourcequotas"), ns):
@@ -1056,6 +1079,11 @@ class ApiServer:
             assert sa is not None
             name = obj["metadata"]["name"]
             self.create_object(sa, name, {"metadata": {"name": "default", "namespace": name}})
+            # What the root-CA publisher puts in every namespace; this cluster serves plain HTTP, so no CA.
+            cm = self.registry.get("", "v1", "configmaps")
+            assert cm is not None
+            self.create_object(cm, name, {"metadata": {"name": ROOT_CA_CONFIGMAP, "namespace": name},
+                                          "data": {"ca.crt": ""}})
         elif key == ("apiextensions.k8s.io", "customresourcedefinitions"):
             self._register_crd(obj)
 
