@@ -53,8 +53,9 @@ for target in "${images[@]}"; do
   kind load docker-image "$REGISTRY/$target:$TAG" --name "$CLUSTER"
 done
 
-# 3. The chart (CRDs from crds/ on first install; applied explicitly so an upgrade path is exercised too).
-kubectl apply --server-side --force-conflicts -f charts/execution-operator/crds/
+# 3. Exactly what the chart ships: its CRDs as helm reads them from the chart (helm installs them only on a
+# first install, so they are applied explicitly and an upgrade path is exercised too), then the chart.
+helm show crds charts/execution-operator | kubectl apply --server-side --force-conflicts -f -
 helm upgrade --install execution-operator charts/execution-operator \
   --namespace "$NAMESPACE" --create-namespace \
   --set image.tag="$TAG" \

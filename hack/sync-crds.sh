@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Copy the repository's CRDs (crds/*.yaml, the single source) into the Helm chart's crds/ directory,
-# byte for byte, and drop chart copies whose source is gone. tests/tools/test_chart.py fails on drift.
+# byte for byte, and drop chart copies whose source is gone. tests/tools/test_helm_chart.py fails on drift.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SRC="$ROOT/crds"

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import filecmp
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+import yaml
+from kopf._cogs.structs.references import match_namespace
 from toolkit import CHART, NAMESPACE, ROOT, HelmRun, Render, by_kind, crd_schemas, template_args
 
 from execution_operator import dashboard
+from execution_operator.__main__ import parse_args
 from execution_operator.sandbox import NETWORK_POLICY_NAME, deny_all_network_policy
 
 pytestmark = pytest.mark.tools
@@ -89,28 +94,101 @@ def test_namespaces_and_digest_values(render: Render) -> None:
     assert c["image"] == "ghcr.io/execution-operator/operator@sha256:" + "a" * 64
 
 
-def test_rbac_least_privilege(render: Render) -> None:
+# Every permission the ClusterRole grants, with the code that needs it: a pattern that must occur in the
+# operator's source (operator/execution_operator) or, for what kopf itself requests, in kopf's. The chart
+# must grant exactly these; a permission whose code is gone, or one granted without code, fails the test.
+KOPF_WATCH = r'@kopf\.on\.event\({group}, {version}, "{plural}"'
+NEEDED_PERMISSIONS: dict[tuple[str, str, str], tuple[str, str]] = {
+    ("sandbox.dev", "executions", "get"): ("operator", r"client\.get\(path_for\(API_VERSION, EXECUTIONS,"),
+    ("sandbox.dev", "executions", "list"): ("operator", KOPF_WATCH.format(group="GROUP", version="VERSION",
+                                                                        plural="executions")),
+    ("sandbox.dev", "executions", "watch"): ("operator", KOPF_WATCH.format(group="GROUP", version="VERSION",
+                                                                         plural="executions")),
+    ("sandbox.dev", "executions", "create"): ("operator", r"client\.post\(path_for\(GROUP_VERSION, EXECUTIONS,"),
+    ("sandbox.dev", "executions", "delete"): ("operator", r"client\.delete\(\s*path_for\(API_VERSION, EXECUTIONS,"),
+    ("sandbox.dev", "executions/status", "patch"): ("operator", r'client\.patch\(\s*path_for\(API_VERSION, '
+                                                                r'EXECUTIONS, key\[0\], key\[1\], "status"\)'),
+    ("sandbox.dev", "executionclasses", "get"): ("operator", r'client\.get\(path_for\(API_VERSION, '
+                                                             r'"executionclasses"'),
+    ("sandbox.dev", "executionclasses", "list"): ("operator", KOPF_WATCH.format(group="GROUP", version="VERSION",
+                                                                              plural="executionclasses")),
+    ("sandbox.dev", "executionclasses", "watch"): ("operator", KOPF_WATCH.format(group="GROUP", version="VERSION",
+                                                                               plural="executionclasses")),
+    ("sandbox.dev", "executionclasses/status", "patch"): ("operator", r'client\.patch\(f"\{path\}/status"'),
+    ("sandbox.dev", "deadletters", "create"): ("operator", r"client\.post\(path_for\(GROUP_VERSION, DEAD_LETTERS,"),
+    ("sandbox.dev", "deadletters", "get"): ("operator", r"client\.get\(self\._path\(namespace, name\)\)"),
+    ("sandbox.dev", "deadletters", "list"): ("operator", KOPF_WATCH.format(group="GROUP", version="VERSION",
+                                                                         plural="deadletters")),
+    ("sandbox.dev", "deadletters", "watch"): ("operator", KOPF_WATCH.format(group="GROUP", version="VERSION",
+                                                                          plural="deadletters")),
+    ("sandbox.dev", "deadletters", "patch"): ("operator", r"client\.patch\(\s*self\._path\(namespace, name\),"),
+    ("sandbox.dev", "deadletters", "delete"): ("operator", r"client\.delete\(self\._path\(namespace, name\)"),
+    ("sandbox.dev", "deadletters/status", "patch"): ("operator", r'client\.patch\(\s*self\._path\(namespace, '
+                                                                 r'name, "status"\)'),
+    ("", "pods", "create"): ("operator", r'_create_or_get\(self\.client, path_for\("v1", "pods"'),
+    ("", "pods", "get"): ("operator", r'client\.get\(path_for\("v1", "pods"'),
+    ("", "pods", "list"): ("operator", KOPF_WATCH.format(group='""', version='"v1"', plural="pods")),
+    ("", "pods", "watch"): ("operator", KOPF_WATCH.format(group='""', version='"v1"', plural="pods")),
+    ("", "pods", "delete"): ("operator", r'client\.delete\(path_for\("v1", "pods"'),
+    ("", "pods/log", "get"): ("operator", r'get_text\(\s*path_for\("v1", "pods", namespace, pod, "log"\)'),
+    ("", "configmaps", "create"): ("operator", r'_create_or_get\(self\.client, path_for\("v1", "configmaps"'),
+    ("", "configmaps", "get"): ("operator", r"return await client\.get\(f\"\{collection\}/"),
+    ("networking.k8s.io", "networkpolicies", "create"): ("operator", r'_create_or_get\(self\.client, path_for\('
+                                                                     r'"networking\.k8s\.io/v1", "networkpolicies"'),
+    ("networking.k8s.io", "networkpolicies", "get"): ("operator", r"return await client\.get\(f\"\{collection\}/"),
+    ("", "events", "create"): ("operator", r'client\.post\(path_for\("v1", "events"'),
+    # kopf: it follows the namespaces that match --namespace globs, and CRDs to find its resources.
+    ("", "namespaces", "list"): ("kopf", r"NAMESPACES = Selector\('v1', 'namespaces'\)"),
+    ("", "namespaces", "watch"): ("kopf", r"NAMESPACES = Selector\('v1', 'namespaces'\)"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "list"): ("kopf", r"CRDS = Selector\("),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"): ("kopf", r"CRDS = Selector\("),
+}
+
+
+def _source(where: str) -> str:
+    import kopf
+
+    root = ROOT / "operator" / "execution_operator" if where == "operator" else Path(kopf.__file__).parent
+    return "\n".join(p.read_text() for p in sorted(root.rglob("*.py")))
+
+
+def _granted(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+            for v in rule["verbs"]}
+
+
+GLOBS = ["team-*", "!kube-*", "ns-?", "*,!kube-system", "a-*, !a-tmp-*", "ns-[abc]", "[!k]*"]
+
+
+def test_watch_namespaces_accepts_what_the_operator_accepts(run_helm: HelmRun) -> None:
+    # Every glob kopf's --namespace understands renders into the operator's arguments...
+    proc = run_helm(*template_args(), "--set-json", f"watchNamespaces={json.dumps(GLOBS)}")
+    (dep,) = by_kind([d for d in yaml.safe_load_all(proc.stdout) if d], "Deployment")
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [a.removeprefix("--namespace=") for a in args if a.startswith("--namespace=")] == GLOBS
+    # ... and means what the operator makes of it.
+    assert parse_args([f"--namespace={g}" for g in GLOBS]).namespace == GLOBS
+    assert match_namespace("team-a", "team-*") and not match_namespace("kube-system", "*,!kube-system")
+    assert match_namespace("ns-b", "ns-[abc]") and not match_namespace("kube-x", "[!k]*")
+
+
+@pytest.mark.parametrize("bad", ["Team-A", "bad_ns", "", "team a", "!", "a,,b"])
+def test_watch_namespaces_refuses_what_is_no_namespace_pattern(run_helm: HelmRun, bad: str) -> None:
+    proc = run_helm(*template_args(), "--set-json", f"watchNamespaces={json.dumps([bad])}", check=False)
+    assert proc.returncode != 0 and "watchNamespaces" in proc.stderr
+
+
+def test_rbac_grants_only_what_the_code_uses(render: Render) -> None:
     (role,) = by_kind(render(), "ClusterRole")
-    rules = role["rules"]
-    for rule in rules:
+    for rule in role["rules"]:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
-    perms: dict[str, set[str]] = {}
-    for rule in rules:
-        for res in rule["resources"]:
-            perms.setdefault(res, set()).update(rule["verbs"])
-    assert perms["executions"] == {"get", "list", "watch", "create", "delete"}
-    assert perms["executions/status"] == {"get", "patch"}
-    assert perms["executionclasses"] == {"get", "list", "watch"}
-    assert perms["executionclasses/status"] == {"patch"}
-    assert perms["deadletters"] == {"create", "get", "list", "watch", "patch", "delete"}
-    assert perms["pods"] == {"create", "get", "list", "watch", "delete"}
-    assert perms["pods/log"] == {"get"}
-    assert perms["configmaps"] == {"create", "get", "delete"}
-    assert perms["networkpolicies"] == {"create", "get", "list"}
-    assert perms["namespaces"] == {"list", "watch"}
-    assert perms["customresourcedefinitions"] == {"list", "watch"}
-    assert "secrets" not in perms
-    assert "clusterkopfpeerings" not in perms
+    granted = _granted(role)
+    assert granted - set(NEEDED_PERMISSIONS) == set(), "granted, but no code path needs it"
+    assert set(NEEDED_PERMISSIONS) - granted == set(), "needed by the code, but not granted"
+    sources = {where: _source(where) for where in ("operator", "kopf")}
+    missing = {perm: pattern for perm, (where, pattern) in NEEDED_PERMISSIONS.items()
+               if not re.search(pattern, sources[where])}
+    assert not missing, f"the code that needed these permissions is gone (drop them from rbac.yaml): {missing}"
 
 
 def test_peering_option(render: Render, run_helm: HelmRun) -> None:

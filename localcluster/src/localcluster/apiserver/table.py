@@ -225,8 +225,39 @@ BUILTIN_PRINTERS: dict[str, tuple[list[Column], Callable[[dict[str, Any]], list[
 }
 
 
+# The column a server's default table convertor gives (a CRD whose printer column does not parse).
+DEFAULT_NAME_COL = _col("Name", fmt="name", desc=(
+    "Name must be unique within a namespace. Is required when creating resources, although some resources may "
+    "allow a client to request the generation of an appropriate name automatically. Name is primarily intended "
+    "for creation idempotence and configuration definition. Cannot be updated. More info: "
+    "https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names"))
+
+
+def jsonpath_parses(path: str) -> bool:
+    """Whether the server's JSONPath parser accepts a printer column's path: brackets balance and no
+    bracket follows a dot (``.spec.[bad`` does not parse; the CRD is accepted, its columns are not used)."""
+    depth = 0
+    quote = ""
+    for i, ch in enumerate(path):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "[":
+            if i > 0 and path[i - 1] == ".":
+                return False
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                return False
+    return depth == 0 and not quote
+
+
 def columns_for(info: ResourceInfo) -> tuple[list[Column], Callable[[dict[str, Any]], list[Any]]]:
     """Column definitions and a row function for a resource."""
+    if info.custom and not all(jsonpath_parses(str(pc.get("jsonPath", ""))) for pc in info.printer_columns):
+        return [DEFAULT_NAME_COL], lambda o: [_meta(o).get("name")]
     if info.custom:
         cols = [NAME_COL]
         getters: list[tuple[str, str]] = []

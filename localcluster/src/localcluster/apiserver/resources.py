@@ -34,6 +34,8 @@ class ResourceInfo:
     custom: bool = False
     storage_version: str = ""
     served_versions: list[str] = field(default_factory=list)
+    # The storage version's schema when it differs (an object is stored, so also pruned, through it).
+    storage_schema: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.singular:
@@ -213,6 +215,7 @@ def resources_from_crd(crd: dict[str, Any]) -> list[ResourceInfo]:
     versions = spec.get("versions") or []
     storage = next((v["name"] for v in versions if v.get("storage")), versions[0]["name"] if versions else "")
     served = [v["name"] for v in versions if v.get("served", True)]
+    schemas = {v["name"]: (v.get("schema") or spec.get("validation") or {}).get("openAPIV3Schema") for v in versions}
     out = []
     for ver in versions:
         if not ver.get("served", True):
@@ -241,6 +244,7 @@ def resources_from_crd(crd: dict[str, Any]) -> list[ResourceInfo]:
                 custom=True,
                 storage_version=storage,
                 served_versions=served,
+                storage_schema=schemas.get(storage) if schemas.get(storage) != schema else None,
             )
         )
     return out

@@ -17,10 +17,12 @@ The local API server uses this module to treat custom resources the way a real
   int-or-string, allOf/anyOf/oneOf/not), then ``x-kubernetes-list-type`` set/map uniqueness,
   then the CEL rules of ``x-kubernetes-validations`` - unless one of the earlier errors is
   "blocking", in which case the server skips CEL and says so in one extra cause.
-* ``validate_crd(crd)`` - the schema checks of CRD creation (every node typed unless
-  int-or-string/preserve-unknown, no ``$ref``/``definitions``/``uniqueItems``, properties and
-  additionalProperties exclusive, list/map-type rules, defaults that validate and are pruned,
-  CEL rules that compile and use ``oldSelf`` only where old values correlate).
+* ``validate_crd(crd, old=None)`` - CRD validation on create/update (``localcluster.crdvalidation``);
+  its schema part is ``validate_crd_schema(schema, path)``: no ``$ref``/``definitions``/
+  ``uniqueItems``, properties and additionalProperties exclusive, list/map-type rules, every node
+  typed unless int-or-string/preserve-unknown, defaults that are pruned and validate as written
+  (their CEL rules included), CEL rules that compile, type-check and fit the cost budget
+  (``localcluster.celcheck``), and ``oldSelf`` only where old values correlate.
 
 Errors are ``FieldError(type, field, message)``; ``type`` is the StatusCause ``reason`` and
 ``message`` is the cause message, both worded as the current (1.3x) API server words them, e.g.
@@ -53,8 +55,7 @@ FieldValueRequired, FieldValueDuplicate), ``message``, ``messageExpression`` and
 are honoured. As on a current server, a rule without ``oldSelf`` whose value is unchanged by an
 update is ratcheted (not reported). A library failure inside ``||``/``&&`` is absorbed the way
 CEL absorbs errors; any other evaluation failure becomes a ``... evaluating rule: ...`` cause,
-never an exception. Not covered: static type checking (a rule whose types are wrong fails at
-evaluation instead of at CRD creation), cost budgets, the ``?.``/``[?]`` optional syntax, the
+never an exception. Not covered: the ``?.``/``[?]`` optional syntax, the
 ``sets``/``format``/``ip``/``cidr``/``semver`` libraries, and ratcheting of schema (non-CEL)
 errors.
 
@@ -85,6 +86,9 @@ import celpy
 import celpy.celtypes as ct
 import celpy.evaluation
 from celpy.evaluation import CELEvalError
+
+from localcluster import celcheck
+from localcluster.quantity import quantity_value
 
 __all__ = [
     "FieldError",
@@ -207,7 +211,8 @@ def _go_value(v: Any) -> str:
 
 
 def _go_json(v: Any) -> str:
-    """encoding/json.Marshal of a decoded JSON value (sorted keys, whole floats without '.0')."""
+    """encoding/json.Marshal of a decoded JSON value (sorted keys, whole floats without '.0', HTML
+    characters escaped)."""
 
     def norm(x: Any) -> Any:
         if isinstance(x, float) and x.is_integer() and abs(x) < 1e21:
@@ -218,7 +223,13 @@ def _go_json(v: Any) -> str:
             return [norm(i) for i in x]
         return x
 
-    return json.dumps(norm(v), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(norm(v), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _go_struct_json(fields: Mapping[str, Any]) -> str:
+    """encoding/json.Marshal of a Go struct: its fields in declaration order (``fields``' order)."""
+    return "{" + ",".join(f"{_go_json(k)}:{_go_json(v)}" for k, v in fields.items()) + "}"
 
 
 _OMIT = object()
@@ -235,6 +246,11 @@ def _f(path: str) -> str:
 
 def _invalid(path: str, value: Any, detail: str) -> FieldError:
     return FieldError(INVALID, _f(path), _body("Invalid value", value, detail))
+
+
+def _invalid_json(path: str, value: Any, detail: str) -> FieldError:
+    """field.Invalid with a composite (or null) value: a current server prints those as JSON."""
+    return FieldError(INVALID, _f(path), f"Invalid value: {_go_json(value)}: {detail}")
 
 
 def _type_invalid(path: str, value: Any, detail: str) -> FieldError:
@@ -1621,15 +1637,6 @@ def _url_query(u: Any) -> Any:
     return ct.MapType({ct.StringType(k): ct.ListType([ct.StringType(x) for x in v]) for k, v in q.items()})
 
 
-_RX_QUANTITY = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$")
-_SUFFIX = {
-    "": Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
-    "k": Decimal(10) ** 3, "M": Decimal(10) ** 6, "G": Decimal(10) ** 9, "T": Decimal(10) ** 12,
-    "P": Decimal(10) ** 15, "E": Decimal(10) ** 18, "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20,
-    "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40, "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
-}  # fmt: skip
-
-
 class _Quantity:
     """A resource.Quantity as an exact decimal, enough for comparisons and arithmetic."""
 
@@ -1646,17 +1653,8 @@ class _Quantity:
 
 
 def _parse_quantity(s: str) -> _Quantity | None:
-    m = _RX_QUANTITY.match(s.strip()) if s and s == s.strip() else None
-    if not m:
-        return None
-    try:
-        num = Decimal(m.group(1))
-    except InvalidOperation:
-        return None
-    suffix = m.group(2) or ""
-    if suffix[:1] in ("e", "E"):
-        return _Quantity(num * Decimal(10) ** int(suffix[1:]))
-    return _Quantity(num * _SUFFIX[suffix])
+    value = quantity_value(s)
+    return None if value is None else _Quantity(value)
 
 
 def _fn_quantity(s: Any) -> Any:
@@ -1815,49 +1813,137 @@ _FORBIDDEN_NESTED = (
 )
 
 
-def validate_crd(crd: Mapping[str, Any]) -> list[FieldError]:
-    """The schema checks the server applies to a CRD on create/update; [] when it is acceptable.
+def validate_crd(crd: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> list[FieldError]:
+    """The checks the server applies to a CRD on create (``old`` None) or update; [] when acceptable.
 
-    Covers, per version: OpenAPI constructs CRDs may not use (``$ref``, ``definitions``,
-    ``uniqueItems``, properties + additionalProperties...), list/map-type rules, structural
-    invariants (``...properties[spec].type: Required value: must not be empty for specified
-    object fields``; sorted as the server sorts them), defaults that must validate and be pruned,
-    and the ``x-kubernetes-validations`` rules (message rules, CEL compilation, ``oldSelf`` only
-    where old values can be correlated). Names, scope and conversion are not checked here.
+    See ``localcluster.crdvalidation``; the schema part is ``validate_crd_schema``.
     """
-    spec = crd.get("spec")
-    if not isinstance(spec, Mapping):
-        return [_required("spec")]
-    versions = spec.get("versions")
-    if not isinstance(versions, list) or not versions:
-        return [_required("spec.versions", "must have exactly one version marked as storage version")]
+    from localcluster.crdvalidation import validate_crd as _validate
+
+    return _validate(crd, old)
+
+
+_UNSUPPORTED_FIELDS = ("id", "$schema", "$ref", "patternProperties", "dependencies", "additionalItems", "definitions")
+
+
+def _not_convertible(s: Any) -> bool:
+    """NewStructural fails (so no structural, default or CEL checks run) on these keywords anywhere."""
+    if not isinstance(s, Mapping):
+        return False
+    if any(k in s for k in _UNSUPPORTED_FIELDS) or isinstance(s.get("items"), list):
+        return True
+    subs: list[Any] = list((s.get("properties") or {}).values())
+    subs += [s.get("items"), s.get("additionalProperties"), s.get("not")]
+    for key in ("allOf", "anyOf", "oneOf"):
+        subs += list(s.get(key) or [])
+    return any(_not_convertible(x) for x in subs)
+
+
+class _CelCost:
+    """The whole schema's estimated rule cost, and the (at most four) rules contributing most."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.most_expensive: list[tuple[int, str]] = []
+
+    def observe(self, path: str, cost: int) -> None:
+        self.total = min(self.total + cost, 2**64 - 1)
+        if cost < celcheck.PER_CRD_COST_LIMIT // 100:
+            return
+        self.most_expensive.append((cost, path))
+        self.most_expensive.sort(key=lambda x: -x[0])
+        del self.most_expensive[4:]
+
+
+class _CelContext:
+    """CELSchemaContext: the CEL type of a schema node and how many times its rules can run."""
+
+    def __init__(self, schema: Mapping[str, Any], decl: celcheck.DeclType | None, cardinality: int | None,
+                 cost: _CelCost) -> None:
+        self.schema = schema
+        self.decl = decl
+        self.cardinality = cardinality  # None: unbounded
+        self.cost = cost
+
+    def child(self, sub: Mapping[str, Any], decl: celcheck.DeclType | None) -> _CelContext:
+        card: int | None = None
+        if self.cardinality is not None:
+            n = _max_elements(self.schema)
+            card = None if n is None else min(self.cardinality * n, 2**64 - 1)
+        if decl is None:
+            decl = celcheck.decl_type(sub, bool(sub.get("x-kubernetes-embedded-resource")))
+        return _CelContext(sub, decl, card, self.cost)
+
+
+def _max_elements(s: Mapping[str, Any]) -> int | None:
+    typ = s.get("type")
+    if typ == "object":
+        if s.get("additionalProperties") is not None:
+            return max(int(s["maxProperties"]), 0) if s.get("maxProperties") is not None else None
+        return 1
+    if typ == "array":
+        return max(int(s["maxItems"]), 0) if s.get("maxItems") is not None else None
+    return 1
+
+
+def _cost_message(name: str, cost: int, limit: int) -> str:
+    factor = cost / limit
+    if factor > 100.0:
+        text = "more than 100x"
+    elif factor < 1.5:
+        text = f"{factor:f}x"
+    else:
+        text = f"{factor:.1f}x"
+    return (f"{name} exceeds budget by factor of {text} (try simplifying the rule, or adding maxItems, "
+            "maxProperties, and maxLength where arrays, maps, and strings are declared)")
+
+
+_ROOT_ALLOWED_WITH_STATUS = ("description", "type", "required", "properties", "x-kubernetes-preserve-unknown-fields",
+                             "x-kubernetes-validations")
+
+
+def validate_crd_schema(schema: Mapping[str, Any], base: str, status_enabled: bool = False) -> list[FieldError]:
+    """validateCustomResourceDefinitionValidation for one openAPIV3Schema at field path ``base``.
+
+    In the server's order: the status-subresource root restrictions and ``nullable`` at the root; then,
+    unless a keyword makes the schema unconvertible (``$ref``...), the structural rules (sorted), or
+    else the defaults (validated as written against their schema and CEL rules); then what a CRD schema
+    may say at all, with the CEL rules compiled, type-checked and costed only where the schema is
+    structural and its defaults valid; then the whole schema's cost.
+    """
     errs: list[FieldError] = []
-    storage = 0
-    for i, version in enumerate(versions):
-        if not isinstance(version, Mapping):
-            errs.append(_invalid(f"spec.versions[{i}]", version, "must be an object"))
-            continue
-        storage += bool(version.get("storage"))
-        base = f"spec.versions[{i}].schema.openAPIV3Schema"
-        schema = (version.get("schema") or {}).get("openAPIV3Schema")
-        if not isinstance(schema, Mapping):
-            errs.append(_required(base, "schemas are required"))
-            continue
-        version_errs: list[FieldError] = []
-        if schema.get("nullable"):
-            version_errs.append(_forbidden(f"{base}.nullable", "nullable cannot be true at the root"))
-        cel_errs: list[FieldError] = []
-        _check_openapi(schema, base, version_errs, cel_errs, is_root=True, uncorrelatable=None)
+    if status_enabled and schema.get("type") not in (None, "", "object"):
+        errs.append(_invalid(f"{base}.type", schema.get("type"),
+                             'only "object" is allowed as the type at the root of the schema if the status '
+                             "subresource is enabled"))
+    if schema.get("nullable"):
+        errs.append(_forbidden(f"{base}.nullable", "nullable cannot be true at the root"))
+    ctx: _CelContext | None = None
+    if not _not_convertible(schema):
         structural: list[FieldError] = []
         _check_structural(schema, _ROOT, base, structural)
         structural.sort(key=str)
-        version_errs.extend(structural)
-        if not version_errs:
-            _check_defaults(schema, base, version_errs)
-        errs.extend(version_errs)
-        errs.extend(cel_errs)
-    if storage != 1:
-        errs.append(_invalid("spec.versions", _OMIT, "must have exactly one version marked as storage version"))
+        if structural:
+            errs.extend(structural)
+        else:
+            default_errs: list[FieldError] = []
+            _check_defaults(schema, base, default_errs)
+            if default_errs:
+                errs.extend(default_errs)
+            else:
+                ctx = _CelContext(schema, celcheck.decl_type(schema, True), 1, _CelCost())
+    schema_errs: list[FieldError] = []
+    cel_errs: list[FieldError] = []
+    _check_openapi(schema, base, schema_errs, cel_errs, is_root=True, uncorrelatable=None, ctx=ctx)
+    errs.extend(schema_errs)
+    errs.extend(cel_errs)
+    if ctx is not None and ctx.cost.total > celcheck.PER_CRD_COST_LIMIT:
+        for _, path in ctx.cost.most_expensive:
+            errs.append(_forbidden(path, "contributed to estimated rule cost total exceeding cost limit for entire "
+                                         "OpenAPIv3 schema"))
+        errs.append(_forbidden(base, _cost_message(
+            "x-kubernetes-validations estimated rule cost total for entire OpenAPIv3 schema", ctx.cost.total,
+            celcheck.PER_CRD_COST_LIMIT)))
     return errs
 
 
@@ -1873,8 +1959,10 @@ def _check_openapi(
     *,
     is_root: bool,
     uncorrelatable: str | None,
+    ctx: _CelContext | None = None,
 ) -> None:
     """validateCustomResourceDefinitionOpenAPISchema: what a CRD schema may say at all."""
+    start = len(errs)
     typ = s.get("type")
     if typ and typ not in _OPENAPI_TYPES:
         if typ == "null":
@@ -1898,13 +1986,18 @@ def _check_openapi(
         errs.append(
             _forbidden(f"{path}.additionalProperties", "additionalProperties and properties are mutual exclusive")
         )
+    decl = ctx.decl if ctx is not None else None
     if isinstance(ap, Mapping):
-        _check_openapi(ap, f"{path}.additionalProperties", errs, cel_errs, is_root=False, uncorrelatable=uncorrelatable)
+        sub_ctx = ctx.child(ap, decl.elem if decl is not None and decl.kind == "map" else None) if ctx else None
+        _check_openapi(ap, f"{path}.additionalProperties", errs, cel_errs, is_root=False,
+                       uncorrelatable=uncorrelatable, ctx=sub_ctx)
     for name, sub in (s.get("properties") or {}).items():
         if isinstance(sub, Mapping):
             child_unc = uncorrelatable if s.get("x-kubernetes-map-type") != "atomic" else uncorrelatable or path
             sub_path = _key(f"{path}.properties", name)
-            _check_openapi(sub, sub_path, errs, cel_errs, is_root=False, uncorrelatable=child_unc)
+            field_decl = decl.fields.get(name) if decl is not None and decl.kind == "object" else None
+            sub_ctx = ctx.child(sub, field_decl) if ctx else None
+            _check_openapi(sub, sub_path, errs, cel_errs, is_root=False, uncorrelatable=child_unc, ctx=sub_ctx)
     if isinstance(s.get("not"), Mapping):
         _check_openapi(s["not"], f"{path}.not", errs, cel_errs, is_root=False, uncorrelatable=uncorrelatable)
     for key in ("allOf", "oneOf", "anyOf"):
@@ -1914,7 +2007,8 @@ def _check_openapi(
     items = s.get("items")
     if isinstance(items, Mapping):
         child_unc = uncorrelatable if s.get("x-kubernetes-list-type") == "map" else uncorrelatable or path
-        _check_openapi(items, f"{path}.items", errs, cel_errs, is_root=False, uncorrelatable=child_unc)
+        sub_ctx = ctx.child(items, decl.elem if decl is not None and decl.kind == "list" else None) if ctx else None
+        _check_openapi(items, f"{path}.items", errs, cel_errs, is_root=False, uncorrelatable=child_unc, ctx=sub_ctx)
     if s.get("x-kubernetes-preserve-unknown-fields") is False:
         errs.append(_invalid(f"{path}.x-kubernetes-preserve-unknown-fields", False, "must be true or undefined"))
     _check_list_type(s, path, errs)
@@ -1933,7 +2027,7 @@ def _check_openapi(
             errs.append(_required(f"{path}.x-kubernetes-list-type", detail))
         elif list_type != "map":
             errs.append(_invalid(f"{path}.x-kubernetes-list-type", list_type, detail))
-    _check_rules(s, path, errs, cel_errs, uncorrelatable)
+    _check_rules(s, path, errs, cel_errs, uncorrelatable, ctx if len(errs) == start else None)
 
 
 _LIST_MAP_KEY_DEFAULT = (
@@ -1988,22 +2082,28 @@ def _check_list_type(s: Mapping[str, Any], path: str, errs: list[FieldError]) ->
 
 
 def _rule_repr(rule: Mapping[str, Any]) -> str:
-    """%#v of an apiextensions.ValidationRule, as the server prints it in compile errors."""
-    reason = rule.get("reason")
-    reason_s = "(*apiextensions.FieldValueErrorReason)(nil)" if reason is None else f"&{_go_quote(str(reason))}"
-    oos = rule.get("optionalOldSelf")
-    oos_s = "(*bool)(nil)" if oos is None else f"&{'true' if oos else 'false'}"
-    return (
-        f"apiextensions.ValidationRule{{Rule:{_go_quote(str(rule.get('rule') or ''))}, "
-        f"Message:{_go_quote(str(rule.get('message') or ''))}, "
-        f"MessageExpression:{_go_quote(str(rule.get('messageExpression') or ''))}, "
-        f"Reason:{reason_s}, FieldPath:{_go_quote(str(rule.get('fieldPath') or ''))}, OptionalOldSelf:{oos_s}}}"
-    )
+    """An apiextensions.ValidationRule as the server quotes it in a cause (Go's encoding/json)."""
+    value = {
+        "Rule": str(rule.get("rule") or ""),
+        "Message": str(rule.get("message") or ""),
+        "MessageExpression": str(rule.get("messageExpression") or ""),
+        "Reason": rule.get("reason"),
+        "FieldPath": str(rule.get("fieldPath") or ""),
+        "OptionalOldSelf": rule.get("optionalOldSelf"),
+    }
+    return _go_struct_json(value)
 
 
 def _check_rules(
-    s: Mapping[str, Any], path: str, errs: list[FieldError], cel_errs: list[FieldError], uncorrelatable: str | None
+    s: Mapping[str, Any],
+    path: str,
+    errs: list[FieldError],
+    cel_errs: list[FieldError],
+    uncorrelatable: str | None,
+    ctx: _CelContext | None,
 ) -> None:
+    """The rules of one node: their fields first; then, where the schema allows CEL at all (``ctx``),
+    compilation, type checking, the estimated cost, and ``oldSelf`` only where old values correlate."""
     rules = s.get("x-kubernetes-validations") or ()
     if not rules:
         return
@@ -2019,42 +2119,58 @@ def _check_rules(
         if not text:
             errs.append(_required(f"{rpath}.rule", "rule is not specified"))
         elif message and not trimmed_msg:
-            errs.append(_invalid(f"{rpath}.message", message, "message must be non-empty if specified"))
-        elif "\n" in trimmed_msg:
-            errs.append(_invalid(f"{rpath}.message", message, "message must not contain line breaks"))
-        elif "\n" in text and not trimmed_msg:
+            errs.append(_invalid(f"{rpath}.message", message, "must be non-empty if specified"))
+        elif "\n" in trimmed_msg or "\r" in trimmed_msg:
+            errs.append(_invalid(f"{rpath}.message", message, "must not contain line breaks"))
+        elif ("\n" in text or "\r" in text) and not trimmed_msg:
             errs.append(_required(f"{rpath}.message", "message must be specified if rule contains line breaks"))
+        mexpr = rule.get("messageExpression")
+        if mexpr and not str(mexpr).strip():
+            errs.append(_required(f"{rpath}.messageExpression", "messageExpression must be non-empty if specified"))
         reason = rule.get("reason")
         if reason is not None and reason not in (INVALID, FORBIDDEN, REQUIRED, DUPLICATE):
             errs.append(_not_supported(f"{rpath}.reason", reason, [DUPLICATE, FORBIDDEN, INVALID, REQUIRED]))
         fp = rule.get("fieldPath")
-        if fp and not _field_path_exists(str(fp), s):
-            detail = "fieldPath must be a valid path: does not refer to a valid field"
-            errs.append(_invalid(f"{rpath}.fieldPath", fp, detail))
-    if len(errs) != before:
+        if fp and not str(fp).strip():
+            errs.append(_invalid(f"{rpath}.fieldPath", fp, "must be non-empty if specified"))
+        elif fp and ("\n" in str(fp) or "\r" in str(fp)):
+            errs.append(_invalid(f"{rpath}.fieldPath", fp, "must not contain line breaks"))
+        elif fp and not _field_path_exists(str(fp), s):
+            errs.append(_invalid(f"{rpath}.fieldPath", fp, "must be a valid path"))
+    if len(errs) != before or ctx is None:
         return
+    decl = ctx.decl or celcheck.DYN
     for i, rule in enumerate(rules):
         rpath = f"{path}.x-kubernetes-validations[{i}]"
-        compiled = _compiled(str(rule["rule"]))
-        if compiled.error is not None:
-            detail = f"compilation failed: ERROR: <input>: {compiled.error}"
-            cel_errs.append(FieldError(INVALID, f"{rpath}.rule", f"Invalid value: {_rule_repr(rule)}: {detail}"))
+        text = str(rule["rule"])
+        compiled = _compiled(text)
+        checked = celcheck.check_rule(text, decl) if compiled.error is None else None
+        if checked is not None:
+            cardinality = ctx.cardinality if ctx.cardinality is not None else celcheck.max_cardinality(decl.min_size)
+            cost = min(checked.max_cost * cardinality, 2**64 - 1) if checked.max_cost else 0
+            if cost > celcheck.PER_RULE_COST_LIMIT:
+                cel_errs.append(_forbidden(f"{rpath}.rule", _cost_message(
+                    "estimated rule cost", cost, celcheck.PER_RULE_COST_LIMIT)))
+            ctx.cost.observe(f"{rpath}.rule", cost)
+        error = compiled.error and f"compilation failed: ERROR: <input>: {compiled.error}"
+        if error is None and checked is not None and checked.error is not None:
+            error = checked.error if not checked.error.startswith("ERROR:") else f"compilation failed: {checked.error}"
+        if error is not None:
+            cel_errs.append(FieldError(INVALID, f"{rpath}.rule", f"Invalid value: {_rule_repr(rule)}: {error}"))
             continue
-        mexpr = rule.get("messageExpression")
-        if mexpr is not None:
-            if not str(mexpr).strip():
-                detail = "messageExpression must be non-empty if specified"
-                cel_errs.append(_required(f"{rpath}.messageExpression", detail))
-            else:
-                c = _compiled(str(mexpr))
-                if c.error is not None:
-                    detail = f"messageExpression compilation failed: ERROR: <input>: {c.error}"
-                    cel_errs.append(_invalid(f"{rpath}.messageExpression", mexpr, detail))
-        if rule.get("optionalOldSelf") and not compiled.uses_old_self:
-            cel_errs.append(_invalid(f"{rpath}.optionalOldSelf", True, "may not be set if oldSelf is not used in rule"))
-        if compiled.uses_old_self and uncorrelatable is not None:
-            detail = f"oldSelf cannot be used on the uncorrelatable portion of the schema within {uncorrelatable}"
-            cel_errs.append(_invalid(f"{rpath}.rule", rule["rule"], detail))
+        if mexpr := rule.get("messageExpression"):
+            c = _compiled(str(mexpr))
+            if c.error is not None:
+                detail = f"messageExpression compilation failed: ERROR: <input>: {c.error}"
+                cel_errs.append(FieldError(INVALID, f"{rpath}.messageExpression",
+                                           f"Invalid value: {_rule_repr(rule)}: {detail}"))
+        if compiled.uses_old_self:
+            if uncorrelatable is not None:
+                detail = f"oldSelf cannot be used on the uncorrelatable portion of the schema within {uncorrelatable}"
+                cel_errs.append(_invalid(f"{rpath}.rule", rule["rule"], detail))
+        elif rule.get("optionalOldSelf") is not None:
+            cel_errs.append(_invalid(f"{rpath}.optionalOldSelf", rule["optionalOldSelf"],
+                                     "may not be set if oldSelf is not used in rule"))
 
 
 def _field_path_exists(fp: str, s: Mapping[str, Any]) -> bool:
@@ -2219,7 +2335,7 @@ def _check_defaults(schema: Mapping[str, Any], base: str, errs: list[FieldError]
         unknown: list[str] = []
         _unknown(node, copy.deepcopy(value), "", False, unknown)
         if unknown:
-            errs.append(_invalid(f"{path}.default", value, "must not have unknown fields"))
+            errs.append(_invalid_json(f"{path}.default", value, "must not have unknown fields"))
             return
         if value is None and s.get("nullable"):
             return
@@ -2227,8 +2343,11 @@ def _check_defaults(schema: Mapping[str, Any], base: str, errs: list[FieldError]
         _validate_node(node, value, "", sub_errs)
         if node.has_listtype_below:
             _validate_lists(node, value, "", sub_errs)
+        if not sub_errs and node.has_rules_below:
+            # The rules see the default as written: nested defaults are not filled in first.
+            _cel_walk(node, value, None, "", sub_errs, False)
         for e in sub_errs:
-            field = f"{path}.default" + ("" if e.field == _NIL_PATH else f".{e.field}")
+            field = f"{path}.default" + ("" if e.field in (_NIL_PATH, "") else f".{e.field}")
             errs.append(FieldError(e.type, field, e.message))
 
     walk(schema, base, False)

@@ -84,8 +84,18 @@ async def test_discovery_documents(api: Api) -> None:
 
 async def test_crd_install_serves_resource_with_established_conditions(api: Api) -> None:
     crd = await install_widgets(api)
+    # As on a real server, the create answer has no conditions yet: the names controller adds them.
+    assert crd["status"] == {"conditions": None, "acceptedNames": {"plural": "", "kind": ""},
+                             "storedVersions": ["v1"]}
+
+    async def established() -> dict[str, Any] | None:
+        _, got = await api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}")
+        return got if got["status"].get("conditions") else None
+
+    crd = await eventually(established)
     conds = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
     assert conds == {"Established": "True", "NamesAccepted": "True"}
+    assert crd["status"]["acceptedNames"]["kind"] == "Widget"
     _, groups = await api.get("/apis")
     assert "test.dev" in {g["name"] for g in groups["groups"]}
     _, res = await api.get("/apis/test.dev/v1")

@@ -1042,35 +1042,58 @@ class ApiServer:
                         {"name": name, "kind": "pods"},
                     )
 
-    def _prepare_crd(self, crd: dict[str, Any]) -> None:
-        spec = crd.get("spec") or {}
-        names = spec.get("names") or {}
-        expected = f"{names.get('plural', '')}.{spec.get('group', '')}"
-        name = crd["metadata"].get("name", "")
-        if name != expected:
-            raise invalid("CustomResourceDefinition.apiextensions.k8s.io", "apiextensions.k8s.io",
-                          "CustomResourceDefinition", name,
-                          [{"reason": "FieldValueInvalid", "field": "metadata.name",
-                            "message": f'Invalid value: "{name}": must be spec.names.plural+"."+spec.group'}])
-        accepted = dict(names)
-        accepted.setdefault("singular", str(names.get("kind", "")).lower())
-        accepted.setdefault("listKind", f"{names.get('kind', '')}List")
-        names.setdefault("singular", accepted["singular"])
-        names.setdefault("listKind", accepted["listKind"])
+    def _prepare_crd(self, crd: dict[str, Any], old: dict[str, Any] | None = None) -> None:
+        """The v1 defaults and the status a write leaves; the names controller fills in the rest later."""
+        from localcluster.crdvalidation import apply_v1_defaults, stored_versions
+
+        apply_v1_defaults(crd)
+        spec = crd.get("spec")
+        if not isinstance(spec, dict):
+            return
+        if old is None:
+            crd["status"] = {"conditions": None, "acceptedNames": {"plural": "", "kind": ""},
+                             "storedVersions": stored_versions(spec)}
+            return
+        status = json_copy(old.get("status") or {})
+        stored = list(status.get("storedVersions") or [])
+        for v in stored_versions(spec):
+            if v not in stored:
+                stored.append(v)
+        status["storedVersions"] = stored
+        crd["status"] = status
+
+    def _establish_crd(self, name: str) -> None:
+        """The names and establishing controllers: accepted names, NamesAccepted and Established."""
+        key = ("apiextensions.k8s.io", "customresourcedefinitions")
+        info = self.registry.get("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        crd = self.store.get(key, "", name)
+        if info is None or crd is None or crd["metadata"].get("deletionTimestamp"):
+            return
+        names = dict((crd.get("spec") or {}).get("names") or {})
+        status = dict(crd.get("status") or {})
         ts = now_rfc3339()
-        storage = [v["name"] for v in spec.get("versions") or [] if v.get("storage")]
-        crd["status"] = {
-            "acceptedNames": accepted,
-            "conditions": [
-                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
-                 "message": "no conflicts found", "lastTransitionTime": ts},
-                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
-                 "message": "the initial names have been accepted", "lastTransitionTime": ts},
-            ],
-            "storedVersions": storage,
-        }
-        spec.setdefault("scope", "Namespaced")
-        spec.setdefault("conversion", {"strategy": "None"})
+        old_conditions = {c.get("type"): c for c in status.get("conditions") or [] if isinstance(c, dict)}
+
+        def condition(ctype: str, reason: str, message: str) -> dict[str, Any]:
+            prior = old_conditions.get(ctype)
+            if prior is not None and prior.get("status") == "True":
+                return prior
+            return {"type": ctype, "status": "True", "lastTransitionTime": ts, "reason": reason, "message": message}
+
+        status["acceptedNames"] = names
+        status["conditions"] = [
+            condition("NamesAccepted", "NoConflicts", "no conflicts found"),
+            condition("Established", "InitialNamesAccepted", "the initial names have been accepted"),
+        ]
+        if status == crd.get("status"):
+            return
+        self._persist(info, "", {**crd, "metadata": dict(crd["metadata"]), "status": status}, "MODIFIED", crd)
+
+    def _establish_crd_soon(self, name: str) -> None:
+        try:
+            asyncio.get_running_loop().call_soon(self._establish_crd, name)
+        except RuntimeError:
+            self._establish_crd(name)
 
     def _after_create(self, info: ResourceInfo, ns: str, obj: dict[str, Any]) -> None:
         key = info.store_key
@@ -1086,6 +1109,7 @@ class ApiServer:
                                           "data": {"ca.crt": ""}})
         elif key == ("apiextensions.k8s.io", "customresourcedefinitions"):
             self._register_crd(obj)
+            self._establish_crd_soon(obj["metadata"]["name"])
 
     def _register_crd(self, crd: dict[str, Any]) -> None:
         spec = crd.get("spec") or {}
@@ -1102,6 +1126,9 @@ class ApiServer:
             return obj
         meta = obj.get("metadata")
         pruned = mod.default_and_prune(info.schema, obj)
+        if info.storage_schema is not None and isinstance(pruned, dict):
+            # Conversion None: the object is stored as the storage version, pruned through its schema.
+            pruned = mod.default_and_prune(info.storage_schema, pruned)
         if isinstance(pruned, dict):
             obj = pruned
             obj["metadata"] = meta
@@ -1113,12 +1140,12 @@ class ApiServer:
             raise invalid(info.kind_group, info.group, info.kind, (meta or {}).get("name", ""), causes)
         return obj
 
-    def _validate_crd(self, crd: dict[str, Any]) -> None:
-        """The structural-schema checks the real server applies to CRDs (when the schema module has them)."""
+    def _validate_crd(self, crd: dict[str, Any], old: dict[str, Any] | None = None) -> None:
+        """CustomResourceDefinition validation as the apiextensions server does it (localcluster.crdvalidation)."""
         mod = _schema_module()
         if mod is None or not hasattr(mod, "validate_crd"):
             return
-        errors = mod.validate_crd(crd)
+        errors = mod.validate_crd(crd, old)
         if errors:
             causes = [{"reason": e.type, "message": e.message, "field": e.field} for e in errors]
             raise invalid("CustomResourceDefinition.apiextensions.k8s.io", "apiextensions.k8s.io",
@@ -1176,8 +1203,8 @@ class ApiServer:
         if info.store_key == ("", "pods") and sub != "status":
             self._check_pod_update(old, new)
         if info.store_key == ("apiextensions.k8s.io", "customresourcedefinitions") and sub != "status":
-            self._prepare_crd(new)
-            self._validate_crd(new)
+            self._prepare_crd(new, old)
+            self._validate_crd(new, old)
         new_meta = new["metadata"]
         new_meta["resourceVersion"] = old["metadata"]["resourceVersion"]
         if not new_meta.get("finalizers"):
@@ -1197,6 +1224,7 @@ class ApiServer:
         new = self._persist(info, ns, new, "MODIFIED", old)
         if info.store_key == ("apiextensions.k8s.io", "customresourcedefinitions"):
             self._register_crd(new)
+            self._establish_crd_soon(name)
         return new
 
     def _check_pod_update(self, old: dict[str, Any], new: dict[str, Any]) -> None:
