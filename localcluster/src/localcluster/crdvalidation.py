@@ -27,7 +27,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from localcluster.apiserver.server import SUBDOMAIN_MSG, SUBDOMAIN_RE
+from localcluster.apiserver.validation import dns1123_subdomain
 from localcluster.schema import (
     _DNS1035_MSG,
     _RX_DNS1035,
@@ -95,13 +95,7 @@ def _versions_invalid(versions: list[Any], view: Mapping[str, Any], detail: str)
     return FieldError("FieldValueInvalid", "spec.versions", f"Invalid value: {quoted}: {detail}")
 
 
-def _subdomain_errors(value: str) -> list[str]:
-    out = []
-    if len(value) > 253:
-        out.append("must be no more than 253 characters")
-    if not SUBDOMAIN_RE.match(value):
-        out.append(SUBDOMAIN_MSG)
-    return out
+_subdomain_errors = dns1123_subdomain
 
 
 def _dns1035_errors(value: str) -> list[str]:

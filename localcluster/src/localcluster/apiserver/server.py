@@ -181,8 +181,12 @@ class ApiServer:
         history_bytes: int = 128 * 1024 * 1024,
         git_version: str = "v1.35.0",
         request_log_limit: int = 200_000,
+        root_ca_publisher: bool = True,
     ) -> None:
         self.state_dir = Path(state_dir) if state_dir is not None else None
+        # kube-controller-manager's root-CA publisher: kube-root-ca.crt in every namespace (tests of list and
+        # watch mechanics turn it off to start from empty namespaces)
+        self.root_ca_publisher = root_ca_publisher
         self.registry = Registry()
         self.store = Store(history_size, history_bytes)
         self.faults = Faults()
@@ -1102,11 +1106,12 @@ class ApiServer:
             assert sa is not None
             name = obj["metadata"]["name"]
             self.create_object(sa, name, {"metadata": {"name": "default", "namespace": name}})
-            # What the root-CA publisher puts in every namespace; this cluster serves plain HTTP, so no CA.
-            cm = self.registry.get("", "v1", "configmaps")
-            assert cm is not None
-            self.create_object(cm, name, {"metadata": {"name": ROOT_CA_CONFIGMAP, "namespace": name},
-                                          "data": {"ca.crt": ""}})
+            if self.root_ca_publisher:
+                # What the root-CA publisher puts in every namespace; this cluster serves plain HTTP, so no CA.
+                cm = self.registry.get("", "v1", "configmaps")
+                assert cm is not None
+                self.create_object(cm, name, {"metadata": {"name": ROOT_CA_CONFIGMAP, "namespace": name},
+                                              "data": {"ca.crt": ""}})
         elif key == ("apiextensions.k8s.io", "customresourcedefinitions"):
             self._register_crd(obj)
             self._establish_crd_soon(obj["metadata"]["name"])
