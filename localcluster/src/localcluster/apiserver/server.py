@@ -858,9 +858,8 @@ class ApiServer:
                 name = validation.generated_name(str(gen), _rand_suffix())
                 if self.store.get(info.store_key, ns, name) is None:
                     break
-            meta["name"] = name
-        if name:
-            self._check_namespace(info, ns, name)
+        meta["name"] = name  # "" when neither is given: validation then names what is missing
+        self._check_namespace(info, ns, name)
         for k in ("resourceVersion", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds",
                   "managedFields", "selfLink", "generation"):
             meta.pop(k, None)
@@ -868,8 +867,7 @@ class ApiServer:
             obj.pop("status", None)
         if warnings is not None:
             warnings.extend(validation.dedup_owner_references(meta))
-        if name:
-            self._prepare_create(info, ns, obj)
+        self._prepare_create(info, ns, obj)
         causes = self._validate_builtin(info, ns, obj, None)
         if causes:
             raise self._invalid(info, name, causes)
