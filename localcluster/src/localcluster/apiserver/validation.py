@@ -14,8 +14,10 @@ import base64
 import binascii
 import json
 import re
-from fractions import Fraction
+from decimal import Decimal
 from typing import Any
+
+from localcluster.quantity import parse_quantity
 
 Cause = dict[str, Any]
 
@@ -437,27 +439,11 @@ def validate_immutable_update(old: dict[str, Any], new: dict[str, Any], fields: 
 
 
 # ---------------------------------------------------------------------------------------------- Pod
-_SUFFIXES: dict[str, Fraction | int] = {"": 1, "m": Fraction(1, 1000), "u": Fraction(1, 10**6), "n": Fraction(1, 10**9),
-             "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-             "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-
-
-def parse_quantity(value: Any) -> Fraction | None:
-    """A resource quantity as an exact number (None when it does not parse)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return Fraction(value)
-    m = _QUANTITY_RE.match(str(value))
-    if not m:
-        return None
+def _quantity(value: Any) -> Decimal | None:
     try:
-        number = Fraction(m.group(1))
-    except ValueError:
+        return parse_quantity(value)
+    except (ValueError, TypeError):
         return None
-    suffix = m.group(2)
-    if suffix in _SUFFIXES:
-        return number * _SUFFIXES[suffix]
-    e = re.fullmatch(r"[eE]([-+]?[0-9]+)", suffix)
-    return number * Fraction(10) ** int(e.group(1)) if e else None
 
 
 _VOLUME_FIELD_PATHS = ["metadata.annotations", "metadata.labels", "metadata.name", "metadata.namespace",
@@ -536,7 +522,7 @@ def _container(c: dict[str, Any], field: str, volumes: set[str]) -> list[Cause]:
     limits, requests = res.get("limits") or {}, res.get("requests") or {}
     for rname, req in requests.items():
         if rname in limits:
-            lq, rq = parse_quantity(limits[rname]), parse_quantity(req)
+            lq, rq = _quantity(limits[rname]), _quantity(req)
             if lq is not None and rq is not None and rq > lq:
                 causes.append(invalid(f"{field}.resources.requests", str(req),
                                       f"must be less than or equal to {rname} limit of {limits[rname]}"))
@@ -614,21 +600,12 @@ def validate_events_v1(ev: dict[str, Any]) -> list[Cause]:
     causes += [invalid("reportingController", controller, m) for m in qualified_name(controller)]
     if len(controller) > 128:
         causes.append(invalid("reportingController", "", "can have at most 128 characters"))
-    instance = str(ev.get("reportingInstance") or "")
-    if not instance:
-        causes.append(required("reportingInstance"))
-    elif len(instance) > 128:
-        causes.append(invalid("reportingInstance", "", "can have at most 128 characters"))
-    action = str(ev.get("action") or "")
-    if not action:
-        causes.append(required("action"))
-    elif len(action) > 128:
-        causes.append(invalid("action", "", "can have at most 128 characters"))
-    reason = str(ev.get("reason") or "")
-    if not reason:
-        causes.append(required("reason"))
-    elif len(reason) > 128:
-        causes.append(invalid("reason", "", "can have at most 128 characters"))
+    for field in ("reportingInstance", "action", "reason"):
+        value = str(ev.get(field) or "")
+        if not value:
+            causes.append(required(field))
+        elif len(value) > 128:
+            causes.append(invalid(field, "", "can have at most 128 characters"))
     etype = ev.get("type")
     if etype not in ("Normal", "Warning"):
         causes.append(invalid("type", "", f"has invalid value: {etype or ''}"))
