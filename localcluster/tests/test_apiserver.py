@@ -651,3 +651,12 @@ async def test_pods_mount_the_service_account_token_unless_they_opt_out(api: Api
     assert (await api.get(f"{CM}/kube-root-ca.crt"))[0] == 200
     status, p = await api.post(PODS, pod("no-token", automountServiceAccountToken=False))
     assert status == 201 and "volumes" not in p["spec"]
+
+
+async def test_values_of_the_wrong_json_type_are_a_400_not_a_crash(api: Api) -> None:
+    status, body = await api.post(PODS, {"metadata": {"name": "p"}, "spec": {"containers": "sandbox"}})
+    assert status == 400 and body["message"].startswith('Pod in version "v1" cannot be handled as a Pod: json: ')
+    status, body = await api.post(CM, {"metadata": {"name": "c"}, "data": {"n": 1}})
+    assert status == 400 and "ConfigMap.data of type string" in body["message"]
+    status, body = await api.post(PODS, {"metadata": {"name": "p"}, "spec": None})
+    assert status == 422 and body["details"]["causes"][0]["field"] == "spec.containers"  # null is unset

@@ -835,6 +835,27 @@ class ApiServer:
     def create_object(self, info: ResourceInfo, ns: str, body: dict[str, Any], dry_run: bool = False,
                       warnings: list[str] | None = None) -> dict[str, Any]:
         """POST semantics: defaulting, validation, uid/rv/timestamps, side effects (warnings are appended)."""
+        if not info.custom:
+            body = validation.drop_nulls(body)
+        try:
+            return self._create_object(info, ns, body, dry_run, warnings)
+        except (AttributeError, KeyError, TypeError):
+            self._raise_shape_error(info, body)
+            raise
+
+    def _raise_shape_error(self, info: ResourceInfo, body: Any) -> None:
+        """A built-in object whose values have the wrong JSON types (a string for a list, say) is refused
+        with 400, as decoding into the Go types refuses it; the published schema names the field."""
+        if info.custom:
+            return
+        err = validation.shape_error({**body, "apiVersion": info.api_version, "kind": info.kind}
+                                     if isinstance(body, dict) else body)
+        if err:
+            raise ApiError(400, f'{info.kind} in version "{info.version}" cannot be handled as a {info.kind}: {err}',
+                           "BadRequest") from None
+
+    def _create_object(self, info: ResourceInfo, ns: str, body: dict[str, Any], dry_run: bool,
+                       warnings: list[str] | None) -> dict[str, Any]:
         obj = json_copy(body)
         meta = obj.setdefault("metadata", {}) or {}
         obj["metadata"] = meta
@@ -1157,6 +1178,16 @@ class ApiServer:
     def update_object(self, info: ResourceInfo, ns: str, name: str, body: dict[str, Any], sub: str = "",
                       dry_run: bool = False, _patched: bool = False) -> dict[str, Any]:
         """PUT semantics (also the tail of every patch): preconditions, status split, generation."""
+        if not info.custom and sub != "status":  # status keeps the nulls its writers put (lastProbeTime: null)
+            body = validation.drop_nulls(body)
+        try:
+            return self._update_object(info, ns, name, body, sub, dry_run, _patched)
+        except (AttributeError, KeyError, TypeError):
+            self._raise_shape_error(info, body)
+            raise
+
+    def _update_object(self, info: ResourceInfo, ns: str, name: str, body: dict[str, Any], sub: str,
+                       dry_run: bool, _patched: bool) -> dict[str, Any]:
         old = self._must_get(info, ns, name)
         new = json_copy(body) if not _patched else body
         meta = new.get("metadata")

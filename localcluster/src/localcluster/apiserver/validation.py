@@ -362,6 +362,39 @@ def _pod_decode_error(pod: dict[str, Any]) -> str | None:
     return None
 
 
+_JSON_TYPES = {"string": "string", "integer": "number", "number": "number", "boolean": "bool", "array": "array",
+               "object": "object"}
+
+
+def shape_error(obj: Any) -> str | None:
+    """The first value of a built-in object whose JSON type its published schema does not allow, worded like
+    Go's JSON decoder (None when kubernetes-validate is not installed or finds no such value)."""
+    try:
+        import kubernetes_validate  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    try:
+        kubernetes_validate.validate(obj, "1.35", strict=False)
+    except Exception as e:  # jsonschema ValidationErrors, or a schema that cannot be found
+        if getattr(e, "validator", None) != "type":
+            return None
+        path = ".".join(str(p) for p in getattr(e, "absolute_path", []) if not isinstance(p, int))
+        wanted = getattr(e, "validator_value", "")
+        wanted = next((w for w in wanted if w != "null"), "") if isinstance(wanted, list) else wanted
+        return (f"json: cannot unmarshal {_go_type(getattr(e, 'instance', None))} into Go struct field {path} of "
+                f"type {_JSON_TYPES.get(str(wanted), wanted)}")
+    return None
+
+
+def drop_nulls(value: Any) -> Any:
+    """Go's JSON decoding reads null as the zero value: an unset field, an empty list element."""
+    if isinstance(value, dict):
+        return {k: drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [{} if v is None else drop_nulls(v) for v in value]
+    return value
+
+
 def decode_errors(key: tuple[str, str], obj: dict[str, Any]) -> str | None:
     """What decoding into the Go types refuses (the server answers 400 with this after its prefix)."""
     meta = obj.get("metadata") or {}
