@@ -125,3 +125,12 @@ def test_type_checking_finds_undefined_fields_and_mismatched_operands() -> None:
         " | self.a == 'x'\n | .......^")
     assert check_rule("self.a + 1", t).error == "cel expression must evaluate to a bool"
     assert check_rule("has(self.a) && self.a > 0", t).error is None
+
+
+def test_a_hostile_rule_is_answered_not_crashed_on() -> None:
+    t = decl_type({"type": "integer"}, False)
+    assert t is not None
+    deep = "(" * 300 + "self > 0" + ")" * 300
+    long = " && ".join(["self > 0"] * 3000)
+    for rule in (deep, long):
+        assert check_rule(rule, t).error is None

@@ -120,6 +120,28 @@ def test_chart_installs_and_runs_executions(cluster: Any, run_helm: HelmRun, tmp
             except subprocess.TimeoutExpired:
                 op.kill()
                 op.wait(timeout=10)
+    _assert_rbac_covers_the_operator(cluster.apiserver.request_log, rendered.read_text())
+
+
+#: The operator's own client and kopf's.
+OPERATOR_USER_AGENTS = ("execution-operator", "kopf/")
+
+
+def _assert_rbac_covers_the_operator(records: list[Any], rendered: str) -> None:
+    """Every API request the operator (its client and kopf) made is one the chart's ClusterRole allows."""
+    (role,) = [d for d in yaml.safe_load_all(rendered) if d and d.get("kind") == "ClusterRole"]
+    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+               for v in rule["verbs"]}
+    used: set[tuple[str, str, str]] = set()
+    for rec in records:
+        if not rec.user_agent.startswith(OPERATOR_USER_AGENTS) or not rec.resource:
+            continue  # kubectl (this test) and the local node; discovery (no resource) is allowed to anyone
+        parts = rec.path.split("?")[0].strip("/").split("/")
+        group = parts[1] if parts[0] == "apis" else ""
+        resource = f"{rec.resource}/{rec.subresource}" if rec.subresource else rec.resource
+        used.add((group, resource, rec.verb))
+    assert {("sandbox.dev", "executions/status", "patch"), ("", "pods", "create"), ("", "pods", "watch")} <= used
+    assert used - granted == set(), "requests the chart's ClusterRole would deny"
 
 
 def _batch(k: Callable[..., str], suffix: str) -> None:

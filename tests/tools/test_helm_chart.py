@@ -94,41 +94,38 @@ def test_namespaces_and_digest_values(render: Render) -> None:
     assert c["image"] == "ghcr.io/execution-operator/operator@sha256:" + "a" * 64
 
 
+def _watched(plural: str, group: str = "GROUP", version: str = "VERSION") -> dict[tuple[str, str, str],
+                                                                                tuple[str, str]]:
+    """kopf lists and watches what a handler follows (`@kopf.on.event(group, version, plural)`)."""
+    api_group = "sandbox.dev" if group == "GROUP" else group.strip('"')
+    pattern = rf'@kopf\.on\.event\({group}, {version}, "{plural}"'
+    return {(api_group, plural, verb): ("operator", pattern) for verb in ("list", "watch")}
+
+
 # Every permission the ClusterRole grants, with the code that needs it: a pattern that must occur in the
 # operator's source (operator/execution_operator) or, for what kopf itself requests, in kopf's. The chart
 # must grant exactly these; a permission whose code is gone, or one granted without code, fails the test.
-KOPF_WATCH = r'@kopf\.on\.event\({group}, {version}, "{plural}"'
 NEEDED_PERMISSIONS: dict[tuple[str, str, str], tuple[str, str]] = {
+    **_watched("executions"),
+    **_watched("executionclasses"),
+    **_watched("deadletters"),
+    **_watched("pods", '""', '"v1"'),
     ("sandbox.dev", "executions", "get"): ("operator", r"client\.get\(path_for\(API_VERSION, EXECUTIONS,"),
-    ("sandbox.dev", "executions", "list"): ("operator", KOPF_WATCH.format(group="GROUP", version="VERSION",
-                                                                        plural="executions")),
-    ("sandbox.dev", "executions", "watch"): ("operator", KOPF_WATCH.format(group="GROUP", version="VERSION",
-                                                                         plural="executions")),
     ("sandbox.dev", "executions", "create"): ("operator", r"client\.post\(path_for\(GROUP_VERSION, EXECUTIONS,"),
     ("sandbox.dev", "executions", "delete"): ("operator", r"client\.delete\(\s*path_for\(API_VERSION, EXECUTIONS,"),
     ("sandbox.dev", "executions/status", "patch"): ("operator", r'client\.patch\(\s*path_for\(API_VERSION, '
                                                                 r'EXECUTIONS, key\[0\], key\[1\], "status"\)'),
     ("sandbox.dev", "executionclasses", "get"): ("operator", r'client\.get\(path_for\(API_VERSION, '
                                                              r'"executionclasses"'),
-    ("sandbox.dev", "executionclasses", "list"): ("operator", KOPF_WATCH.format(group="GROUP", version="VERSION",
-                                                                              plural="executionclasses")),
-    ("sandbox.dev", "executionclasses", "watch"): ("operator", KOPF_WATCH.format(group="GROUP", version="VERSION",
-                                                                               plural="executionclasses")),
     ("sandbox.dev", "executionclasses/status", "patch"): ("operator", r'client\.patch\(f"\{path\}/status"'),
     ("sandbox.dev", "deadletters", "create"): ("operator", r"client\.post\(path_for\(GROUP_VERSION, DEAD_LETTERS,"),
     ("sandbox.dev", "deadletters", "get"): ("operator", r"client\.get\(self\._path\(namespace, name\)\)"),
-    ("sandbox.dev", "deadletters", "list"): ("operator", KOPF_WATCH.format(group="GROUP", version="VERSION",
-                                                                         plural="deadletters")),
-    ("sandbox.dev", "deadletters", "watch"): ("operator", KOPF_WATCH.format(group="GROUP", version="VERSION",
-                                                                          plural="deadletters")),
     ("sandbox.dev", "deadletters", "patch"): ("operator", r"client\.patch\(\s*self\._path\(namespace, name\),"),
     ("sandbox.dev", "deadletters", "delete"): ("operator", r"client\.delete\(self\._path\(namespace, name\)"),
     ("sandbox.dev", "deadletters/status", "patch"): ("operator", r'client\.patch\(\s*self\._path\(namespace, '
                                                                  r'name, "status"\)'),
     ("", "pods", "create"): ("operator", r'_create_or_get\(self\.client, path_for\("v1", "pods"'),
     ("", "pods", "get"): ("operator", r'client\.get\(path_for\("v1", "pods"'),
-    ("", "pods", "list"): ("operator", KOPF_WATCH.format(group='""', version='"v1"', plural="pods")),
-    ("", "pods", "watch"): ("operator", KOPF_WATCH.format(group='""', version='"v1"', plural="pods")),
     ("", "pods", "delete"): ("operator", r'client\.delete\(path_for\("v1", "pods"'),
     ("", "pods/log", "get"): ("operator", r'get_text\(\s*path_for\("v1", "pods", namespace, pod, "log"\)'),
     ("", "configmaps", "create"): ("operator", r'_create_or_get\(self\.client, path_for\("v1", "configmaps"'),

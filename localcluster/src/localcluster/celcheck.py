@@ -328,6 +328,8 @@ _BOOL_FUNCS = {"matches", "startsWith", "endsWith", "contains", "isSorted", "isU
                "isGreaterThan", "isLessThan", "hasValue", "isIP", "isCIDR", "isSemver"}
 _STRING_FUNCS = {"lowerAscii", "upperAscii", "trim", "replace", "substring", "charAt", "join", "string",
                  "getScheme", "getHost", "getHostname", "getPort", "getEscapedPath", "format", "quote"}
+_CONVERSIONS = {"double": DOUBLE, "uint": UINT, "bool": BOOL, "duration": DURATION, "timestamp": TIMESTAMP,
+                "type": TYPE}
 _INT_FUNCS = {"size", "int", "indexOf", "lastIndexOf", "compareTo", "asInteger", "sign", "getHours",
               "getMinutes", "getSeconds", "getMilliseconds", "getDate", "getDayOfMonth", "getDayOfWeek",
               "getDayOfYear", "getFullYear", "getMonth"}
@@ -570,18 +572,8 @@ class _Checker:
             return INT, 1 + arg_cost, 1, None
         if fn in _STRING_FUNCS:
             return STRING, 1 + arg_cost, None, None
-        if fn == "double":
-            return DOUBLE, 1 + arg_cost, 1, None
-        if fn == "uint":
-            return UINT, 1 + arg_cost, 1, None
-        if fn == "bool":
-            return BOOL, 1 + arg_cost, 1, None
-        if fn == "duration":
-            return DURATION, 1 + arg_cost, 1, None
-        if fn == "timestamp":
-            return TIMESTAMP, 1 + arg_cost, 1, None
-        if fn == "type":
-            return TYPE, 1 + arg_cost, 1, None
+        if fn in _CONVERSIONS:
+            return _CONVERSIONS[fn], 1 + arg_cost, 1, None
         if fn == "dyn" and args:
             return DYN, 1 + args[0][1], args[0][2], args[0][3]
         return DYN, 1 + arg_cost, None, None
@@ -646,6 +638,8 @@ def check_rule(text: str, self_type: DeclType, *, string_result: bool = False) -
         t, cost, _, _ = checker.visit(expr)
     except CheckError as err:
         return RuleCheck(_caret(text, err.col, err.message), 0, checker.uses_old_self)
+    except RecursionError:  # a hostile nesting depth: left to the evaluator's own limits
+        return RuleCheck(None, 0, "oldSelf" in text)
     want = "string" if string_result else "bool"
     if t.kind not in (want, "dyn"):
         detail = "messageExpression must evaluate to a string" if string_result else \

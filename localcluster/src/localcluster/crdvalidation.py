@@ -27,10 +27,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from localcluster.apiserver.validation import dns1123_subdomain
+from localcluster.apiserver.validation import dns1035_label, dns1123_subdomain
 from localcluster.schema import (
-    _DNS1035_MSG,
-    _RX_DNS1035,
     FieldError,
     _forbidden,
     _go_struct_json,
@@ -96,15 +94,7 @@ def _versions_invalid(versions: list[Any], view: Mapping[str, Any], detail: str)
 
 
 _subdomain_errors = dns1123_subdomain
-
-
-def _dns1035_errors(value: str) -> list[str]:
-    out = []
-    if len(value) > 63:
-        out.append("must be no more than 63 characters")
-    if not _RX_DNS1035.match(value):
-        out.append(_DNS1035_MSG)
-    return out
+_dns1035_errors = dns1035_label
 
 
 def _names_errors(names: Mapping[str, Any], path: str) -> list[FieldError]:
@@ -386,6 +376,10 @@ def validate_crd(crd: Mapping[str, Any], old: Mapping[str, Any] | None = None) -
     errs.extend(_names_errors(accepted, "status.acceptedNames"))
     stored = list(status.get("storedVersions") or [])
     errs.extend(_stored_versions_errors(stored, list(spec.get("versions") or [])))
+    old_preserve = old is not None and bool(_map(old.get("spec")).get("preserveUnknownFields"))
+    if spec.get("preserveUnknownFields") and not old_preserve:
+        errs.append(_invalid("spec.preserveUnknownFields", True, "cannot set to true, set "
+                             "x-kubernetes-preserve-unknown-fields to true in spec.versions[*].schema instead"))
     return errs
 
 

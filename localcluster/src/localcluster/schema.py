@@ -2045,6 +2045,10 @@ def _check_list_type(s: Mapping[str, Any], path: str, errs: list[FieldError]) ->
         errs.append(_required(f"{path}.type", detail) if not typ else _invalid(f"{path}.type", typ, detail))
     if list_type not in ("atomic", "set", "map"):
         errs.append(_not_supported(f"{path}.x-kubernetes-list-type", list_type, ["atomic", "set", "map"]))
+    items_schema = s.get("items")
+    if list_type in ("set", "map") and isinstance(items_schema, Mapping) and items_schema.get("nullable"):
+        detail = f"cannot be nullable when x-kubernetes-list-type is {list_type}"
+        errs.append(_forbidden(f"{path}.items.nullable", detail))
     if list_type != "map":
         return
     keys = s.get("x-kubernetes-list-map-keys") or []
@@ -2076,6 +2080,9 @@ def _check_list_type(s: Mapping[str, Any], path: str, errs: list[FieldError]) ->
             if k not in required and "default" not in prop:
                 detail = _LIST_MAP_KEY_DEFAULT
                 errs.append(_required(_key(f"{path}.items.properties", k) + ".default", detail))
+            if prop.get("nullable"):
+                errs.append(_forbidden(_key(f"{path}.items.properties", k) + ".nullable",
+                                       "this property is in x-kubernetes-list-map-keys, so it cannot be nullable"))
         if k in seen:
             errs.append(_invalid(f"{path}.x-kubernetes-list-map-keys", keys, "must not contain duplicate entries"))
         seen.add(k)
@@ -2160,10 +2167,22 @@ def _check_rules(
             continue
         if mexpr := rule.get("messageExpression"):
             c = _compiled(str(mexpr))
+            m_checked = celcheck.check_rule(str(mexpr), decl, string_result=True) if c.error is None else None
+            detail = None
             if c.error is not None:
                 detail = f"messageExpression compilation failed: ERROR: <input>: {c.error}"
+            elif m_checked is not None and m_checked.error is not None:
+                detail = m_checked.error if not m_checked.error.startswith("ERROR:") else \
+                    f"messageExpression compilation failed: {m_checked.error}"
+            if detail is not None:
                 cel_errs.append(FieldError(INVALID, f"{rpath}.messageExpression",
                                            f"Invalid value: {_rule_repr(rule)}: {detail}"))
+            elif m_checked is not None:
+                # A message expression's cost is not multiplied by how often the rule can run.
+                if m_checked.max_cost > celcheck.PER_RULE_COST_LIMIT:
+                    cel_errs.append(_forbidden(f"{rpath}.messageExpression", _cost_message(
+                        "estimated messageExpression cost", m_checked.max_cost, celcheck.PER_RULE_COST_LIMIT)))
+                ctx.cost.observe(f"{rpath}.messageExpression", m_checked.max_cost)
         if compiled.uses_old_self:
             if uncorrelatable is not None:
                 detail = f"oldSelf cannot be used on the uncorrelatable portion of the schema within {uncorrelatable}"
