@@ -660,3 +660,38 @@ async def test_values_of_the_wrong_json_type_are_a_400_not_a_crash(api: Api) -> 
     assert status == 400 and "ConfigMap.data of type string" in body["message"]
     status, body = await api.post(PODS, {"metadata": {"name": "p"}, "spec": None})
     assert status == 422 and body["details"]["causes"][0]["field"] == "spec.containers"  # null is unset
+
+
+async def test_an_event_is_one_object_read_through_both_event_apis(api: Api) -> None:
+    core = {"metadata": {"name": "ev1"}, "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"},
+            "reason": "Started", "message": "hi", "type": "Normal", "reportingComponent": "op",
+            "reportingInstance": "op-0", "count": 1}
+    status, created = await api.post("/api/v1/namespaces/default/events", core)
+    assert status == 201 and created["eventTime"] is None and created["source"] == {}
+    status, v1 = await api.get("/apis/events.k8s.io/v1/namespaces/default/events/ev1")
+    assert status == 200
+    assert (v1["note"], v1["regarding"]["name"], v1["reportingController"], v1["deprecatedCount"]) == \
+        ("hi", "p", "op", 1)
+    assert v1["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
+    await api.delete("/apis/events.k8s.io/v1/namespaces/default/events/ev1")
+    assert (await api.get("/api/v1/namespaces/default/events/ev1"))[0] == 404
+
+
+async def test_pod_updates_follow_the_real_rules(api: Api) -> None:
+    await api.post(PODS, pod("u", activeDeadlineSeconds=100))
+    status, body = await api.patch(f"{PODS}/u", {"spec": {"containers": []}})
+    assert status == 422 and [c["message"] for c in body["details"]["causes"]] == [
+        "Required value", "Forbidden: pod updates may not add or remove containers"]
+    status, body = await api.patch(f"{PODS}/u", {"spec": {"activeDeadlineSeconds": 200}})
+    assert status == 422 and body["details"]["causes"][0]["message"] == \
+        "Invalid value: 200: must be less than or equal to previous value"
+    status, body = await api.patch(f"{PODS}/u", {"spec": {"activeDeadlineSeconds": 50}})
+    assert status == 200 and body["metadata"]["generation"] == 2
+
+
+async def test_an_immutable_configmap_keeps_its_data_and_its_flag(api: Api) -> None:
+    await api.post(CM, {"metadata": {"name": "frozen"}, "immutable": True, "data": {"a": "1"}})
+    status, body = await api.patch(f"{CM}/frozen", {"data": {"a": "2"}})
+    assert status == 422 and body["details"]["causes"][0]["field"] == "data"
+    status, body = await api.patch(f"{CM}/frozen", {"immutable": False})
+    assert status == 422 and body["details"]["causes"][0]["field"] == "immutable"

@@ -822,7 +822,7 @@ class ApiServer:
             causes += validation.validate_immutable_update(old, obj, ("data",))
         elif key == ("", "pods"):
             causes += validation.validate_pod(obj)
-            if old is not None and not causes:
+            if old is not None:
                 causes += validation.validate_pod_update(old, obj)
         elif key == ("", "events"):
             causes += validation.validate_core_event(obj, ns)

@@ -602,7 +602,7 @@ def validate_pod_update(old: dict[str, Any], new: dict[str, Any]) -> list[Cause]
     o, n = old.get("spec") or {}, new.get("spec") or {}
     causes: list[Cause] = []
     if len(o.get("containers") or []) != len(n.get("containers") or []):
-        causes.append(forbidden("spec.containers", "pod updates may not add or remove containers"))
+        return [forbidden("spec.containers", "pod updates may not add or remove containers")]  # the last check
     od, nd = o.get("activeDeadlineSeconds"), n.get("activeDeadlineSeconds")
     if od is not None:
         if nd is None:
