@@ -695,3 +695,14 @@ async def test_an_immutable_configmap_keeps_its_data_and_its_flag(api: Api) -> N
     assert status == 422 and body["details"]["causes"][0]["field"] == "data"
     status, body = await api.patch(f"{CM}/frozen", {"immutable": False})
     assert status == 422 and body["details"]["causes"][0]["field"] == "immutable"
+
+
+@needs_schema
+async def test_a_custom_resource_lists_its_metadata_errors_before_its_schema_errors(api: Api) -> None:
+    await install_widgets(api)
+    body = widget("w-bad", size=0)
+    body["metadata"]["labels"] = {"k": "bad value"}
+    status, answer = await api.post(W, body)
+    assert status == 422
+    fields = [c["field"] for c in answer["details"]["causes"]]
+    assert fields[0] == "metadata.labels" and "spec.size" in fields

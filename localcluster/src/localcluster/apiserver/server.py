@@ -803,6 +803,17 @@ class ApiServer:
             return invalid("Event", "", "Event", name, causes)
         return invalid(info.kind_group, info.group, info.kind, name, causes)
 
+    def _validate_custom_after(self, info: ResourceInfo, obj: dict[str, Any], old: dict[str, Any] | None,
+                               meta_causes: list[dict[str, Any]]) -> dict[str, Any]:
+        """The schema's verdict on a custom resource, listed after its metadata's errors in one 422."""
+        try:
+            return self._validate_custom(info, obj, old)
+        except ApiError as e:
+            if not meta_causes or e.code != 422:
+                raise
+            causes = meta_causes + list((e.details or {}).get("causes") or [])
+            raise self._invalid(info, obj["metadata"].get("name", ""), causes) from None
+
     def _validate_builtin(self, info: ResourceInfo, ns: str, obj: dict[str, Any],
                           old: dict[str, Any] | None) -> list[dict[str, Any]]:
         """Object metadata for every kind, then the rules of the built-in kinds the project writes."""
@@ -890,10 +901,10 @@ class ApiServer:
             warnings.extend(validation.dedup_owner_references(meta))
         self._prepare_create(info, ns, obj)
         causes = self._validate_builtin(info, ns, obj, None)
+        if info.custom:
+            obj = self._validate_custom_after(info, obj, None, causes)
         if causes:
             raise self._invalid(info, name, causes)
-        if info.custom:
-            obj = self._validate_custom(info, obj, None)
         if self.store.get(info.store_key, ns, name) is not None:
             raise already_exists(info.group_resource, info.group, info.plural, name)
         meta = obj["metadata"]
@@ -1206,6 +1217,7 @@ class ApiServer:
                 "message": "Invalid value: 0x0: must be specified for an update"}])
         new["apiVersion"] = info.api_version
         new["kind"] = info.kind
+        causes: list[dict[str, Any]] = []
         if sub == "status":
             status = new.get("status")
             new = {**old, "metadata": dict(old["metadata"])}
@@ -1230,10 +1242,10 @@ class ApiServer:
                     new.pop("status", None)
             self._check_decodable(info, new)
             causes = self._validate_builtin(info, ns, new, old)
-            if causes:
-                raise self._invalid(info, name, causes)
         if info.custom:
-            new = self._validate_custom(info, new, old)
+            new = self._validate_custom_after(info, new, old, causes)
+        if causes:
+            raise self._invalid(info, name, causes)
         if info.store_key == ("", "pods") and sub != "status":
             self._check_pod_update(old, new)
         if info.store_key == ("apiextensions.k8s.io", "customresourcedefinitions") and sub != "status":
