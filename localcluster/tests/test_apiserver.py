@@ -542,7 +542,7 @@ async def test_eviction_deletes_pod(api: Api) -> None:
 
 
 async def test_events_core_and_events_k8s_io(api: Api) -> None:
-    ev = {"metadata": {"generateName": "x."}, "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"},
+    ev = {"metadata": {"generateName": "x-"}, "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"},
           "reason": "Started", "message": "hi", "type": "Normal"}
     status, _ = await api.post("/api/v1/namespaces/default/events", ev)
     assert status == 201
@@ -551,7 +551,8 @@ async def test_events_core_and_events_k8s_io(api: Api) -> None:
     status, _ = await api.post("/apis/events.k8s.io/v1/namespaces/default/events",
                                {"metadata": {"name": "e2"}, "reason": "R", "note": "n", "action": "A",
                                 "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "c",
-                                "reportingInstance": "i", "regarding": {"kind": "Pod", "name": "p"}})
+                                "reportingInstance": "i", "regarding": {"kind": "Pod", "name": "p"},
+                                "type": "Normal"})
     assert status == 201
 
 
@@ -626,3 +627,123 @@ async def test_an_update_naming_another_uid_is_a_409_precondition_failure(api: A
     assert "Key: /registry/configmaps/default/u," in body["message"]
     status, same = await api.put(f"{CM}/u", {**a, "data": {"x": "2"}})
     assert status == 200 and same["data"] == {"x": "2"}
+
+
+# ---------------------------------------------------------------------------------------------- real-server limits
+async def test_annotations_are_limited_to_256_kib_of_keys_and_values(api: Api) -> None:
+    at_limit = {"metadata": {"name": "max", "annotations": {"a": "x" * (262144 - 1)}}}
+    assert (await api.post(CM, at_limit))[0] == 201
+    status, body = await api.post(CM, {"metadata": {"name": "over", "annotations": {"a": "x" * 262144}}})
+    assert status == 422
+    assert body["message"] == 'ConfigMap "over" is invalid: metadata.annotations: Too long: may not be more than ' \
+                              "262144 bytes"
+
+
+async def test_size_limits_answer_by_layer(api: Api) -> None:
+    await install_widgets(api)
+    status, body = await api.post(CM, cm("huge", big="x" * (3 * 1024 * 1024)))
+    assert status == 413 and body["message"] == "Request entity too large: limit is 3145728"
+    status, body = await api.post(CM, cm("toobig", a="x" * 524288, b="x" * 524289))
+    assert status == 422 and body["details"]["causes"][0]["field"] == "[]"
+    status, body = await api.post(W, widget("w-etcd", frozen="x" * 1572864))
+    assert status == 500 and body["message"] == "etcdserver: request is too large" and "reason" not in body
+    status, body = await api.post(W, widget("w-grpc", frozen="x" * 2097152))
+    assert status == 500 and body["message"].startswith(
+        "rpc error: code = ResourceExhausted desc = trying to send message larger than max (")
+    assert (await api.get(f"{W}/w-etcd"))[0] == 404
+
+
+async def test_names_labels_and_finalizers_follow_the_real_rules(api: Api) -> None:
+    status, body = await api.post(CM, cm("n" * 254))
+    assert status == 422 and body["details"]["causes"][0]["message"].endswith("must be no more than 253 characters")
+    status, body = await api.post(CM, cm("l", labels={"k": "bad value"}))
+    assert status == 422 and body["details"]["causes"][0]["field"] == "metadata.labels"
+    status, body = await api.post(CM, {"metadata": {"name": "f", "finalizers": ["hold"]}})
+    assert status == 422 and body["details"]["causes"][0]["field"] == "metadata.finalizers[0]"
+    status, body = await api.post(CM, {"metadata": {"generateName": "g" * 70}})
+    assert status == 201 and len(body["metadata"]["name"]) == 63
+
+
+async def test_delete_answers_a_status_unless_finalizers_keep_the_object(api: Api) -> None:
+    await api.post(CM, cm("plain"))
+    status, body = await api.delete(f"{CM}/plain")
+    assert status == 200 and body["kind"] == "Status" and body["details"]["kind"] == "configmaps"
+    await api.post(CM, {"metadata": {"name": "held", "finalizers": ["example.com/hold"]}})
+    status, body = await api.delete(f"{CM}/held")
+    assert status == 200 and body["kind"] == "ConfigMap" and body["metadata"]["deletionGracePeriodSeconds"] == 0
+    status, owner = await api.post(CM, cm("owner"))
+    dep = {"metadata": {"name": "dep", "ownerReferences": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}]}}
+    await api.post(CM, dep)
+    status, body = await api.delete(f"{CM}/owner", {"propagationPolicy": "Orphan"})
+    assert status == 200 and body["metadata"]["finalizers"] == ["orphan"]
+    status, kept = await api.get(f"{CM}/dep")
+    assert status == 200 and "ownerReferences" not in kept["metadata"]
+    assert (await api.get(f"{CM}/owner"))[0] == 404
+
+
+async def test_pods_mount_the_service_account_token_unless_they_opt_out(api: Api) -> None:
+    status, p = await api.post(PODS, pod("with-token"))
+    assert status == 201
+    volume = p["spec"]["volumes"][0]
+    assert volume["name"].startswith("kube-api-access-")
+    assert p["spec"]["containers"][0]["volumeMounts"] == [
+        {"name": volume["name"], "readOnly": True, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]
+    assert (await api.get(f"{CM}/kube-root-ca.crt"))[0] == 200
+    status, p = await api.post(PODS, pod("no-token", automountServiceAccountToken=False))
+    assert status == 201 and "volumes" not in p["spec"]
+
+
+async def test_values_of_the_wrong_json_type_are_a_400_not_a_crash(api: Api) -> None:
+    status, body = await api.post(PODS, {"metadata": {"name": "p"}, "spec": {"containers": "sandbox"}})
+    assert status == 400 and body["message"].startswith('Pod in version "v1" cannot be handled as a Pod: json: ')
+    status, body = await api.post(CM, {"metadata": {"name": "c"}, "data": {"n": 1}})
+    assert status == 400 and "ConfigMap.data of type string" in body["message"]
+    status, body = await api.post(PODS, {"metadata": {"name": "p"}, "spec": None})
+    assert status == 422 and body["details"]["causes"][0]["field"] == "spec.containers"  # null is unset
+
+
+async def test_an_event_is_one_object_read_through_both_event_apis(api: Api) -> None:
+    core = {"metadata": {"name": "ev1"}, "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"},
+            "reason": "Started", "message": "hi", "type": "Normal", "reportingComponent": "op",
+            "reportingInstance": "op-0", "count": 1}
+    status, created = await api.post("/api/v1/namespaces/default/events", core)
+    assert status == 201 and created["eventTime"] is None and created["source"] == {}
+    status, v1 = await api.get("/apis/events.k8s.io/v1/namespaces/default/events/ev1")
+    assert status == 200
+    assert (v1["note"], v1["regarding"]["name"], v1["reportingController"], v1["deprecatedCount"]) == \
+        ("hi", "p", "op", 1)
+    assert v1["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
+    await api.delete("/apis/events.k8s.io/v1/namespaces/default/events/ev1")
+    assert (await api.get("/api/v1/namespaces/default/events/ev1"))[0] == 404
+
+
+async def test_pod_updates_follow_the_real_rules(api: Api) -> None:
+    await api.post(PODS, pod("u", activeDeadlineSeconds=100))
+    status, body = await api.patch(f"{PODS}/u", {"spec": {"containers": []}})
+    assert status == 422 and [c["message"] for c in body["details"]["causes"]] == [
+        "Required value", "Forbidden: pod updates may not add or remove containers"]
+    status, body = await api.patch(f"{PODS}/u", {"spec": {"activeDeadlineSeconds": 200}})
+    assert status == 422 and body["details"]["causes"][0]["message"] == \
+        "Invalid value: 200: must be less than or equal to previous value"
+    status, body = await api.patch(f"{PODS}/u", {"spec": {"activeDeadlineSeconds": 50}})
+    assert status == 200 and body["metadata"]["generation"] == 2
+
+
+async def test_an_immutable_configmap_keeps_its_data_and_its_flag(api: Api) -> None:
+    await api.post(CM, {"metadata": {"name": "frozen"}, "immutable": True, "data": {"a": "1"}})
+    status, body = await api.patch(f"{CM}/frozen", {"data": {"a": "2"}})
+    assert status == 422 and body["details"]["causes"][0]["field"] == "data"
+    status, body = await api.patch(f"{CM}/frozen", {"immutable": False})
+    assert status == 422 and body["details"]["causes"][0]["field"] == "immutable"
+
+
+@needs_schema
+async def test_a_custom_resource_lists_its_metadata_errors_before_its_schema_errors(api: Api) -> None:
+    await install_widgets(api)
+    body = widget("w-bad", size=0)
+    body["metadata"]["labels"] = {"k": "bad value"}
+    status, answer = await api.post(W, body)
+    assert status == 422
+    fields = [c["field"] for c in answer["details"]["causes"]]
+    assert fields[0] == "metadata.labels" and "spec.size" in fields

@@ -22,7 +22,7 @@ PODS = "/api/v1/namespaces/default/pods"
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[ApiServer]:
-    s = ApiServer(tmp_path, bookmark_interval=0.2, history_size=50)
+    s = ApiServer(tmp_path, bookmark_interval=0.2, history_size=50, root_ca_publisher=False)
     await s.start()
     yield s
     await s.stop()
@@ -452,7 +452,7 @@ async def test_fault_drops_one_clients_watch_and_then_answers_410(api: Api, serv
 
 
 async def test_request_log_is_bounded(tmp_path: Path) -> None:
-    s = ApiServer(tmp_path, request_log_limit=10)
+    s = ApiServer(tmp_path, request_log_limit=10, root_ca_publisher=False)
     await s.start()
     try:
         async with aiohttp.ClientSession() as session:
@@ -481,7 +481,7 @@ async def test_replay_of_old_slimmed_events_keeps_selector_semantics(api: Api, s
 
 
 async def test_history_is_bounded_by_bytes(tmp_path: Path) -> None:
-    s = ApiServer(tmp_path, history_bytes=20_000)
+    s = ApiServer(tmp_path, history_bytes=20_000, root_ca_publisher=False)
     await s.start()
     try:
         async with aiohttp.ClientSession() as session:

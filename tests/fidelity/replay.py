@@ -595,8 +595,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"       {p}")
         for w in r.warnings if args.verbose else []:
             print(f"       (warning) {w}")
-    if args.area or args.case:  # the chosen cases' own figures, before the whole corpus's
-        print(summary([r for r in results if r.case in shown], EXCEPTIONS).replace("fidelity:", "chosen:", 1))
+    if len(shown) < len({r.case for r in results}):
+        chosen = summary([r for r in results if r.case in shown], EXCEPTIONS).split("\n")[0]
+        print(chosen.replace("fidelity:", "fidelity (chosen cases):", 1))
     print(summary(results, EXCEPTIONS))
     return 0 if all(r.matched or r.key in EXCEPTIONS for r in results) else 1
 

@@ -27,10 +27,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from localcluster.apiserver.server import SUBDOMAIN_MSG, SUBDOMAIN_RE
+from localcluster.apiserver.validation import dns1035_label, dns1123_subdomain
 from localcluster.schema import (
-    _DNS1035_MSG,
-    _RX_DNS1035,
     FieldError,
     _forbidden,
     _go_struct_json,
@@ -95,19 +93,8 @@ def _versions_invalid(versions: list[Any], view: Mapping[str, Any], detail: str)
     return FieldError("FieldValueInvalid", "spec.versions", f"Invalid value: {quoted}: {detail}")
 
 
-def _format_errors(value: str, limit: int, pattern: Any, message: str) -> list[str]:
-    out = [f"must be no more than {limit} characters"] if len(value) > limit else []
-    if not pattern.match(value):
-        out.append(message)
-    return out
-
-
-def _subdomain_errors(value: str) -> list[str]:
-    return _format_errors(value, 253, SUBDOMAIN_RE, SUBDOMAIN_MSG)
-
-
-def _dns1035_errors(value: str) -> list[str]:
-    return _format_errors(value, 63, _RX_DNS1035, _DNS1035_MSG)
+_subdomain_errors = dns1123_subdomain
+_dns1035_errors = dns1035_label
 
 
 def _names_errors(names: Mapping[str, Any], path: str) -> list[FieldError]:

@@ -21,7 +21,17 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from localcluster.apiserver import decode, discovery, managedfields, negotiation, openapi, protobuf
+from localcluster.apiserver import (
+    decode,
+    discovery,
+    event_api,
+    limits,
+    managedfields,
+    negotiation,
+    openapi,
+    protobuf,
+    validation,
+)
 from localcluster.apiserver import patch as patch_mod
 from localcluster.apiserver.bookmarks import bookmark, next_bookmark
 from localcluster.apiserver.faults import FaultRule, Faults
@@ -52,26 +62,18 @@ from localcluster.apiserver.table import make_table, partial_metadata
 
 log = logging.getLogger(__name__)
 JSON = "application/json"
-SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-SUBDOMAIN_MSG = (
-    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and "
-    "must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is "
-    "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
-)
-LABEL_MSG = (
-    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start "
-    "and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is "
-    "'[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
-)
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+SERVICE_ACCOUNT_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+ROOT_CA_CONFIGMAP = "kube-root-ca.crt"
 FOREGROUND = "foregroundDeletion"
 ORPHAN = "orphan"
 TERMINAL_PHASES = ("Succeeded", "Failed")
-# Kinds whose DELETE answers the deleted object; the others answer a Status once the object is gone.
-_RETURNS_DELETED_OBJECT = {("", "pods"), ("", "serviceaccounts"), ("storage.k8s.io", "storageclasses")}
 # Kinds whose deletion finishes when their contents are gone, not when finalizers empty.
 _SELF_FINALIZING = {("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions")}
+# Kinds whose registry answers DELETE with the deleted object (ReturnDeletedObject); the rest answer a Status.
+_RETURNS_DELETED_OBJECT = {("", "pods"), ("", "serviceaccounts"), ("", "services"), ("", "namespaces"),
+                           ("storage.k8s.io", "storageclasses"), ("scheduling.k8s.io", "priorityclasses"),
+                           ("apiextensions.k8s.io", "customresourcedefinitions")}
 
 
 def now_rfc3339() -> str:
@@ -207,8 +209,12 @@ class ApiServer:
         history_bytes: int = 128 * 1024 * 1024,
         git_version: str = "v1.35.0",
         request_log_limit: int = 200_000,
+        root_ca_publisher: bool = True,
     ) -> None:
         self.state_dir = Path(state_dir) if state_dir is not None else None
+        # kube-controller-manager's root-CA publisher: kube-root-ca.crt in every namespace (tests of list and
+        # watch mechanics turn it off to start from empty namespaces)
+        self.root_ca_publisher = root_ca_publisher
         self.registry = Registry()
         self.store = Store(history_size, history_bytes)
         self.faults = Faults()
@@ -433,8 +439,10 @@ class ApiServer:
 
     @staticmethod
     async def _raw_body(request: web.Request) -> bytes:
-        """The request body's bytes: every body reader goes through here."""
-        return await request.read()
+        """The request body's bytes: every body reader goes through here (and so through the body size limit)."""
+        raw = await request.read()
+        limits.check_body(len(raw))
+        return raw
 
     async def _read_object(self, request: web.Request, info: ResourceInfo) -> tuple[dict[str, Any], list[str]]:
         """The body of a create or update: an object, and the paths of its duplicated keys."""
@@ -562,7 +570,8 @@ class ApiServer:
             body, dups = await self._read_object(request, info)
             # the custom resource handler takes a POST to an object's path as a create of the body's object
             warnings = self._field_validation(info, body, q, dups)
-            obj = self.create_object(info, ri.namespace, body, dry_run=dry, manager=manager)
+            obj = self.create_object(info, ri.namespace, body, dry_run=dry, manager=manager,
+                                     warnings=warnings)
             return self._obj_response(info, obj, 201, warnings)
         if verb == "update":
             decode.check_write_options("UpdateOptions", q, dry_run)
@@ -902,10 +911,17 @@ class ApiServer:
                  old: dict[str, Any] | None) -> dict[str, Any]:
         meta = obj["metadata"]
         if etype != "DELETED":
+            key = limits.etcd_key(info.group, info.plural, ns, meta["name"], info.custom)
+            stored = {**obj, "metadata": {k: v for k, v in meta.items() if k != "resourceVersion"}}
+            limits.check_storable(key, len(dumps(stored)) + 1, int((old or {}).get("metadata", {}).get(
+                "resourceVersion") or 0))
             meta["resourceVersion"] = str(self.store.next_rv())
         else:
             obj = {**obj, "metadata": {**meta, "resourceVersion": str(self.store.next_rv())}}
         self.store.commit(info.store_key, ns, meta["name"], obj, etype, old)
+        mirror = event_api.other_key(info.store_key)
+        if mirror is not None:
+            self._mirror_event(mirror, ns, obj, etype)
         self._index_owners(info, ns, obj, old, etype)
         uid = meta.get("uid", "")
         if etype == "ADDED":
@@ -913,6 +929,15 @@ class ApiServer:
         elif etype == "DELETED":
             self._uids.pop(uid, None)
         return obj
+
+    def _mirror_event(self, key: tuple[str, str], ns: str, obj: dict[str, Any], etype: str) -> None:
+        """Keep the other Events API's copy in step: same uid and resourceVersion, converted fields."""
+        name = obj["metadata"]["name"]
+        prev = self.store.get(key, ns, name)
+        if etype == "DELETED" and prev is None:
+            return
+        etype = "DELETED" if etype == "DELETED" else ("MODIFIED" if prev is not None else "ADDED")
+        self.store.commit(key, ns, name, event_api.convert(obj, key), etype, prev)
 
     def _index_owners(self, info: ResourceInfo, ns: str, obj: dict[str, Any], old: dict[str, Any] | None,
                       etype: str) -> None:
@@ -943,25 +968,88 @@ class ApiServer:
                             "causes": [{"reason": "NamespaceTerminating", "message": f"namespace {ns} is being "
                                         "terminated", "field": "metadata.namespace"}]})
 
-    def _validate_name(self, info: ResourceInfo, name: str) -> list[dict[str, Any]]:
-        """IsDNS1123Label (namespaces) or IsDNS1123Subdomain: one Invalid cause per broken rule."""
-        if info.plural == "customresourcedefinitions":
-            return []
-        if info.plural == "namespaces":
-            limit, pattern, msg = 63, LABEL_RE, LABEL_MSG
+    def _check_decodable(self, info: ResourceInfo, obj: dict[str, Any]) -> None:
+        """What the real server's decoding into Go types refuses: 400 before any validation."""
+        if info.custom:
+            return
+        err = validation.decode_errors(info.store_key, obj)
+        if err:
+            raise ApiError(400, f'{info.kind} in version "{info.version}" cannot be handled as a {info.kind}: {err}',
+                           "BadRequest")
+
+    @staticmethod
+    def _invalid(info: ResourceInfo, name: str, causes: list[dict[str, Any]]) -> ApiError:
+        if info.store_key == ("events.k8s.io", "events"):
+            # events.k8s.io/v1 Events are validated as the core Event they are stored as
+            return invalid("Event", "", "Event", name, causes)
+        return invalid(info.kind_group, info.group, info.kind, name, causes)
+
+    def _validate_custom_after(self, info: ResourceInfo, obj: dict[str, Any], old: dict[str, Any] | None,
+                               meta_causes: list[dict[str, Any]], sub: str = "") -> dict[str, Any]:
+        """The schema's verdict on a custom resource, listed after its metadata's errors in one 422."""
+        try:
+            return self._validate_custom(info, obj, old, sub)
+        except ApiError as e:
+            if not meta_causes or e.code != 422:
+                raise
+            causes = meta_causes + list((e.details or {}).get("causes") or [])
+            raise self._invalid(info, obj["metadata"].get("name", ""), causes) from None
+
+    def _validate_builtin(self, info: ResourceInfo, ns: str, obj: dict[str, Any],
+                          old: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """Object metadata for every kind, then the rules of the built-in kinds the project writes."""
+        builtin = not info.custom
+        meta = obj["metadata"]
+        if old is None:
+            causes = validation.validate_meta(info.plural, meta, builtin)
         else:
-            limit, pattern, msg = 253, SUBDOMAIN_RE, SUBDOMAIN_MSG
-        problems = [f"must be no more than {limit} characters"] if len(name) > limit else []
-        if not pattern.match(name):
-            problems.append(msg)
-        value = json.dumps(name, ensure_ascii=False)
-        return [{"reason": "FieldValueInvalid", "field": "metadata.name", "message": f"Invalid value: {value}: {p}"}
-                for p in problems]
+            causes = validation.validate_meta_update(old["metadata"], meta, builtin)
+            causes += validation.validate_meta(info.plural, meta, builtin)
+        key = info.store_key
+        if key == ("", "configmaps"):
+            causes += validation.validate_configmap(obj)
+            if old is not None:
+                causes += validation.validate_immutable_update(old, obj, ("data", "binaryData"))
+        elif key == ("", "secrets") and old is not None:
+            causes += validation.validate_immutable_update(old, obj, ("data",))
+        elif key == ("", "pods"):
+            causes += validation.validate_pod(obj)
+            if old is not None:
+                causes += validation.validate_pod_update(old, obj)
+        elif key == ("", "events"):
+            causes += validation.validate_core_event(obj, ns)
+        elif key == ("events.k8s.io", "events"):
+            causes += validation.validate_events_v1(obj)
+        elif key == ("networking.k8s.io", "networkpolicies"):
+            causes += validation.validate_network_policy(obj)
+        return causes
 
     def create_object(self, info: ResourceInfo, ns: str, body: dict[str, Any], dry_run: bool = False,
-                      manager: str = "", apply_config: dict[str, Any] | None = None) -> dict[str, Any]:
-        """POST semantics: defaulting, validation, uid/rv/timestamps, side effects; the fields go to manager
-        (as applied, when the create is a server-side apply of apply_config)."""
+                      manager: str = "", apply_config: dict[str, Any] | None = None,
+                      warnings: list[str] | None = None) -> dict[str, Any]:
+        """POST semantics: defaulting, validation, uid/rv/timestamps, side effects (warnings are appended);
+        the fields go to manager (as applied, when the create is a server-side apply of apply_config)."""
+        if not info.custom:
+            body = validation.drop_nulls(body)
+        try:
+            return self._create_object(info, ns, body, dry_run, manager, apply_config, warnings)
+        except (AttributeError, KeyError, TypeError):
+            self._raise_shape_error(info, body)
+            raise
+
+    def _raise_shape_error(self, info: ResourceInfo, body: Any) -> None:
+        """A built-in object whose values have the wrong JSON types (a string for a list, say) is refused
+        with 400, as decoding into the Go types refuses it; the published schema names the field."""
+        if info.custom:
+            return
+        err = validation.shape_error({**body, "apiVersion": info.api_version, "kind": info.kind}
+                                     if isinstance(body, dict) else body)
+        if err:
+            raise ApiError(400, f'{info.kind} in version "{info.version}" cannot be handled as a {info.kind}: {err}',
+                           "BadRequest") from None
+
+    def _create_object(self, info: ResourceInfo, ns: str, body: dict[str, Any], dry_run: bool, manager: str,
+                       apply_config: dict[str, Any] | None, warnings: list[str] | None) -> dict[str, Any]:
         obj = json_copy(body)
         meta = obj.setdefault("metadata", {}) or {}
         obj["metadata"] = meta
@@ -979,32 +1067,31 @@ class ApiServer:
             _check_kind(info, obj, meta.get("name") or "")
         obj = {"apiVersion": info.api_version, "kind": info.kind, "metadata": meta,
                **{k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}}
+        self._check_decodable(info, obj)
         name = meta.get("name") or ""
-        if not name:
-            gen = meta.get("generateName")
-            if not gen:
-                raise invalid(info.kind_group, info.group, info.kind, "", [
-                    {"reason": "FieldValueRequired", "field": "metadata.name",
-                     "message": "Required value: name or generateName is required"}])
+        gen = meta.get("generateName")
+        if not name and gen:
             for _ in range(20):
-                name = f"{gen}{_rand_suffix()}"
+                name = validation.generated_name(str(gen), _rand_suffix())
                 if self.store.get(info.store_key, ns, name) is None:
                     break
-            meta["name"] = name
-        causes = self._validate_name(info, name)
-        if causes:
-            raise invalid(info.kind_group, info.group, info.kind, name, causes)
+        meta["name"] = name  # "" when neither is given: validation then names what is missing
         self._check_namespace(info, ns, name)
-        if self.store.get(info.store_key, ns, name) is not None:
-            raise already_exists(info.group_resource, info.group, info.plural, name)
         for k in ("resourceVersion", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds",
                   "managedFields", "selfLink", "generation"):
             meta.pop(k, None)
         if info.custom and info.has_status:
             obj.pop("status", None)
+        if warnings is not None:
+            warnings.extend(validation.dedup_owner_references(meta))
         self._prepare_create(info, ns, obj)
+        causes = self._validate_builtin(info, ns, obj, None)
         if info.custom:
-            obj = self._validate_custom(info, obj, None)
+            obj = self._validate_custom_after(info, obj, None, causes)
+        if causes:
+            raise self._invalid(info, name, causes)
+        if self.store.get(info.store_key, ns, name) is not None:
+            raise already_exists(info.group_resource, info.group, info.plural, name)
         if apply_config is not None:
             managedfields.apply({}, apply_config, obj, info.schema, manager, info.api_version, "", info.has_status,
                                 True, now_rfc3339())
@@ -1017,7 +1104,7 @@ class ApiServer:
         if info.has_generation:
             meta["generation"] = 1
         if dry_run:
-            return obj
+            return obj  # a dry-run create has a uid and a creationTimestamp, but no resourceVersion
         obj = self._persist(info, ns, obj, "ADDED", None)
         self._after_create(info, ns, obj)
         refs = obj["metadata"].get("ownerReferences") or []
@@ -1071,35 +1158,43 @@ class ApiServer:
             for port in spec.get("ports") or []:
                 port.setdefault("protocol", "TCP")
                 port.setdefault("targetPort", port.get("port"))
-        elif key == ("", "events") and not obj.get("firstTimestamp") and not obj.get("eventTime"):
-            obj.setdefault("count", 1)
+        elif key == ("networking.k8s.io", "networkpolicies"):
+            validation.default_network_policy(obj)
+        elif key == ("", "events"):
+            obj.setdefault("source", {})
+            for k in ("firstTimestamp", "lastTimestamp", "eventTime"):
+                obj.setdefault(k, None)  # the Go types have no omitempty on these times
+        elif key == ("events.k8s.io", "events"):
+            obj.setdefault("deprecatedSource", {})
+            for k in ("deprecatedFirstTimestamp", "deprecatedLastTimestamp"):
+                obj.setdefault(k, None)
 
     def _default_pod(self, pod: dict[str, Any]) -> None:
         spec = pod.setdefault("spec", {})
         containers = spec.get("containers") or []
-        name = pod["metadata"]["name"]
-        if not containers:
-            raise invalid("Pod", "", "Pod", name, [{"reason": "FieldValueRequired", "field": "spec.containers",
-                                                    "message": "Required value"}])
-        all_containers = [("containers", i, c) for i, c in enumerate(containers)] + [
-            ("initContainers", i, c) for i, c in enumerate(spec.get("initContainers") or [])]
-        for field, i, c in all_containers:
-            for required in ("name", "image"):
-                if not c.get(required):
-                    raise invalid("Pod", "", "Pod", name, [{"reason": "FieldValueRequired",
-                                                            "field": f"spec.{field}[{i}].{required}",
-                                                            "message": "Required value"}])
+        for c in containers + (spec.get("initContainers") or []):
+            c.setdefault("resources", {})
             c.setdefault("terminationMessagePath", "/dev/termination-log")
             c.setdefault("terminationMessagePolicy", "File")
             image = str(c.get("image", ""))
             tagged = ":" in image.rsplit("/", 1)[-1] or "@" in image
             c.setdefault("imagePullPolicy",
                          "Always" if not tagged or image.endswith(":latest") else "IfNotPresent")
+        for v in spec.get("volumes") or []:
+            for source in ("downwardAPI", "configMap", "secret"):
+                if isinstance(v.get(source), dict):
+                    v[source].setdefault("defaultMode", 420)
+            for item in (v.get("downwardAPI") or {}).get("items") or []:
+                if isinstance(item.get("fieldRef"), dict):
+                    item["fieldRef"].setdefault("apiVersion", "v1")
         spec.setdefault("restartPolicy", "Always")
         spec.setdefault("terminationGracePeriodSeconds", 30)
+        if isinstance(spec["terminationGracePeriodSeconds"], int) and spec["terminationGracePeriodSeconds"] < 0:
+            spec["terminationGracePeriodSeconds"] = 1  # the pod strategy raises a negative grace period to 1
         spec.setdefault("dnsPolicy", "ClusterFirst")
         spec.setdefault("schedulerName", "default-scheduler")
         spec.setdefault("serviceAccountName", spec.get("serviceAccount") or "default")
+        spec.setdefault("serviceAccount", spec["serviceAccountName"])
         spec.setdefault("securityContext", {})
         spec.setdefault("enableServiceLinks", True)
         spec.setdefault("priority", 0)
@@ -1122,12 +1217,33 @@ class ApiServer:
                            "Forbidden", {"name": name, "kind": "pods"})
 
     def _admit_service_account(self, ns: str, pod: dict[str, Any]) -> None:
-        """The ServiceAccount admission plugin: the pod's service account must exist."""
-        sa = (pod.get("spec") or {}).get("serviceAccountName") or "default"
-        if self.store.get(("", "serviceaccounts"), ns, sa) is None:
+        """The ServiceAccount admission plugin: the pod's service account must exist, and unless the pod or the
+        account opts out, every container mounts the projected `kube-api-access-*` token volume."""
+        spec = pod.get("spec") or {}
+        sa = spec.get("serviceAccountName") or "default"
+        account = self.store.get(("", "serviceaccounts"), ns, sa)
+        if account is None:
             name = pod["metadata"]["name"]
             raise ApiError(403, f'pods "{name}" is forbidden: error looking up service account {ns}/{sa}: '
                                 f'serviceaccount "{sa}" not found', "Forbidden", {"name": name, "kind": "pods"})
+        automount = spec.get("automountServiceAccountToken")
+        if automount is None:
+            automount = account.get("automountServiceAccountToken")
+        containers = (spec.get("containers") or []) + (spec.get("initContainers") or [])
+        mounted = any(m.get("mountPath") == SERVICE_ACCOUNT_MOUNT for c in containers
+                      for m in c.get("volumeMounts") or [])
+        if automount is False or mounted or not containers:
+            return
+        volume = f"kube-api-access-{_rand_suffix()}"
+        spec.setdefault("volumes", []).append({"name": volume, "projected": {"sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": ROOT_CA_CONFIGMAP, "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace",
+                                        "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+        ], "defaultMode": 420}})
+        for c in containers:
+            c.setdefault("volumeMounts", []).append({"name": volume, "readOnly": True,
+                                                     "mountPath": SERVICE_ACCOUNT_MOUNT})
 
     def _enforce_quota(self, ns: str, name: str) -> None:
         for quota in self.store.iter(("", "resourcequotas"), ns):
@@ -1211,6 +1327,12 @@ class ApiServer:
             assert sa is not None
             name = obj["metadata"]["name"]
             self.create_object(sa, name, {"metadata": {"name": "default", "namespace": name}})
+            if self.root_ca_publisher:
+                # What the root-CA publisher puts in every namespace; this cluster serves plain HTTP, so no CA.
+                cm = self.registry.get("", "v1", "configmaps")
+                assert cm is not None
+                self.create_object(cm, name, {"metadata": {"name": ROOT_CA_CONFIGMAP, "namespace": name},
+                                              "data": {"ca.crt": ""}})
         elif key == ("apiextensions.k8s.io", "customresourcedefinitions"):
             self._register_crd(obj)
             self._establish_crd_soon(obj["metadata"]["name"])
@@ -1267,6 +1389,16 @@ class ApiServer:
                       applied: bool = False) -> dict[str, Any]:
         """PUT semantics (also the tail of every patch): preconditions, status split, generation, field
         ownership (`applied`: the body's managedFields were set by server-side apply)."""
+        if not info.custom and sub != "status":  # status keeps the nulls its writers put (lastProbeTime: null)
+            body = validation.drop_nulls(body)
+        try:
+            return self._update_object(info, ns, name, body, sub, dry_run, _patched, manager, applied)
+        except (AttributeError, KeyError, TypeError):
+            self._raise_shape_error(info, body)
+            raise
+
+    def _update_object(self, info: ResourceInfo, ns: str, name: str, body: dict[str, Any], sub: str,
+                       dry_run: bool, _patched: bool, manager: str, applied: bool) -> dict[str, Any]:
         old = self._must_get(info, ns, name)
         new = json_copy(body) if not _patched else body
         meta = new.get("metadata")
@@ -1299,6 +1431,7 @@ class ApiServer:
             _check_kind(info, new, name)
         new["apiVersion"] = info.api_version
         new["kind"] = info.kind
+        causes: list[dict[str, Any]] = []
         if sub == "status":
             status = new.get("status")
             new = {**old, "metadata": dict(old["metadata"])}
@@ -1321,15 +1454,12 @@ class ApiServer:
                     new["status"] = old["status"]
                 else:
                     new.pop("status", None)
-            if old_meta.get("deletionTimestamp"):
-                added = set(meta.get("finalizers") or []) - set(old_meta.get("finalizers") or [])
-                if added:
-                    raise invalid(info.kind_group, info.group, info.kind, name, [
-                        {"reason": "FieldValueForbidden", "field": "metadata.finalizers",
-                         "message": f"Forbidden: no new finalizers can be added if the object is being deleted, "
-                                    f"found new finalizers {sorted(added)}"}])
+            self._check_decodable(info, new)
+            causes = self._validate_builtin(info, ns, new, old)
         if info.custom:
-            new = self._validate_custom(info, new, old, sub)
+            new = self._validate_custom_after(info, new, old, causes, sub)
+        if causes:
+            raise self._invalid(info, name, causes)
         if info.store_key == ("", "pods") and sub != "status":
             self._check_pod_update(old, new)
         if info.store_key == ("apiextensions.k8s.io", "customresourcedefinitions") and sub != "status":
@@ -1356,8 +1486,10 @@ class ApiServer:
             return new
         if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers") \
                 and not self._awaiting_node(info, new) and info.store_key not in _SELF_FINALIZING:
-            self._remove(info, ns, new, old)
-            return new  # as last stored: the deletion's resourceVersion is only in the watch event
+            # The update that clears the last finalizer deletes the object: the answer is the update (at the
+            # stored resourceVersion), the DELETED event carries the object as it was last stored.
+            self._remove(info, ns, old, old)
+            return new
         new = self._persist(info, ns, new, "MODIFIED", old)
         if info.store_key == ("apiextensions.k8s.io", "customresourcedefinitions"):
             self._register_crd(new)
@@ -1458,7 +1590,12 @@ class ApiServer:
         grace = opts.get("gracePeriodSeconds")
         if dry_run:
             return {**obj, "metadata": _deleting_meta(meta)} if meta.get("finalizers") else obj
+        if info.store_key == ("", "namespaces"):
+            return self._delete_namespace(obj)
+        if info.store_key == ("apiextensions.k8s.io", "customresourcedefinitions"):
+            return self._delete_crd(info, obj)
         is_pod = info.store_key == ("", "pods")
+        deleting = bool(meta.get("deletionTimestamp"))
         if is_pod:
             spec = obj.get("spec") or {}
             phase = (obj.get("status") or {}).get("phase")
@@ -1468,39 +1605,68 @@ class ApiServer:
                 grace = int(spec.get("terminationGracePeriodSeconds", 30))
             grace = int(grace)
             current = meta.get("deletionGracePeriodSeconds")
-            if meta.get("deletionTimestamp") and current is not None and grace >= int(current) and grace > 0:
+            if deleting and current is not None and grace >= int(current) and grace > 0:
                 return obj
-            if grace > 0:
-                new = {**obj, "metadata": _deleting_meta(meta, deletionTimestamp=_rfc3339_in(grace),
-                                                         deletionGracePeriodSeconds=grace)}
-                if policy == "Foreground" and self._has_dependents(meta.get("uid", "")):
-                    new["metadata"]["finalizers"] = _add(meta.get("finalizers"), FOREGROUND)
-                    self._foreground[meta.get("uid", "")] = (info.store_key, ns, name)
-                    new = self._persist(info, ns, new, "MODIFIED", obj)
-                    self._delete_dependents(meta.get("uid", ""))
-                    return self.store.get(info.store_key, ns, name) or new
-                return self._persist(info, ns, new, "MODIFIED", obj)
+        else:
+            grace = 0
+        # The registry adds the garbage collector's finalizer for Orphan and Foreground, owners or not.
+        fins = [f for f in meta.get("finalizers") or [] if f not in (ORPHAN, FOREGROUND)]
+        gc_finalizer = {"Orphan": ORPHAN, "Foreground": FOREGROUND}.get(policy)
+        if gc_finalizer:
+            fins.append(gc_finalizer)
+        elif deleting:
+            fins = list(meta.get("finalizers") or [])
+        if deleting and not is_pod:
+            if fins == list(meta.get("finalizers") or []):
+                return obj
+            obj = self._persist(info, ns, {**obj, "metadata": {**meta, "finalizers": fins}}, "MODIFIED", obj)
+            return self._collect_finalizers(info, ns, obj)
+        if not fins and not is_pod:
+            self._remove(info, ns, obj, obj)
+            return obj
+        new_meta = {**meta, "deletionGracePeriodSeconds": grace,
+                    "deletionTimestamp": _rfc3339_in(grace) if grace else now_rfc3339()}
+        if fins:
+            new_meta["finalizers"] = fins
+        if int(meta.get("generation") or 0) > 0 and not deleting:
+            new_meta["generation"] = int(meta["generation"]) + 1  # deletion bumps the generation
+        new = self._persist(info, ns, {**obj, "metadata": new_meta}, "MODIFIED", obj)
+        if fins:
+            return self._collect_finalizers(info, ns, new)
+        if not grace:
+            self._remove(info, ns, new, new)  # an unscheduled pod goes at once, after the MODIFIED
+        return new
+
+    def _collect_finalizers(self, info: ResourceInfo, ns: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """The garbage collector's part of a deletion: orphan or delete the dependents, then drop its finalizer.
+
+        Returns the object as the DELETE answers it (the state the deletion stored).
+        """
+        meta = obj["metadata"]
         uid = meta.get("uid", "")
-        if info.store_key == ("", "namespaces"):
-            return self._delete_namespace(obj)
-        if info.store_key == ("apiextensions.k8s.io", "customresourcedefinitions"):
-            return self._delete_crd(info, obj)
-        if policy == "Foreground" and self._has_dependents(uid):
-            if meta.get("deletionTimestamp") and FOREGROUND in (meta.get("finalizers") or []):
-                return obj
-            new = {**obj, "metadata": _deleting_meta(meta, finalizers=_add(meta.get("finalizers"), FOREGROUND))}
-            self._foreground[uid] = (info.store_key, ns, name)
-            new = self._persist(info, ns, new, "MODIFIED", obj)
-            self._delete_dependents(uid)
-            return self.store.get(info.store_key, ns, name) or new
-        if policy == "Orphan":
+        fins = meta.get("finalizers") or []
+        if ORPHAN in fins:
             self._orphan_dependents(uid)
-        if meta.get("finalizers"):
-            if meta.get("deletionTimestamp") and not (is_pod and meta.get("deletionGracePeriodSeconds")):
-                return obj
-            new = {**obj, "metadata": _deleting_meta(meta)}
-            return self._persist(info, ns, new, "MODIFIED", obj)
-        return self._remove(info, ns, obj, obj)
+            current = self.store.get(info.store_key, ns, meta["name"])
+            if current is not None and current["metadata"].get("uid") == uid:
+                self._drop_finalizer(info, ns, current, ORPHAN)
+        elif FOREGROUND in fins:
+            self._foreground[uid] = (info.store_key, ns, meta["name"])
+            self._delete_dependents(uid)
+            self._maybe_finish_foreground(uid, ns)
+        return obj
+
+    def _drop_finalizer(self, info: ResourceInfo, ns: str, obj: dict[str, Any], finalizer: str) -> None:
+        """Remove one finalizer; the last one gone completes a pending deletion (DELETED carries the last state)."""
+        m = obj["metadata"]
+        fins = [f for f in m.get("finalizers") or [] if f != finalizer]
+        new = {**obj, "metadata": {**m, "finalizers": fins}}
+        if not fins:
+            new["metadata"].pop("finalizers")
+            if m.get("deletionTimestamp") and not self._awaiting_node(info, new):
+                self._remove(info, ns, obj, obj)
+                return
+        self._persist(info, ns, new, "MODIFIED", obj)
 
     def _remove(self, info: ResourceInfo, ns: str, obj: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
         """Actually delete the object, then let GC and namespace/CRD finalisation run."""
@@ -1568,15 +1734,7 @@ class ApiServer:
         m = o["metadata"]
         if m.get("uid") != owner_uid or FOREGROUND not in (m.get("finalizers") or []):
             return
-        namespace = m.get("namespace", "")
-        fins = [f for f in m["finalizers"] if f != FOREGROUND]
-        new = {**o, "metadata": {**m, "finalizers": fins}}
-        if not fins:
-            new["metadata"].pop("finalizers")
-            if not self._awaiting_node(info, new):
-                self._remove(info, namespace, new, o)
-                return
-        self._persist(info, namespace, new, "MODIFIED", o)
+        self._drop_finalizer(info, m.get("namespace", ""), o, FOREGROUND)
 
     def _delete_namespace(self, ns_obj: dict[str, Any]) -> dict[str, Any]:
         info = self.registry.get("", "v1", "namespaces")

@@ -62,7 +62,7 @@ class ApiError(Exception):
 
 
 def _details(name: str, group: str, kind: str, causes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    d: dict[str, Any] = {"name": name, "kind": kind}
+    d: dict[str, Any] = {"name": name, "kind": kind} if name else {"kind": kind}
     if group:
         d["group"] = group
     if causes:
@@ -91,10 +91,12 @@ def conflict(group_resource: str, group: str, plural: str, name: str) -> ApiErro
 
 def invalid(kind_group: str, group: str, kind: str, name: str, causes: list[dict[str, Any]]) -> ApiError:
     """422 Invalid, worded like the real API server's aggregate field error."""
-    parts = []
+    parts: list[str] = []
     for c in causes:
         field = c.get("field", "")
-        parts.append(f"{field}: {c.get('message', '')}" if field else c.get("message", ""))
+        part = f"{field}: {c.get('message', '')}" if field else c.get("message", "")
+        if part not in parts:  # the aggregate message lists a repeated error once; the causes keep both
+            parts.append(part)
     summary = parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
     return ApiError(422, f'{kind_group} "{name}" is invalid: {summary}', "Invalid",
                     _details(name, group, kind, causes))
@@ -102,10 +104,7 @@ def invalid(kind_group: str, group: str, kind: str, name: str, causes: list[dict
 
 def options_invalid(kind: str, causes: list[dict[str, Any]]) -> ApiError:
     """422 for bad request options (CreateOptions, PatchOptions, DeleteOptions...): an object without a name."""
-    err = invalid(f"{kind}.meta.k8s.io", "meta.k8s.io", kind, "", causes)
-    assert err.details is not None
-    del err.details["name"]
-    return err
+    return invalid(f"{kind}.meta.k8s.io", "meta.k8s.io", kind, "", causes)  # no name: details leave it out
 
 
 def precondition_failed(kind_group: str, group: str, kind: str, name: str, what: str, wanted: str,
