@@ -354,12 +354,15 @@ class DeadLetters:
 
     # -- record ------------------------------------------------------------------------------------
 
-    async def record(self, execution: Mapping[str, Any], policy: DeadLetterPolicy | str) -> str | None:
+    async def record(
+        self, execution: Mapping[str, Any], policy: DeadLetterPolicy | str, *, class_label: str | None = None
+    ) -> str | None:
         """Create the DeadLetter of a failed Execution if the policy wants one; return its name.
 
         Idempotent: the name comes from the uid, so a second call (a redelivered event, a restart) gets
         409 AlreadyExists and returns the same name. An Execution whose status already names its
         DeadLetter is not recorded again, so a purged DeadLetter does not come back after a restart.
+        `class_label` is the class as the metrics name it (a class that exists, else `unknown`).
         """
         status = execution.get("status") or {}
         error_type = (status.get("error") or {}).get("type")
@@ -377,7 +380,7 @@ class DeadLetters:
             if not exc.already_exists:
                 raise
             return name
-        metrics.record_dead_letter(namespace, class_name, body["spec"]["error"]["type"])
+        metrics.record_dead_letter(namespace, class_label or class_name, body["spec"]["error"]["type"])
         log.info(
             "dead letter recorded",
             namespace=namespace,

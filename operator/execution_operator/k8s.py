@@ -8,6 +8,7 @@ always talk to the same cluster.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import ssl
@@ -20,12 +21,21 @@ from urllib.parse import quote
 import aiohttp
 import kopf
 
+from execution_operator import safejson
+
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 
 #: Kubernetes verbs by HTTP method, for the request metrics.
 _VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+#: Answers retried by the client itself (with backoff, honouring Retry-After) before it gives up.
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: Seconds between tries of a request that met a transient answer; its last failure is raised.
+TRANSIENT_BACKOFF = (0.2, 0.5, 1.0, 2.0)
+#: The most of a server's Retry-After that one wait honours (longer waits are the caller's to schedule).
+MAX_RETRY_AFTER = 10.0
 
 #: Called after every request with (verb, status code, seconds): feeds the API metrics.
 RequestObserver = Callable[[str, int, float], None]
@@ -34,12 +44,23 @@ RequestObserver = Callable[[str, int, float], None]
 class ApiError(Exception):
     """A non-2xx answer from the API server, with the fields of its `kind: Status` body."""
 
-    def __init__(self, status: int, body: Mapping[str, Any] | None = None, *, text: str = "") -> None:
+    def __init__(self, status: int, body: Mapping[str, Any] | None = None, *, text: str = "",
+                 retry_after: float | None = None) -> None:
         self.status = status
         self.body: dict[str, Any] = dict(body or {})
         self.reason: str = str(self.body.get("reason") or "")
         self.message: str = str(self.body.get("message") or text or f"HTTP {status}")
+        details = self.body.get("details")
+        hinted = details.get("retryAfterSeconds") if isinstance(details, dict) else None
+        #: Seconds the server asked us to wait (the Retry-After header, else details.retryAfterSeconds).
+        self.retry_after: float | None = retry_after if retry_after is not None else (
+            float(hinted) if isinstance(hinted, int | float) and not isinstance(hinted, bool) else None)
         super().__init__(f"{status} {self.reason}: {self.message}")
+
+    @property
+    def transient(self) -> bool:
+        """Throttled or a server-side failure: the same request may well succeed a moment later."""
+        return self.status in TRANSIENT_STATUSES
 
     @property
     def not_found(self) -> bool:
@@ -147,29 +168,56 @@ class KubeClient:
         content_type: str = "application/json",
         raw: bool = False,
     ) -> Any:
-        started = time.monotonic()
+        """One request, retried on transient answers (429, 5xx, a dropped connection).
+
+        Every request the operator makes is safe to repeat: creates use deterministic names (a repeat
+        meets AlreadyExists), status writes carry the resourceVersion they were decided on (a repeat of
+        an applied write meets a conflict), deletes of the gone meet NotFound.
+        """
         # UTF-8 on the wire: escaping non-ASCII would make a request up to three times larger.
         data = None if body is None else json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        for backoff in (*TRANSIENT_BACKOFF, None):
+            try:
+                return await self._request_once(method, path, params, data, content_type, raw)
+            except ApiError as exc:
+                if backoff is None or not exc.transient:
+                    raise
+                delay = max(backoff, min(exc.retry_after or 0.0, MAX_RETRY_AFTER))
+            except (aiohttp.ClientConnectionError, TimeoutError):
+                if backoff is None:
+                    raise
+                delay = backoff
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _request_once(
+        self, method: str, path: str, params: Mapping[str, str] | None, data: bytes | None, content_type: str,
+        raw: bool,
+    ) -> Any:
+        started = time.monotonic()
         headers = {"Content-Type": content_type} if data is not None else None
         status = 0
+        retry_after: str | None = None
         try:
             async with self._get_session().request(
                 method, self.server + path, params=params, data=data, headers=headers
             ) as response:
                 status = response.status
+                retry_after = response.headers.get("Retry-After")
                 text = await response.text()
         finally:
             if self._observer is not None:
                 self._observer(_VERBS.get(method, method.lower()), status, time.monotonic() - started)
         if status >= 400:
             try:
-                parsed = json.loads(text)
+                parsed = safejson.loads(text)
             except ValueError:
                 parsed = None
-            raise ApiError(status, parsed if isinstance(parsed, dict) else None, text=text[:500])
+            raise ApiError(status, parsed if isinstance(parsed, dict) else None, text=text[:500],
+                           retry_after=_seconds(retry_after))
         if raw:
             return text
-        return json.loads(text) if text else {}
+        return safejson.loads(text) if text else {}
 
     async def get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("GET", path, params=params)
@@ -190,6 +238,13 @@ class KubeClient:
     async def delete(self, path: str, body: Any = None) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("DELETE", path, body=body)
         return result
+
+
+def _seconds(header: str | None) -> float | None:
+    try:
+        return max(0.0, float(header)) if header else None
+    except ValueError:
+        return None  # an HTTP date: rare from an API server, and then the backoff alone applies
 
 
 def path_for(

@@ -651,11 +651,11 @@ class Supervisor:
         if not _write_all(1, lines):
             return r.SUPERVISOR_FAILURE_EXIT
         if self.config.termination_log:
-            try:
-                with open(self.config.termination_log, "wb") as fh:
-                    fh.write(r.encode_summary(report, report_lines=count))
-            except OSError:
-                return r.SUPERVISOR_FAILURE_EXIT
+            # The report line is already last in the log, which no other process can write after it:
+            # when the code has made the termination message unwritable (chmod, a full disk), the
+            # report still stands on the log alone, so this is no failure of ours.
+            with contextlib.suppress(OSError), open(self.config.termination_log, "wb") as fh:
+                fh.write(r.encode_summary(report, report_lines=count))
         return 0 if outcome.success else 1
 
 
@@ -670,9 +670,13 @@ def _signame(signum: int) -> str:
 
 def main(config: Config | None = None) -> int:
     """Run one execution; never let the code's behaviour crash us into a trusted-looking exit code."""
+    supervisor: Supervisor | None = None
     try:
-        return Supervisor(config or Config.from_env()).run()
+        supervisor = Supervisor(config or Config.from_env())
+        return supervisor.run()
     except BaseException as exc:  # any failure of ours must not look like a report
         with contextlib.suppress(OSError):
             os.write(2, f"sandbox runner failed: {type(exc).__name__}\n".encode())
+        if supervisor is not None and supervisor.pid:
+            return r.SUPERVISOR_FAILURE_AFTER_START_EXIT  # the user's process existed: it may be the cause
         return r.SUPERVISOR_FAILURE_EXIT
