@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import random
 import threading
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -14,7 +15,9 @@ class FaultRule:
 
     `status` (e.g. 429, 500, 409) is answered instead of serving the request, after `delay`
     seconds if given; a rule with only `delay` slows the request down and then serves it.
-    `times` limits how many requests the rule hits (None: until removed).
+    `times` limits how many requests the rule hits (None: until removed). `probability` makes it hit
+    only that share of the requests it matches (at random), for a background of faults under load;
+    `user_agent` (a glob) picks one client's requests (e.g. `execution-operator`, `kopf/*`).
     """
 
     method: str | None = None
@@ -28,11 +31,15 @@ class FaultRule:
     subresource: str | None = None
     namespace: str | None = None
     message: str | None = None
+    probability: float | None = None
+    user_agent: str | None = None
     hits: int = 0
 
     def matches(self, method: str, verb: str, resource: str, subresource: str, namespace: str,
-                name: str) -> bool:
+                name: str, user_agent: str = "") -> bool:
         if self.times is not None and self.hits >= self.times:
+            return False
+        if self.user_agent and not fnmatch.fnmatchcase(user_agent, self.user_agent):
             return False
         if self.method and self.method.upper() != method:
             return False
@@ -53,9 +60,10 @@ class FaultRule:
 class Faults:
     """The active rules; thread-safe because tests add rules from outside the server's loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int | None = None) -> None:
         self._rules: list[FaultRule] = []
         self._lock = threading.Lock()
+        self._random = random.Random(seed)
 
     def add(self, rule: FaultRule) -> FaultRule:
         with self._lock:
@@ -77,10 +85,13 @@ class Faults:
             return list(self._rules)
 
     def match(self, method: str, verb: str, resource: str, subresource: str, namespace: str,
-              name: str) -> FaultRule | None:
+              name: str, user_agent: str = "") -> FaultRule | None:
         with self._lock:
             for rule in self._rules:
-                if rule.matches(method, verb, resource, subresource, namespace, name):
-                    rule.hits += 1
-                    return rule
+                if not rule.matches(method, verb, resource, subresource, namespace, name, user_agent):
+                    continue
+                if rule.probability is not None and self._random.random() >= rule.probability:
+                    continue
+                rule.hits += 1
+                return rule
         return None

@@ -289,7 +289,7 @@ class ApiServer:
         try:
             rule = None
             if ri.is_resource:
-                rule = self.faults.match(request.method, verb, ri.plural, ri.sub, ri.namespace, ri.name)
+                rule = self.faults.match(request.method, verb, ri.plural, ri.sub, ri.namespace, ri.name, ua)
             if rule is not None:
                 if rule.delay:
                     await asyncio.sleep(rule.delay)
