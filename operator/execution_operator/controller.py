@@ -38,7 +38,13 @@ from execution_operator.deadletters import DeadLetters
 from execution_operator.errors import ErrorInfo, ErrorType
 from execution_operator.gates import Gates
 from execution_operator.k8s import ApiError, KubeClient, path_for
-from execution_operator.models import MAX_CORRELATION_ID_CHARS, DeadLetterPolicy, ExecutionClassSpec, ExecutionSpec
+from execution_operator.models import (
+    MAX_CORRELATION_ID_CHARS,
+    MAX_INPUT_DEPTH,
+    DeadLetterPolicy,
+    ExecutionClassSpec,
+    ExecutionSpec,
+)
 from execution_operator.retry import backoff_delay, decide_retry, delay_until
 from execution_operator.sandbox import (
     ExecutionRef,
@@ -378,8 +384,8 @@ class Controller:
         ctx = _Ctx(self, key, body)
         clipped = safejson.quarantined(body)
         if clipped:
-            await self._invalid(ctx, f"{clipped}: nested more than {safejson.MAX_DEPTH} levels deep, too deep for "
-                                     "the operator to read: delete this Execution and create it with flatter input")
+            await self._invalid(ctx, f"{clipped.split('[', 1)[0]} is nested more than {MAX_INPUT_DEPTH} levels "
+                                     "deep, too deep for the operator to read: create it again with flatter input")
             return
         try:
             spec = ExecutionSpec.model_validate(spec_raw)

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from execution_operator.models import MAX_INPUT_BYTES, ExecutionClassSpec, ExecutionSpec, ResourceList, json_size
+from execution_operator.models import (
+    MAX_INPUT_BYTES,
+    MAX_INPUT_DEPTH,
+    ExecutionClassSpec,
+    ExecutionSpec,
+    ResourceList,
+    json_depth,
+    json_size,
+)
 from execution_operator.quantity import QuantityError, cpu_millicores, memory_bytes
 from execution_operator.sandbox import effective_resources
 
@@ -13,6 +21,12 @@ def validate_execution(spec: ExecutionSpec, cls: ExecutionClassSpec, *, class_na
         return (
             f"spec.timeoutSeconds is {spec.timeout_seconds} but ExecutionClass \"{class_name}\" allows at most "
             f"{cls.max_timeout_seconds}: lower it or use another class"
+        )
+    depth = json_depth(spec.input)
+    if depth > MAX_INPUT_DEPTH:
+        return (
+            f"spec.input is nested more than {MAX_INPUT_DEPTH} levels deep: pass flatter input (deeper data "
+            "cannot be encoded and decoded safely)"
         )
     size = json_size(spec.input)
     if spec.input is not None and size > MAX_INPUT_BYTES:

@@ -106,12 +106,23 @@ async def test_an_object_too_deep_is_refused_and_the_rest_served(api: Api) -> No
     body = await execution(client, "deep")
     assert body["status"]["phase"] == "Failed"
     assert body["status"]["error"]["type"] == "validation_error"
-    assert "too deep" in body["status"]["error"]["message"]
+    assert "nested more than 100 levels deep" in body["status"]["error"]["message"]
     assert await pods(client) == []
     assert not [d for d in (await client.get(path_for(API, "deadletters", NS)))["items"]]
     pod = await run_to_pod(controller, client, "after-deep")  # the next tenant is served
     await finish(server, client, controller, pod)
     assert (await execution(client, "after-deep"))["status"]["output"] == 7
+
+
+def test_input_deeper_than_the_limit_is_refused_even_when_it_decodes() -> None:
+    nested: Any = 1
+    for _ in range(150):
+        nested = [nested]
+    problem = validate_execution(ExecutionSpec(code="x", input=nested), ExecutionClassSpec(image="i"),
+                                 class_name="default")
+    assert problem is not None and "nested more than 100 levels deep" in problem
+    flat = ExecutionSpec(code="x", input={"a": [[1, 2], {"b": None}]})
+    assert validate_execution(flat, ExecutionClassSpec(image="i"), class_name="default") is None
 
 
 async def test_kopf_decodes_watch_events_and_lists_with_safejson() -> None:
