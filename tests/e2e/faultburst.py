@@ -28,31 +28,10 @@ from execution_operator.classify import parse_runner_report, sandbox_status
 from execution_operator.sandbox import label_value
 from tests.e2e.kube import Kube, execution, wait_until
 from tests.e2e.procs import OperatorProcess
+from tests.e2e.test_restart import Kind, kinds
 
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 OPERATOR_AGENTS = ("execution-operator", "kopf/*")
-
-
-@dataclass(frozen=True)
-class Kind:
-    code: str
-    phase: str
-    error_type: str | None
-    attempts: int
-    spec: dict[str, Any] = field(default_factory=dict)
-
-
-def kinds(run_seconds: float) -> dict[str, Kind]:
-    pause = f"import time\ntime.sleep({run_seconds})\n" if run_seconds else ""
-    return {
-        "ok": Kind(pause + "import os\nresult = {'n': os.environ['SANDBOX_ATTEMPT'] and 7}\n", "Succeeded", None, 1),
-        "bad": Kind(pause + "int('not a number')\n", "Failed", "value_error", 1),
-        "flaky": Kind(
-            pause + "import os\nif os.environ['SANDBOX_ATTEMPT'] == '1':\n    raise ConnectionError('reset')\n"
-            "result = 'retried'\n",
-            "Succeeded", None, 2, {"retry": {"maxAttempts": 3, "backoffSeconds": 1, "maxBackoffSeconds": 2}},
-        ),
-    }
 
 
 def fault_rules(rate: float) -> list[dict[str, Any]]:
@@ -143,7 +122,7 @@ def run_burst(kube: Kube, op: OperatorProcess, *, count: int, sigkills: int, rat
     for i in range(count):
         kind_name = ("ok", "bad", "flaky")[i % 3]
         batch[f"b{i:04d}-{kind_name}"] = kinds(run_seconds)[kind_name]
-    manifests = [execution(name, kind.code, executionClassName=class_name, **kind.spec)
+    manifests = [execution(name, kind.code, executionClassName=class_name, **(kind.spec or {}))
                  for name, kind in batch.items()]
     started = time.monotonic()
     cluster.request("POST", "/debug/faults", fault_rules(rate))
