@@ -37,7 +37,7 @@ from execution_operator.classify import (
 from execution_operator.deadletters import DeadLetters
 from execution_operator.errors import ErrorInfo, ErrorType
 from execution_operator.gates import Gates
-from execution_operator.k8s import ApiError, KubeClient, path_for
+from execution_operator.k8s import ApiError, KubeClient, path_for, post_event
 from execution_operator.models import (
     MAX_CORRELATION_ID_CHARS,
     MAX_INPUT_DEPTH,
@@ -71,8 +71,6 @@ RECONCILE_ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 #: Reconciles in a row that may fail to read a finished pod's log before the attempt ends without it
 #: (each after the client's own retries, RECONCILE_ERROR_BACKOFF apart: about 20 s in all).
 LOG_READ_ROUNDS = 5
-#: The longest Kubernetes object name; Event names are the object's name and a 17-character suffix.
-MAX_NAME_CHARS = 253
 
 
 def now_utc() -> datetime:
@@ -859,40 +857,3 @@ async def _create_or_get(client: KubeClient, collection: str, manifest: dict[str
         if exc.already_exists:
             return await client.get(f"{collection}/{manifest['metadata']['name']}")
         raise
-
-
-async def post_event(
-    client: KubeClient, body: Mapping[str, Any], etype: str, reason: str, message: str, now: datetime
-) -> None:
-    """A core/v1 Event about an object; best effort (an Event is never worth failing a reconcile)."""
-    meta = body.get("metadata", {})
-    namespace = meta.get("namespace") or "default"
-    stamp = rfc3339(now)
-    event = {
-        "apiVersion": "v1",
-        "kind": "Event",
-        # The object's name may already be the longest a name can be: the suffix must fit after it.
-        "metadata": {"name": f"{str(meta.get('name'))[:MAX_NAME_CHARS - 17]}.{uuid.uuid4().hex[:16]}",
-                     "namespace": namespace},
-        "involvedObject": {
-            "apiVersion": body.get("apiVersion", API_VERSION),
-            "kind": body.get("kind", "Execution"),
-            "name": meta.get("name"),
-            "namespace": namespace,
-            "uid": meta.get("uid"),
-            "resourceVersion": meta.get("resourceVersion"),
-        },
-        "type": etype,
-        "reason": reason,
-        "message": message[:1024],
-        "source": {"component": "execution-operator"},
-        "reportingComponent": "execution-operator",
-        "reportingInstance": "execution-operator",
-        "firstTimestamp": stamp,
-        "lastTimestamp": stamp,
-        "count": 1,
-    }
-    try:
-        await client.post(path_for("v1", "events", namespace), event)
-    except Exception as exc:
-        log.debug("event not posted", reason=reason, error=str(exc)[:200])

@@ -50,7 +50,7 @@ from .node_config import (
     expand,
     materialize_volumes,
 )
-from .node_images import ImageSpec, ImageTable, InvalidImageName, parse_image, project_source_root
+from .node_images import ImageSpec, ImageTable, InvalidImageName, parse_image, runner_source_root
 from .node_sched import parse_quantity
 
 StatusSink = Callable[[dict[str, Any]], None]
@@ -465,7 +465,7 @@ def python_installations(runtime_dir: Path | None) -> list[str]:
     Never their parents: an interpreter installed under a home directory (pyenv, a venv in a
     checkout) must not bring the rest of that home (`.kube`, `.ssh`, other checkouts) into the sandbox.
     """
-    candidates = [sys.prefix, sys.base_prefix, _installation(sys.executable), str(project_source_root())]
+    candidates = [sys.prefix, sys.base_prefix, _installation(sys.executable), str(runner_source_root())]
     if runtime_dir is not None:
         candidates.append(_installation(str(runtime_dir / "bin" / "python")))
     found: list[str] = []
@@ -834,7 +834,7 @@ class PodWorker:
             args += ["--ro-bind", str(empty), str(hidden)]
         if uses_python and self.config.runtime_dir is not None:
             args += ["--ro-bind", str(self.config.runtime_dir), SANDBOX_RUNTIME_DIR]
-            args += ["--ro-bind", str(project_source_root()), SANDBOX_SOURCE_DIR]
+            args += ["--ro-bind", str(runner_source_root()), SANDBOX_SOURCE_DIR]
         if not sc.get("readOnlyRootFilesystem") and not any(m.target == "/tmp" for m in mounts):
             # Without a read-only root a container can write /tmp; a per-container directory stands in.
             scratch = self.pod_dir / "scratch" / spec["name"]

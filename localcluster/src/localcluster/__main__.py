@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -114,7 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument("--api-url", required=True)
     node.add_argument("--state-dir", default=".localcluster")
     node.add_argument("--log-level", default="WARNING")
+    for command in (up, node):
+        command.add_argument("--runner-source", default=None,
+                             help="the directory holding the sandbox runner's package (default: where this "
+                                  "Python finds it); the node's child processes inherit it")
     args = parser.parse_args(argv)
+    if args.runner_source:
+        os.environ["LOCALCLUSTER_RUNNER_SOURCE"] = os.path.abspath(args.runner_source)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "up":
