@@ -24,10 +24,8 @@ import aiohttp
 import kopf
 import structlog
 
-from execution_operator import API_VERSION
+from execution_operator import API_VERSION, safejson
 from execution_operator.status import rfc3339
-
-from execution_operator import safejson
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
