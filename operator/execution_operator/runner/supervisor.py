@@ -346,6 +346,10 @@ class Supervisor:
             os._exit(r.SUPERVISOR_FAILURE_EXIT)
         os._exit(0)
 
+    def failure_exit(self) -> int:
+        """The exit code of our own failure: 3 once the user's process existed (it may be the cause), else 2."""
+        return r.SUPERVISOR_FAILURE_AFTER_START_EXIT if self.pid else r.SUPERVISOR_FAILURE_EXIT
+
     # -- the run loop ------------------------------------------------------------------------
     def run(self) -> int:
         _harden()
@@ -649,7 +653,7 @@ class Supervisor:
         out.end_line()
         lines, count = r.marker_lines(report)
         if not _write_all(1, lines):
-            return r.SUPERVISOR_FAILURE_EXIT
+            return self.failure_exit()
         if self.config.termination_log:
             # The report line is already last in the log, which no other process can write after it:
             # when the code has made the termination message unwritable (chmod, a full disk), the
@@ -677,6 +681,4 @@ def main(config: Config | None = None) -> int:
     except BaseException as exc:  # any failure of ours must not look like a report
         with contextlib.suppress(OSError):
             os.write(2, f"sandbox runner failed: {type(exc).__name__}\n".encode())
-        if supervisor is not None and supervisor.pid:
-            return r.SUPERVISOR_FAILURE_AFTER_START_EXIT  # the user's process existed: it may be the cause
-        return r.SUPERVISOR_FAILURE_EXIT
+        return supervisor.failure_exit() if supervisor is not None else r.SUPERVISOR_FAILURE_EXIT
