@@ -463,14 +463,15 @@ class Controller:
     async def _launch(self, ctx: _Ctx, attempt: int) -> None:
         """Create the attempt's pod, or find the one an earlier try made (its status write lost).
 
-        The create itself finds an existing pod (AlreadyExists); the steps that decide without
-        creating (a queue slot, the breaker's refusal) look for it first, so a pod that already runs
-        the user's code is never left behind by a verdict about a launch that did not happen.
+        The create itself finds an existing pod (AlreadyExists); the breaker's refusal, which ends the
+        attempt without creating, reads it first, so a pod that already runs the user's code is never
+        left behind by a verdict about a launch that did not happen. A queue hold uses the cache.
         """
         spec, cls = ctx.require()
         namespace = ctx.key[0]
         if cls.max_concurrent and self._active_pods(ctx.class_name, ctx.key) >= cls.max_concurrent:
-            existing = await self._attempt_pod(namespace, pod_name(ctx.ref, attempt))
+            # Holding decides nothing: the watch's cache is enough, as the pod's own events come back here.
+            existing = self.pods.get((namespace, pod_name(ctx.ref, attempt)))
             if existing is not None:
                 await self._launched(ctx, attempt, existing)
                 return

@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import structlog
 
-from execution_operator import metrics
+from execution_operator import metrics, safejson
 from execution_operator.errors import INFRASTRUCTURE_TYPES, ErrorInfo, ErrorType
 from execution_operator.k8s import ApiError, KubeClient, path_for, post_event
 from execution_operator.models import (
@@ -465,7 +465,8 @@ class DeadLetters:
         number = next_replay_number(replays)
         pending: str | None = str(number)
         truncated = bool((current.get("spec") or {}).get("inputTruncated"))
-        if truncated and await self._original_input(namespace, current) is None:
+        clipped = safejson.quarantined(current)  # decoded with its deepest values cut: never copied
+        if clipped or (truncated and await self._original_input(namespace, current) is None):
             pending = None
         patch = {
             "metadata": {
@@ -479,6 +480,8 @@ class DeadLetters:
                 current,
                 "Warning",
                 "ReplayRefused",
+                f"{clipped} is nested too deep for the operator to read; create a new Execution instead"
+                if clipped else
                 "the snapshot's input was too large to keep and the original Execution is gone; "
                 "create a new Execution with the input instead",
             )
