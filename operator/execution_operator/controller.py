@@ -565,7 +565,7 @@ class Controller:
                     wide = max(LOG_TAIL_LINES_WIDE, 4 * lines)
                     log_tail = await self._log_tail(ctx.key[0], pod["metadata"]["name"], wide) or log_tail
             except ApiError as exc:
-                if exc.not_found or self.error_counts.get(ctx.key, 0) + 1 < LOG_READ_ROUNDS:
+                if not exc.not_found and self.error_counts.get(ctx.key, 0) + 1 < LOG_READ_ROUNDS:
                     raise  # read again after a backoff: the outcome waits for the complete evidence
                 log_tail, unreadable = None, exc
             verdict = classify_finished_pod(pod, log_tail, cancel_requested=spec.cancel, attempt=attempt)
