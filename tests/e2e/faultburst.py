@@ -31,7 +31,7 @@ from tests.e2e.procs import OperatorProcess
 from tests.e2e.test_restart import Kind, kinds
 
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
-OPERATOR_AGENTS = ("execution-operator", "kopf/*")
+OPERATOR_AGENTS = ("execution-operator", "kopf/")  # User-Agent prefixes
 
 
 def fault_rules(rate: float) -> list[dict[str, Any]]:
