@@ -25,7 +25,8 @@ from urllib.parse import quote
 import aiohttp
 import structlog
 
-from execution_operator import API_VERSION, safejson
+from execution_operator import safejson
+from execution_operator.api import API_VERSION, MANAGED_BY, Kind
 from execution_operator.status import rfc3339
 
 if TYPE_CHECKING:
@@ -164,7 +165,7 @@ class KubeClient:
         self,
         info: kopf.ConnectionInfo | Endpoint,
         *,
-        user_agent: str = "execution-operator",
+        user_agent: str = MANAGED_BY,
         observer: RequestObserver | None = None,
         pool_size: int = 32,
         timeout: float = 30.0,
@@ -342,6 +343,14 @@ def path_for(
     return base
 
 
+def resource_version(body: Mapping[str, Any]) -> int:
+    """An object's resourceVersion as a number, to tell the newer of two views (0 if it has none)."""
+    try:
+        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
 async def post_event(
     client: KubeClient, body: Mapping[str, Any], etype: str, reason: str, message: str, now: datetime
 ) -> None:
@@ -357,7 +366,7 @@ async def post_event(
                      "namespace": namespace},
         "involvedObject": {
             "apiVersion": body.get("apiVersion", API_VERSION),
-            "kind": body.get("kind", "Execution"),
+            "kind": body.get("kind", Kind.EXECUTION),
             "name": meta.get("name"),
             "namespace": namespace,
             "uid": meta.get("uid"),
@@ -366,9 +375,9 @@ async def post_event(
         "type": etype,
         "reason": reason,
         "message": message[:1024],
-        "source": {"component": "execution-operator"},
-        "reportingComponent": "execution-operator",
-        "reportingInstance": "execution-operator",
+        "source": {"component": MANAGED_BY},
+        "reportingComponent": MANAGED_BY,
+        "reportingInstance": MANAGED_BY,
         "firstTimestamp": stamp,
         "lastTimestamp": stamp,
         "count": 1,

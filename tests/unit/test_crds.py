@@ -15,7 +15,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from execution_operator import models
+from execution_operator import api, models
 from execution_operator.errors import ErrorType
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
@@ -32,7 +32,7 @@ def load_crd(kind: str) -> dict[str, Any]:
 
 
 def root_schema(kind: str) -> Schema:
-    version = next(v for v in load_crd(kind)["spec"]["versions"] if v["name"] == models.API_VERSION)
+    version = next(v for v in load_crd(kind)["spec"]["versions"] if v["name"] == api.VERSION)
     return version["schema"]["openAPIV3Schema"]
 
 
@@ -129,7 +129,7 @@ def admit(kind: str, body: dict[str, Any], old: dict[str, Any] | None = None) ->
 
 def execution(**spec: Any) -> dict[str, Any]:
     return {
-        "apiVersion": models.GROUP_VERSION,
+        "apiVersion": api.API_VERSION,
         "kind": "Execution",
         "metadata": {"name": "ex1", "namespace": "default"},
         "spec": {"code": "print('hi')", **spec},
@@ -152,16 +152,16 @@ def execution(**spec: Any) -> dict[str, Any]:
 def test_names_scope_version_and_status_subresource(kind: str, plural: str, short: str, scope: str) -> None:
     crd = load_crd(kind)
     assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
-    assert crd["metadata"]["name"] == f"{plural}.{models.API_GROUP}"
+    assert crd["metadata"]["name"] == f"{plural}.{api.GROUP}"
     spec = crd["spec"]
-    assert spec["group"] == models.API_GROUP
+    assert spec["group"] == api.GROUP
     assert spec["scope"] == scope
     assert spec["names"]["kind"] == kind
     assert spec["names"]["plural"] == plural
     assert spec["names"]["shortNames"] == [short]
     assert spec["names"]["categories"] == ["sandbox"]
     (version,) = spec["versions"]
-    assert version["name"] == models.API_VERSION
+    assert version["name"] == api.VERSION
     assert version["served"] is True and version["storage"] is True
     assert version["subresources"] == {"status": {}}
 
@@ -393,7 +393,7 @@ def test_retry_backoff_rule() -> None:
 
 def dead_letter_body() -> dict[str, Any]:
     return {
-        "apiVersion": models.GROUP_VERSION,
+        "apiVersion": api.API_VERSION,
         "kind": "DeadLetter",
         "metadata": {"name": "dl-1", "namespace": "default"},
         "spec": {
@@ -659,7 +659,7 @@ def test_status_written_by_the_models_is_admitted() -> None:
     """A full status as the operator writes it passes the CRD's status schema."""
     now = models.rfc3339()
     status = models.ExecutionStatus(
-        phase=models.Phase.FAILED,
+        phase=api.Phase.FAILED,
         success=False,
         output={"partial": [1, 2]},
         stdout="o" * 20000,
@@ -685,7 +685,7 @@ def test_status_written_by_the_models_is_admitted() -> None:
         dead_letter_name="dl-1",
         observed_generation=1,
         conditions=models.set_condition(
-            [], models.Condition(type="Succeeded", status=models.ConditionStatus.FALSE, reason="DivisionError"), now
+            [], models.Condition(type="Succeeded", status=api.ConditionStatus.FALSE, reason="DivisionError"), now
         ),
     )
     body = execution()

@@ -24,12 +24,10 @@ import pytest
 import yaml
 
 from execution_operator import deadletters, metrics, safejson
+from execution_operator.api import ANNOTATION_REPLAY, ANNOTATION_REPLAY_OF, ANNOTATION_REPLAY_PENDING, LABEL_REPLAY_OF
 from execution_operator.deadletters import (
     MAX_REQUEST_BYTES,
     MAX_STORED_BYTES,
-    REPLAY_ANNOTATION,
-    REPLAY_OF,
-    REPLAY_PENDING_ANNOTATION,
     DeadLetters,
     ReplayRefused,
     build_dead_letter,
@@ -571,8 +569,8 @@ def test_replay_execution_is_the_snapshot_with_a_new_identity() -> None:
     ex = replay_execution(dl, 3, None)
     name = dl["metadata"]["name"]
     assert ex["metadata"]["name"] == f"{name}-r3" and ex["metadata"]["namespace"] == NS
-    assert ex["metadata"]["labels"] == {REPLAY_OF: name}
-    assert ex["metadata"]["annotations"] == {REPLAY_OF: name}
+    assert ex["metadata"]["labels"] == {LABEL_REPLAY_OF: name}
+    assert ex["metadata"]["annotations"] == {ANNOTATION_REPLAY_OF: name}
     assert "ownerReferences" not in ex["metadata"]
     assert ex["spec"]["code"] == dl["spec"]["executionSpec"]["code"]
     assert ex["spec"]["input"] == [1, 2]
@@ -682,13 +680,13 @@ def replay_executions(api: FakeApi, name: str) -> list[str]:
     return [
         e["metadata"]["name"]
         for e in api.of("executions")
-        if (e["metadata"].get("labels") or {}).get(REPLAY_OF) == name
+        if (e["metadata"].get("labels") or {}).get(LABEL_REPLAY_OF) == name
     ]
 
 
 async def test_replay_creates_one_execution_records_it_and_clears_the_annotation(api: FakeApi, clock: Clock) -> None:
     dls, name = await recorded(api, clock)
-    body = api.annotate(name, REPLAY_ANNOTATION, "true")
+    body = api.annotate(name, ANNOTATION_REPLAY, "true")
     clock.now += timedelta(minutes=5)
     await dls.on_event(body, "MODIFIED")
     assert replay_executions(api, name) == [f"{name}-r1"]
@@ -697,7 +695,7 @@ async def test_replay_creates_one_execution_records_it_and_clears_the_annotation
     dl = api.obj("deadletters", name)
     assert dl["status"]["replays"] == [{"name": f"{name}-r1", "time": "2026-07-01T10:05:00Z"}]
     annotations = dl["metadata"].get("annotations") or {}
-    assert REPLAY_ANNOTATION not in annotations and REPLAY_PENDING_ANNOTATION not in annotations
+    assert ANNOTATION_REPLAY not in annotations and ANNOTATION_REPLAY_PENDING not in annotations
     replayed = [e for e in api.events if e["reason"] == "Replayed"]
     assert len(replayed) == 1 and replayed[0]["involvedObject"]["kind"] == "DeadLetter"
     assert replayed[0]["involvedObject"]["name"] == name and f"{name}-r1" in replayed[0]["message"]
@@ -708,7 +706,7 @@ async def test_replay_creates_one_execution_records_it_and_clears_the_annotation
 
 async def test_a_redelivered_event_does_not_make_a_second_execution(api: FakeApi, clock: Clock) -> None:
     dls, name = await recorded(api, clock)
-    body = api.annotate(name, REPLAY_ANNOTATION, "true")
+    body = api.annotate(name, ANNOTATION_REPLAY, "true")
     await dls.on_event(copy.deepcopy(body), "MODIFIED")
     await dls.on_event(copy.deepcopy(body), "MODIFIED")  # the same event again, after the work is done
     restarted = DeadLetters(api, clock=clock)  # type: ignore[arg-type]
@@ -720,7 +718,7 @@ async def test_a_redelivered_event_does_not_make_a_second_execution(api: FakeApi
 
 async def test_concurrent_operators_handling_one_request_make_one_execution(api: FakeApi, clock: Clock) -> None:
     _, name = await recorded(api, clock)
-    body = api.annotate(name, REPLAY_ANNOTATION, "true")
+    body = api.annotate(name, ANNOTATION_REPLAY, "true")
     instances = [DeadLetters(api, clock=clock) for _ in range(4)]  # type: ignore[arg-type]
     await asyncio.gather(*(d.on_event(copy.deepcopy(body), "MODIFIED") for d in instances))
     assert replay_executions(api, name) == [f"{name}-r1"]
@@ -729,8 +727,8 @@ async def test_concurrent_operators_handling_one_request_make_one_execution(api:
 
 async def test_replaying_twice_makes_two(api: FakeApi, clock: Clock) -> None:
     dls, name = await recorded(api, clock)
-    await dls.on_event(api.annotate(name, REPLAY_ANNOTATION, "true"), "MODIFIED")
-    await dls.on_event(api.annotate(name, REPLAY_ANNOTATION, "true"), "MODIFIED")
+    await dls.on_event(api.annotate(name, ANNOTATION_REPLAY, "true"), "MODIFIED")
+    await dls.on_event(api.annotate(name, ANNOTATION_REPLAY, "true"), "MODIFIED")
     assert replay_executions(api, name) == [f"{name}-r1", f"{name}-r2"]
     assert replays_of(api, name) == [f"{name}-r1", f"{name}-r2"]
     assert api.obj("executions", f"{name}-r2")["spec"]["correlationId"] == "req-7-replay-2"
@@ -739,9 +737,9 @@ async def test_replaying_twice_makes_two(api: FakeApi, clock: Clock) -> None:
 async def test_a_stale_event_does_not_swallow_a_new_request(api: FakeApi, clock: Clock) -> None:
     """The first request's event arrives again after the user asked for a second replay."""
     dls, name = await recorded(api, clock)
-    first = api.annotate(name, REPLAY_ANNOTATION, "true")
+    first = api.annotate(name, ANNOTATION_REPLAY, "true")
     await dls.on_event(copy.deepcopy(first), "MODIFIED")
-    api.annotate(name, REPLAY_ANNOTATION, "true")
+    api.annotate(name, ANNOTATION_REPLAY, "true")
     await dls.on_event(copy.deepcopy(first), "MODIFIED")  # stale: its replays list is empty
     assert replay_executions(api, name) == [f"{name}-r1", f"{name}-r2"]
     assert replays_of(api, name) == [f"{name}-r1", f"{name}-r2"]
@@ -749,7 +747,7 @@ async def test_a_stale_event_does_not_swallow_a_new_request(api: FakeApi, clock:
 
 async def test_a_status_write_conflict_rereads_and_makes_one_execution(api: FakeApi, clock: Clock) -> None:
     dls, name = await recorded(api, clock)
-    body = api.annotate(name, REPLAY_ANNOTATION, "true")
+    body = api.annotate(name, ANNOTATION_REPLAY, "true")
     conflicts = 0
 
     def someone_writes_first(verb: str, plural: str, obj: str | None, sub: str | None) -> None:
@@ -763,7 +761,7 @@ async def test_a_status_write_conflict_rereads_and_makes_one_execution(api: Fake
     assert conflicts == 2
     assert replay_executions(api, name) == [f"{name}-r1"]
     assert replays_of(api, name) == [f"{name}-r1"]
-    assert REPLAY_PENDING_ANNOTATION not in api.obj("deadletters", name)["metadata"]["annotations"]
+    assert ANNOTATION_REPLAY_PENDING not in api.obj("deadletters", name)["metadata"]["annotations"]
 
 
 @pytest.mark.parametrize("crash_at", [1, 2, 3, 4], ids=["consume", "create", "status", "clear-pending"])
@@ -771,7 +769,7 @@ async def test_a_crash_at_any_step_then_a_restart_makes_exactly_one(api: FakeApi
     """The process dies just before write n: 1 consume the request, 2 create the Execution, 3 record it in
     status, 4 clear the pending marker. A restart (listing, then stale events) finishes the job once."""
     dls, name = await recorded(api, clock)
-    body = api.annotate(name, REPLAY_ANNOTATION, "true")
+    body = api.annotate(name, ANNOTATION_REPLAY, "true")
     writes = 0
 
     def crash(verb: str, plural: str, obj: str | None, sub: str | None) -> None:
@@ -793,7 +791,7 @@ async def test_a_crash_at_any_step_then_a_restart_makes_exactly_one(api: FakeApi
     assert replay_executions(api, name) == [f"{name}-r1"]
     assert replays_of(api, name) == [f"{name}-r1"]
     annotations = api.obj("deadletters", name)["metadata"].get("annotations") or {}
-    assert REPLAY_ANNOTATION not in annotations and REPLAY_PENDING_ANNOTATION not in annotations
+    assert ANNOTATION_REPLAY not in annotations and ANNOTATION_REPLAY_PENDING not in annotations
 
 
 async def test_truncated_input_is_taken_from_the_original_execution(api: FakeApi, clock: Clock) -> None:
@@ -804,7 +802,7 @@ async def test_truncated_input_is_taken_from_the_original_execution(api: FakeApi
     dls = DeadLetters(api, clock=clock)  # type: ignore[arg-type]
     name = await dls.record(ex, "All")
     assert name is not None and api.obj("deadletters", name)["spec"]["inputTruncated"] is True
-    await dls.on_event(api.annotate(name, REPLAY_ANNOTATION, "true"), "MODIFIED")
+    await dls.on_event(api.annotate(name, ANNOTATION_REPLAY, "true"), "MODIFIED")
     assert api.obj("executions", f"{name}-r1")["spec"]["input"] == big
 
 
@@ -821,7 +819,7 @@ async def test_truncated_input_without_its_original_is_refused(api: FakeApi, clo
     dls = DeadLetters(api, clock=clock)  # type: ignore[arg-type]
     name = await dls.record(ex, "All")
     assert name is not None
-    await dls.on_event(api.annotate(name, REPLAY_ANNOTATION, "true"), "MODIFIED")
+    await dls.on_event(api.annotate(name, ANNOTATION_REPLAY, "true"), "MODIFIED")
     assert replay_executions(api, name) == []
     dl = api.obj("deadletters", name)
     assert not (dl["metadata"].get("annotations") or {})
@@ -834,7 +832,7 @@ async def test_a_dead_letter_too_deep_to_decode_is_never_replayed_from_its_clipp
     api: FakeApi, clock: Clock,
 ) -> None:
     dls, name = await recorded(api, clock)
-    body = api.annotate(name, REPLAY_ANNOTATION, "true")
+    body = api.annotate(name, ANNOTATION_REPLAY, "true")
     clipped = {**body, safejson.QUARANTINE_KEY: ".spec.executionSpec.input[0][0]"}  # as safejson marks one
     await dls.on_event(clipped, "MODIFIED")
     assert replay_executions(api, name) == []
@@ -844,7 +842,7 @@ async def test_a_dead_letter_too_deep_to_decode_is_never_replayed_from_its_clipp
 
 async def test_a_replay_of_a_deleted_dead_letter_is_dropped_quietly(api: FakeApi, clock: Clock) -> None:
     dls, name = await recorded(api, clock)
-    body = api.annotate(name, REPLAY_ANNOTATION, "true")
+    body = api.annotate(name, ANNOTATION_REPLAY, "true")
     await api.delete(f"/apis/sandbox.dev/v1alpha1/namespaces/{NS}/deadletters/{name}")
     await dls.on_event(body, "MODIFIED")
     assert api.of("executions") == []
@@ -853,7 +851,7 @@ async def test_a_replay_of_a_deleted_dead_letter_is_dropped_quietly(api: FakeApi
 async def test_other_annotation_values_do_not_replay(api: FakeApi, clock: Clock) -> None:
     dls, name = await recorded(api, clock)
     for value in ("false", "yes", "True", ""):
-        await dls.on_event(api.annotate(name, REPLAY_ANNOTATION, value), "MODIFIED")
+        await dls.on_event(api.annotate(name, ANNOTATION_REPLAY, value), "MODIFIED")
     assert api.of("executions") == []
 
 

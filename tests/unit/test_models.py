@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from execution_operator import models
+from execution_operator import api, models
 from execution_operator.errors import ErrorInfo, ErrorType
 from execution_operator.models import (
     TERMINAL_PHASES,
@@ -46,7 +46,7 @@ def test_limits_match_the_contract() -> None:
     assert models.MAX_INPUT_BYTES == 1048576
     assert models.OUTPUT_LIMIT_BYTES == 131072
     assert models.STREAM_TAIL_BYTES == 16384
-    assert models.GROUP_VERSION == "sandbox.dev/v1alpha1"
+    assert api.API_VERSION == "sandbox.dev/v1alpha1"
 
 
 # --- aliases and dumping ---------------------------------------------------------------------------

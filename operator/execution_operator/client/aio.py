@@ -16,7 +16,8 @@ from typing import Any
 
 import aiohttp
 
-from execution_operator import API_VERSION, __version__
+from execution_operator import __version__
+from execution_operator.api import API_VERSION, EXECUTIONS, GROUP, LABEL_CLIENT_BATCH, Kind
 from execution_operator.client.credentials import Credentials, load_credentials
 from execution_operator.client.exceptions import ClientError, WaitTimeout
 from execution_operator.client.result import TERMINAL_PHASES, ExecutionResult
@@ -25,9 +26,8 @@ from execution_operator.runner.report import MARKER
 
 USER_AGENT = f"execution-operator-client/{__version__}"
 #: Set on every Execution of one `run_many` batch, so one watch with a label selector follows them all.
-BATCH_LABEL = "sandbox.dev/client-batch"
-EXECUTIONS = "executions"
-CRD_NAME = f"executions.{API_VERSION.split('/')[0]}"
+BATCH_LABEL = LABEL_CLIENT_BATCH
+CRD_NAME = f"{EXECUTIONS}.{GROUP}"
 _REPORT_PREFIX = MARKER + " "
 
 #: A callback fed the code's output lines (plain or async).
@@ -58,7 +58,7 @@ def execution_body(code: str, input: Any = None, *, name: str, execution_class: 
     metadata: dict[str, Any] = {"name": name}
     if labels:
         metadata["labels"] = dict(labels)
-    return {"apiVersion": API_VERSION, "kind": "Execution", "metadata": metadata, "spec": spec}
+    return {"apiVersion": API_VERSION, "kind": Kind.EXECUTION, "metadata": metadata, "spec": spec}
 
 
 class _Api:
