@@ -256,8 +256,8 @@ def _dig(data: Any, *path: str) -> Any:
 
 def sandbox_status(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     """The sandbox container's status (by name, else the first container)."""
-    statuses = _dig(pod, "status", "containerStatuses") or []
-    statuses = [s for s in statuses if isinstance(s, dict)]
+    found = _dig(pod, "status", "containerStatuses") or []
+    statuses: list[dict[str, Any]] = [s for s in found if isinstance(s, dict)]
     for name in SANDBOX_CONTAINER_NAMES:
         for status in statuses:
             if status.get("name") == name:

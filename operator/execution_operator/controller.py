@@ -30,6 +30,7 @@ from execution_operator.api import (
     EXECUTIONS,
     GROUP,
     LABEL_EXECUTION_CLASS,
+    TERMINAL_PHASES,
     ConditionReason,
     ConditionType,
     EventReason,
@@ -250,7 +251,7 @@ class Controller:
         """Keep the in-flight gauge by (class, phase) in step with what we last saw."""
         before = self.phases.get(key)
         cls = self.class_label(cls) if cls else None
-        after = (cls, phase) if cls and phase and phase not in st.TERMINAL_PHASES else None
+        after = (cls, phase) if cls and phase and phase not in TERMINAL_PHASES else None
         if before == after:
             return
         if before:

@@ -24,13 +24,13 @@ from execution_operator.breaker import (
     CircuitState,
     ControlMode,
     Transition,
-    format_time,
     parse_mode,
     state_gauge_value,
 )
 from execution_operator.breaker_store import admit_launch, breaker_of, record_launch, sync_breaker
 from execution_operator.errors import ErrorInfo, flags
 from execution_operator.k8s import MERGE_PATCH, ApiError, KubeClient, path_for, resource_version
+from execution_operator.timestamps import rfc3339 as format_time
 
 log = structlog.get_logger("execution_operator.gates")
 

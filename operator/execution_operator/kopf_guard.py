@@ -68,6 +68,6 @@ async def resilient_watch(**kwargs: Any) -> AsyncIterator[Any]:
 
 def install() -> None:
     """Idempotent: point kopf's decoding and watch loop at the versions above."""
-    kopf_api.json = _json_shim  # type: ignore[assignment]
+    kopf_api.json = _json_shim  # type: ignore[assignment,attr-defined]
     kopf_api.get = _get
     kopf_watching.infinite_watch = resilient_watch

@@ -17,10 +17,10 @@ from typing import Any
 import aiohttp
 
 from execution_operator import __version__
-from execution_operator.api import API_VERSION, EXECUTIONS, GROUP, LABEL_CLIENT_BATCH, Kind
+from execution_operator.api import API_VERSION, EXECUTIONS, GROUP, LABEL_CLIENT_BATCH, TERMINAL_PHASES, Kind
 from execution_operator.client.credentials import Credentials, load_credentials
 from execution_operator.client.exceptions import ClientError, WaitTimeout
-from execution_operator.client.result import TERMINAL_PHASES, ExecutionResult
+from execution_operator.client.result import ExecutionResult
 from execution_operator.k8s import MERGE_PATCH, ApiError, KubeClient, path_for
 from execution_operator.runner.report import MARKER
 
