@@ -292,7 +292,7 @@ class Controller:
                 if not exc.not_found:
                     self._reconcile_failed(key, exc)
                 return
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one object's failure is logged, counted and retried
                 self._reconcile_failed(key, exc)
                 return
             self._remember(key, body)
@@ -318,7 +318,7 @@ class Controller:
                 if exc.not_found and key not in self.executions:
                     return
                 self._reconcile_failed(key, exc)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one object's failure is logged, counted and retried
                 self._reconcile_failed(key, exc)
             finally:
                 if key not in self.executions and not lock.locked():
@@ -806,7 +806,8 @@ class _Ctx:
         self.cls: ExecutionClassSpec | None = None
 
     def require(self) -> tuple[ExecutionSpec, ExecutionClassSpec]:
-        assert self.spec is not None and self.cls is not None
+        assert self.spec is not None
+        assert self.cls is not None
         return self.spec, self.cls
 
 

@@ -636,7 +636,7 @@ class DeadLetters:
         try:
             await self.client.delete(self._path(namespace, name), body)
             log.info("dead letter deleted by retention", namespace=namespace, dead_letter=name, why=why)
-        except Exception as exc:  # a timer task has nobody to raise to
+        except Exception as exc:  # noqa: BLE001 - a timer task has nobody to raise to
             gone = isinstance(exc, ApiError) and (exc.not_found or exc.status == 409)  # 409: another uid now
             if not gone:
                 entry.deleting = False

@@ -223,7 +223,7 @@ class Gates:
             async with self._lock(class_name):
                 state, transitions = await sync_breaker(self.store_client, class_name, clock=self.clock,
                                                         initial=self.classes.get(class_name) or body)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a later event or timer syncs again
             log.warning("breaker sync failed", execution_class=class_name, error=str(exc)[:300])
             return
         self._announce(class_name, state, transitions)

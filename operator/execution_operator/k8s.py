@@ -384,5 +384,5 @@ async def post_event(
     }
     try:
         await client.post(path_for("v1", "events", namespace), event)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - an Event is never worth failing a reconcile
         log.debug("event not posted", reason=reason, error=str(exc)[:200])

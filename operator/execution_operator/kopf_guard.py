@@ -56,7 +56,7 @@ async def resilient_watch(**kwargs: Any) -> AsyncIterator[Any]:
             return  # kopf's loop ends only in its tests (`_iterations`)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any watch failure reopens the watch after a backoff
             delay = WATCH_FAILURE_BACKOFF[min(failures, len(WATCH_FAILURE_BACKOFF) - 1)]
             failures += 1
             plural = str(getattr(resource, "plural", resource))

@@ -162,7 +162,8 @@ def test_names_scope_version_and_status_subresource(kind: str, plural: str, shor
     assert spec["names"]["categories"] == ["sandbox"]
     (version,) = spec["versions"]
     assert version["name"] == api.VERSION
-    assert version["served"] is True and version["storage"] is True
+    assert version["served"] is True
+    assert version["storage"] is True
     assert version["subresources"] == {"status": {}}
 
 
@@ -587,20 +588,25 @@ def _compare(kind: str, path: str, crd: Schema, model: Schema, defs: dict[str, S
     elif crd.get("default") != model_default:
         differ("default", f"CRD {crd.get('default')!r} vs model {model_default!r}")
     if crd["type"] == "object" and "properties" in crd:
-        crd_props, model_props = crd["properties"], model.get("properties", {})
-        if set(crd_props) != set(model_props):
-            differ(
-                "fields",
-                f"only in CRD {set(crd_props) - set(model_props)}, only in model {set(model_props) - set(crd_props)}",
-            )
-        required_crd = set(crd.get("required", []))
-        required_model = set(model.get("required", []))
-        if required_crd != required_model:
-            differ("required", f"CRD {sorted(required_crd)} vs model {sorted(required_model)}")
-        for name in set(crd_props) & set(model_props):
-            problems += _compare(kind, f"{path}.{name}", crd_props[name], model_props[name], defs)
+        problems += _compare_properties(kind, path, crd, model, defs)
     if crd["type"] == "array":
         problems += _compare(kind, f"{path}[]", crd["items"], model.get("items", {}), defs)
+    return problems
+
+
+def _compare_properties(kind: str, path: str, crd: Schema, model: Schema, defs: dict[str, Schema]
+                        ) -> list[Difference]:
+    """The differences of an object node: its fields, which are required, then each field's own."""
+    problems: list[Difference] = []
+    crd_props, model_props = crd["properties"], model.get("properties", {})
+    if set(crd_props) != set(model_props):
+        problems.append((kind, path, "fields", f"only in CRD {set(crd_props) - set(model_props)}, "
+                                               f"only in model {set(model_props) - set(crd_props)}"))
+    required_crd, required_model = set(crd.get("required", [])), set(model.get("required", []))
+    if required_crd != required_model:
+        problems.append((kind, path, "required", f"CRD {sorted(required_crd)} vs model {sorted(required_model)}"))
+    for name in set(crd_props) & set(model_props):
+        problems += _compare(kind, f"{path}.{name}", crd_props[name], model_props[name], defs)
     return problems
 
 
@@ -752,9 +758,11 @@ def test_local_api_server_enforces_immutability_and_one_way_cancel() -> None:
     assert _local_admit("Execution", old) == []
     assert _local_admit("Execution", copy.deepcopy(old), old=old) == []
     errors = _local_admit("Execution", execution(code="print(2)", input={"n": 1}), old=old)
-    assert len(errors) == 1 and "spec is immutable after creation; only cancel may change" in errors[0]
+    assert len(errors) == 1
+    assert "spec is immutable after creation; only cancel may change" in errors[0]
     assert _local_admit("Execution", execution(input={"n": 2}), old=old) != []
     cancelled = execution(input={"n": 1}, cancel=True)
     assert _local_admit("Execution", cancelled, old=old) == []
     errors = _local_admit("Execution", execution(input={"n": 1}, cancel=False), old=cancelled)
-    assert len(errors) == 1 and "cancel cannot be set back to false" in errors[0]
+    assert len(errors) == 1
+    assert "cancel cannot be set back to false" in errors[0]

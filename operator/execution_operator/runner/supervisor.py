@@ -342,7 +342,7 @@ class Supervisor:
             from execution_operator.runner import child
 
             child.main()
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - the child exits with the code that says so
             os._exit(r.SUPERVISOR_FAILURE_EXIT)
         os._exit(0)
 
@@ -678,7 +678,7 @@ def main(config: Config | None = None) -> int:
     try:
         supervisor = Supervisor(config or Config.from_env())
         return supervisor.run()
-    except BaseException as exc:  # any failure of ours must not look like a report
+    except BaseException as exc:  # noqa: BLE001 - any failure of ours must not look like a report
         with contextlib.suppress(OSError):
             os.write(2, f"sandbox runner failed: {type(exc).__name__}\n".encode())
         return supervisor.failure_exit() if supervisor is not None else r.SUPERVISOR_FAILURE_EXIT
