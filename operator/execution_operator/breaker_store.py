@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
+from .api import API_VERSION, EXECUTION_CLASSES
 from .breaker import (
     AVAILABLE,
     Admission,
@@ -38,7 +39,6 @@ from .retry import backoff_delay
 
 T = TypeVar("T")
 
-GROUP_VERSION = "sandbox.dev/v1alpha1"
 MERGE_PATCH = "application/merge-patch+json"
 #: Upper bound of one wait between conflicting writes.
 _MAX_CONFLICT_BACKOFF = 1.0
@@ -62,7 +62,7 @@ class BreakerConflictError(RuntimeError):
 
 
 def class_path(class_name: str) -> str:
-    return f"/apis/{GROUP_VERSION}/executionclasses/{class_name}"
+    return f"/apis/{API_VERSION}/{EXECUTION_CLASSES}/{class_name}"
 
 
 def utcnow() -> datetime:

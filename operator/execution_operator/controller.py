@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import uuid
 from collections.abc import Callable, Mapping
@@ -21,8 +22,22 @@ from typing import Any
 import pydantic
 import structlog
 
-from execution_operator import API_VERSION, metrics
+from execution_operator import metrics, safejson
 from execution_operator import status as st
+from execution_operator.api import (
+    ANNOTATION_CORRELATION_ID,
+    API_VERSION,
+    EXECUTIONS,
+    GROUP,
+    LABEL_EXECUTION_CLASS,
+    TERMINAL_PHASES,
+    ConditionReason,
+    ConditionType,
+    EventReason,
+    EventType,
+    Kind,
+    Phase,
+)
 from execution_operator.classify import (
     Verdict,
     classify_create_error,
@@ -36,8 +51,14 @@ from execution_operator.classify import (
 from execution_operator.deadletters import DeadLetters
 from execution_operator.errors import ErrorInfo, ErrorType
 from execution_operator.gates import Gates
-from execution_operator.k8s import ApiError, KubeClient, path_for, post_event
-from execution_operator.models import DeadLetterPolicy, ExecutionClassSpec, ExecutionSpec
+from execution_operator.k8s import ApiError, KubeClient, path_for, post_event, resource_version
+from execution_operator.models import (
+    MAX_CORRELATION_ID_CHARS,
+    MAX_INPUT_DEPTH,
+    DeadLetterPolicy,
+    ExecutionClassSpec,
+    ExecutionSpec,
+)
 from execution_operator.retry import backoff_delay, decide_retry, delay_until
 from execution_operator.sandbox import (
     ExecutionRef,
@@ -55,23 +76,18 @@ from execution_operator.validation import validate_execution
 Key = tuple[str, str]
 log = structlog.get_logger("execution_operator.controller")
 
-EXECUTIONS = "executions"
 LOG_TAIL_LINES = 32
 #: The runtime copies stdout and stderr to the log apart, so up to a pipe's worth of the code's stderr
 #: can land after the runner's report line; when the short tail misses it, a longer one is read.
 LOG_TAIL_LINES_WIDE = 2000
 RECONCILE_ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+#: Reconciles in a row that may fail to read a finished pod's log before the attempt ends without it
+#: (each after the client's own retries, RECONCILE_ERROR_BACKOFF apart: about 20 s in all).
+LOG_READ_ROUNDS = 5
 
 
 def now_utc() -> datetime:
     return datetime.now(UTC)
-
-
-def _rv(body: Mapping[str, Any]) -> int:
-    try:
-        return int(body.get("metadata", {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
 
 
 def key_of(body: Mapping[str, Any]) -> Key:
@@ -80,20 +96,24 @@ def key_of(body: Mapping[str, Any]) -> Key:
 
 
 def correlation_id(body: Mapping[str, Any]) -> str:
-    """spec.correlationId, else the annotation, else one derived from the uid (stable across restarts)."""
+    """spec.correlationId, else the annotation, else one derived from the uid (stable across restarts).
+
+    Cut to the length status.correlationId allows: the annotation has no bound of its own, and a
+    value the status schema refuses would leave the Execution without any status.
+    """
     spec = body.get("spec") or {}
     meta = body.get("metadata") or {}
     return str(
         spec.get("correlationId")
-        or (meta.get("annotations") or {}).get("sandbox.dev/correlation-id")
+        or (meta.get("annotations") or {}).get(ANNOTATION_CORRELATION_ID)
         or (body.get("status") or {}).get("correlationId")
         or f"ex-{str(meta.get('uid') or uuid.uuid4()).replace('-', '')[:16]}"
-    )
+    )[:MAX_CORRELATION_ID_CHARS]
 
 
 def _execution_owner(pod: Mapping[str, Any]) -> str | None:
     for ref in pod.get("metadata", {}).get("ownerReferences") or []:
-        if ref.get("kind") == "Execution" and ref.get("apiVersion", "").startswith("sandbox.dev/"):
+        if ref.get("kind") == Kind.EXECUTION and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
             return str(ref["name"])
     return None
 
@@ -150,15 +170,13 @@ class Controller:
         self.client = client
         self.clock = clock
         self.rng = rng or random.Random()
-        self.gates = gates or Gates(client, clock=clock)
-        self.gates.post_event = self._event
+        self.gates = gates or Gates(client, clock=clock, post_event=self._event)
         self.dead_letters = dead_letters
         self.executions: dict[Key, dict[str, Any]] = {}
         #: (uid, resourceVersion) of finished Executions, to ignore late echoes of earlier writes.
         self.finished: dict[Key, tuple[str, int]] = {}
         self.pods: dict[Key, dict[str, Any]] = {}
         self.vanished: dict[Key, dict[str, Any]] = {}
-        self.classes: dict[str, dict[str, Any]] = self.gates.classes
         self.locks: dict[Key, asyncio.Lock] = {}
         self.timers: dict[Key, _Timer] = {}
         self.error_counts: dict[Key, int] = {}
@@ -191,35 +209,27 @@ class Controller:
                 self.vanished[pkey] = slim_pod(body)
         elif keep:
             current = self.pods.get(pkey)
-            if current is None or _rv(body) >= _rv(current):
+            if current is None or resource_version(body) >= resource_version(current):
                 self.pods[pkey] = slim_pod(body)
         if owner is None:
             return
         if key in self.executions:
             await self.reconcile(key)
         if event_type == "DELETED" or pod_finished(body):
-            self._release_queue_slot(str(meta.get("labels", {}).get("sandbox.dev/execution-class", "")))
+            self._release_queue_slot(str(meta.get("labels", {}).get(LABEL_EXECUTION_CLASS, "")))
 
     async def on_class_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
-        name = body["metadata"]["name"]
-        if event_type == "DELETED":
-            self.classes.pop(name, None)
-        else:
-            current = self.classes.get(name)
-            if current is None or _rv(body) >= _rv(current):
-                self.classes[name] = dict(body)
         await self.gates.on_class_event(body, event_type)
 
     # ----------------------------------------------------------------- caches and timers
 
     def _remember(self, key: Key, body: Mapping[str, Any]) -> None:
         done = self.finished.get(key)
-        if done is not None and done[0] == body["metadata"].get("uid") and _rv(body) < done[1]:
+        if done is not None and done[0] == body["metadata"].get("uid") and resource_version(body) < done[1]:
             return  # a late echo of a write made before the Execution finished
         current = self.executions.get(key)
-        if current is None or _rv(body) >= _rv(current) or current["metadata"].get("uid") != body["metadata"].get(
-            "uid"
-        ):
+        newer = current is None or resource_version(body) >= resource_version(current)
+        if newer or current is None or current["metadata"].get("uid") != body["metadata"].get("uid"):
             self.executions[key] = dict(body)
 
     def _forget(self, key: Key) -> None:
@@ -233,10 +243,15 @@ class Controller:
         for waiting in self.queued.values():
             waiting.discard(key)
 
+    def class_label(self, name: str) -> str:
+        """A class as the metrics name it: only classes that exist, so tenants cannot grow the series."""
+        return name if self.gates.cached_class(name) is not None else metrics.UNKNOWN
+
     def _track_phase(self, key: Key, cls: str | None, phase: str | None) -> None:
         """Keep the in-flight gauge by (class, phase) in step with what we last saw."""
         before = self.phases.get(key)
-        after = (cls, phase) if cls and phase and phase not in st.TERMINAL_PHASES else None
+        cls = self.class_label(cls) if cls else None
+        after = (cls, phase) if cls and phase and phase not in TERMINAL_PHASES else None
         if before == after:
             return
         if before:
@@ -269,13 +284,17 @@ class Controller:
         task.add_done_callback(self.tasks.discard)
 
     async def _wake(self, key: Key) -> None:
+        """A timer's wake-up; a failed read schedules another one (a lost timer would never fire)."""
         if key not in self.executions:
             try:
                 body = await self.client.get(path_for(API_VERSION, EXECUTIONS, key[0], key[1]))
             except ApiError as exc:
-                if exc.not_found:
-                    return
-                raise
+                if not exc.not_found:
+                    self._reconcile_failed(key, exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - one object's failure is logged, counted and retried
+                self._reconcile_failed(key, exc)
+                return
             self._remember(key, body)
         await self.reconcile(key)
 
@@ -299,7 +318,7 @@ class Controller:
                 if exc.not_found and key not in self.executions:
                     return
                 self._reconcile_failed(key, exc)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one object's failure is logged, counted and retried
                 self._reconcile_failed(key, exc)
             finally:
                 if key not in self.executions and not lock.locked():
@@ -309,7 +328,9 @@ class Controller:
         count = self.error_counts.get(key, 0)
         self.error_counts[key] = count + 1
         delay = RECONCILE_ERROR_BACKOFF[min(count, len(RECONCILE_ERROR_BACKOFF) - 1)]
-        metrics.record_reconcile_error("Execution")
+        if isinstance(exc, ApiError) and exc.retry_after:
+            delay = max(delay, min(exc.retry_after, RECONCILE_ERROR_BACKOFF[-1]))
+        metrics.record_reconcile_error(Kind.EXECUTION)
         log.warning("reconcile failed; will retry", namespace=key[0], execution=key[1], retry_in=delay,
                     error=f"{type(exc).__name__}: {exc}"[:500])
         self.wake_at(key, self.clock() + timedelta(seconds=delay))
@@ -350,11 +371,16 @@ class Controller:
         status: dict[str, Any] = body.get("status") or {}
         spec_raw: dict[str, Any] = body.get("spec") or {}
         class_name = str(spec_raw.get("executionClassName") or "default")
-        self._track_phase(key, class_name, status.get("phase") or "Pending")
+        self._track_phase(key, class_name, status.get("phase") or Phase.PENDING)
         if is_terminal(status):
             await self._after_terminal(key, body)
             return
         ctx = _Ctx(self, key, body)
+        clipped = safejson.quarantined(body)
+        if clipped:
+            await self._invalid(ctx, f"{clipped.split('[', 1)[0]} is nested more than {MAX_INPUT_DEPTH} levels "
+                                     "deep, too deep for the operator to read: create it again with flatter input")
+            return
         try:
             spec = ExecutionSpec.model_validate(spec_raw)
         except pydantic.ValidationError as exc:
@@ -367,7 +393,7 @@ class Controller:
             await self._invalid(
                 ctx,
                 f'ExecutionClass "{spec.execution_class_name}" does not exist: create it or set '
-                f"spec.executionClassName to one of: {', '.join(sorted(self.classes)) or '(none)'}",
+                f"spec.executionClassName to one of: {', '.join(self.gates.class_names()) or '(none)'}",
             )
             return
         cls = ExecutionClassSpec.model_validate(cls_body.get("spec") or {})
@@ -381,12 +407,12 @@ class Controller:
         if spec.cancel:
             await self._cancel(ctx, attempt)
             return
-        if attempt == 0 or phase == "Retrying":
+        if attempt == 0 or phase == Phase.RETRYING:
             next_at = parse_time(status.get("nextAttemptAt"))
-            if phase == "Retrying" and next_at and next_at > self.clock():
+            if phase == Phase.RETRYING and next_at and next_at > self.clock():
                 self.wake_at(key, next_at)
                 return
-            await self._launch(ctx, attempt + 1 if phase == "Retrying" else max(attempt, 1))
+            await self._launch(ctx, attempt + 1 if phase == Phase.RETRYING else max(attempt, 1))
             return
         pod_key = (key[0], str(status.get("podName") or pod_name(ctx.ref, attempt)))
         pod = self.pods.get(pod_key)
@@ -405,17 +431,7 @@ class Controller:
         await self._observe_pod(ctx, attempt, pod)
 
     async def _class(self, name: str) -> dict[str, Any] | None:
-        cached = self.classes.get(name)
-        if cached is not None:
-            return cached
-        try:
-            body = await self.client.get(path_for(API_VERSION, "executionclasses", None, name))
-        except ApiError as exc:
-            if exc.not_found:
-                return None
-            raise
-        self.classes[name] = body
-        return body
+        return await self.gates.get_class(name)
 
     # ----------------------------------------------------------------- steps
 
@@ -424,31 +440,48 @@ class Controller:
         patch = st.invalid(ctx.status, error=error, now=ctx.now, generation=ctx.generation,
                            correlation_id=ctx.correlation_id)
         updated = await self._patch_status(ctx.key, ctx.body, patch)
-        self._event(updated, "Warning", "Invalid", message)
-        metrics.record_terminal(ctx.key[0], ctx.class_name, "failed", ErrorType.VALIDATION_ERROR, 0.0)
+        self._event(updated, EventType.WARNING, EventReason.INVALID, message)
+        metrics.record_terminal(ctx.key[0], self.class_label(ctx.class_name), "failed", ErrorType.VALIDATION_ERROR,
+                                0.0)
         self._track_phase(ctx.key, ctx.class_name, None)
         await self._after_terminal(ctx.key, updated)
 
     async def _launch(self, ctx: _Ctx, attempt: int) -> None:
+        """Create the attempt's pod, or find the one an earlier try made (its status write lost).
+
+        The create itself finds an existing pod (AlreadyExists); the breaker's refusal, which ends the
+        attempt without creating, reads it first, so a pod that already runs the user's code is never
+        left behind by a verdict about a launch that did not happen. A queue hold uses the cache.
+        """
         spec, cls = ctx.require()
+        namespace = ctx.key[0]
         if cls.max_concurrent and self._active_pods(ctx.class_name, ctx.key) >= cls.max_concurrent:
+            # Holding decides nothing: the watch's cache is enough, as the pod's own events come back here.
+            existing = self.pods.get((namespace, pod_name(ctx.ref, attempt)))
+            if existing is not None:
+                await self._launched(ctx, attempt, existing)
+                return
             message = (f'Waiting for a slot: ExecutionClass "{ctx.class_name}" runs at most '
                        f"{cls.max_concurrent} at once")
-            patch = st.held(ctx.status, reason="Queued", message=message, now=ctx.now,
+            patch = st.held(ctx.status, reason=ConditionReason.QUEUED, message=message, now=ctx.now,
                             generation=ctx.generation, correlation_id=ctx.correlation_id)
-            if _differs(ctx.status, patch, ("phase",)) or _cond_reason(ctx.status, "Launched") != "Queued":
+            held_for = _cond_reason(ctx.status, ConditionType.LAUNCHED)
+            if _differs(ctx.status, patch, ("phase",)) or held_for != ConditionReason.QUEUED:
                 await self._patch_status(ctx.key, ctx.body, patch)
             self.queued.setdefault(ctx.class_name, set()).add(ctx.key)
             return
         admission = await self.gates.admit(ctx.class_name, ctx.key, attempt)
         if not admission.allowed:
+            existing = await self._attempt_pod(namespace, pod_name(ctx.ref, attempt))
+            if existing is not None:
+                await self._launched(ctx, attempt, existing)
+                return
             error = ErrorInfo.of(ErrorType.SERVICE_UNAVAILABLE, admission.message,
                                  **{"retryAt": admission.retry_at, "executionClass": ctx.class_name})
             verdict = Verdict(success=False, error=error, exit_code=None, exit_code_source="unknown")
             await self._attempt_done(ctx, attempt, verdict, pod=None, not_before=parse_time(admission.retry_at))
             return
         self.queued.get(ctx.class_name, set()).discard(ctx.key)
-        namespace = ctx.key[0]
         if attempt > 1:
             await self._stop_leftover_pod(namespace, pod_name(ctx.ref, attempt - 1))
         try:
@@ -464,21 +497,40 @@ class Controller:
             manifest = build_pod(ctx.ref, spec, cls, attempt)
             pod = await _create_or_get(self.client, path_for("v1", "pods", namespace), manifest)
         except ApiError as exc:
-            if exc.status in (403, 422, 429) or exc.status >= 500:
+            # A refusal ends the attempt; anything else (throttling, a server error the client's own
+            # retries did not outlast) is an API error: the reconcile is retried, the attempt goes on.
+            if exc.status in (400, 403, 422):
                 error = classify_create_error(exc.status, exc.body)
                 verdict = Verdict(success=False, error=error, exit_code=None, exit_code_source="unknown")
                 await self._attempt_done(ctx, attempt, verdict, pod=None)
                 return
             raise
+        await self._launched(ctx, attempt, pod)
+
+    async def _attempt_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The attempt's pod if it exists: from the watch's cache, else one read."""
+        pod = self.pods.get((namespace, name))
+        if pod is not None:
+            return pod
+        try:
+            return await self.client.get(path_for("v1", "pods", namespace, name))
+        except ApiError as exc:
+            if exc.not_found:
+                return None
+            raise
+
+    async def _launched(self, ctx: _Ctx, attempt: int, pod: dict[str, Any]) -> None:
+        _, cls = ctx.require()
+        namespace = ctx.key[0]
         pod_key = (namespace, pod["metadata"]["name"])
-        if pod_key not in self.pods or _rv(pod) >= _rv(self.pods[pod_key]):
+        if pod_key not in self.pods or resource_version(pod) >= resource_version(self.pods[pod_key]):
             self.pods[pod_key] = slim_pod(pod)
         self.vanished.pop(pod_key, None)
         patch = st.launched(ctx.status, attempt=attempt, pod=pod_key[1], now=ctx.now, generation=ctx.generation,
                             correlation_id=ctx.correlation_id)
         updated = await self._patch_status(ctx.key, ctx.body, patch)
-        self._track_phase(ctx.key, ctx.class_name, "Pending")
-        self._event(updated, "Normal", "Launched", f"Created pod {pod_key[1]} for attempt {attempt}")
+        self._track_phase(ctx.key, ctx.class_name, Phase.PENDING)
+        self._event(updated, EventType.NORMAL, EventReason.LAUNCHED, f"Created pod {pod_key[1]} for attempt {attempt}")
         log.info("launched", namespace=namespace, execution=ctx.key[1], attempt=attempt, pod=pod_key[1],
                  correlation_id=ctx.correlation_id)
         created = parse_time(pod["metadata"].get("creationTimestamp")) or self.clock()
@@ -493,22 +545,30 @@ class Controller:
             # The report takes `reportLines` lines at the end of the log; other lines (a lagging
             # stream) may sit between them, so read a margin more, and much more if pieces are missing.
             lines = (report_lines_expected(pod) or 0) + LOG_TAIL_LINES
-            log_tail = await self._log_tail(ctx.key[0], pod["metadata"]["name"], lines)
-            if log_tail is not None and not log_holds_full_report(log_tail):
-                wide = max(LOG_TAIL_LINES_WIDE, 4 * lines)
-                log_tail = await self._log_tail(ctx.key[0], pod["metadata"]["name"], wide) or log_tail
+            unreadable: ApiError | None = None
+            try:
+                log_tail: str | None = await self._log_tail(ctx.key[0], pod["metadata"]["name"], lines)
+                if log_tail is not None and not log_holds_full_report(log_tail):
+                    wide = max(LOG_TAIL_LINES_WIDE, 4 * lines)
+                    log_tail = await self._log_tail(ctx.key[0], pod["metadata"]["name"], wide) or log_tail
+            except ApiError as exc:
+                if not exc.not_found and self.error_counts.get(ctx.key, 0) + 1 < LOG_READ_ROUNDS:
+                    raise  # read again after a backoff: the outcome waits for the complete evidence
+                log_tail, unreadable = None, exc
             verdict = classify_finished_pod(pod, log_tail, cancel_requested=spec.cancel, attempt=attempt)
-            if verdict.user_code_started_at and ctx.status.get("phase") != "Running":
+            if unreadable is not None and verdict.success:
+                verdict = _unconfirmed_success(verdict, unreadable, pod["metadata"]["name"], attempt)
+            if verdict.user_code_started_at and ctx.status.get("phase") != Phase.RUNNING:
                 await self._user_code_started(ctx, attempt, verdict.user_code_started_at)
             await self._attempt_done(ctx, attempt, verdict, pod=pod)
             return
         started = container_started_at(pod)
         if started:
-            if ctx.status.get("phase") != "Running":
+            if ctx.status.get("phase") != Phase.RUNNING:
                 patch = st.running(ctx.status, attempt=attempt, started_at=started, now=ctx.now,
                                    generation=ctx.generation, correlation_id=ctx.correlation_id)
                 await self._patch_status(ctx.key, ctx.body, patch)
-                self._track_phase(ctx.key, ctx.class_name, "Running")
+                self._track_phase(ctx.key, ctx.class_name, Phase.RUNNING)
                 await self._user_code_started(ctx, attempt, started)
             return
         created = parse_time(pod["metadata"].get("creationTimestamp")) or self.clock()
@@ -524,7 +584,8 @@ class Controller:
         created = parse_time(ctx.body["metadata"].get("creationTimestamp"))
         started = parse_time(started_at)
         if created and started:
-            metrics.record_launch_latency(ctx.class_name, max(0.0, (started - created).total_seconds()))
+            metrics.record_launch_latency(self.class_label(ctx.class_name),
+                                          max(0.0, (started - created).total_seconds()))
         await self.gates.record(ctx.class_name, ctx.key, attempt, reached_user_code=True)
 
     async def _attempt_done(
@@ -562,9 +623,9 @@ class Controller:
                                 now=ctx.now, generation=ctx.generation, correlation_id=ctx.correlation_id,
                                 disruptions=disruptions)
             updated = await self._patch_status(ctx.key, ctx.body, patch)
-            self._track_phase(ctx.key, ctx.class_name, "Retrying")
-            metrics.record_retry(ctx.class_name, error.type)
-            self._event(updated, "Warning", "Retrying",
+            self._track_phase(ctx.key, ctx.class_name, Phase.RETRYING)
+            metrics.record_retry(self.class_label(ctx.class_name), error.type)
+            self._event(updated, EventType.WARNING, EventReason.RETRYING,
                         f"Attempt {attempt} failed with {error.type}: {error.message}; retrying at {rfc3339(next_at)}")
             log.info("retrying", namespace=ctx.key[0], execution=ctx.key[1], attempt=attempt,
                      correlation_id=ctx.correlation_id, error_type=str(error.type), next_attempt_at=rfc3339(next_at))
@@ -573,7 +634,7 @@ class Controller:
             patch = st.finished(ctx.status, verdict=verdict, attempt=attempt, now=ctx.now,
                                 generation=ctx.generation, correlation_id=ctx.correlation_id)
             dead_letter = None
-            if patch["phase"] == "Failed":
+            if patch["phase"] == Phase.FAILED:
                 # The DeadLetter first, so its name goes into the same (terminal) status write; after a
                 # crash in between, the same decision finds it again (its name comes from the uid).
                 ended = dict(ctx.body, status={**ctx.status, **{k: v for k, v in patch.items() if v is not None}})
@@ -581,16 +642,19 @@ class Controller:
                 if dead_letter:
                     patch["deadLetterName"] = dead_letter
             updated = await self._patch_status(ctx.key, ctx.body, patch)
-            outcome = "succeeded" if verdict.success else ("cancelled" if patch["phase"] == "Cancelled" else "failed")
+            cancelled = patch["phase"] == Phase.CANCELLED
+            outcome = "succeeded" if verdict.success else ("cancelled" if cancelled else "failed")
             duration = _duration(updated)
-            metrics.record_terminal(ctx.key[0], ctx.class_name, outcome, error.type if error else None, duration)
+            metrics.record_terminal(ctx.key[0], self.class_label(ctx.class_name), outcome,
+                                    error.type if error else None, duration)
             self._track_phase(ctx.key, ctx.class_name, None)
             if verdict.success:
-                self._event(updated, "Normal", "Succeeded", f"Attempt {attempt} succeeded")
+                self._event(updated, EventType.NORMAL, EventReason.SUCCEEDED, f"Attempt {attempt} succeeded")
             else:
                 assert error is not None
                 kept = f" (kept in DeadLetter {dead_letter})" if dead_letter else ""
-                self._event(updated, "Warning", patch["phase"], f"{error.type}: {error.message}{kept}")
+                self._event(updated, EventType.WARNING, EventReason(patch["phase"]),
+                            f"{error.type}: {error.message}{kept}")
             log.info("finished", namespace=ctx.key[0], execution=ctx.key[1], attempt=attempt,
                      correlation_id=ctx.correlation_id, phase=patch["phase"],
                      error_type=str(error.type) if error else None)
@@ -603,7 +667,9 @@ class Controller:
         pod_key = (ctx.key[0], str(ctx.status.get("podName") or ""))
         pod = self.pods.get(pod_key) if pod_key[1] else None
         if pod is not None and not pod_finished(pod):
-            tail = await self._log_tail(pod_key[0], pod_key[1], lines=200)
+            tail = None
+            with contextlib.suppress(ApiError):  # the streams so far are a courtesy; the cancel is not
+                tail = await self._log_tail(pod_key[0], pod_key[1], lines=200)
             if tail:
                 stdout = "\n".join(line for line in tail.splitlines() if not line.startswith("SANDBOX-REPORT "))
                 stdout = stdout[-16384:]
@@ -622,17 +688,20 @@ class Controller:
         """Work that follows the end: the DeadLetter, TTL deletion, then drop the cached body."""
         status = body.get("status") or {}
         spec = body.get("spec") or {}
+        timer = self.timers.pop(key, None)
+        if timer:
+            timer.handle.cancel()  # a pending-timeout or retry wake-up has nothing left to do
         await self._stop_leftover_pod(key[0], status.get("podName"))
         for record in status.get("attempts") or []:
             if record.get("podName"):
                 self.pods.pop((key[0], str(record["podName"])), None)
                 self.vanished.pop((key[0], str(record["podName"])), None)
-        if status.get("phase") == "Failed" and not status.get("deadLetterName") and self.dead_letters:
+        if status.get("phase") == Phase.FAILED and not status.get("deadLetterName") and self.dead_letters:
             # Only for Executions that ended before DeadLetters were recorded with the terminal write.
             name = await self._record_dead_letter(body)
             if name:
                 body = await self._patch_status(key, body, {"deadLetterName": name})
-                self._event(body, "Warning", "DeadLettered", f"Copied to DeadLetter {name}")
+                self._event(body, EventType.WARNING, EventReason.DEAD_LETTERED, f"Copied to DeadLetter {name}")
                 status = body.get("status") or {}
         ttl = spec.get("ttlSecondsAfterFinished")
         finished_at = parse_time(status.get("completionTime"))
@@ -649,30 +718,29 @@ class Controller:
                 return
             self.wake_at(key, due)
         self.executions.pop(key, None)
-        self.finished[key] = (str(body["metadata"].get("uid")), _rv(body))
+        self.finished[key] = (str(body["metadata"].get("uid")), resource_version(body))
         self._track_phase(key, None, None)
 
     # ----------------------------------------------------------------- helpers
 
-    async def _log_tail(self, namespace: str, pod: str, lines: int = LOG_TAIL_LINES) -> str | None:
-        try:
-            return await self.client.get_text(
-                path_for("v1", "pods", namespace, pod, "log"),
-                {"container": "sandbox", "tailLines": str(lines)},
-            )
-        except ApiError:
-            return None
+    async def _log_tail(self, namespace: str, pod: str, lines: int = LOG_TAIL_LINES) -> str:
+        return await self.client.get_text(
+            path_for("v1", "pods", namespace, pod, "log"), {"container": "sandbox", "tailLines": str(lines)}
+        )
 
     async def _record_dead_letter(self, body: Mapping[str, Any]) -> str | None:
         """Copy a failed Execution into its DeadLetter when its class's policy wants one."""
         if self.dead_letters is None:
             return None
         policy = DeadLetterPolicy.ALL
-        cls_body = self.classes.get(str((body.get("spec") or {}).get("executionClassName") or "default"))
+        cls_body = self.gates.cached_class(str((body.get("spec") or {}).get("executionClassName") or "default"))
         if cls_body is not None:
             with contextlib.suppress(pydantic.ValidationError):
                 policy = ExecutionClassSpec.model_validate(cls_body.get("spec") or {}).dead_letter
-        return await self.dead_letters.record(body, policy)
+        if safejson.quarantined(body):
+            return None  # a clipped copy would lose the input; the Execution itself keeps it whole
+        class_name = str((body.get("spec") or {}).get("executionClassName") or "default")
+        return await self.dead_letters.record(body, policy, class_label=self.class_label(class_name))
 
     async def _stop_leftover_pod(self, namespace: str, name: str | None) -> None:
         """Delete a pod that should no longer run (cancelled, timed out pending, superseded by a new
@@ -705,7 +773,7 @@ class Controller:
         count = 0
         for (namespace, _), pod in self.pods.items():
             meta = pod.get("metadata", {})
-            if (meta.get("labels") or {}).get("sandbox.dev/execution-class") != label:
+            if (meta.get("labels") or {}).get(LABEL_EXECUTION_CLASS) != label:
                 continue
             if (namespace, _execution_owner(pod)) == key or pod_finished(pod):
                 continue
@@ -738,7 +806,8 @@ class _Ctx:
         self.cls: ExecutionClassSpec | None = None
 
     def require(self) -> tuple[ExecutionSpec, ExecutionClassSpec]:
-        assert self.spec is not None and self.cls is not None
+        assert self.spec is not None
+        assert self.cls is not None
         return self.spec, self.cls
 
 
@@ -751,6 +820,17 @@ def _cond_reason(status: Mapping[str, Any], ctype: str) -> str | None:
         if cond.get("type") == ctype:
             return str(cond.get("reason"))
     return None
+
+
+def _unconfirmed_success(verdict: Verdict, exc: ApiError, pod: str, attempt: int) -> Verdict:
+    """A success whose log stayed unreadable: its output is unknown, so it is not recorded as one."""
+    error = ErrorInfo.of(
+        ErrorType.INTERNAL_ERROR,
+        f"The code finished with exit code 0 but its pod's log could not be read (HTTP {exc.status}), so its "
+        "output is unknown",
+        exc.message, podName=pod, attempt=attempt, httpStatus=exc.status,
+    )
+    return dataclasses.replace(verdict, success=False, error=error, output=None)
 
 
 def _duration(body: Mapping[str, Any]) -> float:

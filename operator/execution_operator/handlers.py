@@ -11,12 +11,21 @@ from typing import Any
 
 import kopf
 
-from execution_operator import GROUP, MANAGED_BY, VERSION, metrics
+from execution_operator import kopf_guard, metrics
+from execution_operator.api import (
+    DEAD_LETTERS,
+    EXECUTION_CLASSES,
+    EXECUTIONS,
+    GROUP,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    VERSION,
+)
 from execution_operator.controller import Controller
 from execution_operator.deadletters import DeadLetters
 from execution_operator.k8s import KubeClient, load_connection_info
 
-SANDBOX_POD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+SANDBOX_POD_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 
 
 class OperatorContext:
@@ -54,6 +63,7 @@ class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
 
 def register(registry: kopf.OperatorRegistry) -> None:
     """Attach the handlers to `registry` (an explicit registry keeps tests and embedding independent)."""
+    kopf_guard.install()
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -79,19 +89,19 @@ def register(registry: kopf.OperatorRegistry) -> None:
         if memo.controller is not None:
             await memo.controller.client.close()
 
-    @kopf.on.event(GROUP, VERSION, "executions", registry=registry)
+    @kopf.on.event(GROUP, VERSION, EXECUTIONS, registry=registry)
     async def execution_event(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> None:
         await memo.require().on_execution_event(event["object"], event.get("type"))
 
-    @kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": MANAGED_BY}, registry=registry)
+    @kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry)
     async def pod_event(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> None:
         await memo.require().on_pod_event(event["object"], event.get("type"))
 
-    @kopf.on.event(GROUP, VERSION, "executionclasses", registry=registry)
+    @kopf.on.event(GROUP, VERSION, EXECUTION_CLASSES, registry=registry)
     async def class_event(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> None:
         await memo.require().on_class_event(event["object"], event.get("type"))
 
-    @kopf.on.event(GROUP, VERSION, "deadletters", registry=registry)
+    @kopf.on.event(GROUP, VERSION, DEAD_LETTERS, registry=registry)
     async def dead_letter_event(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> None:
         dead_letters = memo.require().dead_letters
         if dead_letters is not None:

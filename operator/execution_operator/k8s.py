@@ -9,6 +9,7 @@ from the official loaders instead, so this module imports kopf only where the op
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import ssl
@@ -24,7 +25,8 @@ from urllib.parse import quote
 import aiohttp
 import structlog
 
-from execution_operator import API_VERSION
+from execution_operator import safejson
+from execution_operator.api import API_VERSION, MANAGED_BY, Kind
 from execution_operator.status import rfc3339
 
 if TYPE_CHECKING:
@@ -39,6 +41,16 @@ log = structlog.get_logger("execution_operator.k8s")
 #: Kubernetes verbs by HTTP method, for the request metrics.
 _VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
+#: Answers retried by the client itself (with backoff, honouring Retry-After) before it gives up.
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: Seconds between tries of a request that met a transient answer; its last failure is raised.
+TRANSIENT_BACKOFF = (0.2, 0.5, 1.0, 2.0)
+#: The most of a server's Retry-After that one wait honours (longer waits are the caller's to schedule).
+MAX_RETRY_AFTER = 10.0
+
+#: The longest Kubernetes object name; an Event's is its object's name and a 17-character suffix.
+MAX_NAME_CHARS = 253
+
 #: Called after every request with (verb, status code, seconds): feeds the API metrics.
 RequestObserver = Callable[[str, int, float], None]
 
@@ -46,21 +58,32 @@ RequestObserver = Callable[[str, int, float], None]
 class ApiError(Exception):
     """A non-2xx answer from the API server, with the fields of its `kind: Status` body."""
 
-    def __init__(self, status: int, body: Mapping[str, Any] | None = None, *, text: str = "") -> None:
+    def __init__(self, status: int, body: Mapping[str, Any] | None = None, *, text: str = "",
+                 retry_after: float | None = None) -> None:
         self.status = status
         self.body: dict[str, Any] = dict(body or {})
         self.reason: str = str(self.body.get("reason") or "")
         self.message: str = str(self.body.get("message") or text or f"HTTP {status}")
+        details = self.body.get("details")
+        hinted = details.get("retryAfterSeconds") if isinstance(details, dict) else None
+        #: Seconds the server asked us to wait (the Retry-After header, else details.retryAfterSeconds).
+        self.retry_after: float | None = retry_after if retry_after is not None else (
+            float(hinted) if isinstance(hinted, int | float) and not isinstance(hinted, bool) else None)
         super().__init__(f"{status} {self.reason}: {self.message}")
 
     @classmethod
-    def from_text(cls, status: int, text: str) -> ApiError:
+    def from_text(cls, status: int, text: str, *, retry_after: float | None = None) -> ApiError:
         """From an error answer's body: a `kind: Status` when it parses, else its first 500 characters."""
         try:
-            parsed = json.loads(text)
+            parsed = safejson.loads(text)
         except ValueError:
             parsed = None
-        return cls(status, parsed if isinstance(parsed, dict) else None, text=text[:500])
+        return cls(status, parsed if isinstance(parsed, dict) else None, text=text[:500], retry_after=retry_after)
+
+    @property
+    def transient(self) -> bool:
+        """Throttled or a server-side failure: the same request may well succeed a moment later."""
+        return self.status in TRANSIENT_STATUSES
 
     @property
     def not_found(self) -> bool:
@@ -142,12 +165,16 @@ class KubeClient:
         self,
         info: kopf.ConnectionInfo | Endpoint,
         *,
-        user_agent: str = "execution-operator",
+        user_agent: str = MANAGED_BY,
         observer: RequestObserver | None = None,
         pool_size: int = 32,
         timeout: float = 30.0,
+        transient_backoff: tuple[float, ...] | None = None,
     ) -> None:
         self.server = info.server.rstrip("/")
+        #: Waits between tries on a transient answer (None: `TRANSIENT_BACKOFF`; empty: no retries here,
+        #: for a caller with its own retry policy).
+        self._transient_backoff = transient_backoff
         self._headers = {"User-Agent": user_agent, "Accept": "application/json"}
         self._auth_headers: Callable[[], Mapping[str, str]] | None = None
         self._request_options: dict[str, Any] = {}
@@ -194,25 +221,52 @@ class KubeClient:
         content_type: str = "application/json",
         raw: bool = False,
     ) -> Any:
-        started = time.monotonic()
+        """One request, retried on transient answers (429, 5xx, a dropped connection).
+
+        Every request the operator makes is safe to repeat: creates use deterministic names (a repeat
+        meets AlreadyExists), status writes carry the resourceVersion they were decided on (a repeat of
+        an applied write meets a conflict), deletes of the gone meet NotFound.
+        """
         # UTF-8 on the wire: escaping non-ASCII would make a request up to three times larger.
         data = None if body is None else json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        waits = TRANSIENT_BACKOFF if self._transient_backoff is None else self._transient_backoff
+        for backoff in (*waits, None):
+            try:
+                return await self._request_once(method, path, params, data, content_type, raw)
+            except ApiError as exc:
+                if backoff is None or not exc.transient:
+                    raise
+                delay = max(backoff, min(exc.retry_after or 0.0, MAX_RETRY_AFTER))
+            except (aiohttp.ClientConnectionError, TimeoutError):
+                if backoff is None:
+                    raise
+                delay = backoff
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _request_once(
+        self, method: str, path: str, params: Mapping[str, str] | None, data: bytes | None, content_type: str,
+        raw: bool,
+    ) -> Any:
+        started = time.monotonic()
         headers = self._per_request_headers({"Content-Type": content_type} if data is not None else None)
         status = 0
+        retry_after: str | None = None
         try:
             async with self._get_session().request(
                 method, self.server + path, params=params, data=data, headers=headers, **self._request_options
             ) as response:
                 status = response.status
+                retry_after = response.headers.get("Retry-After")
                 text = await response.text()
         finally:
             if self._observer is not None:
                 self._observer(_VERBS.get(method, method.lower()), status, time.monotonic() - started)
         if status >= 400:
-            raise ApiError.from_text(status, text)
+            raise ApiError.from_text(status, text, retry_after=_seconds(retry_after))
         if raw:
             return text
-        return json.loads(text) if text else {}
+        return safejson.loads(text) if text else {}
 
     def _per_request_headers(self, headers: dict[str, str] | None) -> dict[str, str] | None:
         if self._auth_headers is None:
@@ -267,6 +321,13 @@ class KubeClient:
         return result
 
 
+def _seconds(header: str | None) -> float | None:
+    try:
+        return max(0.0, float(header)) if header else None
+    except ValueError:
+        return None  # an HTTP date: rare from an API server, and then the backoff alone applies
+
+
 def path_for(
     api_version: str, plural: str, namespace: str | None = None, name: str | None = None, sub: str | None = None
 ) -> str:
@@ -282,6 +343,14 @@ def path_for(
     return base
 
 
+def resource_version(body: Mapping[str, Any]) -> int:
+    """An object's resourceVersion as a number, to tell the newer of two views (0 if it has none)."""
+    try:
+        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
 async def post_event(
     client: KubeClient, body: Mapping[str, Any], etype: str, reason: str, message: str, now: datetime
 ) -> None:
@@ -292,10 +361,12 @@ async def post_event(
     event = {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"name": f"{meta.get('name')}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+        # The object's name may already be the longest a name can be: the suffix must fit after it.
+        "metadata": {"name": f"{str(meta.get('name'))[:MAX_NAME_CHARS - 17]}.{uuid.uuid4().hex[:16]}",
+                     "namespace": namespace},
         "involvedObject": {
             "apiVersion": body.get("apiVersion", API_VERSION),
-            "kind": body.get("kind", "Execution"),
+            "kind": body.get("kind", Kind.EXECUTION),
             "name": meta.get("name"),
             "namespace": namespace,
             "uid": meta.get("uid"),
@@ -304,14 +375,14 @@ async def post_event(
         "type": etype,
         "reason": reason,
         "message": message[:1024],
-        "source": {"component": "execution-operator"},
-        "reportingComponent": "execution-operator",
-        "reportingInstance": "execution-operator",
+        "source": {"component": MANAGED_BY},
+        "reportingComponent": MANAGED_BY,
+        "reportingInstance": MANAGED_BY,
         "firstTimestamp": stamp,
         "lastTimestamp": stamp,
         "count": 1,
     }
     try:
         await client.post(path_for("v1", "events", namespace), event)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - an Event is never worth failing a reconcile
         log.debug("event not posted", reason=reason, error=str(exc)[:200])

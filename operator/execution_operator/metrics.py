@@ -18,6 +18,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from execution_operator import api
 from execution_operator.errors import ErrorType
 
 #: Durations from 50 ms (a trivial script) up to the 300 s timeout cap.
@@ -32,7 +33,7 @@ API_BUCKETS: Final[tuple[float, ...]] = (
 #: Terminal outcomes; the label value is the lower-cased terminal phase.
 OUTCOMES: Final[frozenset[str]] = frozenset({"succeeded", "failed", "cancelled"})
 #: Non-terminal phases counted as in flight.
-IN_FLIGHT_PHASES: Final[tuple[str, ...]] = ("Pending", "Running", "Retrying")
+IN_FLIGHT_PHASES: Final[tuple[str, ...]] = tuple(api.IN_FLIGHT_PHASES)
 #: Breaker states and their gauge values (0 closed, 1 half-open, 2 open), as DESIGN.md fixes them.
 BREAKER_STATES: Final[dict[str, int]] = {"closed": 0, "half_open": 1, "open": 2}
 #: Kubernetes API verbs; anything else is folded into ``other``.

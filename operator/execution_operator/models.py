@@ -1,4 +1,4 @@
-"""The API of group `sandbox.dev/v1alpha1` as pydantic models: the one shape the code reads and writes.
+"""The API (`api.API_VERSION`) as pydantic models: the one shape the code reads and writes.
 
 The CRDs in `crds/` are the server-side form of the same contract; `tests/unit/test_models.py` and
 `tests/unit/test_crds.py` prove the two agree (fields, bounds, defaults, enums). Field names are
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Final, Self
 
@@ -28,28 +27,32 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from execution_operator.api import (
+    API_VERSION,
+    TERMINAL_PHASES,
+    ConditionStatus,
+    Kind,
+    Phase,
+)
 from execution_operator.breaker import BreakerState
 from execution_operator.breaker import CircuitState as CircuitState  # re-exported
 from execution_operator.breaker import LastFailure as LastFailure  # re-exported
 from execution_operator.breaker import ProbeLease as ProbeLease  # re-exported
 from execution_operator.errors import ErrorInfo, ErrorType
 from execution_operator.quantity import QUANTITY_PATTERN, is_quantity
+from execution_operator.timestamps import rfc3339 as rfc3339  # re-exported: models write times
 
 # ---------------------------------------------------------------------------------------------------
 # API coordinates and limits
 # ---------------------------------------------------------------------------------------------------
 
-API_GROUP: Final = "sandbox.dev"
-API_VERSION: Final = "v1alpha1"
-GROUP_VERSION: Final = f"{API_GROUP}/{API_VERSION}"
-EXECUTIONS: Final = "executions"
-EXECUTION_CLASSES: Final = "executionclasses"
-DEAD_LETTERS: Final = "deadletters"
 
 #: `spec.code` length in characters.
 MAX_CODE_CHARS: Final = 102400
 #: `spec.input` serialised as compact JSON (checked by the operator: the schema cannot measure it).
 MAX_INPUT_BYTES: Final = 1048576
+#: `spec.input` nesting depth (checked by the operator: deeper input cannot be encoded or decoded safely).
+MAX_INPUT_DEPTH: Final = 100
 #: `status.output` serialised as compact JSON; larger is `output_too_large`.
 OUTPUT_LIMIT_BYTES: Final = 131072
 #: The tail kept of each of stdout and stderr.
@@ -73,10 +76,19 @@ CONDITION_REASON_PATTERN: Final = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 MAX_CORRELATION_ID_CHARS: Final = 128
 
 
-def rfc3339(moment: datetime | None = None) -> str:
-    """A timestamp as Kubernetes writes it (`2026-01-02T03:04:05Z`, UTC, whole seconds)."""
-    moment = moment or datetime.now(UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def json_depth(value: Any, stop_at: int = MAX_INPUT_DEPTH + 1) -> int:
+    """How deeply `value` nests arrays and objects (a scalar is 0), counted without recursion up to `stop_at`."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest >= stop_at:
+                return deepest
+            stack.extend((child, depth) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def json_size(value: Any) -> int:
@@ -133,34 +145,6 @@ class ResourceList(ApiModel):
 
     cpu: Quantity | None = None
     memory: Quantity | None = None
-
-
-class ConditionStatus(StrEnum):
-    TRUE = "True"
-    FALSE = "False"
-    UNKNOWN = "Unknown"
-
-
-class ConditionType(StrEnum):
-    SUCCEEDED = "Succeeded"
-    LAUNCHED = "Launched"
-    AVAILABLE = "Available"
-
-
-class ConditionReason(StrEnum):
-    """Reasons this operator writes besides the CamelCase error types (`errors.condition_reason`)."""
-
-    PENDING = "Pending"
-    RUNNING = "Running"
-    RETRYING = "Retrying"
-    SUCCEEDED = "Succeeded"
-    CANCELLED = "Cancelled"
-    LAUNCHED = "PodCreated"
-    CIRCUIT_OPEN = "CircuitOpen"
-    CIRCUIT_HALF_OPEN = "CircuitHalfOpen"
-    CIRCUIT_CLOSED = "CircuitClosed"
-    QUEUED = "Queued"
-    INVALID = "Invalid"
 
 
 class Condition(ApiModel):
@@ -225,16 +209,6 @@ class ExecutionSpec(ApiModel):
     cancel: bool = False
 
 
-class Phase(StrEnum):
-    PENDING = "Pending"
-    RUNNING = "Running"
-    RETRYING = "Retrying"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-    CANCELLED = "Cancelled"
-
-
-TERMINAL_PHASES: Final = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED})
 
 
 class ExitCodeSource(StrEnum):
@@ -470,7 +444,7 @@ class _Resource(ApiModel):
 
     def to_body(self) -> dict[str, Any]:
         """The full object for a create call (apiVersion, kind, metadata, spec, status)."""
-        return {"apiVersion": GROUP_VERSION, "kind": self.KIND, **self.to_k8s()}
+        return {"apiVersion": API_VERSION, "kind": self.KIND, **self.to_k8s()}
 
     @property
     def name(self) -> str:
@@ -493,21 +467,21 @@ class _Resource(ApiModel):
 
 
 class Execution(_Resource):
-    KIND: ClassVar[str] = "Execution"
+    KIND: ClassVar[str] = Kind.EXECUTION
 
     spec: ExecutionSpec
     status: ExecutionStatus = Field(default_factory=ExecutionStatus)
 
 
 class ExecutionClass(_Resource):
-    KIND: ClassVar[str] = "ExecutionClass"
+    KIND: ClassVar[str] = Kind.EXECUTION_CLASS
 
     spec: ExecutionClassSpec
     status: ExecutionClassStatus = Field(default_factory=ExecutionClassStatus)
 
 
 class DeadLetter(_Resource):
-    KIND: ClassVar[str] = "DeadLetter"
+    KIND: ClassVar[str] = Kind.DEAD_LETTER
 
     spec: DeadLetterSpec
     status: DeadLetterStatus = Field(default_factory=DeadLetterStatus)

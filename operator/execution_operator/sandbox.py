@@ -14,22 +14,36 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from execution_operator import API_VERSION, MANAGED_BY
+from execution_operator.api import (
+    ANNOTATION_CODE,
+    ANNOTATION_CORRELATION_ID,
+    ANNOTATION_INPUT,
+    API_VERSION,
+    LABEL_ATTEMPT,
+    LABEL_CORRELATION_ID,
+    LABEL_EXECUTION,
+    LABEL_EXECUTION_CLASS,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_NETWORK,
+    MANAGED_BY,
+    Kind,
+)
 from execution_operator.models import ExecutionClassSpec, ExecutionSpec, ResourceList
 
 DEFAULT_CPU = "500m"
 DEFAULT_MEMORY = "256Mi"
 RUNNER_COMMAND = ["python", "-m", "execution_operator.runner"]
 SANDBOX_UID = 65532
-NETWORK_DENY_LABEL = "sandbox.dev/network"
+NETWORK_DENY_LABEL = LABEL_NETWORK
 NETWORK_POLICY_NAME = "execution-operator-sandbox-deny-all"
 PAYLOAD_DIR = "/sandbox/payload"
 #: Pod annotations are limited to 256 KiB in total: carry payloads up to this size in them.
 ANNOTATION_CARRIER_MAX_BYTES = 200 * 1024
 #: ConfigMaps are limited to 1 MiB of data.
 CONFIGMAP_CARRIER_MAX_BYTES = 1000 * 1024
-CODE_ANNOTATION = "sandbox.dev/code"
-INPUT_ANNOTATION = "sandbox.dev/input"
+CODE_ANNOTATION = ANNOTATION_CODE
+INPUT_ANNOTATION = ANNOTATION_INPUT
 OUTPUT_LIMIT_BYTES = 131072
 STREAM_TAIL_BYTES = 16384
 GRACE_SECONDS = 5
@@ -55,18 +69,19 @@ def short_hash(*parts: str, length: int = 6) -> str:
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:length]
 
 
-def _dns_prefix(name: str, max_len: int) -> str:
+def dns_prefix(name: str, max_len: int) -> str:
+    """`name` cut to `max_len` characters that may start a DNS-1123 name (`ex` if none are left)."""
     cleaned = re.sub(r"[^a-z0-9-]", "-", name.lower())[:max_len].strip("-")
     return cleaned or "ex"
 
 
 def pod_name(ref: ExecutionRef, attempt: int) -> str:
     """`<name prefix>-<uid hash>-a<attempt>`: stable per attempt, at most 63 characters."""
-    return f"{_dns_prefix(ref.name, 45)}-{short_hash(ref.uid)}-a{attempt}"
+    return f"{dns_prefix(ref.name, 45)}-{short_hash(ref.uid)}-a{attempt}"
 
 
 def carrier_name(ref: ExecutionRef) -> str:
-    return f"{_dns_prefix(ref.name, 45)}-{short_hash(ref.uid)}-payload"
+    return f"{dns_prefix(ref.name, 45)}-{short_hash(ref.uid)}-payload"
 
 
 def label_value(value: str) -> str:
@@ -97,7 +112,7 @@ def input_json(spec: ExecutionSpec) -> str | None:
 def owner_reference(ref: ExecutionRef) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
-        "kind": "Execution",
+        "kind": Kind.EXECUTION,
         "name": ref.name,
         "uid": ref.uid,
         "controller": True,
@@ -107,15 +122,15 @@ def owner_reference(ref: ExecutionRef) -> dict[str, Any]:
 
 def labels_for(ref: ExecutionRef, class_name: str, attempt: int | None, allow_network: bool) -> dict[str, str]:
     labels = {
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        "app.kubernetes.io/name": "sandbox",
-        "sandbox.dev/execution": label_value(ref.name),
-        "sandbox.dev/execution-class": label_value(class_name),
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_NAME: "sandbox",
+        LABEL_EXECUTION: label_value(ref.name),
+        LABEL_EXECUTION_CLASS: label_value(class_name),
     }
     if attempt is not None:
-        labels["sandbox.dev/attempt"] = str(attempt)
+        labels[LABEL_ATTEMPT] = str(attempt)
     if is_label_safe(ref.correlation_id):
-        labels["sandbox.dev/correlation-id"] = ref.correlation_id
+        labels[LABEL_CORRELATION_ID] = ref.correlation_id
     if not allow_network:
         labels[NETWORK_DENY_LABEL] = "deny"
     return labels
@@ -248,7 +263,7 @@ def build_pod(ref: ExecutionRef, spec: ExecutionSpec, cls: ExecutionClassSpec, a
             "name": pod_name(ref, attempt),
             "namespace": ref.namespace,
             "labels": labels_for(ref, spec.execution_class_name, attempt, cls.allow_network),
-            "annotations": annotations | {"sandbox.dev/correlation-id": ref.correlation_id},
+            "annotations": annotations | {ANNOTATION_CORRELATION_ID: ref.correlation_id},
             "ownerReferences": [owner_reference(ref)],
         },
         "spec": pod_spec,
@@ -263,7 +278,7 @@ def deny_all_network_policy(namespace: str) -> dict[str, Any]:
         "metadata": {
             "name": NETWORK_POLICY_NAME,
             "namespace": namespace,
-            "labels": {"app.kubernetes.io/managed-by": MANAGED_BY},
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY},
         },
         "spec": {
             "podSelector": {"matchLabels": {NETWORK_DENY_LABEL: "deny"}},

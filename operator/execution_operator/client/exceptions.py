@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from execution_operator.api import Phase
 from execution_operator.errors import INFRASTRUCTURE_TYPES, SIGNAL_TYPES, USER_CODE_TYPES, ErrorType
 
 if TYPE_CHECKING:
@@ -159,7 +160,7 @@ def family_for(error_type: str | None) -> type[ExecutionFailed]:
 
 
 def exception_for(result: ExecutionResult) -> ExecutionFailed:
-    if result.phase == "Cancelled" and result.error is None:
+    if result.phase == Phase.CANCELLED and result.error is None:
         return ExecutionCancelled(result)
     return family_for(result.error.type if result.error else None)(result)
 

@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from execution_operator.api import TERMINAL_PHASES, Phase
+
 #: Phases after which an Execution never changes again.
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Cancelled"})
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class ExecutionResult:
             name=str(meta.get("name", "")),
             namespace=str(meta.get("namespace", "")),
             phase=status.get("phase"),
-            success=status.get("phase") == "Succeeded" and status.get("success") is not False,
+            success=status.get("phase") == Phase.SUCCEEDED and status.get("success") is not False,
             output=status.get("output"),
             stdout=status.get("stdout") or "",
             stderr=status.get("stderr") or "",

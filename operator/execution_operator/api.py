@@ -1,0 +1,130 @@
+"""The names of the public API, in one place: group, version, kinds, resources, labels, annotations,
+condition types and reasons, phases.
+
+Users, scripts and dashboards depend on every one of these strings, so the code imports them from here
+and never spells them out (a test holds the operator's code and the CRDs to it). Standard library only:
+the sandbox runner may import it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+GROUP: Final = "sandbox.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+#: The value of `app.kubernetes.io/managed-by` on everything the operator makes, and its Event source.
+MANAGED_BY: Final = "execution-operator"
+#: The `kubectl get sandbox` category every kind of the group is in.
+CATEGORY: Final = "sandbox"
+
+
+class Kind(StrEnum):
+    EXECUTION = "Execution"
+    EXECUTION_CLASS = "ExecutionClass"
+    DEAD_LETTER = "DeadLetter"
+
+
+#: Plural resource names (the URL path segments).
+EXECUTIONS: Final = "executions"
+EXECUTION_CLASSES: Final = "executionclasses"
+DEAD_LETTERS: Final = "deadletters"
+RESOURCES: Final = {Kind.EXECUTION: EXECUTIONS, Kind.EXECUTION_CLASS: EXECUTION_CLASSES,
+                    Kind.DEAD_LETTER: DEAD_LETTERS}
+SHORT_NAMES: Final = {Kind.EXECUTION: "ex", Kind.EXECUTION_CLASS: "exc", Kind.DEAD_LETTER: "dl"}
+
+# --- labels ----------------------------------------------------------------------------------------------
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+LABEL_NAME: Final = "app.kubernetes.io/name"
+#: On sandbox pods (the Execution's name, label-safe), DeadLetters and replayed Executions.
+LABEL_EXECUTION: Final = f"{GROUP}/execution"
+LABEL_ATTEMPT: Final = f"{GROUP}/attempt"
+LABEL_EXECUTION_CLASS: Final = f"{GROUP}/execution-class"
+LABEL_CORRELATION_ID: Final = f"{GROUP}/correlation-id"
+LABEL_ERROR_TYPE: Final = f"{GROUP}/error-type"
+#: On an Execution made by replaying a DeadLetter: the DeadLetter's name.
+LABEL_REPLAY_OF: Final = f"{GROUP}/replay-of"
+#: `deny` on sandbox pods the namespace's deny-all NetworkPolicy selects.
+LABEL_NETWORK: Final = f"{GROUP}/network"
+#: On the Executions of one `run_many` batch of the client.
+LABEL_CLIENT_BATCH: Final = f"{GROUP}/client-batch"
+
+# --- annotations -----------------------------------------------------------------------------------------
+#: On an Execution: the correlation id when `spec.correlationId` is not set.
+ANNOTATION_CORRELATION_ID: Final = f"{GROUP}/correlation-id"
+#: On a sandbox pod: the code and the input, read by the runner through the downward API.
+ANNOTATION_CODE: Final = f"{GROUP}/code"
+ANNOTATION_INPUT: Final = f"{GROUP}/input"
+#: On a DeadLetter: `true` asks for a replay; `replay-pending` marks one being made.
+ANNOTATION_REPLAY: Final = f"{GROUP}/replay"
+ANNOTATION_REPLAY_PENDING: Final = f"{GROUP}/replay-pending"
+#: On a replayed Execution: the DeadLetter's whole name (the label of the same name may be shortened).
+ANNOTATION_REPLAY_OF: Final = f"{GROUP}/replay-of"
+#: On an ExecutionClass: force the circuit (`open`, `closed`, `auto`), or reset it once per new value.
+ANNOTATION_CIRCUIT_BREAKER: Final = f"{GROUP}/circuit-breaker"
+ANNOTATION_CIRCUIT_BREAKER_RESET: Final = f"{GROUP}/circuit-breaker-reset"
+
+
+# --- status ----------------------------------------------------------------------------------------------
+class Phase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    RETRYING = "Retrying"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+TERMINAL_PHASES: Final = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED})
+IN_FLIGHT_PHASES: Final = (Phase.PENDING, Phase.RUNNING, Phase.RETRYING)
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class ConditionType(StrEnum):
+    SUCCEEDED = "Succeeded"
+    LAUNCHED = "Launched"
+    AVAILABLE = "Available"
+
+
+class ConditionReason(StrEnum):
+    """Reasons this operator writes besides the CamelCase error types (`errors.condition_reason`)."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    RETRYING = "Retrying"
+    SUCCEEDED = "Succeeded"
+    CANCELLED = "Cancelled"
+    LAUNCHED = "PodCreated"
+    CIRCUIT_OPEN = "CircuitOpen"
+    CIRCUIT_HALF_OPEN = "CircuitHalfOpen"
+    CIRCUIT_CLOSED = "CircuitClosed"
+    QUEUED = "Queued"
+    INVALID = "Invalid"
+
+
+class EventType(StrEnum):
+    NORMAL = "Normal"
+    WARNING = "Warning"
+
+
+class EventReason(StrEnum):
+    """The reasons of the Events the operator posts (`kubectl get events --field-selector reason=...`)."""
+
+    LAUNCHED = "Launched"
+    RETRYING = "Retrying"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+    INVALID = "Invalid"
+    DEAD_LETTERED = "DeadLettered"
+    REPLAYED = "Replayed"
+    REPLAY_REFUSED = "ReplayRefused"
+    CIRCUIT_OPEN = "CircuitOpen"
+    CIRCUIT_HALF_OPEN = "CircuitHalfOpen"
+    CIRCUIT_CLOSED = "CircuitClosed"
