@@ -1,0 +1,97 @@
+"""`make up` (hack/demo.sh up) as documented: the chart installed by the real `helm install` into the local
+cluster, the operator run with the arguments of the Deployment that helm created, Executions run through it.
+
+Chart values are set with HELM_ARGS, and the test shows each one reached the running operator: the
+Deployment's `--namespace` argument (it serves team-a) and the chart's ExecutionClass (its
+maxTimeoutSeconds refuses a longer timeout).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from toolkit import NAMESPACE, RELEASE, ROOT, TOOLS_BIN, find_tool
+
+from localcluster.chart_operator import operator_command
+
+pytestmark = pytest.mark.tools
+
+DEMO = ROOT / "hack" / "demo.sh"
+TEAM = "team-a"
+
+
+@pytest.fixture()
+def up(tmp_path: Path) -> Iterator[dict[str, str]]:
+    for tool in ("helm", "kubectl"):
+        if not (TOOLS_BIN / tool).exists():
+            pytest.skip(f"{tool} not in .tools/bin (make tools)")
+    if find_tool("bwrap") is None:
+        pytest.skip("bubblewrap not installed (hack/install-ci-deps.sh --local-cluster)")
+    state = tmp_path / "state"
+    env = dict(os.environ, LOCALCLUSTER_STATE=str(state), PY=sys.executable,
+               HELM_ARGS=f"--set watchNamespaces={{{TEAM}}} --set executionClasses.default.spec.maxTimeoutSeconds=42")
+    try:
+        proc = subprocess.run(["bash", str(DEMO), "up"], env=env, capture_output=True, text=True, timeout=300,
+                              check=False)
+        assert proc.returncode == 0, f"hack/demo.sh up:\n{proc.stdout}\n{proc.stderr}"
+        assert f"export KUBECONFIG={state}/kubeconfig" in proc.stdout
+        yield dict(os.environ, KUBECONFIG=str(state / "kubeconfig"), STATE=str(state))
+    finally:
+        down = subprocess.run(["bash", str(DEMO), "down"], env=env, capture_output=True, text=True, timeout=120,
+                              check=False)
+        assert down.returncode == 0, down.stderr
+
+
+def _run(env: dict[str, str], tool: str, *args: str, input: str | None = None) -> str:
+    proc = subprocess.run([str(TOOLS_BIN / tool), *args], input=input, capture_output=True, text=True, env=env,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, f"{tool} {' '.join(args)}: {proc.stderr}"
+    return proc.stdout
+
+
+def _execution(name: str, timeout: int) -> dict[str, Any]:
+    return {"apiVersion": "sandbox.dev/v1alpha1", "kind": "Execution", "metadata": {"name": name, "namespace": TEAM},
+            "spec": {"code": 'result = {"sum": sum(input_data["numbers"])}', "input": {"numbers": [1, 2, 3]},
+                     "timeoutSeconds": timeout}}
+
+
+def test_make_up_installs_the_chart_and_its_operator_runs_executions(up: dict[str, str]) -> None:
+    def k(*args: str, input: str | None = None) -> str:
+        return _run(up, "kubectl", *args, input=input)
+
+    helm_env = dict(up, HELM_CACHE_HOME=f"{up['STATE']}/helm/cache", HELM_CONFIG_HOME=f"{up['STATE']}/helm/config",
+                    HELM_DATA_HOME=f"{up['STATE']}/helm/data")
+    release = json.loads(_run(helm_env, "helm", "status", RELEASE, "-n", NAMESPACE, "-o", "json"))
+    assert release["info"]["status"] == "deployed"
+
+    # The classes are the chart's, owned by the release (so a `helm upgrade` manages them).
+    default = json.loads(k("get", "executionclass", "default", "-o", "json"))
+    assert default["spec"]["maxTimeoutSeconds"] == 42
+    assert default["metadata"]["annotations"]["meta.helm.sh/release-name"] == RELEASE
+    assert default["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+
+    # The running operator's command line is the Deployment's container arguments (ports aside).
+    deployment = json.loads(k("get", "deployment", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=operator",
+                              "-o", "json"))["items"][0]
+    pid = int(Path(up["STATE"], "operator.pid").read_text())
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    expected, _ = operator_command(deployment, metrics_port=1, liveness_port=1)
+    ported = ("--metrics-port=", "--liveness-port=")
+    assert argv[1:3] == ["-m", "execution_operator"]
+    assert [a for a in argv[3:] if not a.startswith(ported)] == [a for a in expected if not a.startswith(ported)]
+    assert f"--namespace={TEAM}" in argv
+
+    k("create", "namespace", TEAM)
+    k("apply", "-f", "-", input="\n---\n".join(json.dumps(_execution(*x)) for x in (("sum", 30), ("too-long", 60))))
+    k("wait", "-n", TEAM, "--for=condition=Succeeded", "--timeout=120s", "execution/sum")
+    k("wait", "-n", TEAM, "--for=condition=Succeeded=False", "--timeout=120s", "execution/too-long")
+    assert json.loads(k("get", "-n", TEAM, "execution", "sum", "-o", "jsonpath={.status.output}")) == {"sum": 6}
+    error = json.loads(k("get", "-n", TEAM, "execution", "too-long", "-o", "jsonpath={.status.error}"))
+    assert error["type"] == "validation_error" and "42" in error["message"], error
