@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "hack" / "install-ci-deps.sh"
 #: What a package installs, as the stub apt-get "installs" it.
 PROVIDES = {"bubblewrap": "bwrap", "unzip": "unzip", "npm": "npm"}
-HIDDEN = {"bwrap", "unzip", "npm", "apt-get", "sudo", "id"}
+HIDDEN = {"bwrap", "unzip", "npm", "promtool", "prometheus", "chromium", "apt-get", "sudo", "id"}
 
 
 def _executable(path: Path, text: str) -> None:
@@ -27,7 +27,7 @@ def _executable(path: Path, text: str) -> None:
 
 
 def _machine(tmp_path: Path, *, apt: bool = True, uid: int = 0, sudo: bool = False,
-             present: tuple[str, ...] = ()) -> tuple[dict[str, str], Path]:
+             present: tuple[str, ...] = (), apt_fails: bool = False) -> tuple[dict[str, str], Path]:
     """An environment whose PATH holds the system's commands except HIDDEN, plus the stubs asked for."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -50,7 +50,8 @@ def _machine(tmp_path: Path, *, apt: bool = True, uid: int = 0, sudo: bool = Fal
         )
         _executable(bin_dir / "apt-get", (
             f'#!/bin/bash\necho "apt-get $*" >> "{log}"\n'
-            f'[[ $1 == install ]] || exit 0\nfor p in "$@"; do\n  case $p in\n{installs}  esac\ndone\n'
+            f'[[ $1 == install ]] || exit 0\n{"exit 100" if apt_fails else ""}\n'
+            f'for p in "$@"; do\n  case $p in\n{installs}  esac\ndone\n'
         ))
     if sudo:
         _executable(bin_dir / "sudo", f'#!/bin/bash\necho "sudo $1" >> "{log}"\nexec "$@"\n')
@@ -58,15 +59,16 @@ def _machine(tmp_path: Path, *, apt: bool = True, uid: int = 0, sudo: bool = Fal
     return env, log
 
 
-def _run(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def _run(env: dict[str, str], tmp_path: Path, local_only: bool = True) -> subprocess.CompletedProcess[str]:
     venv = tmp_path / "venv"  # a venv that exists, so python3-venv is not wanted
     (venv / "bin").mkdir(parents=True, exist_ok=True)
     python = venv / "bin" / "python"
     if not python.exists():
         python.symlink_to(shutil.which("python3") or "/usr/bin/python3")
     bash = shutil.which("bash") or "/bin/bash"
-    return subprocess.run([bash, str(SCRIPT), "--local-cluster", str(venv)], env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
+    mode = ["--local-cluster"] if local_only else []
+    return subprocess.run([bash, str(SCRIPT), *mode, str(venv)], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
 
 
 def test_installs_the_missing_packages_with_apt_as_root(tmp_path: Path) -> None:
@@ -107,3 +109,15 @@ def test_stops_at_once_with_one_line_naming_the_package_and_the_command(
     assert proc.returncode == 1
     assert proc.stderr == f"install-ci-deps: {expected}\n"
     assert not log.exists()
+
+
+def test_the_full_set_for_make_test_and_a_failing_apt_stops_with_the_command(tmp_path: Path) -> None:
+    env, log = _machine(tmp_path, apt_fails=True)
+    proc = _run(env, tmp_path, local_only=False)
+    assert proc.returncode == 1
+    packages = "bubblewrap chromium npm prometheus unzip" + (
+        "" if Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").exists() else " fonts-dejavu-core")
+    packages = " ".join(sorted(packages.split()))
+    assert proc.stderr.splitlines()[-1] == (
+        f"install-ci-deps: apt-get install failed; install {packages} with: apt-get install -y {packages}")
+    assert log.read_text().splitlines()[1].endswith(packages)
