@@ -45,7 +45,7 @@ def _raise(exc: str, code: str) -> Case:
     return Case(code=code, error_type=exc, exit_code=1, retryable=False)
 
 
-# Each of DESIGN.md's Python exception types, raised the way real code raises it.
+# Each of the Python exception types docs/errors.md lists, raised the way real code raises it.
 EXCEPTIONS: dict[str, tuple[str, str]] = {
     "syntax_error": ("SyntaxError", "def broken(:\n    pass\n"),
     "import_error": ("ModuleNotFoundError", "import no_such_module_anywhere\n"),
