@@ -84,14 +84,16 @@ def test_make_up_installs_the_chart_and_its_operator_runs_executions(up: dict[st
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
     expected, _ = operator_command(deployment, metrics_port=1, liveness_port=1)
     ported = ("--metrics-port=", "--liveness-port=")
-    assert argv[1:3] == ["-m", "execution_operator"]
-    assert [a for a in argv[3:] if not a.startswith(ported)] == [a for a in expected if not a.startswith(ported)]
+    assert argv[1:3] == ["-m", "execution_operator"], argv
+    assert [a for a in argv[3:] if not a.startswith(ported)] == [a for a in expected if not a.startswith(ported)], (
+        argv, expected)
     assert f"--namespace={TEAM}" in argv
 
     k("create", "namespace", TEAM)
     k("apply", "-f", "-", input="\n---\n".join(json.dumps(_execution(*x)) for x in (("sum", 30), ("too-long", 60))))
     k("wait", "-n", TEAM, "--for=condition=Succeeded", "--timeout=120s", "execution/sum")
     k("wait", "-n", TEAM, "--for=condition=Succeeded=False", "--timeout=120s", "execution/too-long")
-    assert json.loads(k("get", "-n", TEAM, "execution", "sum", "-o", "jsonpath={.status.output}")) == {"sum": 6}
+    status = json.loads(k("get", "-n", TEAM, "execution", "sum", "-o", "json"))["status"]
+    assert status["output"] == {"sum": 6}, status
     error = json.loads(k("get", "-n", TEAM, "execution", "too-long", "-o", "jsonpath={.status.error}"))
     assert error["type"] == "validation_error" and "42" in error["message"], error
