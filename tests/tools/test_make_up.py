@@ -1,9 +1,10 @@
-"""`make up` (hack/demo.sh up) as documented: the chart installed by the real `helm install` into the local
-cluster, the operator run with the arguments of the Deployment that helm created, Executions run through it.
+"""`make up` and `make demo` (hack/demo.sh) as the README documents them.
 
-Chart values are set with HELM_ARGS, and the test shows each one reached the running operator: the
-Deployment's `--namespace` argument (it serves team-a) and the chart's ExecutionClass (its
-maxTimeoutSeconds refuses a longer timeout).
+`make up`: the chart installed by the real `helm install` into the local cluster, the operator run with
+the arguments of the Deployment that helm created, Executions run through it. Chart values are set with
+HELM_ARGS, and the test shows each one reached the running operator: the Deployment's `--namespace`
+argument (it serves team-a) and the chart's ExecutionClass (its maxTimeoutSeconds refuses a longer
+timeout). `make demo`: the README's tour, run literally with the two export lines the demo printed.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ DEMO = ROOT / "hack" / "demo.sh"
 TEAM = "team-a"
 
 
-@pytest.fixture()
-def up(tmp_path: Path) -> Iterator[dict[str, str]]:
+def _start(tmp_path: Path, command: str, helm_args: str = "") -> Iterator[tuple[dict[str, str], str]]:
+    """Run `hack/demo.sh COMMAND` with its state under tmp_path; yield kubectl's environment and its output."""
     for tool in ("helm", "kubectl"):
         if not (TOOLS_BIN / tool).exists():
             pytest.skip(f"{tool} not in .tools/bin (make tools)")
@@ -36,17 +37,30 @@ def up(tmp_path: Path) -> Iterator[dict[str, str]]:
         pytest.skip("bubblewrap not installed (hack/install-ci-deps.sh --local-cluster)")
     state = tmp_path / "state"
     env = dict(os.environ, LOCALCLUSTER_STATE=str(state), PY=sys.executable,
-               HELM_ARGS=f"--set watchNamespaces={{{TEAM}}} --set executionClasses.default.spec.maxTimeoutSeconds=42")
+               HELM_ARGS=helm_args)
     try:
-        proc = subprocess.run(["bash", str(DEMO), "up"], env=env, capture_output=True, text=True, timeout=300,
+        proc = subprocess.run(["bash", str(DEMO), command], env=env, capture_output=True, text=True, timeout=300,
                               check=False)
-        assert proc.returncode == 0, f"hack/demo.sh up:\n{proc.stdout}\n{proc.stderr}"
+        assert proc.returncode == 0, f"hack/demo.sh {command}:\n{proc.stdout}\n{proc.stderr}"
         assert f"export KUBECONFIG={state}/kubeconfig" in proc.stdout
-        yield dict(os.environ, KUBECONFIG=str(state / "kubeconfig"), STATE=str(state))
+        yield dict(os.environ, KUBECONFIG=str(state / "kubeconfig"), STATE=str(state)), proc.stdout
     finally:
         down = subprocess.run(["bash", str(DEMO), "down"], env=env, capture_output=True, text=True, timeout=120,
                               check=False)
         assert down.returncode == 0, down.stderr
+
+
+@pytest.fixture()
+def up(tmp_path: Path) -> Iterator[dict[str, str]]:
+    values = f"--set watchNamespaces={{{TEAM}}} --set executionClasses.default.spec.maxTimeoutSeconds=42"
+    for env, _ in _start(tmp_path, "up", values):
+        yield env
+
+
+@pytest.fixture()
+def demo(tmp_path: Path) -> Iterator[str]:
+    for _, output in _start(tmp_path, "demo"):
+        yield output
 
 
 def _run(env: dict[str, str], tool: str, *args: str, input: str | None = None) -> str:
@@ -97,3 +111,26 @@ def test_make_up_installs_the_chart_and_its_operator_runs_executions(up: dict[st
     assert status["output"] == {"sum": 6}, status
     error = json.loads(k("get", "-n", TEAM, "execution", "too-long", "-o", "jsonpath={.status.error}"))
     assert error["type"] == "validation_error" and "42" in error["message"], error
+
+
+def _readme_tour() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## A tour with kubectl", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_the_readme_tour_runs_literally_after_make_demo(demo: str, tmp_path: Path) -> None:
+    exports = [line.strip() for line in demo.splitlines() if line.strip().startswith("export ")]
+    assert [e.split("=", 1)[0] for e in exports] == ["export KUBECONFIG", "export PATH"]
+    tour = _readme_tour()
+    assert any(line.startswith("kubectl logs") for line in tour)
+    script = tmp_path / "tour.sh"
+    script.write_text("set -euo pipefail\n" + "\n".join([*exports, *tour]) + "\n")
+    # A shell like the reader's: a PATH without the project's tools, no KUBECONFIG.
+    env = {"HOME": str(tmp_path), "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    proc = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    assert '{"answer":42,"greeting":"hello"}' in proc.stdout
+    assert "hello from the sandbox" in proc.stdout  # kubectl logs
+    assert "deadletter.sandbox.dev/zero-division-dl-" in proc.stdout  # the replay annotation
