@@ -17,7 +17,7 @@ $(PY): | sysdeps
 	$(PY) -m pip install -q --upgrade pip
 
 venv: $(PY)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e './localcluster[test]' -e '.[dev]'
 
 tools: sysdeps
 	@bash hack/get-tools.sh $(TOOLS)
@@ -27,8 +27,9 @@ deps: venv tools
 	bash hack/install-ci-deps.sh $(VENV)
 
 lint: venv
-	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/ruff check operator localcluster tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 test: deps lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests
@@ -37,7 +38,7 @@ test-unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
 test-cluster: venv tools
-	$(VENV)/bin/pytest -q tests/localcluster tests/e2e
+	$(VENV)/bin/pytest -q localcluster/tests tests/e2e
 
 test-tools: deps
 	$(VENV)/bin/pytest -q tests/tools

@@ -29,15 +29,17 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
+sys.path[:0] = [str(ROOT)]  # for `bench.*`; the project and the local cluster are installed
 
 import aiohttp  # noqa: E402
 import kopf  # noqa: E402
-from tests.e2e.procs import OperatorProcess, start_local_cluster, stop_process  # noqa: E402
 
 from execution_operator.k8s import ApiError, KubeClient, path_for  # noqa: E402
+from localcluster.testing import OperatorProcess, start_cluster_process, stop_process  # noqa: E402
 
 API = "sandbox.dev/v1alpha1"
+#: What a local cluster of the benchmarks gets before the operator starts: the CRDs, the demo's classes.
+CLUSTER_MANIFESTS = (ROOT / "crds", ROOT / "manifests" / "local" / "classes.yaml")
 WRITE_VERBS = ("create", "update", "patch", "delete")
 
 
@@ -309,11 +311,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         kubeconfig = args.kubeconfig
         if not kubeconfig:
-            cluster = start_local_cluster(Path(tmp))
+            cluster = start_cluster_process(Path(tmp), CLUSTER_MANIFESTS, cwd=ROOT)
             kubeconfig = cluster.kubeconfig
         op = None
         if cluster is not None or args.run_operator:
-            op = OperatorProcess(kubeconfig, Path(tmp) / "operator.log")
+            op = OperatorProcess(kubeconfig, Path(tmp) / "operator.log", cwd=ROOT)
             op.start()
         args.pids = {}
         if op and op.process:

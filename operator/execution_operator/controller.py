@@ -36,7 +36,7 @@ from execution_operator.classify import (
 from execution_operator.deadletters import DeadLetters
 from execution_operator.errors import ErrorInfo, ErrorType
 from execution_operator.gates import Gates
-from execution_operator.k8s import ApiError, KubeClient, path_for
+from execution_operator.k8s import ApiError, KubeClient, path_for, post_event
 from execution_operator.models import DeadLetterPolicy, ExecutionClassSpec, ExecutionSpec
 from execution_operator.retry import backoff_delay, decide_retry, delay_until
 from execution_operator.sandbox import (
@@ -768,38 +768,3 @@ async def _create_or_get(client: KubeClient, collection: str, manifest: dict[str
         if exc.already_exists:
             return await client.get(f"{collection}/{manifest['metadata']['name']}")
         raise
-
-
-async def post_event(
-    client: KubeClient, body: Mapping[str, Any], etype: str, reason: str, message: str, now: datetime
-) -> None:
-    """A core/v1 Event about an object; best effort (an Event is never worth failing a reconcile)."""
-    meta = body.get("metadata", {})
-    namespace = meta.get("namespace") or "default"
-    stamp = rfc3339(now)
-    event = {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"name": f"{meta.get('name')}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
-        "involvedObject": {
-            "apiVersion": body.get("apiVersion", API_VERSION),
-            "kind": body.get("kind", "Execution"),
-            "name": meta.get("name"),
-            "namespace": namespace,
-            "uid": meta.get("uid"),
-            "resourceVersion": meta.get("resourceVersion"),
-        },
-        "type": etype,
-        "reason": reason,
-        "message": message[:1024],
-        "source": {"component": "execution-operator"},
-        "reportingComponent": "execution-operator",
-        "reportingInstance": "execution-operator",
-        "firstTimestamp": stamp,
-        "lastTimestamp": stamp,
-        "count": 1,
-    }
-    try:
-        await client.post(path_for("v1", "events", namespace), event)
-    except Exception as exc:
-        log.debug("event not posted", reason=reason, error=str(exc)[:200])

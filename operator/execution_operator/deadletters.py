@@ -32,7 +32,7 @@ import structlog
 
 from execution_operator import metrics
 from execution_operator.errors import INFRASTRUCTURE_TYPES, ErrorInfo, ErrorType
-from execution_operator.k8s import ApiError, KubeClient, path_for
+from execution_operator.k8s import ApiError, KubeClient, path_for, post_event
 from execution_operator.models import (
     DEAD_LETTERS,
     EXECUTIONS,
@@ -543,10 +543,6 @@ class DeadLetters:
             "kind": "DeadLetter",
             "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion")},
         }
-        try:
-            from execution_operator.controller import post_event
-        except ImportError:  # pragma: no cover - the controller ships with the operator
-            return
         await post_event(self.client, about, etype, reason, message, self.clock())
 
     # -- retention ---------------------------------------------------------------------------------

@@ -13,16 +13,24 @@ import json
 import ssl
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import kopf
+import structlog
+
+from execution_operator import API_VERSION
+from execution_operator.status import rfc3339
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+
+log = structlog.get_logger("execution_operator.k8s")
 
 #: Kubernetes verbs by HTTP method, for the request metrics.
 _VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
@@ -205,3 +213,38 @@ def path_for(
     if sub:
         base += f"/{sub}"
     return base
+
+
+async def post_event(
+    client: KubeClient, body: Mapping[str, Any], etype: str, reason: str, message: str, now: datetime
+) -> None:
+    """A core/v1 Event about an object; best effort (an Event is never worth failing a reconcile)."""
+    meta = body.get("metadata", {})
+    namespace = meta.get("namespace") or "default"
+    stamp = rfc3339(now)
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{meta.get('name')}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": body.get("apiVersion", API_VERSION),
+            "kind": body.get("kind", "Execution"),
+            "name": meta.get("name"),
+            "namespace": namespace,
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+        },
+        "type": etype,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": "execution-operator"},
+        "reportingComponent": "execution-operator",
+        "reportingInstance": "execution-operator",
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+    try:
+        await client.post(path_for("v1", "events", namespace), event)
+    except Exception as exc:
+        log.debug("event not posted", reason=reason, error=str(exc)[:200])

@@ -321,18 +321,19 @@ class _RecordingNode:
         self.sent.append(status["phase"])
 
 
-async def test_status_writer_batches_passing_states_and_sends_the_final_one_at_once() -> None:
+async def test_status_writer_sends_each_transition_and_coalesces_those_made_during_a_write() -> None:
     node = _RecordingNode()
-    writer = _StatusWriter(node, "ns", "p", batch_seconds=60)  # type: ignore[arg-type]
+    writer = _StatusWriter(node, "ns", "p")  # type: ignore[arg-type]
     writer.submit({"phase": "Pending"})
-    writer.submit({"phase": "Running"})
-    writer.submit({"phase": "Succeeded"})  # wakes the writer: no 60 s wait
     await asyncio.wait_for(writer.flush(), 10)
-    assert node.sent == ["Succeeded"]
+    writer.submit({"phase": "Running"})
+    await asyncio.wait_for(writer.flush(), 10)
+    writer.submit({"phase": "Succeeded"})
+    await asyncio.wait_for(writer.flush(), 10)
+    assert node.sent == ["Pending", "Running", "Succeeded"]
 
-    quick = _StatusWriter(node, "ns", "q", batch_seconds=0.01)  # type: ignore[arg-type]
-    quick.submit({"phase": "Pending"})
-    await asyncio.wait_for(quick.flush(), 10)
-    quick.submit({"phase": "Running"})
-    await asyncio.wait_for(quick.flush(), 10)
-    assert node.sent == ["Succeeded", "Pending", "Running"]
+    busy = _StatusWriter(node, "ns", "q")  # type: ignore[arg-type]
+    busy.submit({"phase": "Pending"})  # its write starts on the next turn of the loop
+    busy.submit({"phase": "Running"})  # both made before it ran: only the latest goes
+    await asyncio.wait_for(busy.flush(), 10)
+    assert node.sent[3:] == ["Running"]

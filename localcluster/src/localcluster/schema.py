@@ -86,6 +86,8 @@ import celpy.celtypes as ct
 import celpy.evaluation
 from celpy.evaluation import CELEvalError
 
+from localcluster.quantity import quantity_value
+
 __all__ = [
     "FieldError",
     "compile_schema",
@@ -1621,15 +1623,6 @@ def _url_query(u: Any) -> Any:
     return ct.MapType({ct.StringType(k): ct.ListType([ct.StringType(x) for x in v]) for k, v in q.items()})
 
 
-_RX_QUANTITY = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$")
-_SUFFIX = {
-    "": Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
-    "k": Decimal(10) ** 3, "M": Decimal(10) ** 6, "G": Decimal(10) ** 9, "T": Decimal(10) ** 12,
-    "P": Decimal(10) ** 15, "E": Decimal(10) ** 18, "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20,
-    "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40, "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
-}  # fmt: skip
-
-
 class _Quantity:
     """A resource.Quantity as an exact decimal, enough for comparisons and arithmetic."""
 
@@ -1646,17 +1639,8 @@ class _Quantity:
 
 
 def _parse_quantity(s: str) -> _Quantity | None:
-    m = _RX_QUANTITY.match(s.strip()) if s and s == s.strip() else None
-    if not m:
-        return None
-    try:
-        num = Decimal(m.group(1))
-    except InvalidOperation:
-        return None
-    suffix = m.group(2) or ""
-    if suffix[:1] in ("e", "E"):
-        return _Quantity(num * Decimal(10) ** int(suffix[1:]))
-    return _Quantity(num * _SUFFIX[suffix])
+    value = quantity_value(s)
+    return None if value is None else _Quantity(value)
 
 
 def _fn_quantity(s: Any) -> Any:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from execution_operator.quantity import parse_quantity
+from localcluster.quantity import parse_quantity
 
-# The same quantity arithmetic as the operator's (re-exported for the node's modules).
+# The API server's quantity parsing (re-exported for the node's modules).
 __all__ = ["match_label_selector", "parse_quantity", "pod_requests", "unschedulable_message"]
 
 

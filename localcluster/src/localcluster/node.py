@@ -3,9 +3,9 @@
 `LocalNode` registers a Ready Node, renews its Lease, binds unbound pods that fit (else marks them
 `PodScheduled=False, reason=Unschedulable`), and runs the pods bound to it through `PodWorker`
 (`node_runtime`): containers are local processes under bubblewrap. Status goes back with one merge
-patch of `pods/NAME/status` per observed transition; a state that passes within `STATUS_BATCH_SECONDS`
-is not sent on its own (as with a kubelet's relisting, a quick container goes from Pending straight
-to Succeeded), and the final status goes at once; graceful deletion ends with
+patch of `pods/NAME/status` per observed transition (a container's Running state is reported before its
+end, as a kubelet reports a sandbox pod's; statuses produced while a patch is in flight are coalesced,
+as in a kubelet's status manager); graceful deletion ends with
 `DELETE ...?gracePeriodSeconds=0`, as a kubelet confirms it.
 
 Differences from a real node, on purpose: CPU limits are ignored; the memory limit is enforced by RSS
@@ -179,20 +179,11 @@ class _ApiLookups:
         return items
 
 
-#: How long a pod's non-final status waits for the next change before it is sent. The kubelet notices
-#: container changes by relisting (every second) and writes status asynchronously, so a container that
-#: starts and ends quickly often goes from Pending straight to Succeeded; this keeps that shape (and a
-#: write per pod) without its second of delay. A pod's final status is sent at once.
-STATUS_BATCH_SECONDS = 0.1
-
-
 class _StatusWriter:
     """Sends the latest status of one pod; statuses produced while a patch is in flight are coalesced."""
 
-    def __init__(self, node: LocalNode, namespace: str, name: str, batch_seconds: float = STATUS_BATCH_SECONDS) -> None:
+    def __init__(self, node: LocalNode, namespace: str, name: str) -> None:
         self.node = node
-        self.batch_seconds = batch_seconds
-        self.final = asyncio.Event()
         self.namespace = namespace
         self.name = name
         self.pending: dict[str, Any] | None = None
@@ -209,8 +200,6 @@ class _StatusWriter:
             self.node.record_event(self.namespace, self.name, uid, etype, reason, message, field_path=field)
         self.last_submitted = status
         self.pending = status
-        if status.get("phase") in ("Succeeded", "Failed"):
-            self.final.set()
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._drain())
 
@@ -220,9 +209,6 @@ class _StatusWriter:
 
     async def _drain(self) -> None:
         while self.pending is not None and not self.gone:
-            if self.batch_seconds > 0 and not self.final.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.final.wait(), self.batch_seconds)
             status, self.pending = self.pending, None
             if status is not None:
                 await self._send(status)

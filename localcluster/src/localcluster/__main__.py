@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -146,7 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     op.add_argument("--deployment", required=True, help="the Deployment as JSON (kubectl get deployment -o json)")
     op.add_argument("--metrics-port", type=int, required=True)
     op.add_argument("--liveness-port", type=int, required=True)
+    for command in (up, node):
+        command.add_argument("--runner-source", default=None,
+                             help="the directory holding the sandbox runner's package (default: where this "
+                                  "Python finds it); the node's child processes inherit it")
     args = parser.parse_args(argv)
+    if getattr(args, "runner_source", None):
+        os.environ["LOCALCLUSTER_RUNNER_SOURCE"] = os.path.abspath(args.runner_source)
     logging.basicConfig(level=getattr(args, "log_level", "WARNING").upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "up":

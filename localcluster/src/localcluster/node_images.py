@@ -9,6 +9,8 @@ entries.
 from __future__ import annotations
 
 import fnmatch
+import functools
+import importlib.util
 import os
 import re
 import sys
@@ -17,7 +19,10 @@ from pathlib import Path
 
 SANDBOX_IMAGE = "ghcr.io/execution-operator/sandbox"
 SANDBOX_DATA_IMAGE = "ghcr.io/execution-operator/sandbox-data"
-RUNNER_COMMAND = ["python", "-m", "execution_operator.runner"]
+#: The package whose `runner` module is the sandbox images' entrypoint. The node runs it from that package's
+#: source, bound read-only into each sandbox; it is located on this Python's path, never imported.
+RUNNER_PACKAGE = "execution_operator"
+RUNNER_COMMAND = ["python", "-m", f"{RUNNER_PACKAGE}.runner"]
 SANDBOX_USER = 65532
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -182,9 +187,22 @@ def _normalize_pattern(pattern: str) -> str:
     return pattern
 
 
-def project_source_root() -> Path:
-    """The directory holding the `localcluster` and `execution_operator` packages (the source root)."""
-    return Path(__file__).resolve().parent.parent
+@functools.cache
+def runner_source_root() -> Path:
+    """The directory holding the runner's package (`RUNNER_PACKAGE`), which sandboxes see read-only.
+
+    `LOCALCLUSTER_RUNNER_SOURCE` if set (`localcluster up --runner-source` sets it); else where this
+    Python would import the package from, found without importing it.
+    """
+    override = os.environ.get("LOCALCLUSTER_RUNNER_SOURCE")
+    if override:
+        return Path(override).resolve()
+    spec = importlib.util.find_spec(RUNNER_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise RuntimeError(f"the runner's package {RUNNER_PACKAGE!r} is not installed here; "
+                           "install it or set LOCALCLUSTER_RUNNER_SOURCE to the directory that holds it")
+    return Path(locations[0]).resolve().parent
 
 
 def sandbox_interpreter() -> str:
@@ -241,6 +259,6 @@ def precompile_runner() -> None:
     """
     import compileall
 
-    package = project_source_root() / "execution_operator"
+    package = runner_source_root() / RUNNER_PACKAGE
     compileall.compile_file(str(package / "__init__.py"), quiet=2)
     compileall.compile_dir(str(package / "runner"), quiet=2)

@@ -50,7 +50,7 @@ from .node_config import (
     expand,
     materialize_volumes,
 )
-from .node_images import ImageSpec, ImageTable, InvalidImageName, parse_image, project_source_root
+from .node_images import ImageSpec, ImageTable, InvalidImageName, parse_image, runner_source_root
 from .node_sched import parse_quantity
 
 StatusSink = Callable[[dict[str, Any]], None]
@@ -466,7 +466,7 @@ def _root_binds(runtime_dir: Path | None) -> tuple[str, ...]:
     wanted = set(_SYSTEM_ENTRIES)
     sandbox_python = [os.path.realpath(runtime_dir / "bin" / "python")] if runtime_dir is not None else []
     for path in (*sandbox_python, sys.executable, os.path.realpath(sys.executable), sys.prefix,
-                 sys.base_prefix, str(project_source_root())):
+                 sys.base_prefix, str(runner_source_root())):
         parts = Path(path).parts
         if len(parts) > 1:
             wanted.add(parts[1])
@@ -816,7 +816,7 @@ class PodWorker:
             args += ["--ro-bind", str(empty), str(hidden)]
         if uses_python and self.config.runtime_dir is not None:
             args += ["--ro-bind", str(self.config.runtime_dir), SANDBOX_RUNTIME_DIR]
-            args += ["--ro-bind", str(project_source_root()), SANDBOX_SOURCE_DIR]
+            args += ["--ro-bind", str(runner_source_root()), SANDBOX_SOURCE_DIR]
         if not sc.get("readOnlyRootFilesystem") and not any(m.target == "/tmp" for m in mounts):
             # Without a read-only root a container can write /tmp; a per-container directory stands in.
             scratch = self.pod_dir / "scratch" / spec["name"]
