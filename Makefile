@@ -32,7 +32,7 @@ lint: venv
 	$(VENV)/bin/lint-imports --no-cache
 
 test: deps lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests localcluster/tests
 
 test-unit: venv
 	$(VENV)/bin/pytest -q tests/unit
