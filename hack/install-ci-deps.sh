@@ -53,8 +53,10 @@ if ((${#apt_missing[@]})); then
     SUDO="sudo"
   fi
   echo "install-ci-deps: apt-get install $packages"
-  $SUDO apt-get update -qq || die "apt-get update failed; install $packages with: ${SUDO:+sudo }apt-get install -y $packages"
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" \
+  # dpkg's progress goes to stdout and is dropped; apt's errors go to stderr and stay.
+  $SUDO apt-get update -qq >/dev/null \
+    || die "apt-get update failed; install $packages with: ${SUDO:+sudo }apt-get install -y $packages"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null \
     || die "apt-get install failed; install $packages with: ${SUDO:+sudo }apt-get install -y $packages"
 fi
 for t in "${wanted_commands[@]}"; do
