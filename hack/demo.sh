@@ -6,7 +6,8 @@
 #   hack/demo.sh up       the cluster, `helm install` of charts/execution-operator, the operator (make up)
 #   hack/demo.sh operator restart the operator with the arguments of the Deployment now in the cluster
 #                         (after a `helm upgrade`)
-#   hack/demo.sh env      print the two export lines that point kubectl (the project's) at the cluster
+#   hack/demo.sh env      print the two export lines that point the project's kubectl, and its venv's
+#                         execution-operator command and Python client, at the cluster
 #   hack/demo.sh down     stop the operator and the cluster (make down; `stop` is the same)
 #
 # The local node runs sandbox pods but not the operator's Deployment: `python -m localcluster operator`
@@ -45,7 +46,7 @@ down() {
 
 print_env() {
   echo "export KUBECONFIG=$KUBECONFIG"
-  echo "export PATH=$ROOT/.tools/bin:\$PATH"
+  echo "export PATH=$ROOT/.tools/bin:$ROOT/.venv/bin:\$PATH"
 }
 
 free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

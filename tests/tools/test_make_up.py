@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -113,20 +114,28 @@ def test_make_up_installs_the_chart_and_its_operator_runs_executions(up: dict[st
     assert error["type"] == "validation_error" and "42" in error["message"], error
 
 
-def _readme_tour() -> list[str]:
+def _readme_tour() -> list[tuple[str, str]]:
+    """The tour's code blocks, (language, text), from its heading to the first example of output."""
     text = (ROOT / "README.md").read_text()
-    block = text.split("## A tour with kubectl", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
-    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    section = text.split("## A tour with kubectl", 1)[1].split("What `kubectl describe", 1)[0]
+    return re.findall(r"```(sh|python)\n(.*?)```", section, flags=re.S)
 
 
 def test_the_readme_tour_runs_literally_after_make_demo(demo: str, tmp_path: Path) -> None:
     exports = [line.strip() for line in demo.splitlines() if line.strip().startswith("export ")]
     assert [e.split("=", 1)[0] for e in exports] == ["export KUBECONFIG", "export PATH"]
-    tour = _readme_tour()
-    assert any(line.startswith("kubectl logs") for line in tour)
+    blocks = _readme_tour()
+    assert [lang for lang, _ in blocks].count("sh") >= 1 and any("kubectl logs" in b for _, b in blocks)
+    lines = ["set -euo pipefail", *exports]
+    for n, (lang, block) in enumerate(blocks):
+        if lang == "python":
+            (tmp_path / f"tour{n}.py").write_text(block)
+            lines.append(f"python {tmp_path}/tour{n}.py")
+        else:
+            lines += [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
     script = tmp_path / "tour.sh"
-    script.write_text("set -euo pipefail\n" + "\n".join([*exports, *tour]) + "\n")
-    # A shell like the reader's: a PATH without the project's tools, no KUBECONFIG.
+    script.write_text("\n".join(lines) + "\n")
+    # A shell like the reader's: a PATH without the project's tools or venv, no KUBECONFIG.
     env = {"HOME": str(tmp_path), "PATH": "/usr/local/bin:/usr/bin:/bin"}
     proc = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
                           check=False)
