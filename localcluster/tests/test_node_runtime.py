@@ -411,7 +411,7 @@ async def test_network_policy_denies_egress(harness: Harness) -> None:
 async def test_sandbox_image_runs_project_python(harness: Harness) -> None:
     pod = make_pod(
         image="ghcr.io/execution-operator/sandbox-data:1.2.3",
-        command=["python", "-c", "import execution_operator, sys; print(execution_operator.API_VERSION)"],
+        command=["python", "-c", "from execution_operator import api; print(api.API_VERSION)"],
     )
     final = await harness.run(pod)
     logs = [ln["log"] for ln in harness.log_lines(pod)]

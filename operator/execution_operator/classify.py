@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from execution_operator.errors import ErrorInfo, ErrorType
+from execution_operator.models import STREAM_TAIL_BYTES
 from execution_operator.runner import report as runner_report
 
 ExitCodeSource = Literal["container", "lastState", "logMarker", "unknown"]
 
 #: Container names the sandbox container may have; otherwise the first container is used.
 SANDBOX_CONTAINER_NAMES = ("sandbox", "runner")
-#: Bytes of log tail kept in `details` when the runner left no report.
-LOG_DETAILS_BYTES = 2048
 
 _MARKER_PREFIX = runner_report.MARKER + " "
 _SUMMARY_KEYS = ("nonce", "success", "exitCode", "errorType", "userCodeStarted")
@@ -315,12 +314,17 @@ def _signal_name(exit_code: int) -> str | None:
     return None
 
 
-def _log_details(log_tail: str | None) -> str | None:
+def log_streams(log_tail: str | None) -> dict[str, Any]:
+    """The code's output from the log when the runner left no report: Verdict stream fields.
+
+    The log is all that is left when the sandbox was killed before it could report (an OOM kill, a
+    signal, the pod's deadline). The log API merges the two streams, so `stdout` holds them as the log
+    interleaves them (report lines left out, the tail kept) and `stderr` stays empty.
+    """
     if not log_tail:
-        return None
-    lines = [line for line in log_tail.split("\n") if not line.startswith(_MARKER_PREFIX)]
-    text = "\n".join(lines).strip()
-    return text[-LOG_DETAILS_BYTES:] or None
+        return {}
+    text = "\n".join(line for line in log_tail.split("\n") if not line.startswith(_MARKER_PREFIX))
+    return {"stdout": text[-STREAM_TAIL_BYTES:], "stdout_truncated": len(text) > STREAM_TAIL_BYTES}
 
 
 def _disruption(pod: Mapping[str, Any]) -> ErrorInfo | None:
@@ -410,8 +414,7 @@ def _from_report(report: RunnerReport, terminated: Mapping[str, Any], source: Ex
     return Verdict(success=False, error=error, **common)
 
 
-def _from_exit_code(terminated: Mapping[str, Any], log_tail: str | None, cancel_requested: bool,
-                    meta: dict[str, Any]) -> ErrorInfo:
+def _from_exit_code(terminated: Mapping[str, Any], cancel_requested: bool, meta: dict[str, Any]) -> ErrorInfo:
     """No trusted report: classify from what the kubelet recorded about the container."""
     raw_code = terminated.get("exitCode")
     code: int | None = raw_code if _is_int(raw_code) else None
@@ -419,7 +422,7 @@ def _from_exit_code(terminated: Mapping[str, Any], log_tail: str | None, cancel_
     kubelet_message = terminated.get("message") or None
     if isinstance(kubelet_message, str) and kubelet_message.lstrip().startswith("{"):
         kubelet_message = None  # an unverified report: never shown as if it were the kubelet's words
-    details = kubelet_message or _log_details(log_tail)
+    details = kubelet_message
     meta = {**meta, "exitCode": code, "reason": reason or None}
     signal_name = _signal_name(code) if code is not None else None
     meta["signal"] = signal_name
@@ -493,7 +496,9 @@ def classify_finished_pod(
     if not _is_int(exit_code):
         exit_code, source = None, "unknown"
     finished_at = terminated.get("finishedAt") if terminated is not None else None
-    verdict: dict[str, Any] = {"exit_code": exit_code, "exit_code_source": source, "finished_at": finished_at}
+    verdict: dict[str, Any] = {
+        "exit_code": exit_code, "exit_code_source": source, "finished_at": finished_at, **log_streams(log_tail),
+    }
     context = _disruption(pod)
     if context is not None and not (context.type == ErrorType.TIMEOUT and cancel_requested):
         context_meta = {**context.meta, **meta, "exitCode": exit_code}
@@ -517,7 +522,7 @@ def classify_finished_pod(
     if exit_code == runner_report.SUPERVISOR_FAILURE_AFTER_START_EXIT:
         # The user's code was running when the runner failed: maybe its doing, so never the platform's.
         verdict["user_code_started_at"] = terminated.get("startedAt") or finished_at
-    return Verdict(success=False, error=_from_exit_code(terminated, log_tail, False, meta), **verdict)
+    return Verdict(success=False, error=_from_exit_code(terminated, False, meta), **verdict)
 
 
 # -- pods that have not finished ----------------------------------------------------------------

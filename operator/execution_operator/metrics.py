@@ -1,4 +1,5 @@
-"""Prometheus metrics of the operator: the DESIGN.md "Observability" set plus the operator's own health.
+"""Prometheus metrics of the operator: the set docs/operations.md documents (dashboards and alerts rely
+on those names) plus the operator's own health.
 
 Everything lives in one :class:`OperatorMetrics` object with its own ``CollectorRegistry`` (never the
 process-global default), so tests can build a fresh, isolated instance. The operator uses the module-level
@@ -34,7 +35,7 @@ API_BUCKETS: Final[tuple[float, ...]] = (
 OUTCOMES: Final[frozenset[str]] = frozenset({"succeeded", "failed", "cancelled"})
 #: Non-terminal phases counted as in flight.
 IN_FLIGHT_PHASES: Final[tuple[str, ...]] = tuple(api.IN_FLIGHT_PHASES)
-#: Breaker states and their gauge values (0 closed, 1 half-open, 2 open), as DESIGN.md fixes them.
+#: Breaker states and their gauge values (0 closed, 1 half-open, 2 open), as docs/operations.md documents them.
 BREAKER_STATES: Final[dict[str, int]] = {"closed": 0, "half_open": 1, "open": 2}
 #: Kubernetes API verbs; anything else is folded into ``other``.
 API_VERBS: Final[frozenset[str]] = frozenset(
@@ -98,7 +99,7 @@ class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
-        # --- The DESIGN.md contract ----------------------------------------------------------------
+        # --- The documented metrics ----------------------------------------------------------------
         self.executions_total = Counter(
             "sandbox_executions_total",
             "Executions that reached a terminal phase, by outcome and error type.",

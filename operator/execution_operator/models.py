@@ -370,7 +370,7 @@ class ExecutionRef(ApiModel):
 
 
 class DeadLetterSpec(ApiModel):
-    """The snapshot of a failed Execution (DESIGN.md lists these fields on the DeadLetter: here, `spec`)."""
+    """The snapshot of a failed Execution (the fields docs/dead-letters.md lists, under `spec`)."""
 
     execution_ref: ExecutionRef
     execution_spec: ExecutionSpec

@@ -45,7 +45,7 @@ def _raise(exc: str, code: str) -> Case:
     return Case(code=code, error_type=exc, exit_code=1, retryable=False)
 
 
-# Each of DESIGN.md's Python exception types, raised the way real code raises it.
+# Each of the Python exception types docs/errors.md lists, raised the way real code raises it.
 EXCEPTIONS: dict[str, tuple[str, str]] = {
     "syntax_error": ("SyntaxError", "def broken(:\n    pass\n"),
     "import_error": ("ModuleNotFoundError", "import no_such_module_anywhere\n"),
@@ -143,7 +143,8 @@ CASES: dict[str, Case] = {
 # Bounded at 2 GiB, so a limit that is not enforced ends in a timeout rather than exhausting the machine.
 MEMORY_HOG = Case(
     code=(
-        "import time\nchunks = []\nfor _ in range(128):\n    chunks.append(bytearray(16 * 1024 * 1024))\n"
+        "import sys, time\nprint('allocating', flush=True)\nprint('warned', file=sys.stderr, flush=True)\n"
+        "chunks = []\nfor _ in range(128):\n    chunks.append(bytearray(16 * 1024 * 1024))\n"
         "print('all allocated', flush=True)\ntime.sleep(120)\n"
     ),
     error_type="oom", exit_code=137, retryable=False, sources=("container", "logMarker"),
@@ -347,11 +348,15 @@ def test_unknown_and_invalid_images(kube: Kube, image_classes: tuple[str, str]) 
                timeout=30, what="the pods of both to be deleted")
 
 
-def test_memory_hog_over_its_limit_is_oom(kube: Kube) -> None:
+def test_memory_hog_over_its_limit_is_oom_and_stdout_kept_after_oom(kube: Kube) -> None:
     """Run alone: a node that measures memory by polling (the local one) is most exact when not loaded."""
     kube.create(execution("memory-hog", MEMORY_HOG.code, **MEMORY_HOG.spec))
     status = assert_outcome(kube.wait_terminal("memory-hog", timeout=60), MEMORY_HOG)
     assert "all allocated" not in status.get("stdout", ""), "stopped at the limit, long before 2 GiB"
+    # What the code printed before the kill stays in the streams (whether the runner or only the log told it).
+    streams = status.get("stdout", "") + status.get("stderr", "")
+    assert "allocating" in status.get("stdout", "") and "warned" in streams, status
+    assert "allocating" not in (status["error"].get("details") or "")
     assert status["error"]["meta"]["signal"] == "SIGKILL"
 
 

@@ -106,7 +106,7 @@ def local_apiserver() -> Iterator[str]:
 
         try:
             loop.run_until_complete(serve())
-        except BaseException as e:  # reported to the waiting thread
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread, which raises it
             box["error"] = e
             ready.set()
         finally:

@@ -7,7 +7,6 @@ a listed step that matches fails the test, so the list cannot go stale.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,14 @@ SHARED_CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "fidelit
 
 
 @pytest.fixture(scope="module")
-def results() -> Iterator[dict[str, list[replay.StepResult]]]:
+def results() -> dict[str, list[replay.StepResult]]:
     with replay.local_apiserver() as url:
         steps = replay.replay(CASES, url)
     by_case: dict[str, list[replay.StepResult]] = {}
     for r in steps:
         by_case.setdefault(r.case, []).append(r)
     replay.LAST_SUMMARY = replay.summary(steps, EXCEPTIONS)
-    yield by_case
+    return by_case
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])

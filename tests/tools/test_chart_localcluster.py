@@ -2,7 +2,8 @@
 rendered Deployment's own arguments, Executions run through it, and a real Prometheus scraping it.
 
 The local cluster has no container runtime for the operator image, so the operator runs as a local process
-with exactly the container arguments the chart renders (ports moved to free ones, bound to loopback).
+with exactly the container arguments the chart renders (ports moved to free ones, bound to loopback), as
+`make up` runs it (localcluster.chart_operator).
 The sandbox images of the chart's ExecutionClasses are run by the local node.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -27,6 +27,7 @@ from toolkit import CHART, NAMESPACE, ROOT, TOOLS_BIN, HelmRun, find_tool, templ
 
 from execution_operator import dashboard
 from execution_operator.sandbox import NETWORK_POLICY_NAME
+from localcluster.chart_operator import OPERATOR_MODULE, operator_command
 
 pytestmark = pytest.mark.tools
 
@@ -99,17 +100,14 @@ def test_chart_installs_and_runs_executions(cluster: Any, run_helm: HelmRun, tmp
     assert k("get", "networkpolicy", NETWORK_POLICY_NAME, "-n", NAMESPACE, "-o", "name").strip()
     assert k("get", "configmap", "-n", NAMESPACE, "-l", "grafana_dashboard=1", "-o", "name").strip()
 
-    # 2. The operator, started with the Deployment's arguments.
-    args: list[str] = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    # 2. The operator, started with the Deployment's arguments (what `make up` does).
     metrics_port, liveness_port = free_port(), free_port()
-    args = [re.sub(r"^--metrics-port=\d+$", f"--metrics-port={metrics_port}", a) for a in args]
-    args = [re.sub(r"^--liveness-port=\d+$", f"--liveness-port={liveness_port}", a) for a in args]
-    args.append("--bind-address=127.0.0.1")
+    args, op_env = operator_command(dep, metrics_port=metrics_port, liveness_port=liveness_port)
     log_path = tmp_path / "operator.log"
     with log_path.open("wb") as log:
         op = subprocess.Popen(
-            [sys.executable, "-m", "execution_operator", *args],
-            env=dict(env, PYTHONUNBUFFERED="1"), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            [sys.executable, "-m", OPERATOR_MODULE, *args],
+            env=dict(env, **op_env, PYTHONUNBUFFERED="1"), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
         try:
             _run_executions(k, op, metrics_port, liveness_port, log_path)

@@ -287,6 +287,7 @@ def test_notes_name_next_commands(run_helm: HelmRun) -> None:
     proc = run_helm("install", "x", str(CHART), "--dry-run=client", "--namespace", NAMESPACE)
     notes = proc.stdout.split("NOTES:", 1)[1]
     assert "kubectl get executionclasses" in notes
+    assert "rollout status deployment/x-execution-operator --timeout=" in notes  # never waits forever
     assert "kubectl wait --for=condition=Succeeded" in notes
     assert "jsonpath='{.status.output}" in notes
 

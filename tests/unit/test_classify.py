@@ -17,6 +17,7 @@ from execution_operator.classify import (
     pod_finished,
 )
 from execution_operator.errors import ERROR_FLAGS, ErrorType
+from execution_operator.models import STREAM_TAIL_BYTES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pods"
 
@@ -174,13 +175,37 @@ def test_messages_read_well() -> None:
     assert segv.message == "The sandbox was killed by signal SIGSEGV (exit code 139): segmentation fault"
     crashed = classify_finished_pod(pod("exit-1-runner-crashed"), "Traceback\nModuleNotFoundError: x\n").error
     assert crashed is not None
-    assert "ModuleNotFoundError" not in crashed.message
-    assert crashed.details is not None
-    assert "ModuleNotFoundError" in crashed.details
+    assert "ModuleNotFoundError" not in crashed.message  # raw text only in the log
     start = classify_finished_pod(pod("start-error"), None).error
     assert start is not None
     assert start.details is not None
     assert "executable file not found" in start.details
+
+
+@pytest.mark.parametrize(
+    ("fixture", "error_type"),
+    [("oomkilled", "oom"), ("killed-137", "killed"), ("sigterm-143", "killed"), ("exit-139-no-report", "segfault"),
+     ("exit-1-runner-crashed", "internal_error"), ("deadline-exceeded", "timeout"),
+     ("evicted-memory-pressure", "evicted")],
+)
+def test_output_stays_in_the_streams_when_the_runner_could_not_report(fixture: str, error_type: str) -> None:
+    # The sandbox was killed before its report: the log is the only record of what the code printed.
+    log = "about to allocate\nstill going\n" + FORGED_LINE
+    verdict = classify_finished_pod(pod(fixture), log)
+    assert verdict.error is not None
+    assert verdict.error.type == error_type
+    assert verdict.stdout == "about to allocate\nstill going\n"
+    assert not verdict.stdout_truncated
+    assert "about to allocate" not in (verdict.error.details or "")  # not moved into the error
+
+
+def test_output_from_the_log_keeps_its_tail() -> None:
+    log = "".join(f"line {i}\n" for i in range(5000))
+    verdict = classify_finished_pod(pod("oomkilled"), log)
+    assert verdict.stdout_truncated
+    assert len(verdict.stdout) == STREAM_TAIL_BYTES
+    assert verdict.stdout.endswith("line 4999\n")
+    assert classify_finished_pod(pod("oomkilled"), None).stdout == ""
 
 
 def test_disruption_after_the_code_finished_keeps_the_code_outcome() -> None:

@@ -1,4 +1,8 @@
-"""`python -m localcluster up`: run the API server emulator and the local node until SIGTERM/SIGINT."""
+"""`python -m localcluster up`: run the API server emulator and the local node until SIGTERM/SIGINT.
+
+`python -m localcluster operator --deployment FILE`: run the operator as the chart's Deployment in FILE
+(`kubectl get deployment -o json`) configures it, beside the local cluster (see `chart_operator`).
+"""
 
 from __future__ import annotations
 
@@ -99,6 +103,30 @@ async def _node(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator(args: argparse.Namespace) -> int:
+    """Replace this process with the operator, so its pid is the operator's."""
+    import json
+    import os
+
+    from localcluster.chart_operator import OPERATOR_MODULE, UnsupportedDeployment, operator_command
+
+    document = json.loads(Path(args.deployment).read_text())
+    items = document.get("items") if document.get("kind", "").endswith("List") else [document]
+    if len(items or []) != 1:
+        print(f"localcluster operator: {args.deployment} holds {len(items or [])} Deployments, not one",
+              file=sys.stderr)
+        return 2
+    try:
+        operator_args, env = operator_command(items[0], metrics_port=args.metrics_port,
+                                              liveness_port=args.liveness_port)
+    except UnsupportedDeployment as e:
+        print(f"localcluster operator: {e}", file=sys.stderr)
+        return 2
+    argv = [sys.executable, "-m", OPERATOR_MODULE, *operator_args]
+    print("localcluster operator:", " ".join(argv[1:]), file=sys.stderr, flush=True)
+    os.execve(sys.executable, argv, {**os.environ, **env, "PYTHONUNBUFFERED": "1"})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="localcluster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,19 +143,25 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument("--api-url", required=True)
     node.add_argument("--state-dir", default=".localcluster")
     node.add_argument("--log-level", default="WARNING")
+    op = sub.add_parser("operator", help="run the operator with the arguments of the chart's Deployment")
+    op.add_argument("--deployment", required=True, help="the Deployment as JSON (kubectl get deployment -o json)")
+    op.add_argument("--metrics-port", type=int, required=True)
+    op.add_argument("--liveness-port", type=int, required=True)
     for command in (up, node):
         command.add_argument("--runner-source", default=None,
                              help="the directory holding the sandbox runner's package (default: where this "
                                   "Python finds it); the node's child processes inherit it")
     args = parser.parse_args(argv)
-    if args.runner_source:
+    if getattr(args, "runner_source", None):
         os.environ["LOCALCLUSTER_RUNNER_SOURCE"] = os.path.abspath(args.runner_source)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+    logging.basicConfig(level=getattr(args, "log_level", "WARNING").upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "up":
         return asyncio.run(_up(args))
     if args.command == "node":
         return asyncio.run(_node(args))
+    if args.command == "operator":
+        return _operator(args)
     return 2
 
 

@@ -239,6 +239,36 @@ def _spec_errors(spec: Mapping[str, Any]) -> list[FieldError]:
             if not isinstance((v.get("schema") or {}).get("openAPIV3Schema"), Mapping):
                 errs.append(_required(f"spec.versions[{i}].schema.openAPIV3Schema"))
     any_status = _has_status(view["subresources"]) or any(_has_status(v.get("subresources")) for v in versions)
+    unique, storage = _version_errors(versions, view, errs)
+    if not unique:
+        errs.append(_versions_invalid(raw_versions, view, "must contain unique version names"))
+    if storage != 1:
+        errs.append(_versions_invalid(raw_versions, view, "must have exactly one version marked as storage version"))
+    names = _map(spec.get("names"))
+    for key in ("plural", "singular", "kind", "listKind"):
+        if not names.get(key):
+            errs.append(_required(f"spec.names.{key}"))
+    errs.extend(_names_errors(names, "spec.names"))
+    if view["schema"] is not None:
+        schema = (view["schema"] or {}).get("openAPIV3Schema")
+        if isinstance(schema, Mapping):
+            errs.extend(validate_crd_schema(schema, "spec.validation.openAPIV3Schema", any_status))
+    if view["subresources"] is not None:
+        errs.extend(_subresources_errors(view["subresources"], "spec.subresources"))
+    for j, col in enumerate(view["columns"] or []):
+        if isinstance(col, Mapping):
+            errs.extend(_column_errors(col, f"spec.additionalPrinterColumns[{j}]"))
+    if spec.get("preserveUnknownFields") and (spec.get("conversion") or {}).get("strategy") not in (None, "None"):
+        errs.append(_invalid("spec.conversion.strategy", spec["conversion"]["strategy"],
+                             "must be None if spec.preserveUnknownFields is true"))
+    errs.extend(_conversion_errors(spec.get("conversion"), "spec.conversion"))
+    return errs
+
+
+def _version_errors(versions: list[Mapping[str, Any]], view: Mapping[str, Any],
+                   errs: list[FieldError]) -> tuple[bool, int]:
+    """Each version's own errors (appended to errs); returns whether the names are unique and how many
+    versions are marked as storage."""
     names_seen: set[str] = set()
     unique = True
     storage = 0
@@ -266,29 +296,7 @@ def _spec_errors(spec: Mapping[str, Any]) -> list[FieldError]:
             for j, col in enumerate(v.get("additionalPrinterColumns") or []):
                 if isinstance(col, Mapping):
                     errs.extend(_column_errors(col, f"{base}.additionalPrinterColumns[{j}]"))
-    if not unique:
-        errs.append(_versions_invalid(raw_versions, view, "must contain unique version names"))
-    if storage != 1:
-        errs.append(_versions_invalid(raw_versions, view, "must have exactly one version marked as storage version"))
-    names = _map(spec.get("names"))
-    for key in ("plural", "singular", "kind", "listKind"):
-        if not names.get(key):
-            errs.append(_required(f"spec.names.{key}"))
-    errs.extend(_names_errors(names, "spec.names"))
-    if view["schema"] is not None:
-        schema = (view["schema"] or {}).get("openAPIV3Schema")
-        if isinstance(schema, Mapping):
-            errs.extend(validate_crd_schema(schema, "spec.validation.openAPIV3Schema", any_status))
-    if view["subresources"] is not None:
-        errs.extend(_subresources_errors(view["subresources"], "spec.subresources"))
-    for j, col in enumerate(view["columns"] or []):
-        if isinstance(col, Mapping):
-            errs.extend(_column_errors(col, f"spec.additionalPrinterColumns[{j}]"))
-    if spec.get("preserveUnknownFields") and (spec.get("conversion") or {}).get("strategy") not in (None, "None"):
-        errs.append(_invalid("spec.conversion.strategy", spec["conversion"]["strategy"],
-                             "must be None if spec.preserveUnknownFields is true"))
-    errs.extend(_conversion_errors(spec.get("conversion"), "spec.conversion"))
-    return errs
+    return unique, storage
 
 
 def stored_versions(spec: Mapping[str, Any]) -> list[str]:

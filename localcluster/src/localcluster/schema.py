@@ -2256,30 +2256,7 @@ def _check_rules(
         if not isinstance(rule, Mapping):
             errs.append(_invalid(rpath, rule, "must be an object"))
             continue
-        text = str(rule.get("rule") or "").strip()
-        message = str(rule.get("message") or "")
-        trimmed_msg = message.strip()
-        if not text:
-            errs.append(_required(f"{rpath}.rule", "rule is not specified"))
-        elif message and not trimmed_msg:
-            errs.append(_invalid(f"{rpath}.message", message, "must be non-empty if specified"))
-        elif "\n" in trimmed_msg or "\r" in trimmed_msg:
-            errs.append(_invalid(f"{rpath}.message", message, "must not contain line breaks"))
-        elif ("\n" in text or "\r" in text) and not trimmed_msg:
-            errs.append(_required(f"{rpath}.message", "message must be specified if rule contains line breaks"))
-        mexpr = rule.get("messageExpression")
-        if mexpr and not str(mexpr).strip():
-            errs.append(_required(f"{rpath}.messageExpression", "messageExpression must be non-empty if specified"))
-        reason = rule.get("reason")
-        if reason is not None and reason not in (INVALID, FORBIDDEN, REQUIRED, DUPLICATE):
-            errs.append(_not_supported(f"{rpath}.reason", reason, [DUPLICATE, FORBIDDEN, INVALID, REQUIRED]))
-        fp = rule.get("fieldPath")
-        if fp and not str(fp).strip():
-            errs.append(_invalid(f"{rpath}.fieldPath", fp, "must be non-empty if specified"))
-        elif fp and ("\n" in str(fp) or "\r" in str(fp)):
-            errs.append(_invalid(f"{rpath}.fieldPath", fp, "must not contain line breaks"))
-        elif fp and not _field_path_exists(str(fp), s):
-            errs.append(_invalid(f"{rpath}.fieldPath", fp, "must be a valid path"))
+        _check_rule_fields(rule, rpath, s, errs)
     if len(errs) != before or ctx is None:
         return
     decl = ctx.decl or celcheck.DYN
@@ -2326,6 +2303,34 @@ def _check_rules(
         elif rule.get("optionalOldSelf") is not None:
             cel_errs.append(_invalid(f"{rpath}.optionalOldSelf", rule["optionalOldSelf"],
                                      "may not be set if oldSelf is not used in rule"))
+
+
+def _check_rule_fields(rule: Mapping[str, Any], rpath: str, s: Mapping[str, Any], errs: list[FieldError]) -> None:
+    """One rule's own fields: rule, message, messageExpression, reason and fieldPath as written."""
+    text = str(rule.get("rule") or "").strip()
+    message = str(rule.get("message") or "")
+    trimmed_msg = message.strip()
+    if not text:
+        errs.append(_required(f"{rpath}.rule", "rule is not specified"))
+    elif message and not trimmed_msg:
+        errs.append(_invalid(f"{rpath}.message", message, "must be non-empty if specified"))
+    elif "\n" in trimmed_msg or "\r" in trimmed_msg:
+        errs.append(_invalid(f"{rpath}.message", message, "must not contain line breaks"))
+    elif ("\n" in text or "\r" in text) and not trimmed_msg:
+        errs.append(_required(f"{rpath}.message", "message must be specified if rule contains line breaks"))
+    mexpr = rule.get("messageExpression")
+    if mexpr and not str(mexpr).strip():
+        errs.append(_required(f"{rpath}.messageExpression", "messageExpression must be non-empty if specified"))
+    reason = rule.get("reason")
+    if reason is not None and reason not in (INVALID, FORBIDDEN, REQUIRED, DUPLICATE):
+        errs.append(_not_supported(f"{rpath}.reason", reason, [DUPLICATE, FORBIDDEN, INVALID, REQUIRED]))
+    fp = rule.get("fieldPath")
+    if fp and not str(fp).strip():
+        errs.append(_invalid(f"{rpath}.fieldPath", fp, "must be non-empty if specified"))
+    elif fp and ("\n" in str(fp) or "\r" in str(fp)):
+        errs.append(_invalid(f"{rpath}.fieldPath", fp, "must not contain line breaks"))
+    elif fp and not _field_path_exists(str(fp), s):
+        errs.append(_invalid(f"{rpath}.fieldPath", fp, "must be a valid path"))
 
 
 def _field_path_exists(fp: str, s: Mapping[str, Any]) -> bool:

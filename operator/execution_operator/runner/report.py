@@ -15,7 +15,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-#: Prefix of the supervisor's final stdout line: `SANDBOX-REPORT <nonce> <compact JSON full report>`.
+#: Prefix of the supervisor's final stdout lines: `SANDBOX-REPORT <nonce> <i>/<n> <piece of the compact JSON>`.
 MARKER = "SANDBOX-REPORT"
 REPORT_VERSION = 1
 #: The kubelet truncates a termination message at 4096 bytes; the summary stays below this.

@@ -1405,28 +1405,7 @@ class ApiServer:
         meta = dict(meta) if isinstance(meta, dict) else {}
         new["metadata"] = meta
         applied_fields = meta.get("managedFields") if applied else None
-        if meta.get("name") not in (None, name):
-            raise ApiError(400, f'the name of the object ({meta.get("name")}) does not match the name on the URL '
-                                f"({name})", "BadRequest")
-        rv = meta.get("resourceVersion")
-        if rv not in (None, "") and not str(rv).isdigit():
-            raise ApiError(500, f'strconv.ParseUint: parsing {json.dumps(str(rv))}: invalid syntax', "")
-        if rv not in (None, "") and str(rv) != old["metadata"]["resourceVersion"]:
-            raise conflict(info.group_resource, info.group, info.plural, name)
-        if rv in (None, "") and info.custom and not _patched:
-            # Custom resources do not allow unconditional updates (AllowUnconditionalUpdate is false).
-            raise invalid(info.group_resource, info.group, info.plural, name, [{
-                "reason": "FieldValueInvalid", "field": "metadata.resourceVersion",
-                "message": "Invalid value: 0: must be specified for an update"}])
-        uid = meta.get("uid")
-        if uid and uid != old["metadata"].get("uid"):
-            # the object's uid is a precondition of the update (storage.Preconditions, checked in the store)
-            key = "/".join(p for p in ("/registry", info.group if info.custom else "", info.plural, ns, name) if p)
-            raise ApiError(409, f'Operation cannot be fulfilled on {info.group_resource} "{name}": StorageError: '
-                                f"invalid object, Code: 4, Key: {key}, ResourceVersion: 0, AdditionalErrorMsg: "
-                                f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
-                                f'{old["metadata"].get("uid")}', "Conflict",
-                           {"name": name, **({"group": info.group} if info.group else {}), "kind": info.plural})
+        self._check_update_preconditions(info, ns, name, meta, old, _patched)
         if info.custom:
             _check_kind(info, new, name)
         new["apiVersion"] = info.api_version
@@ -1495,6 +1474,34 @@ class ApiServer:
             self._register_crd(new)
             self._establish_crd_soon(name)
         return new
+
+    @staticmethod
+    def _check_update_preconditions(info: ResourceInfo, ns: str, name: str, meta: dict[str, Any],
+                                    old: dict[str, Any], patched: bool) -> None:
+        """What an update must agree on with the stored object: name, resourceVersion (required for custom
+        resources unless patched) and uid."""
+        if meta.get("name") not in (None, name):
+            raise ApiError(400, f'the name of the object ({meta.get("name")}) does not match the name on the URL '
+                                f"({name})", "BadRequest")
+        rv = meta.get("resourceVersion")
+        if rv not in (None, "") and not str(rv).isdigit():
+            raise ApiError(500, f'strconv.ParseUint: parsing {json.dumps(str(rv))}: invalid syntax', "")
+        if rv not in (None, "") and str(rv) != old["metadata"]["resourceVersion"]:
+            raise conflict(info.group_resource, info.group, info.plural, name)
+        if rv in (None, "") and info.custom and not patched:
+            # Custom resources do not allow unconditional updates (AllowUnconditionalUpdate is false).
+            raise invalid(info.group_resource, info.group, info.plural, name, [{
+                "reason": "FieldValueInvalid", "field": "metadata.resourceVersion",
+                "message": "Invalid value: 0: must be specified for an update"}])
+        uid = meta.get("uid")
+        if uid and uid != old["metadata"].get("uid"):
+            # the object's uid is a precondition of the update (storage.Preconditions, checked in the store)
+            key = "/".join(p for p in ("/registry", info.group if info.custom else "", info.plural, ns, name) if p)
+            raise ApiError(409, f'Operation cannot be fulfilled on {info.group_resource} "{name}": StorageError: '
+                                f"invalid object, Code: 4, Key: {key}, ResourceVersion: 0, AdditionalErrorMsg: "
+                                f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
+                                f'{old["metadata"].get("uid")}', "Conflict",
+                           {"name": name, **({"group": info.group} if info.group else {}), "kind": info.plural})
 
     def _check_pod_update(self, old: dict[str, Any], new: dict[str, Any]) -> None:
         """Pod specs are immutable except images, activeDeadlineSeconds and tolerations additions."""
