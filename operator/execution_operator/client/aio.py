@@ -356,8 +356,11 @@ class AsyncClient:
 
     async def _watch_once(self, namespace: str, path: str, selector: Mapping[str, str], rv: str,
                           seen: Callable[[str, dict[str, Any]], bool]) -> tuple[bool, str | None, int]:
-        """One watch stream from `rv`: (whether `seen` was satisfied, the resourceVersion to resume from —
-        None after a 410 Gone, so the caller lists again — and how many events came)."""
+        """One watch stream from `rv`.
+
+        Returns (whether `seen` was satisfied, the resourceVersion to resume from — None after a 410 Gone,
+        so the caller lists again — and how many events came).
+        """
         params = {**selector, "watch": "true", "resourceVersion": rv, "allowWatchBookmarks": "true",
                   "timeoutSeconds": str(random.randint(240, 300))}
         events = 0
