@@ -1,5 +1,6 @@
-"""The names of the public API, in one place: group, version, kinds, resources, labels, annotations,
-condition types and reasons, phases.
+"""The names of the public API, in one place.
+
+Group, version, kinds, resources, labels, annotations, condition types and reasons, phases.
 
 Users, scripts and dashboards depend on every one of these strings, so the code imports them from here
 and never spells them out (a test holds the operator's code and the CRDs to it). Standard library only:
@@ -21,6 +22,8 @@ CATEGORY: Final = "sandbox"
 
 
 class Kind(StrEnum):
+    """The kinds of the API group, as in the `kind` of their objects."""
+
     EXECUTION = "Execution"
     EXECUTION_CLASS = "ExecutionClass"
     DEAD_LETTER = "DeadLetter"
@@ -68,6 +71,8 @@ ANNOTATION_CIRCUIT_BREAKER_RESET: Final = f"{GROUP}/circuit-breaker-reset"
 
 # --- status ----------------------------------------------------------------------------------------------
 class Phase(StrEnum):
+    """`status.phase` of an Execution; Succeeded, Failed and Cancelled are final."""
+
     PENDING = "Pending"
     RUNNING = "Running"
     RETRYING = "Retrying"
@@ -81,12 +86,16 @@ IN_FLIGHT_PHASES: Final = (Phase.PENDING, Phase.RUNNING, Phase.RETRYING)
 
 
 class ConditionStatus(StrEnum):
+    """The `status` of a metav1.Condition."""
+
     TRUE = "True"
     FALSE = "False"
     UNKNOWN = "Unknown"
 
 
 class ConditionType(StrEnum):
+    """The metav1.Condition types of the API's objects."""
+
     SUCCEEDED = "Succeeded"
     LAUNCHED = "Launched"
     AVAILABLE = "Available"
@@ -109,6 +118,8 @@ class ConditionReason(StrEnum):
 
 
 class EventType(StrEnum):
+    """The type of a Kubernetes Event; Warning marks what may need someone's attention."""
+
     NORMAL = "Normal"
     WARNING = "Warning"
 

@@ -61,6 +61,8 @@ UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
 
 class CircuitState(StrEnum):
+    """Closed lets launches through, open holds them, half-open lets a few probes test the class."""
+
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
@@ -89,6 +91,8 @@ def parse_mode(value: str | None) -> ControlMode | None:
 
 
 class LastFailure(BaseModel):
+    """The launch failure that last counted against the breaker (`lastFailure`), kept for whoever investigates."""
+
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     type: str
@@ -128,6 +132,7 @@ class BreakerState(BaseModel):
     @computed_field(alias="probesInFlight")  # type: ignore[prop-decorator]
     @property
     def probes_in_flight(self) -> int:
+        """The number of probe slots taken, in the status so readers need not count them."""
         return len(self.probes)
 
     @classmethod
@@ -171,6 +176,7 @@ class BreakerPolicy:
 
     @property
     def max_probes(self) -> int:
+        """Probes allowed at once when half-open: `halfOpenMaxProbes`, else as many as the successes that close."""
         return self.half_open_max_probes or self.success_threshold
 
     @classmethod
@@ -206,6 +212,7 @@ class Transition:
 
     @property
     def to(self) -> str:
+        """The new state's name: the `to` label of the transitions metric."""
         return self.to_state.value
 
 
@@ -446,8 +453,11 @@ def force_closed(state: BreakerState, now: datetime) -> tuple[BreakerState, Tran
 
 
 def set_auto(state: BreakerState, now: datetime) -> tuple[BreakerState, Transition | None]:
-    """Leave forced mode. Leaving force-open makes the next launch a probe rather than closing
-    outright, so a still-broken class does not get a flood of launches."""
+    """Leave forced mode.
+
+    Leaving force-open makes the next launch a probe rather than closing outright, so a still-broken class
+    does not get a flood of launches.
+    """
     now = _utc(now)
     if state.forced == ControlMode.FORCE_OPEN:
         return state.model_copy(update={"forced": ControlMode.AUTO, "retry_at": now}), None

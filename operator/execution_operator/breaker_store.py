@@ -52,9 +52,11 @@ class KubeClient(Protocol):
     Errors are raised as exceptions with an integer `status` (the HTTP code), as `k8s.ApiError` does.
     """
 
-    async def get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]: ...
+    async def get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Read one object, as `k8s.KubeClient.get`."""
 
-    async def patch(self, path: str, body: Any, *, content_type: str = MERGE_PATCH) -> dict[str, Any]: ...
+    async def patch(self, path: str, body: Any, *, content_type: str = MERGE_PATCH) -> dict[str, Any]:
+        """Patch one object, as `k8s.KubeClient.patch`."""
 
 
 class BreakerConflictError(RuntimeError):
@@ -62,10 +64,12 @@ class BreakerConflictError(RuntimeError):
 
 
 def class_path(class_name: str) -> str:
+    """The API path of an ExecutionClass, whose status holds its breaker."""
     return f"/apis/{API_VERSION}/{EXECUTION_CLASSES}/{class_name}"
 
 
 def utcnow() -> datetime:
+    """The default clock (aware UTC); tests pass their own."""
     return datetime.now(UTC)
 
 

@@ -122,8 +122,11 @@ def _marker_parts(line: str) -> tuple[str, int, int, str] | None:
 
 
 def _last_marker(log_tail: str | None) -> tuple[str, str | None, bool] | None:
-    """(nonce, the joined JSON text or None when pieces are missing, whether a report line of that nonce
-    is the last non-empty line of the log) for the last report line of the log."""
+    """Find the last report line of the log.
+
+    Returns (nonce, the joined JSON text or None when pieces are missing, whether a report line of that
+    nonce is the last non-empty line of the log).
+    """
     if not log_tail:
         return None
     lines = [line.rstrip("\r") for line in log_tail.split("\n")]

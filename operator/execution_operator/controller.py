@@ -87,10 +87,12 @@ LOG_READ_ROUNDS = 5
 
 
 def now_utc() -> datetime:
+    """The controller's default clock (aware UTC)."""
     return datetime.now(UTC)
 
 
 def key_of(body: Mapping[str, Any]) -> Key:
+    """The (namespace, name) key of an object, as the caches and locks are keyed."""
     meta = body["metadata"]
     return meta.get("namespace", ""), meta["name"]
 
@@ -136,6 +138,7 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def container_started_at(pod: Mapping[str, Any]) -> str | None:
+    """When the sandbox container started (running or already terminated); None before it has."""
     for cs in pod.get("status", {}).get("containerStatuses") or []:
         state = cs.get("state") or {}
         if "running" in state:
@@ -189,6 +192,7 @@ class Controller:
     # ----------------------------------------------------------------- watch events
 
     async def on_execution_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
+        """Cache the Execution from a watch event and reconcile it; a deletion forgets it."""
         key = key_of(body)
         if event_type == "DELETED":
             self._forget(key)
@@ -197,6 +201,7 @@ class Controller:
         await self.reconcile(key)
 
     async def on_pod_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
+        """Cache an Execution's pod and reconcile its owner; a pod that ends frees its class's queue slot."""
         meta = body.get("metadata", {})
         pkey = (meta.get("namespace", ""), meta.get("name", ""))
         owner = _execution_owner(body)
@@ -219,6 +224,7 @@ class Controller:
             self._release_queue_slot(str(meta.get("labels", {}).get(LABEL_EXECUTION_CLASS, "")))
 
     async def on_class_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
+        """Class events feed the gates, which keep the class cache and the breakers."""
         await self.gates.on_class_event(body, event_type)
 
     # ----------------------------------------------------------------- caches and timers
@@ -301,6 +307,7 @@ class Controller:
     # ----------------------------------------------------------------- reconcile
 
     async def reconcile(self, key: Key) -> None:
+        """Reconcile one Execution from the caches, one at a time per Execution; a conflict re-reads and retries."""
         lock = self.locks.setdefault(key, asyncio.Lock())
         async with lock:
             try:
@@ -743,8 +750,10 @@ class Controller:
         return await self.dead_letters.record(body, policy, class_label=self.class_label(class_name))
 
     async def _stop_leftover_pod(self, namespace: str, name: str | None) -> None:
-        """Delete a pod that should no longer run (cancelled, timed out pending, superseded by a new
-        attempt) when a crash came between the status write and the pod's deletion."""
+        """Delete a pod that should no longer run (cancelled, timed out pending, superseded by a new attempt).
+
+        It is left over when a crash came between the status write and the pod's deletion.
+        """
         if not name:
             return
         pod = self.pods.get((namespace, name))

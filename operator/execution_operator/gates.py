@@ -37,6 +37,8 @@ log = structlog.get_logger("execution_operator.gates")
 
 @dataclass(frozen=True)
 class GateAdmission:
+    """Whether a launch may go ahead now; if not, `message` says why and `retry_at` when to ask again."""
+
     allowed: bool
     message: str = ""
     retry_at: str | None = None
@@ -44,6 +46,7 @@ class GateAdmission:
 
 
 def holder_of(key: tuple[str, str], attempt: int) -> str:
+    """The probe-slot holder of one attempt (`ns/name#attempt`), so that its slot can be given back."""
     return f"{key[0]}/{key[1]}#{attempt}"
 
 
@@ -121,6 +124,7 @@ class Gates:
         return state.state == CircuitState.CLOSED and state.failure_count == 0 and not state.probes
 
     async def admit(self, class_name: str, key: tuple[str, str], attempt: int) -> GateAdmission:
+        """Ask the class's breaker whether this attempt may launch; a quiet, closed breaker answers without a write."""
         if self._quiet(class_name):
             return GateAdmission(allowed=True)
         async with self._lock(class_name):
@@ -174,6 +178,7 @@ class Gates:
         return self.classes.get(name)
 
     def class_names(self) -> list[str]:
+        """The names of the cached classes, sorted."""
         return sorted(self.classes)
 
     async def get_class(self, name: str) -> dict[str, Any] | None:
@@ -191,6 +196,7 @@ class Gates:
         return body
 
     async def on_class_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
+        """Keep the class cache current and act on breaker annotations and timed moves the event reveals."""
         name = body["metadata"]["name"]
         if event_type == "DELETED":
             self.classes.pop(name, None)
@@ -219,6 +225,7 @@ class Gates:
         return mode is None or mode == state.forced
 
     async def sync(self, class_name: str, body: Mapping[str, Any] | None = None) -> None:
+        """Persist the breaker's timed moves and requested changes; a failure is logged and left to the next event."""
         try:
             async with self._lock(class_name):
                 state, transitions = await sync_breaker(self.store_client, class_name, clock=self.clock,

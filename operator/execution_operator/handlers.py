@@ -42,6 +42,7 @@ class OperatorContext:
         return self
 
     def require(self) -> Controller:
+        """The controller, once startup has built it."""
         assert self.controller is not None, "startup has not run"
         return self.controller
 
@@ -55,9 +56,11 @@ class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
     """
 
     def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        """An empty essence: there is nothing to compare."""
         return kopf.BodyEssence()
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        """No diff base is ever stored."""
         return None
 
 

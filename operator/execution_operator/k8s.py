@@ -87,14 +87,17 @@ class ApiError(Exception):
 
     @property
     def not_found(self) -> bool:
+        """404: the object is gone, or never was."""
         return self.status == 404
 
     @property
     def conflict(self) -> bool:
+        """409 on a stale resourceVersion: re-read and decide again."""
         return self.status == 409 and self.reason != "AlreadyExists"
 
     @property
     def already_exists(self) -> bool:
+        """409 on a create: the object exists already (e.g. a repeated create of a deterministic name)."""
         return self.status == 409 and self.reason == "AlreadyExists"
 
 
@@ -207,6 +210,7 @@ class KubeClient:
         return self._session
 
     async def close(self) -> None:
+        """Close the HTTP session; a later request opens a new one."""
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -301,22 +305,27 @@ class KubeClient:
                 yield pending
 
     async def get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """GET a JSON object or list."""
         result: dict[str, Any] = await self.request("GET", path, params=params)
         return result
 
     async def get_text(self, path: str, params: Mapping[str, str] | None = None) -> str:
+        """GET a text body, such as a pod's log."""
         result: str = await self.request("GET", path, params=params, raw=True)
         return result
 
     async def post(self, path: str, body: Any) -> dict[str, Any]:
+        """Create an object."""
         result: dict[str, Any] = await self.request("POST", path, body=body)
         return result
 
     async def patch(self, path: str, body: Any, *, content_type: str = MERGE_PATCH) -> dict[str, Any]:
+        """Patch an object: a merge patch unless `content_type` says otherwise."""
         result: dict[str, Any] = await self.request("PATCH", path, body=body, content_type=content_type)
         return result
 
     async def delete(self, path: str, body: Any = None) -> dict[str, Any]:
+        """Delete an object; `body` may carry DeleteOptions (e.g. a propagation policy)."""
         result: dict[str, Any] = await self.request("DELETE", path, body=body)
         return result
 

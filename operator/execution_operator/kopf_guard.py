@@ -37,7 +37,7 @@ _json_shim = types.SimpleNamespace(loads=safejson.loads, dumps=json.dumps, JSOND
 
 async def _get(url: str, *, settings: Any, payload: object | None = None, headers: dict[str, str] | None = None,
                timeout: Any = None, logger: Any) -> Any:  # noqa: ASYNC109 (kopf's signature)
-    """kopf's `api.get`, decoding the answer with `safejson`."""
+    """The `api.get` of kopf, decoding the answer with `safejson`."""
     response = await kopf_api.request(method="get", url=url, payload=payload, headers=headers, timeout=timeout,
                                       settings=settings, logger=logger)
     async with response:
@@ -45,7 +45,7 @@ async def _get(url: str, *, settings: Any, payload: object | None = None, header
 
 
 async def resilient_watch(**kwargs: Any) -> AsyncIterator[Any]:
-    """kopf's infinite watch, restarted (with a fresh list) whenever it fails instead of ending."""
+    """The infinite watch of kopf, restarted (with a fresh list) whenever it fails instead of ending."""
     failures = 0
     resource = kwargs.get("resource")
     while True:

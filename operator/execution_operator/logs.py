@@ -140,8 +140,10 @@ def execution_logger(
     attempt: int | None,
     **extra: Any,
 ) -> structlog.stdlib.BoundLogger:
-    """A logger whose every line carries the Execution's identity (``execution``, ``namespace``,
-    ``correlation_id``, ``attempt``) plus any ``extra`` fields."""
+    """A logger whose every line carries the Execution's identity.
+
+    That is ``execution``, ``namespace``, ``correlation_id`` and ``attempt``, plus any ``extra`` fields.
+    """
     return get_logger(
         "execution_operator.execution",
         execution=name,

@@ -1,5 +1,6 @@
-"""Prometheus metrics of the operator: the set docs/operations.md documents (dashboards and alerts rely
-on those names) plus the operator's own health.
+"""Prometheus metrics of the operator: the documented set (docs/operations.md) plus its own health.
+
+Dashboards and alerts rely on those names.
 
 Everything lives in one :class:`OperatorMetrics` object with its own ``CollectorRegistry`` (never the
 process-global default), so tests can build a fresh, isolated instance. The operator uses the module-level
@@ -216,9 +217,11 @@ class OperatorMetrics:
         self.executions_in_flight.labels(cls, _phase(phase)).set(n)
 
     def inc_in_flight(self, cls: str, phase: str) -> None:
+        """One Execution entered `phase`."""
         self.executions_in_flight.labels(cls, _phase(phase)).inc()
 
     def dec_in_flight(self, cls: str, phase: str) -> None:
+        """One Execution left `phase`."""
         self.executions_in_flight.labels(cls, _phase(phase)).dec()
 
     def move_in_flight(self, cls: str, from_phase: str | None, to_phase: str | None) -> None:
@@ -229,6 +232,7 @@ class OperatorMetrics:
             self.inc_in_flight(cls, to_phase)
 
     def record_retry(self, cls: str, error_type: ErrorType | str | None) -> None:
+        """Count a retry, labelled with the error type that caused it."""
         self.retries_total.labels(cls, _error_type(error_type)).inc()
 
     def set_breaker_state(self, cls: str, value: str | int) -> None:
@@ -243,12 +247,15 @@ class OperatorMetrics:
         self.circuit_breaker_state.labels(cls).set(number)
 
     def record_dead_letter(self, namespace: str, cls: str, error_type: ErrorType | str | None) -> None:
+        """Count a DeadLetter created, labelled with the error type of the failure."""
         self.dead_letters_total.labels(namespace, cls, _error_type(error_type)).inc()
 
     def set_dead_letters_present(self, namespace: str, n: float) -> None:
+        """Set how many DeadLetters exist in `namespace`."""
         self.dead_letters_present.labels(namespace).set(n)
 
     def record_reconcile_error(self, kind: str) -> None:
+        """Count a reconcile that failed unexpectedly, by the kind of object."""
         self.reconcile_errors_total.labels(kind).inc()
 
     def observe_api_request(self, verb: str, code: int | str | None, seconds: float) -> None:
@@ -259,9 +266,11 @@ class OperatorMetrics:
             self.api_request_duration_seconds.labels(v).observe(seconds)
 
     def record_watch_restart(self, resource: str) -> None:
+        """Count a restart of the watch on `resource`."""
         self.watch_restarts_total.labels(resource).inc()
 
     def set_info(self, version: str) -> None:
+        """Publish the running version as the info metric's label."""
         self.operator_info.labels(version).set(1)
 
     # --- Introspection --------------------------------------------------------------------------------
@@ -309,62 +318,77 @@ def start_metrics_server(
 def record_terminal(
     namespace: str, cls: str, outcome: str, error_type: ErrorType | str | None, duration: float | None
 ) -> None:
+    """`OperatorMetrics.record_terminal` on the default instance."""
     METRICS.record_terminal(namespace, cls, outcome, error_type, duration)
 
 
 def record_launch_latency(cls: str, seconds: float) -> None:
+    """`OperatorMetrics.record_launch_latency` on the default instance."""
     METRICS.record_launch_latency(cls, seconds)
 
 
 def set_in_flight(cls: str, phase: str, n: float) -> None:
+    """`OperatorMetrics.set_in_flight` on the default instance."""
     METRICS.set_in_flight(cls, phase, n)
 
 
 def inc_in_flight(cls: str, phase: str) -> None:
+    """`OperatorMetrics.inc_in_flight` on the default instance."""
     METRICS.inc_in_flight(cls, phase)
 
 
 def dec_in_flight(cls: str, phase: str) -> None:
+    """`OperatorMetrics.dec_in_flight` on the default instance."""
     METRICS.dec_in_flight(cls, phase)
 
 
 def move_in_flight(cls: str, from_phase: str | None, to_phase: str | None) -> None:
+    """`OperatorMetrics.move_in_flight` on the default instance."""
     METRICS.move_in_flight(cls, from_phase, to_phase)
 
 
 def record_retry(cls: str, error_type: ErrorType | str | None) -> None:
+    """`OperatorMetrics.record_retry` on the default instance."""
     METRICS.record_retry(cls, error_type)
 
 
 def set_breaker_state(cls: str, value: str | int) -> None:
+    """`OperatorMetrics.set_breaker_state` on the default instance."""
     METRICS.set_breaker_state(cls, value)
 
 
 def record_breaker_transition(cls: str, to: str) -> None:
+    """`OperatorMetrics.record_breaker_transition` on the default instance."""
     METRICS.record_breaker_transition(cls, to)
 
 
 def record_dead_letter(namespace: str, cls: str, error_type: ErrorType | str | None) -> None:
+    """`OperatorMetrics.record_dead_letter` on the default instance."""
     METRICS.record_dead_letter(namespace, cls, error_type)
 
 
 def set_dead_letters_present(namespace: str, n: float) -> None:
+    """`OperatorMetrics.set_dead_letters_present` on the default instance."""
     METRICS.set_dead_letters_present(namespace, n)
 
 
 def record_reconcile_error(kind: str) -> None:
+    """`OperatorMetrics.record_reconcile_error` on the default instance."""
     METRICS.record_reconcile_error(kind)
 
 
 def observe_api_request(verb: str, code: int | str | None, seconds: float) -> None:
+    """`OperatorMetrics.observe_api_request` on the default instance."""
     METRICS.observe_api_request(verb, code, seconds)
 
 
 def record_watch_restart(resource: str) -> None:
+    """`OperatorMetrics.record_watch_restart` on the default instance."""
     METRICS.record_watch_restart(resource)
 
 
 def set_info(version: str) -> None:
+    """`OperatorMetrics.set_info` on the default instance."""
     METRICS.set_info(version)
 
 

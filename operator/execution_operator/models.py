@@ -297,6 +297,7 @@ class ExecutionStatus(ApiModel):
 
     @property
     def terminal(self) -> bool:
+        """Whether the phase is final."""
         return self.phase in TERMINAL_PHASES
 
 
@@ -306,6 +307,8 @@ class ExecutionStatus(ApiModel):
 
 
 class EnvVar(ApiModel):
+    """An environment variable the class sets in its sandboxes."""
+
     name: str = Field(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
     value: str = Field(default="", max_length=32768)
 
@@ -328,6 +331,8 @@ class CircuitBreakerPolicy(ApiModel):
 
 
 class DeadLetterPolicy(StrEnum):
+    """Which failures leave a DeadLetter: all, infrastructure failures only, or none."""
+
     ALL = "All"
     INFRASTRUCTURE = "Infrastructure"
     NONE = "None"
@@ -354,6 +359,8 @@ CircuitBreakerStatus = BreakerState
 
 
 class ExecutionClassStatus(ApiModel):
+    """`status` of an ExecutionClass: its circuit breaker and conditions."""
+
     circuit_breaker: BreakerState | None = None
     conditions: list[Condition] = Field(default_factory=list, max_length=MAX_CONDITIONS)
     observed_generation: int | None = Field(default=None, ge=0)
@@ -365,6 +372,8 @@ class ExecutionClassStatus(ApiModel):
 
 
 class ExecutionRef(ApiModel):
+    """Names an Execution; the uid tells a recreated Execution of the same name apart."""
+
     name: str = Field(min_length=1, max_length=253)
     uid: str | None = Field(default=None, max_length=128)
 
@@ -412,11 +421,15 @@ def input_snapshot(value: Any, limit_bytes: int = DEAD_LETTER_MAX_INPUT_BYTES) -
 
 
 class Replay(ApiModel):
+    """One replay of a DeadLetter: the Execution it created, and when."""
+
     name: str = Field(min_length=1, max_length=253)
     time: str
 
 
 class DeadLetterStatus(ApiModel):
+    """`status` of a DeadLetter: its latest replays."""
+
     replays: Annotated[list[Replay], _keep_last(MAX_REPLAY_RECORDS), Field(max_length=MAX_REPLAY_RECORDS)] = Field(
         default_factory=list
     )
@@ -467,6 +480,8 @@ class _Resource(ApiModel):
 
 
 class Execution(_Resource):
+    """Code and input to run in a sandbox, with the typed result in its status."""
+
     KIND: ClassVar[str] = Kind.EXECUTION
 
     spec: ExecutionSpec
@@ -474,6 +489,8 @@ class Execution(_Resource):
 
 
 class ExecutionClass(_Resource):
+    """A runtime and failure policy that Executions name in `spec.executionClass`."""
+
     KIND: ClassVar[str] = Kind.EXECUTION_CLASS
 
     spec: ExecutionClassSpec
@@ -481,6 +498,8 @@ class ExecutionClass(_Resource):
 
 
 class DeadLetter(_Resource):
+    """What a failed Execution left behind, kept for inspection and replay."""
+
     KIND: ClassVar[str] = Kind.DEAD_LETTER
 
     spec: DeadLetterSpec

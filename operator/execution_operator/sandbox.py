@@ -66,6 +66,7 @@ class ExecutionRef:
 
 
 def short_hash(*parts: str, length: int = 6) -> str:
+    """A short stable hash that keeps derived names unique when their readable part is cut."""
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:length]
 
 
@@ -81,6 +82,7 @@ def pod_name(ref: ExecutionRef, attempt: int) -> str:
 
 
 def carrier_name(ref: ExecutionRef) -> str:
+    """The ConfigMap carrying a payload too big for annotations; one per Execution, shared by its attempts."""
     return f"{dns_prefix(ref.name, 45)}-{short_hash(ref.uid)}-payload"
 
 
@@ -93,10 +95,12 @@ def label_value(value: str) -> str:
 
 
 def is_label_safe(value: str) -> bool:
+    """Whether `value` may be used as a label value unchanged."""
     return len(value) <= 63 and bool(_LABEL_VALUE.match(value))
 
 
 def effective_resources(spec: ExecutionSpec, cls: ExecutionClassSpec) -> dict[str, str]:
+    """The cpu and memory an attempt gets: the Execution's request, else the class's defaults, else ours."""
     defaults = cls.resources.defaults if cls.resources and cls.resources.defaults else None
     requested = spec.resources or ResourceList()
     return {
@@ -106,10 +110,12 @@ def effective_resources(spec: ExecutionSpec, cls: ExecutionClassSpec) -> dict[st
 
 
 def input_json(spec: ExecutionSpec) -> str | None:
+    """The input as compact JSON, as the sandbox reads it; None when there is none."""
     return None if spec.input is None else json.dumps(spec.input, separators=(",", ":"))
 
 
 def owner_reference(ref: ExecutionRef) -> dict[str, Any]:
+    """The Execution as controller owner, so that its pods and carriers are garbage-collected with it."""
     return {
         "apiVersion": API_VERSION,
         "kind": Kind.EXECUTION,
@@ -121,6 +127,7 @@ def owner_reference(ref: ExecutionRef) -> dict[str, Any]:
 
 
 def labels_for(ref: ExecutionRef, class_name: str, attempt: int | None, allow_network: bool) -> dict[str, str]:
+    """The labels of an Execution's pods and carriers: what the operator's server-side selectors match."""
     labels = {
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_NAME: "sandbox",
@@ -137,6 +144,7 @@ def labels_for(ref: ExecutionRef, class_name: str, attempt: int | None, allow_ne
 
 
 def uses_configmap_carrier(spec: ExecutionSpec) -> bool:
+    """Whether the code and input are too big for annotations and travel in a ConfigMap."""
     size = len(spec.code.encode()) + len((input_json(spec) or "").encode())
     return size > ANNOTATION_CARRIER_MAX_BYTES
 

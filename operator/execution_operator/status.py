@@ -25,6 +25,7 @@ from execution_operator.timestamps import rfc3339 as rfc3339
 
 
 def is_terminal(status: Mapping[str, Any]) -> bool:
+    """Whether the stored phase is final, so nothing may change the outcome any more."""
     return status.get("phase") in TERMINAL_PHASES
 
 
@@ -71,6 +72,7 @@ def _attempts_with(
 
 
 def common(status: Mapping[str, Any], generation: int | None, correlation_id: str) -> dict[str, Any]:
+    """The fields every status write carries."""
     patch: dict[str, Any] = {"correlationId": correlation_id}
     if generation is not None:
         patch["observedGeneration"] = generation
@@ -80,6 +82,7 @@ def common(status: Mapping[str, Any], generation: int | None, correlation_id: st
 def launched(
     status: Mapping[str, Any], *, attempt: int, pod: str, now: str, generation: int | None, correlation_id: str
 ) -> dict[str, Any]:
+    """The pod is created: Pending on this attempt, with the previous attempt's live fields cleared."""
     conditions = condition(
         status.get("conditions"), ConditionType.LAUNCHED, ConditionStatus.TRUE, ConditionReason.LAUNCHED,
         f"Pod {pod} created for attempt {attempt}", now, generation,
@@ -110,6 +113,7 @@ def running(
     status: Mapping[str, Any], *, attempt: int, started_at: str, now: str, generation: int | None,
     correlation_id: str,
 ) -> dict[str, Any]:
+    """The container started: Running, with the attempt's start time recorded."""
     conditions = condition(
         status.get("conditions"), ConditionType.SUCCEEDED, ConditionStatus.UNKNOWN, ConditionReason.RUNNING,
         f"Attempt {attempt} is running the code", now, generation,
@@ -155,6 +159,7 @@ def _verdict_fields(verdict: Verdict) -> dict[str, Any]:
 
 
 def error_dict(error: ErrorInfo | None) -> dict[str, Any] | None:
+    """`status.error` as JSON, or None to clear it."""
     return None if error is None else error.model_dump(mode="json", exclude_none=True)
 
 

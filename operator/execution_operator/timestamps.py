@@ -1,5 +1,8 @@
-"""The one timestamp format of the API: RFC 3339 in UTC with whole seconds and a `Z`, as metav1.Time
-serialises (`2026-01-02T03:04:05Z`). Every time the operator writes goes through `rfc3339`."""
+"""The one timestamp format of the API: RFC 3339 in UTC with whole seconds and a `Z`.
+
+That is how metav1.Time serialises (`2026-01-02T03:04:05Z`). Every time the operator writes goes through
+`rfc3339`.
+"""
 
 from __future__ import annotations
 

@@ -151,6 +151,7 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        """Close the HTTP session; the client cannot be used afterwards."""
         await self._api.kube.close()
 
     # ---------------------------------------------------------------------------------------------- calls
@@ -355,8 +356,11 @@ class AsyncClient:
 
     async def _watch_once(self, namespace: str, path: str, selector: Mapping[str, str], rv: str,
                           seen: Callable[[str, dict[str, Any]], bool]) -> tuple[bool, str | None, int]:
-        """One watch stream from `rv`: (whether `seen` was satisfied, the resourceVersion to resume from —
-        None after a 410 Gone, so the caller lists again — and how many events came)."""
+        """One watch stream from `rv`.
+
+        Returns (whether `seen` was satisfied, the resourceVersion to resume from — None after a 410 Gone,
+        so the caller lists again — and how many events came).
+        """
         params = {**selector, "watch": "true", "resourceVersion": rv, "allowWatchBookmarks": "true",
                   "timeoutSeconds": str(random.randint(240, 300))}
         events = 0
@@ -393,6 +397,7 @@ class AsyncExecutionHandle:
         return f"<Execution {self.namespace}/{self.name}>"
 
     async def get(self) -> ExecutionResult:
+        """The result as it stands now, finished or not."""
         return await self.client.get(self.name, self.namespace)
 
     async def wait(self, *, wait_timeout: float | None = None, raise_on_failure: bool = True,
@@ -445,8 +450,11 @@ class AsyncExecutionHandle:
                                                                                     "Background"}))
 
     async def logs(self) -> str:
-        """The current pod's log without the runner's report lines; the recorded stdout and stderr
-        tails once the pod is gone (the operator deletes a pod when its attempt is recorded)."""
+        """The current pod's log without the runner's report lines.
+
+        Once the pod is gone (the operator deletes a pod when its attempt is recorded), the recorded stdout
+        and stderr tails.
+        """
         body = await self.client._get(self.namespace, self.name)
         status = body.get("status") or {}
         pod = status.get("podName")

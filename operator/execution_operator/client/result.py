@@ -23,6 +23,7 @@ class ResultError:
 
     @classmethod
     def from_status(cls, error: Mapping[str, Any]) -> ResultError:
+        """Read `status.error` leniently: a missing type reads as `internal_error`."""
         return cls(
             type=str(error.get("type") or "internal_error"),
             message=str(error.get("message") or ""),
@@ -59,10 +60,12 @@ class ExecutionResult:
 
     @property
     def finished(self) -> bool:
+        """Whether the phase is final, so the result will not change any more."""
         return self.phase in TERMINAL_PHASES
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ExecutionResult:
+        """The result as recorded in an Execution object (`metadata` and `status`)."""
         meta = body.get("metadata") or {}
         status = body.get("status") or {}
         error = status.get("error")

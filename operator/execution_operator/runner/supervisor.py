@@ -77,6 +77,7 @@ class Config:
 
     @classmethod
     def from_env(cls) -> Config:
+        """The settings the pod spec passes as environment variables."""
         return cls(
             timeout_seconds=float(_env_int("SANDBOX_TIMEOUT_SECONDS", 30)),
             output_limit=_env_int("SANDBOX_OUTPUT_LIMIT_BYTES", 131072),
@@ -102,6 +103,7 @@ class Stream:
         self.last_byte = 10  # as if after a newline
 
     def feed(self, data: bytes) -> None:
+        """Take a chunk of output: keep it in the tail and relay it, up to the relay limit."""
         self.total += len(data)
         self.tail += data
         if len(self.tail) > 2 * self.limit:
@@ -121,6 +123,7 @@ class Stream:
             self.last_byte = 10
 
     def text(self) -> tuple[str, bool]:
+        """The tail as text, and whether it was cut (a cut never leaves half a UTF-8 character)."""
         truncated = self.total > self.limit
         data = bytes(self.tail[-self.limit :]) if truncated else bytes(self.tail)
         if truncated:  # the cut may fall inside a UTF-8 character: drop its continuation bytes
@@ -183,7 +186,7 @@ def read_oom_kills(path: str) -> int | None:
 
 
 def _process_table() -> dict[int, int]:
-    """pid -> ppid for every visible process."""
+    """Map pid -> ppid for every visible process."""
     table: dict[int, int] = {}
     try:
         entries = os.listdir("/proc")
@@ -204,6 +207,7 @@ def _process_table() -> dict[int, int]:
 
 
 def descendants(root: int) -> set[int]:
+    """Every live descendant of `root`, read from /proc: what the kill sweep must reach."""
     table = _process_table()
     children: dict[int, list[int]] = {}
     for pid, ppid in table.items():
@@ -243,6 +247,8 @@ class Outcome:
 
 
 class Supervisor:
+    """One run of the harness: launch it, relay its output, enforce the timeout, kill leftovers, report."""
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self.pid = 0
@@ -265,6 +271,7 @@ class Supervisor:
 
     # -- launching ---------------------------------------------------------------------------
     def spawn(self) -> tuple[Stream, Stream, _socket.socket]:
+        """Start the harness with pipes for stdout and stderr and a socket that carries the sender's credentials."""
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         ours.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
         with contextlib.suppress(OSError):
@@ -352,6 +359,7 @@ class Supervisor:
 
     # -- the run loop ------------------------------------------------------------------------
     def run(self) -> int:
+        """Run the harness to the end and publish the report; returns the supervisor's own exit code."""
         _harden()
         _signal.pthread_sigmask(_signal.SIG_BLOCK, _STOP_SIGNALS)
         oom_before = read_oom_kills(self.config.memory_events)
@@ -529,6 +537,7 @@ class Supervisor:
 
     # -- deciding ------------------------------------------------------------------------------
     def decide(self, oom_rose: bool) -> Outcome:
+        """The outcome from the wait status, the timeout and whether the cgroup's OOM kill count rose."""
         status = self.status if self.status is not None else 0
         meta: dict[str, Any] = {}
         if self.rusage is not None:
