@@ -806,3 +806,22 @@ def test_schema_errors_of_unchanged_values_are_ratcheted_on_update(schema: dict[
     missing = {k: v for k, v in _obj().items() if k != "spec"} | {"spec": {"mode": "Fast"}}
     assert validate(schema, default_and_prune(schema, copy.deepcopy(missing)),
                     default_and_prune(schema, copy.deepcopy(missing))) == []
+
+
+def _nested(depth: int, leaf: Any) -> Any:
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_transition_rules_compare_values_nested_deeper_than_the_recursion_limit() -> None:
+    # A real API server stores such inputs; comparing old and new must not be a RecursionError (500).
+    schema = _cel_schema({"rule": "self == oldSelf", "message": "input is immutable"}, target="input")
+    depth = 3000
+    old = default_and_prune(schema, _obj(input=_nested(depth, 1)))
+    same = default_and_prune(schema, _obj(input=_nested(depth, 1)))
+    assert validate(schema, same, old) == []
+    changed = _obj(input=_nested(depth, 2))
+    shown = "[" * depth + "2" + "]" * depth  # the value as encoding/json prints it, however deep
+    assert _messages(validate(schema, changed, old)) == [f"spec.input: Invalid value: {shown}: input is immutable"]

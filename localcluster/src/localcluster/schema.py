@@ -224,8 +224,7 @@ def _go_json_float(f: float) -> str:
     return f"{mantissa}e{sign}{exp.lstrip('+-').lstrip('0') or '0'}"
 
 
-def _go_json(v: Any) -> str:
-    """encoding/json.Marshal of a decoded JSON value: sorted keys, HTML characters escaped."""
+def _go_json_scalar(v: Any) -> str:
     if v is None:
         return "null"
     if isinstance(v, bool):
@@ -236,11 +235,38 @@ def _go_json(v: Any) -> str:
         return _go_json_float(v)
     if isinstance(v, str):
         return "".join(_JSON_HTML_ESCAPES.get(ch, ch) for ch in json.dumps(v, ensure_ascii=False))
-    if isinstance(v, Mapping):
-        return "{" + ",".join(f"{_go_json(str(k))}:{_go_json(v[k])}" for k in sorted(v)) + "}"
-    if isinstance(v, list | tuple):
-        return "[" + ",".join(_go_json(x) for x in v) + "]"
     return _go_quote(str(v))
+
+
+class _Text(str):
+    """Already written output, told apart from a string value still to encode."""
+
+
+def _go_json(v: Any) -> str:
+    """encoding/json.Marshal of a decoded JSON value: sorted keys, HTML characters escaped.
+
+    Iterative (a stack of values and written pieces): a stored value may nest deeper than Python's
+    recursion limit.
+    """
+    out: list[str] = []
+    todo: list[Any] = [v]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, _Text):
+            out.append(item)
+        elif isinstance(item, Mapping):
+            pieces: list[Any] = [_Text("{")]
+            for i, k in enumerate(sorted(item)):
+                pieces += [_Text(("," if i else "") + _go_json_scalar(str(k)) + ":"), item[k]]
+            todo.extend(reversed([*pieces, _Text("}")]))
+        elif isinstance(item, list | tuple):
+            pieces = [_Text("[")]
+            for i, x in enumerate(item):
+                pieces += [_Text(","), x] if i else [x]
+            todo.extend(reversed([*pieces, _Text("]")]))
+        else:
+            out.append(_go_json_scalar(item))
+    return "".join(out)
 
 
 def _go_struct_json(fields: Mapping[str, Any]) -> str:
@@ -734,16 +760,30 @@ def _kind(v: Any) -> str:
 
 
 def _json_equal(a: Any, b: Any) -> bool:
-    """Go reflect.DeepEqual after numeric conversion: bools never equal numbers."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return isinstance(a, bool) and isinstance(b, bool) and a == b
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return a == b
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
-    return type(a) is type(b) and a == b
+    """Go reflect.DeepEqual after numeric conversion: bools never equal numbers.
+
+    Iterative, with its own stack: a stored value may nest deeper than Python's recursion limit.
+    """
+    pending = [(a, b)]
+    while pending:
+        x, y = pending.pop()
+        if isinstance(x, bool) or isinstance(y, bool):
+            if not (isinstance(x, bool) and isinstance(y, bool) and x == y):
+                return False
+        elif isinstance(x, int | float) and isinstance(y, int | float):
+            if x != y:
+                return False
+        elif isinstance(x, Mapping) and isinstance(y, Mapping):
+            if x.keys() != y.keys():
+                return False
+            pending.extend((x[k], y[k]) for k in x)
+        elif isinstance(x, list | tuple) and isinstance(y, list | tuple):
+            if len(x) != len(y):
+                return False
+            pending.extend(zip(x, y, strict=True))
+        elif type(x) is not type(y) or x != y:
+            return False
+    return True
 
 
 def _is_json_integer(f: float) -> bool:
