@@ -135,6 +135,29 @@ def test_apply_examples_directory(kubectl: Kubectl) -> None:
     assert "hello" in kubectl("get", "ex").stdout
 
 
+LIST = """apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: ConfigMap
+  metadata: {name: listed-a}
+  data: {x: "1"}
+- apiVersion: sandbox.dev/v1alpha1
+  kind: Execution
+  metadata: {name: listed-b}
+  spec: {code: "result = 1"}
+"""
+
+
+def test_apply_of_a_list_creates_its_items(kubectl: Kubectl) -> None:
+    # kubectl reads /openapi/v2 (protobuf) before it applies a List; a 404 there fails the whole apply
+    out = kubectl("apply", "-f", "-", stdin=LIST).stdout
+    assert out.splitlines() == ["configmap/listed-a created", "execution.sandbox.dev/listed-b created"]
+    assert "unchanged" in kubectl("apply", "-f", "-", stdin=LIST).stdout
+    assert "serverside-applied" in kubectl("apply", "--server-side", "-f", "-", stdin=LIST).stdout
+    assert kubectl("get", "cm", "listed-a", "-o", "jsonpath={.data.x}").stdout == "1"
+
+
 def test_apply_rejects_invalid_and_unknown_fields(kubectl: Kubectl) -> None:
     bad = EXECUTION.format(name="bad") + "  timeoutSeconds: 301\n"
     proc = kubectl("apply", "-f", "-", stdin=bad, check=False)

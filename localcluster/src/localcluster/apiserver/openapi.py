@@ -1,4 +1,5 @@
-"""OpenAPI v3 documents: enough for `kubectl explain`, `kubectl apply` and server-side field validation.
+"""OpenAPI v3 documents: enough for `kubectl explain`, `kubectl apply` and server-side field validation;
+an OpenAPI v2 document without paths or definitions, which kubectl reads before applying a `kind: List`.
 
 Custom resources get their CRD schema (with `apiVersion`, `kind`, `metadata` added as the real
 server does). Built-in kinds get a stub schema and PATCH operations without the strategic merge
@@ -132,6 +133,15 @@ def gv_document(registry: Registry, group: str, version: str) -> dict[str, Any] 
 
 def _hash(doc: Any) -> str:
     return hashlib.sha512(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32].upper()
+
+
+def v2_document(git_version: str) -> dict[str, Any]:
+    """The OpenAPI v2 document: served because kubectl reads it (to validate the items of a `kind: List`, for
+    one); its paths and definitions are empty, so kubectl validates those items no further (it skips kinds the
+    document does not define) and takes strategic merge keys from its compiled-in types. Every schema is in
+    the v3 documents."""
+    return {"swagger": "2.0", "info": {"title": "Kubernetes", "version": git_version}, "paths": {},
+            "definitions": {}}
 
 
 def serve(registry: Registry, path: str, query: Any) -> dict[str, Any] | None:

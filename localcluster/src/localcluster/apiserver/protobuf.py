@@ -176,6 +176,19 @@ def _enc_int(num: int, value: int) -> bytes:
     return _enc_varint(num << 3) + _enc_varint(value)
 
 
+#: The content type of the answer (the request asks for `...spec.v2@v1.0+protobuf`).
+OPENAPI_V2 = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+
+
+def encode_openapi_v2(doc: dict[str, Any]) -> bytes:
+    """An OpenAPI v2 document (gnostic's openapi_v2.Document) with its swagger version, info and empty paths:
+    what client-go's OpenAPISchema() asks for (it accepts only protobuf)."""
+    info = doc.get("info") or {}
+    return (_enc_str(1, doc.get("swagger", "2.0"))
+            + _enc_bytes(2, _enc_str(1, info.get("title")) + _enc_str(2, info.get("version")))
+            + _enc_bytes(8, b""))
+
+
 def encode_status(status: dict[str, Any]) -> bytes:
     """A metav1.Status as the API server writes it in protobuf: every non-pointer field, even when empty."""
     meta = status.get("metadata") or {}

@@ -380,6 +380,11 @@ class ApiServer:
                 "goVersion": "go1.25.0", "compiler": "gc", "platform": "linux/amd64",
                 "emulationMajor": "1", "emulationMinor": self.git_version.split(".")[1],
             })
+        if path == "/openapi/v2":
+            v2 = openapi.v2_document(self.git_version)
+            if "protobuf" in request.headers.get("Accept", ""):
+                return web.Response(body=protobuf.encode_openapi_v2(v2), content_type=protobuf.OPENAPI_V2)
+            return self._json(v2)
         if path.startswith("/openapi/"):
             doc = openapi.serve(self.registry, path, request.query)
             if doc is None:
