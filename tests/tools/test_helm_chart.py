@@ -94,11 +94,12 @@ def test_namespaces_and_digest_values(render: Render) -> None:
     assert c["image"] == "ghcr.io/execution-operator/operator@sha256:" + "a" * 64
 
 
-def _watched(plural: str, group: str = "GROUP", version: str = "VERSION") -> dict[tuple[str, str, str],
-                                                                                tuple[str, str]]:
-    """kopf lists and watches what a handler follows (`@kopf.on.event(group, version, plural)`)."""
+def _watched(plural: str, code: str, group: str = "GROUP", version: str = "VERSION") -> dict[tuple[str, str, str],
+                                                                                           tuple[str, str]]:
+    """kopf lists and watches what a handler follows (`@kopf.on.event(group, version, plural)`; `code` is how
+    the handler names the plural)."""
     api_group = "sandbox.dev" if group == "GROUP" else group.strip('"')
-    pattern = rf'@kopf\.on\.event\({group}, {version}, "{plural}"'
+    pattern = rf"@kopf\.on\.event\({group}, {version}, {code}"
     return {(api_group, plural, verb): ("operator", pattern) for verb in ("list", "watch")}
 
 
@@ -106,19 +107,19 @@ def _watched(plural: str, group: str = "GROUP", version: str = "VERSION") -> dic
 # operator's source (operator/execution_operator) or, for what kopf itself requests, in kopf's. The chart
 # must grant exactly these; a permission whose code is gone, or one granted without code, fails the test.
 NEEDED_PERMISSIONS: dict[tuple[str, str, str], tuple[str, str]] = {
-    **_watched("executions"),
-    **_watched("executionclasses"),
-    **_watched("deadletters"),
-    **_watched("pods", '""', '"v1"'),
+    **_watched("executions", "EXECUTIONS"),
+    **_watched("executionclasses", "EXECUTION_CLASSES"),
+    **_watched("deadletters", "DEAD_LETTERS"),
+    **_watched("pods", '"pods"', '""', '"v1"'),
     ("sandbox.dev", "executions", "get"): ("operator", r"client\.get\(path_for\(API_VERSION, EXECUTIONS,"),
-    ("sandbox.dev", "executions", "create"): ("operator", r"client\.post\(path_for\(GROUP_VERSION, EXECUTIONS,"),
+    ("sandbox.dev", "executions", "create"): ("operator", r"client\.post\(path_for\(API_VERSION, EXECUTIONS,"),
     ("sandbox.dev", "executions", "delete"): ("operator", r"client\.delete\(\s*path_for\(API_VERSION, EXECUTIONS,"),
     ("sandbox.dev", "executions/status", "patch"): ("operator", r'client\.patch\(\s*path_for\(API_VERSION, '
                                                                 r'EXECUTIONS, key\[0\], key\[1\], "status"\)'),
-    ("sandbox.dev", "executionclasses", "get"): ("operator", r'client\.get\(path_for\(API_VERSION, '
-                                                             r'"executionclasses"'),
+    ("sandbox.dev", "executionclasses", "get"): ("operator", r"client\.get\(path_for\(API_VERSION, "
+                                                             r"EXECUTION_CLASSES"),
     ("sandbox.dev", "executionclasses/status", "patch"): ("operator", r'client\.patch\(f"\{path\}/status"'),
-    ("sandbox.dev", "deadletters", "create"): ("operator", r"client\.post\(path_for\(GROUP_VERSION, DEAD_LETTERS,"),
+    ("sandbox.dev", "deadletters", "create"): ("operator", r"client\.post\(path_for\(API_VERSION, DEAD_LETTERS,"),
     ("sandbox.dev", "deadletters", "get"): ("operator", r"client\.get\(self\._path\(namespace, name\)\)"),
     ("sandbox.dev", "deadletters", "patch"): ("operator", r"client\.patch\(\s*self\._path\(namespace, name\),"),
     ("sandbox.dev", "deadletters", "delete"): ("operator", r"client\.delete\(self\._path\(namespace, name\)"),
