@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from localcluster.apiserver import validation
 from localcluster.apiserver.status import ApiError
 
 if TYPE_CHECKING:
@@ -23,61 +24,6 @@ _SYMBOLS = "=!(),><"
 _TOKENS = {")": "CLOSE", ",": "COMMA", "!": "NOT", "==": "EQEQ", "=": "EQ", ">": "GT", "in": "IN", "<": "LT",
            "!=": "NEQ", "notin": "NOTIN", "(": "OPEN"}
 _BINARY_OPERATORS = "in, notin, =, ==, !=, gt, lt"
-_LABEL_KEY_FMT = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
-_LABEL_KEY_RE = re.compile(f"^{_LABEL_KEY_FMT}$")
-_LABEL_VALUE_RE = re.compile(f"^({_LABEL_KEY_FMT})?$")
-_DNS_LABEL_FMT = "[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_DNS_SUBDOMAIN_FMT = _DNS_LABEL_FMT + "(\\." + _DNS_LABEL_FMT + ")*"
-_DNS_SUBDOMAIN_RE = re.compile(f"^{_DNS_SUBDOMAIN_FMT}$")
-
-
-def _regex_error(msg: str, fmt: str, *examples: str) -> str:
-    """apimachinery's RegexError wording (examples joined with ' or ', each followed by ', ')."""
-    return msg + " (e.g. " + " or ".join(f"'{e}', " for e in examples) + f"regex used for validation is '{fmt}')"
-
-
-_KEY_MSG = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric " \
-           "character"
-_VALUE_MSG = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and " \
-             "must start and end with an alphanumeric character"
-_SUBDOMAIN_MSG = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', " \
-                 "and must start and end with an alphanumeric character"
-
-
-def label_key_errors(key: str) -> list[str]:
-    """What is wrong with a label key (an optional DNS-subdomain prefix, '/', a name of at most 63 bytes)."""
-    errs: list[str] = []
-    parts = key.split("/")
-    if len(parts) == 1:
-        name = parts[0]
-    elif len(parts) == 2:
-        prefix, name = parts
-        if not prefix:
-            errs.append("prefix part must be non-empty")
-        else:
-            if len(prefix.encode()) > 253:
-                errs.append("prefix part must be no more than 253 bytes")
-            if not _DNS_SUBDOMAIN_RE.match(prefix):
-                errs.append("prefix part " + _regex_error(_SUBDOMAIN_MSG, _DNS_SUBDOMAIN_FMT, "example.com"))
-    else:
-        return ["a valid label key " + _regex_error(_KEY_MSG, _LABEL_KEY_FMT, "MyName", "my.name", "123-abc")
-                + " with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"]
-    if not name:
-        errs.append("name part must be non-empty")
-    elif len(name.encode()) > 63:
-        errs.append("name part must be no more than 63 bytes")
-    if not _LABEL_KEY_RE.match(name):
-        errs.append("name part " + _regex_error(_KEY_MSG, _LABEL_KEY_FMT, "MyName", "my.name", "123-abc"))
-    return errs
-
-
-def label_value_errors(value: str) -> list[str]:
-    errs: list[str] = []
-    if len(value.encode()) > 63:
-        errs.append("must be no more than 63 bytes")
-    if not _LABEL_VALUE_RE.match(value):
-        errs.append(_regex_error(_VALUE_MSG, f"({_LABEL_KEY_FMT})?", "MyValue", "my_value", "12345"))
-    return errs
 
 
 class _SelectorError(Exception):
@@ -169,7 +115,7 @@ class _Parser:
             tok, key = self._take()
         if tok != "ID":
             raise _SelectorError(f"found '{key}', expected: identifier")
-        errs = label_key_errors(key)
+        errs = validation.qualified_name(key, "a valid label key")
         if errs:
             raise _SelectorError(f"<nil>: Invalid value: {_go_quote(key)}: {'; '.join(errs)}")
         if op == "!" or self._look()[0] in ("EOS", "COMMA"):
@@ -240,7 +186,7 @@ class _Parser:
                     errs.append(f"values[{i}]: Invalid value: {_go_quote(v)}: for 'Gt', 'Lt' operators, the value "
                                 "must be an integer")
         for i, v in enumerate(values):
-            verrs = label_value_errors(v)
+            verrs = validation.label_value(v)
             if verrs:
                 errs.append(f"values[{i}][{key}]: Invalid value: {_go_quote(v)}: {'; '.join(verrs)}")
         errs = list(dict.fromkeys(errs))

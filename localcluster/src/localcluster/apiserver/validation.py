@@ -130,8 +130,9 @@ def dns1035_label(value: str) -> list[str]:
     return errs + ([] if _DNS1035_RE.match(value) else [DNS1035_MSG])
 
 
-def qualified_name(value: str) -> list[str]:
-    """IsQualifiedName: an optional DNS-subdomain prefix and '/', then a name part of at most 63 characters."""
+def qualified_name(value: str, what: str = "a qualified name") -> list[str]:
+    """IsQualifiedName: an optional DNS-subdomain prefix and '/', then a name part of at most 63 bytes (label
+    selectors name the whole `what` "a valid label key")."""
     parts = value.split("/")
     if len(parts) == 1:
         name = parts[0]
@@ -143,21 +144,22 @@ def qualified_name(value: str) -> list[str]:
         else:
             errs = [f"prefix part {m}" for m in dns1123_subdomain(prefix)]
     else:
-        return ["a qualified name " + regex_error(
+        return [f"{what} " + regex_error(
             "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric "
             "character", _QUALIFIED_FMT, "MyName", "my.name", "123-abc")
             + " with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"]
     if not name:
         errs.append("name part must be non-empty")
-    elif len(name) > 63:
-        errs.append("name part must be no more than 63 characters")
+    elif len(name.encode()) > 63:
+        errs.append("name part must be no more than 63 bytes")
     if not _QUALIFIED_RE.match(name):
         errs.append("name part " + QUALIFIED_MSG)
     return errs
 
 
 def label_value(value: str) -> list[str]:
-    errs = ["must be no more than 63 bytes"] if len(value) > 63 else []
+    """IsValidLabelValue: empty, or at most 63 bytes of the qualified-name characters."""
+    errs = ["must be no more than 63 bytes"] if len(value.encode()) > 63 else []
     return errs + ([] if _LABEL_VALUE_RE.match(value) else [LABEL_VALUE_MSG])
 
 
