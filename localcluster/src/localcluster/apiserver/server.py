@@ -913,13 +913,22 @@ class ApiServer:
 
     # ------------------------------------------------------------------------------ object semantics
     def _persist(self, info: ResourceInfo, ns: str, obj: dict[str, Any], etype: str,
-                 old: dict[str, Any] | None) -> dict[str, Any]:
+                 old: dict[str, Any] | None, *, may_drop_managed_fields: bool = False) -> dict[str, Any]:
+        """Store a change. A create, update or patch (not an apply) that storage refuses as too large is
+        tried once more without `managedFields`, as the real request handlers do."""
         meta = obj["metadata"]
         if etype != "DELETED":
             key = limits.etcd_key(info.group, info.plural, ns, meta["name"], info.custom)
+            mod_revision = int((old or {}).get("metadata", {}).get("resourceVersion") or 0)
             stored = {**obj, "metadata": {k: v for k, v in meta.items() if k != "resourceVersion"}}
-            limits.check_storable(key, len(dumps(stored)) + 1, int((old or {}).get("metadata", {}).get(
-                "resourceVersion") or 0))
+            try:
+                limits.check_storable(key, len(dumps(stored)) + 1, mod_revision)
+            except ApiError:
+                if not (may_drop_managed_fields and meta.get("managedFields")):
+                    raise
+                del meta["managedFields"]
+                stored = {**obj, "metadata": {k: v for k, v in meta.items() if k != "resourceVersion"}}
+                limits.check_storable(key, len(dumps(stored)) + 1, mod_revision)
             meta["resourceVersion"] = str(self.store.next_rv())
         else:
             obj = {**obj, "metadata": {**meta, "resourceVersion": str(self.store.next_rv())}}
@@ -1110,7 +1119,7 @@ class ApiServer:
             meta["generation"] = 1
         if dry_run:
             return obj  # a dry-run create has a uid and a creationTimestamp, but no resourceVersion
-        obj = self._persist(info, ns, obj, "ADDED", None)
+        obj = self._persist(info, ns, obj, "ADDED", None, may_drop_managed_fields=apply_config is None)
         self._after_create(info, ns, obj)
         refs = obj["metadata"].get("ownerReferences") or []
         if refs and not any(r.get("uid") in self._uids for r in refs):
@@ -1474,7 +1483,7 @@ class ApiServer:
             # stored resourceVersion), the DELETED event carries the object as it was last stored.
             self._remove(info, ns, old, old)
             return new
-        new = self._persist(info, ns, new, "MODIFIED", old)
+        new = self._persist(info, ns, new, "MODIFIED", old, may_drop_managed_fields=not applied)
         if info.store_key == ("apiextensions.k8s.io", "customresourcedefinitions"):
             self._register_crd(new)
             self._establish_crd_soon(name)
