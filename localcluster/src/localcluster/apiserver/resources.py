@@ -96,8 +96,8 @@ def builtin_resources() -> list[ResourceInfo]:
     return [
         _r("", "v1", "namespaces", "Namespace", False, ["ns"], ["status", "finalize"],
            verbs=["create", "delete", "get", "list", "patch", "update", "watch"]),
-        _r("", "v1", "pods", "Pod", True, ["po"], ["status", "log", "binding", "eviction", "ephemeralcontainers"],
-           ["all"], gen=True),
+        _r("", "v1", "pods", "Pod", True, ["po"],
+           ["status", "log", "binding", "eviction", "ephemeralcontainers", "attach"], ["all"], gen=True),
         _r("", "v1", "configmaps", "ConfigMap", True, ["cm"]),
         _r("", "v1", "secrets", "Secret", True),
         _r("", "v1", "events", "Event", True, ["ev"]),

@@ -22,6 +22,7 @@ import yaml
 from aiohttp import web
 
 from localcluster.apiserver import discovery, openapi, protobuf
+from localcluster.apiserver.attach import serve_pod_attach
 from localcluster.apiserver.faults import FaultRule, Faults
 from localcluster.apiserver.logs import serve_pod_log
 from localcluster.apiserver.patch import json_copy, json_patch, merge_patch, strategic_merge
@@ -438,6 +439,8 @@ class ApiServer:
             return await self._watch(request, info, ri, table)
         if ri.sub == "log":
             return await serve_pod_log(self, request, info, ns, ri.name)
+        if ri.sub == "attach" and request.method in ("GET", "POST"):
+            return await serve_pod_attach(self, request, info, ns, ri.name)
         if verb == "get":
             obj = self._must_get(info, ns, ri.name)
             if table:
