@@ -38,6 +38,7 @@ from execution_operator.errors import ErrorInfo, ErrorType
 from execution_operator.gates import Gates
 from execution_operator.k8s import ApiError, KubeClient, path_for, post_event
 from execution_operator.models import DeadLetterPolicy, ExecutionClassSpec, ExecutionSpec
+from execution_operator.pools import WarmPools
 from execution_operator.retry import backoff_delay, decide_retry, delay_until
 from execution_operator.sandbox import (
     ExecutionRef,
@@ -51,6 +52,7 @@ from execution_operator.sandbox import (
 )
 from execution_operator.status import is_terminal, parse_time, rfc3339
 from execution_operator.validation import validate_execution
+from execution_operator.warmpool import claimed_for, handed_over
 
 Key = tuple[str, str]
 log = structlog.get_logger("execution_operator.controller")
@@ -167,6 +169,10 @@ class Controller:
         self.queued: dict[str, set[Key]] = {}
         self.phases: dict[Key, tuple[str, str]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.pools = WarmPools(client, self.gates, classes=self.classes, clock=clock,
+                               ensure_network_policy=self._ensure_network_policy)
+        #: Executions created before this process started may have warm pods claimed by its predecessor.
+        self.started_at = clock()
 
     # ----------------------------------------------------------------- watch events
 
@@ -179,6 +185,8 @@ class Controller:
         await self.reconcile(key)
 
     async def on_pod_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
+        if self.pools.owns(body):
+            await self.pools.on_pod_event(body, event_type)
         meta = body.get("metadata", {})
         pkey = (meta.get("namespace", ""), meta.get("name", ""))
         owner = _execution_owner(body)
@@ -209,6 +217,10 @@ class Controller:
             if current is None or _rv(body) >= _rv(current):
                 self.classes[name] = dict(body)
         await self.gates.on_class_event(body, event_type)
+        await self.pools.on_class_event(name)
+
+    async def on_pool_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
+        await self.pools.on_pool_event(body, event_type)
 
     # ----------------------------------------------------------------- caches and timers
 
@@ -451,6 +463,9 @@ class Controller:
         namespace = ctx.key[0]
         if attempt > 1:
             await self._stop_leftover_pod(namespace, pod_name(ctx.ref, attempt - 1))
+            await self._stop_leftover_pod(namespace, ctx.status.get("podName"))
+        if await self._launch_warm(ctx, attempt):
+            return
         try:
             if not cls.allow_network:
                 await self._ensure_network_policy(namespace)
@@ -475,7 +490,7 @@ class Controller:
             self.pods[pod_key] = slim_pod(pod)
         self.vanished.pop(pod_key, None)
         patch = st.launched(ctx.status, attempt=attempt, pod=pod_key[1], now=ctx.now, generation=ctx.generation,
-                            correlation_id=ctx.correlation_id)
+                            correlation_id=ctx.correlation_id, launch="cold")
         updated = await self._patch_status(ctx.key, ctx.body, patch)
         self._track_phase(ctx.key, ctx.class_name, "Pending")
         self._event(updated, "Normal", "Launched", f"Created pod {pod_key[1]} for attempt {attempt}")
@@ -486,6 +501,75 @@ class Controller:
         # The pod may have finished already (a launch repeated after a restart): look again at once.
         if pod_finished(pod) or container_started_at(pod):
             self._spawn(self.reconcile(ctx.key))
+
+    async def _launch_warm(self, ctx: _Ctx, attempt: int) -> bool:
+        """Run the attempt in a warm pool's pod: find the one claimed before a restart, or claim one, and
+        hand it the payload. False means launch cold now (no pool, none ready, or the handover failed:
+        that pod is deleted, never reused)."""
+        spec, cls = ctx.require()
+        namespace = ctx.key[0]
+        pod = await self._claimed_before(ctx, attempt)
+        if pod is not None:
+            # Claimed by an earlier pass that did not record it: handed over already (its log says so), or
+            # hand it over now; failing both, delete it. Never two pods, never two payloads.
+            if not (pod_finished(pod) or await self._payload_arrived(pod)):
+                handed = await self.pools.hand_over(pod, ctx.ref, spec, attempt, ctx.class_name)
+                if not handed and not await self._payload_arrived(pod):
+                    await self.pools.delete(pod)
+                    return False
+        else:
+            if not self.pools.has_pool(namespace, ctx.class_name):
+                return False
+            pod = await self.pools.claim(ctx.ref, spec, cls, ctx.class_name, attempt)
+            if pod is None:
+                return False
+            self._remember_pod(pod)
+            if not await self.pools.hand_over(pod, ctx.ref, spec, attempt, ctx.class_name):
+                await self.pools.delete(pod)
+                return False
+        self._remember_pod(pod)
+        name = pod["metadata"]["name"]
+        patch = st.warm_started(ctx.status, attempt=attempt, pod=name, now=ctx.now, generation=ctx.generation,
+                                correlation_id=ctx.correlation_id)
+        updated = await self._patch_status(ctx.key, ctx.body, patch)
+        self._track_phase(ctx.key, ctx.class_name, "Running")
+        pool = (pod["metadata"].get("labels") or {}).get("sandbox.dev/claimed-from")
+        self._event(updated, "Normal", "Launched", f"Claimed warm pod {name} from pool {pool} for attempt {attempt}")
+        log.info("launched warm", namespace=namespace, execution=ctx.key[1], attempt=attempt, pod=name,
+                 correlation_id=ctx.correlation_id)
+        await self._user_code_started(ctx, attempt, rfc3339(self.clock()), launch="warm")
+        if pod_finished(pod):
+            self._spawn(self.reconcile(ctx.key))
+        return True
+
+    def _remember_pod(self, pod: Mapping[str, Any]) -> None:
+        pod_key = (pod["metadata"].get("namespace", ""), pod["metadata"]["name"])
+        if pod_key not in self.pods or _rv(pod) >= _rv(self.pods[pod_key]):
+            self.pods[pod_key] = slim_pod(pod)
+        self.vanished.pop(pod_key, None)
+
+    async def _claimed_before(self, ctx: _Ctx, attempt: int) -> dict[str, Any] | None:
+        """A warm pod claimed for this attempt by an earlier pass (or by the process before a restart)."""
+        uid = ctx.ref.uid
+        for pod in self.pods.values():
+            if claimed_for(pod, uid, attempt) and not pod["metadata"].get("deletionTimestamp"):
+                return pod
+        created = parse_time(ctx.body["metadata"].get("creationTimestamp"))
+        if created is None or created >= self.started_at - timedelta(seconds=1):
+            return None  # created after this process started: any claim for it is in the cache
+        # Older than this process: the pod watch may not have listed everything yet; ask the server.
+        selector = f"sandbox.dev/execution={label_value(ctx.key[1])},sandbox.dev/attempt={attempt}"
+        listed = await self.client.get(path_for("v1", "pods", ctx.key[0]), {"labelSelector": selector})
+        for pod in listed.get("items") or []:
+            if claimed_for(pod, uid, attempt) and not pod["metadata"].get("deletionTimestamp"):
+                return dict(pod)
+        return None
+
+    async def _payload_arrived(self, pod: Mapping[str, Any]) -> bool:
+        if str(pod["metadata"].get("uid")) in self.pools.handed:
+            return True
+        text = await self._log_tail(pod["metadata"].get("namespace", ""), pod["metadata"]["name"], lines=100000)
+        return handed_over(text)
 
     async def _observe_pod(self, ctx: _Ctx, attempt: int, pod: dict[str, Any]) -> None:
         spec, cls = ctx.require()
@@ -520,11 +604,11 @@ class Controller:
             return
         self.wake_at(ctx.key, created + timedelta(seconds=cls.pending_timeout_seconds + 0.5))
 
-    async def _user_code_started(self, ctx: _Ctx, attempt: int, started_at: str) -> None:
+    async def _user_code_started(self, ctx: _Ctx, attempt: int, started_at: str, launch: str = "cold") -> None:
         created = parse_time(ctx.body["metadata"].get("creationTimestamp"))
         started = parse_time(started_at)
         if created and started:
-            metrics.record_launch_latency(ctx.class_name, max(0.0, (started - created).total_seconds()))
+            metrics.record_launch_latency(ctx.class_name, max(0.0, (started - created).total_seconds()), launch)
         await self.gates.record(ctx.class_name, ctx.key, attempt, reached_user_code=True)
 
     async def _attempt_done(

@@ -91,6 +91,10 @@ def register(registry: kopf.OperatorRegistry) -> None:
     async def class_event(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> None:
         await memo.require().on_class_event(event["object"], event.get("type"))
 
+    @kopf.on.event(GROUP, VERSION, "warmpools", registry=registry)
+    async def pool_event(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> None:
+        await memo.require().on_pool_event(event["object"], event.get("type"))
+
     @kopf.on.event(GROUP, VERSION, "deadletters", registry=registry)
     async def dead_letter_event(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> None:
         dead_letters = memo.require().dead_letters

@@ -85,12 +85,14 @@ def common(status: Mapping[str, Any], generation: int | None, correlation_id: st
 
 
 def launched(
-    status: Mapping[str, Any], *, attempt: int, pod: str, now: str, generation: int | None, correlation_id: str
+    status: Mapping[str, Any], *, attempt: int, pod: str, now: str, generation: int | None, correlation_id: str,
+    launch: str = "cold",
 ) -> dict[str, Any]:
-    conditions = condition(
-        status.get("conditions"), "Launched", "True", "PodCreated", f"Pod {pod} created for attempt {attempt}", now,
-        generation,
-    )
+    if launch == "warm":
+        reason, message = "WarmPodClaimed", f"Warm pod {pod} claimed for attempt {attempt}"
+    else:
+        reason, message = "PodCreated", f"Pod {pod} created for attempt {attempt}"
+    conditions = condition(status.get("conditions"), "Launched", "True", reason, message, now, generation)
     conditions = condition(
         conditions, "Succeeded", "Unknown", "Pending", f"Attempt {attempt} is waiting for its pod to start", now,
         generation,
@@ -99,6 +101,7 @@ def launched(
         "phase": "Pending",
         "attempt": attempt,
         "podName": pod,
+        "launch": launch,
         "startTime": status.get("startTime") or now,
         "nextAttemptAt": None,
         # What the previous attempt left behind stays in `attempts` and the Events, not in the live fields.
@@ -108,9 +111,20 @@ def launched(
         "output": None,
         "stdout": None,
         "stderr": None,
-        "attempts": _attempts_with(status, attempt, podName=pod, startTime=now),
+        "attempts": _attempts_with(status, attempt, podName=pod, startTime=now, launch=launch),
         "conditions": conditions,
     }
+
+
+def warm_started(
+    status: Mapping[str, Any], *, attempt: int, pod: str, now: str, generation: int | None, correlation_id: str,
+) -> dict[str, Any]:
+    """A claimed warm pod took the payload: launched and running in one write (its code starts at once)."""
+    patch = launched(status, attempt=attempt, pod=pod, now=now, generation=generation, correlation_id=correlation_id,
+                     launch="warm")
+    after = {**status, **patch}
+    return patch | running(after, attempt=attempt, started_at=now, now=now, generation=generation,
+                           correlation_id=correlation_id)
 
 
 def running(

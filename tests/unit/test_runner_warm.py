@@ -61,6 +61,20 @@ def test_runs_the_payload_from_stdin_with_its_input_and_environment(tmp_path: Pa
     assert report.user_code_started
 
 
+def test_the_log_shows_the_payload_arrived_before_any_output_of_the_code(tmp_path: Path) -> None:
+    proc = start_warm(tmp_path)
+    data = payload("print('from the code')\n")
+    result = hand_over(proc, tmp_path, data)
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{warm.PAYLOAD_MARKER} {len(data)}"
+    assert lines.index("from the code") > 0
+
+
+def test_no_marker_without_a_payload(tmp_path: Path) -> None:
+    proc = start_warm(tmp_path)
+    assert warm.PAYLOAD_MARKER not in hand_over(proc, tmp_path, b"").stdout
+
+
 def test_warm_imports_are_loaded_before_the_code_and_a_missing_one_is_skipped(tmp_path: Path) -> None:
     proc = start_warm(tmp_path, {"SANDBOX_WARM_IMPORTS": "decimal, no_such_module_xyz"})
     code = "import sys\nresult = ['decimal' in sys.modules, 'no_such_module_xyz' in sys.modules]\n"

@@ -415,6 +415,8 @@ class Supervisor:
         """A warm pod's payload is in: its timeout applies, and the start-up limit counts from now."""
         self.config.timeout_seconds = warm.payload_timeout(bytes(inbox.data), self.config.timeout_seconds)
         self.spawned_mono = time.monotonic()
+        if inbox.data:
+            _write_all(1, f"{warm.PAYLOAD_MARKER} {len(inbox.data)}\n".encode())
 
     def _wait_ms(self) -> int:
         # Bounded so stop signals (blocked, checked between waits) and deadlines are seen promptly.

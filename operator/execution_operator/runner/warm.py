@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 WARM_ENV = "SANDBOX_WARM"
 WARM_IMPORTS_ENV = "SANDBOX_WARM_IMPORTS"
 PAYLOAD_VERSION = 1
+#: Printed by the supervisor when its stdin has ended with a payload: the pod's own evidence, in its
+#: log, that the handover reached it (a restarted operator reads it before handing a payload again).
+PAYLOAD_MARKER = "SANDBOX-PAYLOAD-RECEIVED"
 #: Code (100 KiB) and input (1 MiB) as JSON text with escapes, with room to spare.
 PAYLOAD_LIMIT_BYTES = 4 * 1024 * 1024
 #: Payload fields copied into the environment the code sees, as a cold pod has them.
