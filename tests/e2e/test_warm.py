@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.e2e.conftest import SANDBOX_IMAGE, OperatorProcess
 from tests.e2e.kube import Kube, condition, execution, wait_until
@@ -312,8 +313,8 @@ def test_sigkill_after_handover_before_the_status_write(kube: Kube, op: Operator
 def test_sigkill_during_a_burst_of_claims(kube: Kube, op: OperatorProcess) -> None:
     make_pool(kube, "wp", replicas=4)
     names = [f"burst-{i}" for i in range(8)]
-    kube.run("create", "-f", "-", input="\n---\n".join(json.dumps(execution(n, f"result = {i}\n"))
-                                                     for i, n in enumerate(names)))
+    kube.run("create", "-f", "-", input=yaml.safe_dump_all([execution(n, f"result = {i}\n")
+                                                             for i, n in enumerate(names)]))
     op.kill()
     op.start()
 
