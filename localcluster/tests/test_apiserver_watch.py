@@ -346,6 +346,38 @@ async def test_drop_watches_over_http(api: Api, server: ApiServer) -> None:
     assert await asyncio.wait_for(task, 5) == []  # the stream ended without events
 
 
+async def test_fault_drops_one_clients_watch_and_then_answers_410(api: Api, server: ApiServer) -> None:
+    """`drop_after` closes a matching watch mid-stream; `user_agent` keeps other clients' watches out of it."""
+    status, _ = await api.post("/debug/faults", [
+        {"verb": "watch", "resource": "configmaps", "userAgent": "victim/", "dropAfter": 1.0, "times": 1},
+        {"verb": "watch", "resource": "configmaps", "userAgent": "victim/", "status": 410, "times": 1},
+    ])
+    assert status == 201
+    rv = server.store.rv
+    url = f"{server.url}{CM}?watch=true&resourceVersion={rv}"
+    no_timeout = aiohttp.ClientTimeout(total=None)
+
+    async def events(agent: str) -> tuple[int, list[dict[str, Any]]]:
+        async with api.session.get(url, headers={"User-Agent": agent}, timeout=no_timeout) as resp:
+            return resp.status, [json.loads(line) async for line in resp.content if line.strip()]
+
+    bystander = asyncio.create_task(events("bystander/1.0"))
+    victim = asyncio.create_task(events("victim/1.0"))
+    await eventually(lambda: len(server.store.watchers.get(("", "configmaps"), ())) == 2)
+    await api.post(CM, cm("a"))
+    code, seen = await asyncio.wait_for(victim, 5)  # closed by the fault, after the event it was sent
+    assert code == 200 and [e["object"]["metadata"]["name"] for e in seen] == ["a"]
+    assert not bystander.done()
+    async with api.session.get(url, headers={"User-Agent": "victim/1.0"}) as resp:
+        assert resp.status == 410 and (await resp.json())["reason"] == "Expired"
+    async with api.session.get(f"{url}&timeoutSeconds=1",
+                               headers={"User-Agent": "victim/1.0"}, timeout=no_timeout) as resp:
+        assert resp.status == 200  # both rules are used up
+    assert (await api.post("/debug/drop-watches", {}))[0] == 200
+    code, seen = await asyncio.wait_for(bystander, 5)
+    assert code == 200 and [e["object"]["metadata"]["name"] for e in seen] == ["a"]
+
+
 async def test_request_log_is_bounded(tmp_path: Path) -> None:
     s = ApiServer(tmp_path, request_log_limit=10)
     await s.start()

@@ -1,9 +1,10 @@
 """A small async Kubernetes API client on aiohttp that speaks raw JSON.
 
 Built once at startup and shared: building a client per event is ruinous (an SSL context and a CA load
-each time), and the official client's model (de)serialisation is costly on hot paths. Credentials come
-from kopf's own login helpers (service account first, then the kubeconfig), so the operator and kopf
-always talk to the same cluster.
+each time), and the official client's model (de)serialisation is costly on hot paths. The operator's
+credentials come from kopf's own login helpers (service account first, then the kubeconfig), so the
+operator and kopf always talk to the same cluster; `execution_operator.client` passes an `Endpoint` built
+from the official loaders instead, so this module imports kopf only where the operator logs in.
 """
 
 from __future__ import annotations
@@ -15,17 +16,20 @@ import ssl
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
-import kopf
 import structlog
 
 from execution_operator import API_VERSION
 from execution_operator.status import rfc3339
+
+if TYPE_CHECKING:
+    import kopf
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -50,6 +54,15 @@ class ApiError(Exception):
         self.message: str = str(self.body.get("message") or text or f"HTTP {status}")
         super().__init__(f"{status} {self.reason}: {self.message}")
 
+    @classmethod
+    def from_text(cls, status: int, text: str) -> ApiError:
+        """From an error answer's body: a `kind: Status` when it parses, else its first 500 characters."""
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        return cls(status, parsed if isinstance(parsed, dict) else None, text=text[:500])
+
     @property
     def not_found(self) -> bool:
         return self.status == 404
@@ -63,8 +76,24 @@ class ApiError(Exception):
         return self.status == 409 and self.reason == "AlreadyExists"
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to reach an API server, for clients that log in without kopf."""
+
+    server: str
+    ssl: ssl.SSLContext | bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
+    #: Headers computed per request: tokens of exec credential plugins expire and are refreshed.
+    auth_headers: Callable[[], Mapping[str, str]] | None = None
+    #: TLS server name when it differs from the server's host (kubeconfig `tls-server-name`).
+    server_hostname: str | None = None
+    proxy: str | None = None
+
+
 def load_connection_info() -> kopf.ConnectionInfo:
     """In-cluster service account first, then the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    import kopf
+
     settings = kopf.OperatorSettings()
     info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
         settings=settings
@@ -112,7 +141,7 @@ class KubeClient:
 
     def __init__(
         self,
-        info: kopf.ConnectionInfo,
+        info: kopf.ConnectionInfo | Endpoint,
         *,
         user_agent: str = "execution-operator",
         observer: RequestObserver | None = None,
@@ -121,12 +150,22 @@ class KubeClient:
     ) -> None:
         self.server = info.server.rstrip("/")
         self._headers = {"User-Agent": user_agent, "Accept": "application/json"}
-        if info.token:
-            self._headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
-        self._auth = (
-            aiohttp.BasicAuth(info.username, info.password or "") if info.username and not info.token else None
-        )
-        self._ssl = _ssl_context(info)
+        self._auth_headers: Callable[[], Mapping[str, str]] | None = None
+        self._request_options: dict[str, Any] = {}
+        if isinstance(info, Endpoint):
+            self._headers.update(info.headers)
+            self._auth_headers = info.auth_headers
+            self._auth = None
+            self._ssl = info.ssl
+            self._request_options = {k: v for k, v in (("server_hostname", info.server_hostname),
+                                                       ("proxy", info.proxy)) if v}
+        else:
+            if info.token:
+                self._headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
+            self._auth = (
+                aiohttp.BasicAuth(info.username, info.password or "") if info.username and not info.token else None
+            )
+            self._ssl = _ssl_context(info)
         self._pool_size = pool_size
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=10)
         self._observer = observer
@@ -159,11 +198,11 @@ class KubeClient:
         started = time.monotonic()
         # UTF-8 on the wire: escaping non-ASCII would make a request up to three times larger.
         data = None if body is None else json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-        headers = {"Content-Type": content_type} if data is not None else None
+        headers = self._per_request_headers({"Content-Type": content_type} if data is not None else None)
         status = 0
         try:
             async with self._get_session().request(
-                method, self.server + path, params=params, data=data, headers=headers
+                method, self.server + path, params=params, data=data, headers=headers, **self._request_options
             ) as response:
                 status = response.status
                 text = await response.text()
@@ -171,14 +210,42 @@ class KubeClient:
             if self._observer is not None:
                 self._observer(_VERBS.get(method, method.lower()), status, time.monotonic() - started)
         if status >= 400:
-            try:
-                parsed = json.loads(text)
-            except ValueError:
-                parsed = None
-            raise ApiError(status, parsed if isinstance(parsed, dict) else None, text=text[:500])
+            raise ApiError.from_text(status, text)
         if raw:
             return text
         return json.loads(text) if text else {}
+
+    def _per_request_headers(self, headers: dict[str, str] | None) -> dict[str, str] | None:
+        if self._auth_headers is None:
+            return headers
+        return {**(headers or {}), **self._auth_headers()}
+
+    async def lines(
+        self, path: str, params: Mapping[str, str] | None = None, *, read_timeout: float | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """The lines of a streamed answer (a watch, a followed log), each without its newline.
+
+        Split here rather than by aiohttp's readline, which refuses lines over 128 KiB (an Execution
+        with large code, streams and output is bigger). An error answer raises `ApiError` first.
+        """
+        started = time.monotonic()
+        timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=read_timeout)
+        async with self._get_session().get(
+            self.server + path, params=params, headers=self._per_request_headers(None), timeout=timeout,
+            **self._request_options,
+        ) as response:
+            if self._observer is not None:
+                self._observer("get", response.status, time.monotonic() - started)
+            if response.status >= 400:
+                raise ApiError.from_text(response.status, await response.text())
+            pending = b""
+            async for chunk in response.content.iter_any():
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for line in complete:
+                    yield line
+            if pending:
+                yield pending
 
     async def get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("GET", path, params=params)

@@ -10,10 +10,13 @@ from typing import Any
 
 @dataclass
 class FaultRule:
-    """Matches requests by method/verb/resource/subresource/namespace/name glob; None matches anything.
+    """Matches requests by method/verb/resource/subresource/namespace/name glob and User-Agent prefix;
+    None matches anything.
 
-    `status` (e.g. 429, 500, 409) is answered instead of serving the request, after `delay`
+    `status` (e.g. 429, 500, 409, 410) is answered instead of serving the request, after `delay`
     seconds if given; a rule with only `delay` slows the request down and then serves it.
+    `drop_after` serves a matching watch and closes its stream after that many seconds, as a load
+    balancer or an API server restart does (the client must resume from its last resourceVersion).
     `times` limits how many requests the rule hits (None: until removed).
     """
 
@@ -28,11 +31,15 @@ class FaultRule:
     subresource: str | None = None
     namespace: str | None = None
     message: str | None = None
+    user_agent: str | None = None
+    drop_after: float | None = None
     hits: int = 0
 
     def matches(self, method: str, verb: str, resource: str, subresource: str, namespace: str,
-                name: str) -> bool:
+                name: str, user_agent: str = "") -> bool:
         if self.times is not None and self.hits >= self.times:
+            return False
+        if self.user_agent and not user_agent.startswith(self.user_agent):
             return False
         if self.method and self.method.upper() != method:
             return False
@@ -77,10 +84,10 @@ class Faults:
             return list(self._rules)
 
     def match(self, method: str, verb: str, resource: str, subresource: str, namespace: str,
-              name: str) -> FaultRule | None:
+              name: str, user_agent: str = "") -> FaultRule | None:
         with self._lock:
             for rule in self._rules:
-                if rule.matches(method, verb, resource, subresource, namespace, name):
+                if rule.matches(method, verb, resource, subresource, namespace, name, user_agent):
                     rule.hits += 1
                     return rule
         return None

@@ -154,6 +154,7 @@ class RequestRecord:
 RI_KEY = web.RequestKey("ri", ReqInfo)
 VERB_KEY = web.RequestKey("verb", str)
 RECORDED_KEY = web.RequestKey("recorded", bool)
+FAULT_KEY = web.RequestKey("fault", FaultRule)
 
 
 _SCHEMA: list[Any] = []
@@ -290,8 +291,9 @@ class ApiServer:
         try:
             rule = None
             if ri.is_resource:
-                rule = self.faults.match(request.method, verb, ri.plural, ri.sub, ri.namespace, ri.name)
+                rule = self.faults.match(request.method, verb, ri.plural, ri.sub, ri.namespace, ri.name, ua)
             if rule is not None:
+                request[FAULT_KEY] = rule
                 if rule.delay:
                     await asyncio.sleep(rule.delay)
                 if rule.status:
@@ -604,6 +606,9 @@ class ApiServer:
         bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
         send_initial = q.get("sendInitialEvents") in ("true", "1")
         timeout = float(q["timeoutSeconds"]) if q.get("timeoutSeconds") else None
+        fault = request.get(FAULT_KEY)
+        if fault is not None and fault.drop_after is not None:
+            timeout = min(timeout or fault.drop_after, fault.drop_after)
         rv_param = q.get("resourceVersion", "")
         watcher = Watcher(info.store_key, ns, matcher)
         initial: list[tuple[str, Event | dict[str, Any]]] = []
