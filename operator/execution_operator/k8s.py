@@ -281,6 +281,7 @@ class KubeClient:
             async with self._get_session().ws_connect(
                 self.server + path, params=params, protocols=("v5.channel.k8s.io", "v4.channel.k8s.io"),
                 timeout=aiohttp.ClientWSTimeout(ws_close=limit_seconds), autoping=True, max_msg_size=0,
+                headers=self._per_request_headers(None), **self._request_options,
             ) as ws:
                 status = 101
                 async with asyncio.timeout(limit_seconds):

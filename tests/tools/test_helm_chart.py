@@ -103,8 +103,8 @@ def test_rbac_least_privilege(render: Render) -> None:
     assert perms["executionclasses"] == {"get", "list", "watch"}
     assert perms["executionclasses/status"] == {"patch"}
     assert perms["deadletters"] == {"create", "get", "list", "watch", "patch", "delete"}
-    # update: claiming a warm pod; pods/attach: handing it its payload (create for 1.35+ WebSocket checks).
-    assert perms["pods"] == {"create", "get", "list", "watch", "delete", "update"}
+    # patch: claiming a warm pod; pods/attach: handing it its payload (create for 1.35+ WebSocket checks).
+    assert perms["pods"] == {"create", "get", "list", "watch", "delete", "patch"}
     assert perms["pods/attach"] == {"get", "create"}
     assert perms["warmpools"] == {"get", "list", "watch"}
     assert perms["warmpools/status"] == {"patch"}
