@@ -52,7 +52,8 @@ IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImag
 def template_hash(cls: ExecutionClassSpec) -> str:
     """What a pool pod was built from: a pod of another template is replaced, never handed out."""
     spec = build_warm_pod_spec(cls, _warm_env(cls))
-    return short_hash(json.dumps(spec, sort_keys=True), length=10)
+    # The network label is part of it: a pod of a class that now denies the network must not be handed out.
+    return short_hash(json.dumps([spec, cls.allow_network], sort_keys=True), length=10)
 
 
 def _warm_env(cls: ExecutionClassSpec) -> list[dict[str, str]]:
