@@ -34,6 +34,8 @@ class ResourceInfo:
     custom: bool = False
     storage_version: str = ""
     served_versions: list[str] = field(default_factory=list)
+    #: A custom resource's scale subresource: specReplicasPath, statusReplicasPath, labelSelectorPath.
+    scale: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not self.singular:
@@ -241,6 +243,7 @@ def resources_from_crd(crd: dict[str, Any]) -> list[ResourceInfo]:
                 custom=True,
                 storage_version=storage,
                 served_versions=served,
+                scale=dict(subres["scale"]) if isinstance(subres.get("scale"), dict) else None,
             )
         )
     return out

@@ -27,6 +27,7 @@ from localcluster.apiserver.faults import FaultRule, Faults
 from localcluster.apiserver.logs import serve_pod_log
 from localcluster.apiserver.patch import json_copy, json_patch, merge_patch, strategic_merge
 from localcluster.apiserver.resources import Registry, ResourceInfo, resources_from_crd
+from localcluster.apiserver.scale import serve_scale
 from localcluster.apiserver.selectors import combine, parse_field_selector, parse_label_selector
 from localcluster.apiserver.status import ApiError, already_exists, conflict, gone, invalid, not_found
 from localcluster.apiserver.store import Event, Store, Watcher, dumps
@@ -443,6 +444,8 @@ class ApiServer:
             return await serve_pod_log(self, request, info, ns, ri.name)
         if ri.sub == "attach" and request.method in ("GET", "POST"):
             return await serve_pod_attach(self, request, info, ns, ri.name)
+        if ri.sub == "scale" and info.scale is not None:
+            return await serve_scale(self, request, info, ns, ri.name, verb)
         if verb == "get":
             obj = self._must_get(info, ns, ri.name)
             if table:
