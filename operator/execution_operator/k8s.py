@@ -293,7 +293,7 @@ class KubeClient:
             raise ApiError(exc.status, None, text=exc.message) from exc
         finally:
             if self._observer is not None:
-                self._observer("create", status, time.monotonic() - started)
+                self._observer("get", status, time.monotonic() - started)  # a WebSocket upgrade is a GET
 
 
 def path_for(
