@@ -52,7 +52,7 @@ from execution_operator.sandbox import (
 )
 from execution_operator.status import is_terminal, parse_time, rfc3339
 from execution_operator.validation import validate_execution
-from execution_operator.warmpool import claimed_for, handed_over
+from execution_operator.warmpool import PAYLOAD_MARKER, claimed_for, handed_over
 
 Key = tuple[str, str]
 log = structlog.get_logger("execution_operator.controller")
@@ -689,7 +689,8 @@ class Controller:
         if pod is not None and not pod_finished(pod):
             tail = await self._log_tail(pod_key[0], pod_key[1], lines=200)
             if tail:
-                stdout = "\n".join(line for line in tail.splitlines() if not line.startswith("SANDBOX-REPORT "))
+                stdout = "\n".join(line for line in tail.splitlines()
+                                    if not line.startswith(("SANDBOX-REPORT ", PAYLOAD_MARKER)))
                 stdout = stdout[-16384:]
         verdict = Verdict(
             success=False,

@@ -21,7 +21,7 @@ from typing import Any
 
 from execution_operator import API_VERSION, MANAGED_BY
 from execution_operator.classify import pod_finished
-from execution_operator.errors import ErrorInfo
+from execution_operator.errors import ErrorInfo, ErrorType
 from execution_operator.models import ExecutionClassSpec, ExecutionSpec
 from execution_operator.runner import warm
 from execution_operator.sandbox import (
@@ -164,6 +164,19 @@ def image_pull_failing(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
+def ended_unclaimed(pod: Mapping[str, Any]) -> ErrorInfo:
+    """The breaker's failure for a pool pod that ended before any claim."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (cs.get("state") or {}).get("terminated")
+        if terminated:
+            return ErrorInfo.of(ErrorType.INTERNAL_ERROR, "A warm pool pod ended before it was claimed (exit code "
+                                f"{terminated.get('exitCode')}, {terminated.get('reason') or 'no reason'})",
+                                podName=(pod.get("metadata") or {}).get("name"))
+    reason = (pod.get("status") or {}).get("reason") or "no reason"
+    return ErrorInfo.of(ErrorType.INTERNAL_ERROR, f"A warm pool pod ended before it was claimed ({reason})",
+                        podName=(pod.get("metadata") or {}).get("name"))
+
+
 @dataclass
 class PoolPlan:
     """What one pass over a pool decides."""
@@ -199,7 +212,9 @@ def plan_pool(pods: Iterable[Mapping[str, Any]], *, replicas: int, template: str
             plan.delete.append((pod, None))
             continue
         if pod_finished(pod):
-            plan.delete.append((pod, None))
+            # Nobody claimed it and nobody deleted it: the sandbox itself failed (a broken entrypoint, a
+            # crash while importing). A launch failure for the breaker, or a pool would restart it forever.
+            plan.delete.append((pod, ended_unclaimed(pod)))
             continue
         if is_ready(pod):
             plan.ready.append(pod)

@@ -151,8 +151,13 @@ def test_plan_replaces_stale_finished_and_stuck_pods_and_trims_surplus() -> None
 
     plan = wp.plan_pool([stale, finished, stuck, going, pool_pod("a"), pool_pod("b"), pool_pod("c")], replicas=2,
                         template=template, now=NOW, pending_timeout=60, stuck=classify)
-    assert {p["metadata"]["name"]: e for p, e in plan.delete} == {
-        stale["metadata"]["name"]: None, finished["metadata"]["name"]: None, stuck["metadata"]["name"]: error}
+    deleted = {p["metadata"]["name"]: e for p, e in plan.delete}
+    assert set(deleted) == {stale["metadata"]["name"], finished["metadata"]["name"], stuck["metadata"]["name"]}
+    assert deleted[stale["metadata"]["name"]] is None  # replaced, not a failure
+    assert deleted[stuck["metadata"]["name"]] == error
+    # Ended unclaimed: the sandbox failed by itself, a failure that trips the breaker (no restart loop).
+    ended = deleted[finished["metadata"]["name"]]
+    assert ended is not None and ended.type == ErrorType.INTERNAL_ERROR and "exit code 1" in ended.message
     assert len(plan.surplus) == 1 and plan.create == 0
 
 
