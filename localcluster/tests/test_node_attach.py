@@ -7,38 +7,26 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from test_node import IMAGE, Api, container_state, phase_is, pod_manifest
-
-from localcluster.node_images import ImageTable
-from localcluster.testing import run_cluster_in_thread
+import test_node
+from test_node import Api, container_state, phase_is, pod_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = str(ROOT / ".tools" / "bin" / "kubectl") if (ROOT / ".tools" / "bin" / "kubectl").exists() else \
     shutil.which("kubectl")
 
+# The node tests' cluster (with a shell image) and client, one cluster for this module.
+cluster = test_node.cluster
+api = test_node.api
+
 pytestmark = [
     pytest.mark.cluster,
     pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap"),
 ]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    images = ImageTable.default()
-    images.add(IMAGE, entrypoint=["sh"])
-    with run_cluster_in_thread(tmp_path_factory.mktemp("attach-cluster"), images=images) as c:
-        yield c
-
-
-@pytest.fixture
-def api(cluster: Any) -> Api:
-    return Api(cluster.url)
 
 
 def stdin_pod(name: str, script: str, once: bool = True) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import yaml
 from tests.e2e.conftest import SANDBOX_IMAGE, OperatorProcess
 from tests.e2e.kube import Kube, condition, execution, wait_until
 from tests.e2e.test_breaker import PodWatch, make_class  # noqa: F401 - make_class is a fixture
+from tests.e2e.test_restart import op  # noqa: F401 - a fixture
 
 POOL_LABEL = "sandbox.dev/warm-pool"
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
@@ -246,17 +247,6 @@ def test_deleting_the_pool_removes_its_pods(kube: Kube) -> None:
 # ----------------------------------------------------------------------------- restart safety
 
 
-@pytest.fixture
-def op(operator: OperatorProcess | None) -> Any:
-    if operator is None:
-        pytest.skip("restart tests need the operator running from this checkout (E2E_RUN_OPERATOR=1)")
-    try:
-        yield operator
-    finally:
-        if operator.process is None or operator.process.poll() is not None:
-            operator.start()
-
-
 def claim_by_hand(kube: Kube, pod: dict[str, Any], ex: dict[str, Any], attempt: int = 1) -> None:
     """What the operator's claim writes, done while it is down: as if it was killed right after."""
     meta = pod["metadata"]
@@ -270,14 +260,20 @@ def claim_by_hand(kube: Kube, pod: dict[str, Any], ex: dict[str, Any], attempt: 
     kube.run("patch", "pod", meta["name"], "--type=merge", "-p", json.dumps(patch))
 
 
-def test_sigkill_between_claim_and_handover(kube: Kube, op: OperatorProcess) -> None:
+def claimed_while_down(kube: Kube, operator_process: OperatorProcess, name: str, code: str) -> dict[str, Any]:
+    """A pool pod claimed for a new Execution while the operator is down; returns the pod."""
     make_pool(kube, "wp", replicas=1)
     (pod,) = ready_pods(kube, "wp")
-    op.kill()
-    kube.create(execution("mid-claim", "result = 'once'\nprint('ran')\n"))
-    ex = kube.get("execution", "mid-claim")
+    operator_process.kill()
+    kube.create(execution(name, code))
+    ex = kube.get("execution", name)
     assert ex is not None
     claim_by_hand(kube, pod, ex)
+    return pod
+
+
+def test_sigkill_between_claim_and_handover(kube: Kube, op: OperatorProcess) -> None:  # noqa: F811
+    claimed_while_down(kube, op, "mid-claim", "result = 'once'\nprint('ran')\n")
     op.start()
     body = kube.wait_terminal("mid-claim", timeout=90)
     status = body["status"]
@@ -289,14 +285,8 @@ def test_sigkill_between_claim_and_handover(kube: Kube, op: OperatorProcess) -> 
     assert [p["metadata"]["name"] for p in ran] == [status["podName"]]
 
 
-def test_sigkill_after_handover_before_the_status_write(kube: Kube, op: OperatorProcess) -> None:
-    make_pool(kube, "wp", replicas=1)
-    (pod,) = ready_pods(kube, "wp")
-    op.kill()
-    kube.create(execution("mid-handover", "print('ran')\nresult = 'adopted'\n"))
-    ex = kube.get("execution", "mid-handover")
-    assert ex is not None
-    claim_by_hand(kube, pod, ex)
+def test_sigkill_after_handover_before_the_status_write(kube: Kube, op: OperatorProcess) -> None:  # noqa: F811
+    pod = claimed_while_down(kube, op, "mid-handover", "print('ran')\nresult = 'adopted'\n")
     payload = json.dumps({"v": 1, "code": "print('ran')\nresult = 'adopted'\n", "input": None, "timeoutSeconds": 30,
                           "attempt": 1, "execution": "mid-handover", "correlationId": "c"})
     kube.run("attach", "-i", pod["metadata"]["name"], "-c", "sandbox", input=payload, check=False)
@@ -310,7 +300,7 @@ def test_sigkill_after_handover_before_the_status_write(kube: Kube, op: Operator
     assert [p["metadata"]["name"] for p in pods] == [pod["metadata"]["name"]]
 
 
-def test_sigkill_during_a_burst_of_claims(kube: Kube, op: OperatorProcess) -> None:
+def test_sigkill_during_a_burst_of_claims(kube: Kube, op: OperatorProcess) -> None:  # noqa: F811
     make_pool(kube, "wp", replicas=4)
     names = [f"burst-{i}" for i in range(8)]
     kube.run("create", "-f", "-", input=yaml.safe_dump_all([execution(n, f"result = {i}\n")
