@@ -15,7 +15,7 @@ import pytest
 
 from localcluster.node_config import StaticLookups
 from localcluster.node_images import ImageTable, prepare_python_runtime
-from localcluster.node_runtime import MemoryMonitor, PodWorker, RuntimeConfig
+from localcluster.node_runtime import MemoryMonitor, PodWorker, RuntimeConfig, python_installations
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
 
@@ -437,6 +437,28 @@ async def test_container_root_shows_the_system_not_the_whole_host(harness: Harne
     assert {"usr", "etc", "proc", "dev", "tmp"} <= seen
     host_only = {"boot", "srv", "media", "mnt", "var", "run", "opt", "sys"} & set(os.listdir("/"))
     assert not seen & host_only, seen & host_only
+
+
+async def test_container_sees_only_the_interpreters_installation_not_its_home(harness: Harness) -> None:
+    """The interpreter may live under a home directory (pyenv under /root, a venv in a checkout): the
+    container gets that installation, never the directories around it (`.kube`, other checkouts)."""
+    installations = python_installations(None)
+    assert installations  # this environment's venv and source are outside the system directories
+    ancestors = {str(a) for p in installations for a in Path(p).parents}
+    around = sorted(
+        str(entry) for p in installations for parent in Path(p).parents if str(parent) != "/"
+        for entry in parent.iterdir()
+        if str(entry) not in ancestors and not any(str(entry) == q or str(entry).startswith(q + os.sep)
+                                                   for q in installations)
+    )
+    assert around, "nothing around the installations to hide"
+    probe = "import os, sys; print(sorted(p for p in sys.argv[1:] if os.path.lexists(p)))"
+    pod = make_pod(image="ghcr.io/execution-operator/sandbox:1",
+                   command=["python", "-c", probe, *around[:200], *installations])
+    final = await harness.run(pod)
+    logs = [ln["log"] for ln in harness.log_lines(pod)]
+    assert final["phase"] == "Succeeded", logs
+    assert logs == [f"{sorted(installations)!r}\n"]
 
 
 async def test_init_container_runs_first_and_failure_fails_pod(harness: Harness) -> None:

@@ -209,14 +209,13 @@ def parse_runner_report(
         if marker is None:
             return _report_from(summary, full=False, source="terminationMessage")
         nonce, body, _ = marker
-        if nonce != summary["nonce"]:
-            return None
-        full = _parse_json(body)  # None when pieces are missing: the summary alone, without streams
-        if not _valid_report_dict(full) or any(full[key] != summary[key] for key in _SUMMARY_KEYS):
-            return _report_from(summary, full=False, source="terminationMessage")
-        return _report_from(full, full=True, source="terminationMessage")
-    if summary is not None and isinstance(summary, dict) and "nonce" in summary:
-        return None  # a report-shaped but invalid termination message: someone else wrote it
+        if nonce == summary["nonce"]:
+            full = _parse_json(body)  # None when pieces are missing: the summary alone, without streams
+            if not _valid_report_dict(full) or any(full[key] != summary[key] for key in _SUMMARY_KEYS):
+                return _report_from(summary, full=False, source="terminationMessage")
+            return _report_from(full, full=True, source="terminationMessage")
+    # No termination message the supervisor wrote (lost, empty, or the code's forgery left in place
+    # when the code made the file unwritable): only the log's very last line can carry the report.
     if marker is None or not marker[2]:
         return None
     nonce, body, _ = marker
@@ -465,6 +464,10 @@ def _from_exit_code(terminated: Mapping[str, Any], log_tail: str | None, cancel_
         what = f": {known[2]}" if known else ""
         return ErrorInfo.of(error_type, f"The sandbox was killed by signal {signal_name} (exit code {code}){what}",
                             details, **meta)
+    if code == runner_report.SUPERVISOR_FAILURE_AFTER_START_EXIT:
+        return ErrorInfo.of(ErrorType.INTERNAL_ERROR,
+                            f"The sandbox runner failed while the code ran (exit code {code}); the code may have "
+                            "interfered with it", details, **meta)
     return ErrorInfo.of(ErrorType.INTERNAL_ERROR,
                         f"The sandbox runner failed before reporting a result (exit code {code})", details, **meta)
 
@@ -511,6 +514,9 @@ def classify_finished_pod(
                              _dig(pod, "status", "message") or (waiting or {}).get("message"),
                              **meta, reason=reason or _dig(pod, "status", "reason"))
         return Verdict(success=False, error=error, **verdict)
+    if exit_code == runner_report.SUPERVISOR_FAILURE_AFTER_START_EXIT:
+        # The user's code was running when the runner failed: maybe its doing, so never the platform's.
+        verdict["user_code_started_at"] = terminated.get("startedAt") or finished_at
     return Verdict(success=False, error=_from_exit_code(terminated, log_tail, False, meta), **verdict)
 
 
@@ -635,7 +641,9 @@ def classify_create_error(status: int, body: Mapping[str, Any] | None) -> ErrorI
         return ErrorInfo.of(ErrorType.CONFIG_ERROR, "The namespace is being deleted", details, **meta)
     if status in (400, 403, 422):
         what = "violates the namespace's Pod Security level" if "PodSecurity" in message else "was rejected"
-        return ErrorInfo.of(ErrorType.CONFIG_ERROR, f"The sandbox pod {what} (HTTP {status})", details, **meta)
+        said = f": {message}" if message else ""  # the server's own words say what to fix
+        return ErrorInfo.of(ErrorType.CONFIG_ERROR, f"The sandbox pod {what} (HTTP {status}){said}", details,
+                            **meta)
     if status == 429:
         return ErrorInfo.of(ErrorType.INTERNAL_ERROR, "The API server is throttling requests (HTTP 429)",
                             details, **meta)

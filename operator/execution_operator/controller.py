@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import uuid
 from collections.abc import Callable, Mapping
@@ -21,7 +22,7 @@ from typing import Any
 import pydantic
 import structlog
 
-from execution_operator import API_VERSION, metrics
+from execution_operator import API_VERSION, metrics, safejson
 from execution_operator import status as st
 from execution_operator.classify import (
     Verdict,
@@ -37,7 +38,13 @@ from execution_operator.deadletters import DeadLetters
 from execution_operator.errors import ErrorInfo, ErrorType
 from execution_operator.gates import Gates
 from execution_operator.k8s import ApiError, KubeClient, path_for, post_event
-from execution_operator.models import DeadLetterPolicy, ExecutionClassSpec, ExecutionSpec
+from execution_operator.models import (
+    MAX_CORRELATION_ID_CHARS,
+    MAX_INPUT_DEPTH,
+    DeadLetterPolicy,
+    ExecutionClassSpec,
+    ExecutionSpec,
+)
 from execution_operator.pools import WarmPools
 from execution_operator.retry import backoff_delay, decide_retry, delay_until
 from execution_operator.sandbox import (
@@ -63,6 +70,9 @@ LOG_TAIL_LINES = 32
 #: can land after the runner's report line; when the short tail misses it, a longer one is read.
 LOG_TAIL_LINES_WIDE = 2000
 RECONCILE_ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+#: Reconciles in a row that may fail to read a finished pod's log before the attempt ends without it
+#: (each after the client's own retries, RECONCILE_ERROR_BACKOFF apart: about 20 s in all).
+LOG_READ_ROUNDS = 5
 
 
 def now_utc() -> datetime:
@@ -82,7 +92,11 @@ def key_of(body: Mapping[str, Any]) -> Key:
 
 
 def correlation_id(body: Mapping[str, Any]) -> str:
-    """spec.correlationId, else the annotation, else one derived from the uid (stable across restarts)."""
+    """spec.correlationId, else the annotation, else one derived from the uid (stable across restarts).
+
+    Cut to the length status.correlationId allows: the annotation has no bound of its own, and a
+    value the status schema refuses would leave the Execution without any status.
+    """
     spec = body.get("spec") or {}
     meta = body.get("metadata") or {}
     return str(
@@ -90,7 +104,7 @@ def correlation_id(body: Mapping[str, Any]) -> str:
         or (meta.get("annotations") or {}).get("sandbox.dev/correlation-id")
         or (body.get("status") or {}).get("correlationId")
         or f"ex-{str(meta.get('uid') or uuid.uuid4()).replace('-', '')[:16]}"
-    )
+    )[:MAX_CORRELATION_ID_CHARS]
 
 
 def _execution_owner(pod: Mapping[str, Any]) -> str | None:
@@ -245,9 +259,14 @@ class Controller:
         for waiting in self.queued.values():
             waiting.discard(key)
 
+    def class_label(self, name: str) -> str:
+        """A class as the metrics name it: only classes that exist, so tenants cannot grow the series."""
+        return name if name in self.classes else metrics.UNKNOWN
+
     def _track_phase(self, key: Key, cls: str | None, phase: str | None) -> None:
         """Keep the in-flight gauge by (class, phase) in step with what we last saw."""
         before = self.phases.get(key)
+        cls = self.class_label(cls) if cls else None
         after = (cls, phase) if cls and phase and phase not in st.TERMINAL_PHASES else None
         if before == after:
             return
@@ -281,13 +300,17 @@ class Controller:
         task.add_done_callback(self.tasks.discard)
 
     async def _wake(self, key: Key) -> None:
+        """A timer's wake-up; a failed read schedules another one (a lost timer would never fire)."""
         if key not in self.executions:
             try:
                 body = await self.client.get(path_for(API_VERSION, EXECUTIONS, key[0], key[1]))
             except ApiError as exc:
-                if exc.not_found:
-                    return
-                raise
+                if not exc.not_found:
+                    self._reconcile_failed(key, exc)
+                return
+            except Exception as exc:
+                self._reconcile_failed(key, exc)
+                return
             self._remember(key, body)
         await self.reconcile(key)
 
@@ -321,6 +344,8 @@ class Controller:
         count = self.error_counts.get(key, 0)
         self.error_counts[key] = count + 1
         delay = RECONCILE_ERROR_BACKOFF[min(count, len(RECONCILE_ERROR_BACKOFF) - 1)]
+        if isinstance(exc, ApiError) and exc.retry_after:
+            delay = max(delay, min(exc.retry_after, RECONCILE_ERROR_BACKOFF[-1]))
         metrics.record_reconcile_error("Execution")
         log.warning("reconcile failed; will retry", namespace=key[0], execution=key[1], retry_in=delay,
                     error=f"{type(exc).__name__}: {exc}"[:500])
@@ -367,6 +392,11 @@ class Controller:
             await self._after_terminal(key, body)
             return
         ctx = _Ctx(self, key, body)
+        clipped = safejson.quarantined(body)
+        if clipped:
+            await self._invalid(ctx, f"{clipped.split('[', 1)[0]} is nested more than {MAX_INPUT_DEPTH} levels "
+                                     "deep, too deep for the operator to read: create it again with flatter input")
+            return
         try:
             spec = ExecutionSpec.model_validate(spec_raw)
         except pydantic.ValidationError as exc:
@@ -437,13 +467,26 @@ class Controller:
                            correlation_id=ctx.correlation_id)
         updated = await self._patch_status(ctx.key, ctx.body, patch)
         self._event(updated, "Warning", "Invalid", message)
-        metrics.record_terminal(ctx.key[0], ctx.class_name, "failed", ErrorType.VALIDATION_ERROR, 0.0)
+        metrics.record_terminal(ctx.key[0], self.class_label(ctx.class_name), "failed", ErrorType.VALIDATION_ERROR,
+                                0.0)
         self._track_phase(ctx.key, ctx.class_name, None)
         await self._after_terminal(ctx.key, updated)
 
     async def _launch(self, ctx: _Ctx, attempt: int) -> None:
+        """Create the attempt's pod, or find the one an earlier try made (its status write lost).
+
+        The create itself finds an existing pod (AlreadyExists); the breaker's refusal, which ends the
+        attempt without creating, reads it first, so a pod that already runs the user's code is never
+        left behind by a verdict about a launch that did not happen. A queue hold uses the cache.
+        """
         spec, cls = ctx.require()
+        namespace = ctx.key[0]
         if cls.max_concurrent and self._active_pods(ctx.class_name, ctx.key) >= cls.max_concurrent:
+            # Holding decides nothing: the watch's cache is enough, as the pod's own events come back here.
+            existing = self.pods.get((namespace, pod_name(ctx.ref, attempt)))
+            if existing is not None:
+                await self._launched(ctx, attempt, existing)
+                return
             message = (f'Waiting for a slot: ExecutionClass "{ctx.class_name}" runs at most '
                        f"{cls.max_concurrent} at once")
             patch = st.held(ctx.status, reason="Queued", message=message, now=ctx.now,
@@ -454,13 +497,16 @@ class Controller:
             return
         admission = await self.gates.admit(ctx.class_name, ctx.key, attempt)
         if not admission.allowed:
+            existing = await self._attempt_pod(namespace, pod_name(ctx.ref, attempt))
+            if existing is not None:
+                await self._launched(ctx, attempt, existing)
+                return
             error = ErrorInfo.of(ErrorType.SERVICE_UNAVAILABLE, admission.message,
                                  **{"retryAt": admission.retry_at, "executionClass": ctx.class_name})
             verdict = Verdict(success=False, error=error, exit_code=None, exit_code_source="unknown")
             await self._attempt_done(ctx, attempt, verdict, pod=None, not_before=parse_time(admission.retry_at))
             return
         self.queued.get(ctx.class_name, set()).discard(ctx.key)
-        namespace = ctx.key[0]
         if attempt > 1:
             await self._stop_leftover_pod(namespace, pod_name(ctx.ref, attempt - 1))
             await self._stop_leftover_pod(namespace, ctx.status.get("podName"))
@@ -479,12 +525,31 @@ class Controller:
             manifest = build_pod(ctx.ref, spec, cls, attempt)
             pod = await _create_or_get(self.client, path_for("v1", "pods", namespace), manifest)
         except ApiError as exc:
-            if exc.status in (403, 422, 429) or exc.status >= 500:
+            # A refusal ends the attempt; anything else (throttling, a server error the client's own
+            # retries did not outlast) is an API error: the reconcile is retried, the attempt goes on.
+            if exc.status in (400, 403, 422):
                 error = classify_create_error(exc.status, exc.body)
                 verdict = Verdict(success=False, error=error, exit_code=None, exit_code_source="unknown")
                 await self._attempt_done(ctx, attempt, verdict, pod=None)
                 return
             raise
+        await self._launched(ctx, attempt, pod)
+
+    async def _attempt_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The attempt's pod if it exists: from the watch's cache, else one read."""
+        pod = self.pods.get((namespace, name))
+        if pod is not None:
+            return pod
+        try:
+            return await self.client.get(path_for("v1", "pods", namespace, name))
+        except ApiError as exc:
+            if exc.not_found:
+                return None
+            raise
+
+    async def _launched(self, ctx: _Ctx, attempt: int, pod: dict[str, Any]) -> None:
+        _, cls = ctx.require()
+        namespace = ctx.key[0]
         pod_key = (namespace, pod["metadata"]["name"])
         if pod_key not in self.pods or _rv(pod) >= _rv(self.pods[pod_key]):
             self.pods[pod_key] = slim_pod(pod)
@@ -577,11 +642,19 @@ class Controller:
             # The report takes `reportLines` lines at the end of the log; other lines (a lagging
             # stream) may sit between them, so read a margin more, and much more if pieces are missing.
             lines = (report_lines_expected(pod) or 0) + LOG_TAIL_LINES
-            log_tail = await self._log_tail(ctx.key[0], pod["metadata"]["name"], lines)
-            if log_tail is not None and not log_holds_full_report(log_tail):
-                wide = max(LOG_TAIL_LINES_WIDE, 4 * lines)
-                log_tail = await self._log_tail(ctx.key[0], pod["metadata"]["name"], wide) or log_tail
+            unreadable: ApiError | None = None
+            try:
+                log_tail: str | None = await self._log_tail(ctx.key[0], pod["metadata"]["name"], lines)
+                if log_tail is not None and not log_holds_full_report(log_tail):
+                    wide = max(LOG_TAIL_LINES_WIDE, 4 * lines)
+                    log_tail = await self._log_tail(ctx.key[0], pod["metadata"]["name"], wide) or log_tail
+            except ApiError as exc:
+                if not exc.not_found and self.error_counts.get(ctx.key, 0) + 1 < LOG_READ_ROUNDS:
+                    raise  # read again after a backoff: the outcome waits for the complete evidence
+                log_tail, unreadable = None, exc
             verdict = classify_finished_pod(pod, log_tail, cancel_requested=spec.cancel, attempt=attempt)
+            if unreadable is not None and verdict.success:
+                verdict = _unconfirmed_success(verdict, unreadable, pod["metadata"]["name"], attempt)
             if verdict.user_code_started_at and ctx.status.get("phase") != "Running":
                 await self._user_code_started(ctx, attempt, verdict.user_code_started_at)
             await self._attempt_done(ctx, attempt, verdict, pod=pod)
@@ -608,7 +681,8 @@ class Controller:
         created = parse_time(ctx.body["metadata"].get("creationTimestamp"))
         started = parse_time(started_at)
         if created and started:
-            metrics.record_launch_latency(ctx.class_name, max(0.0, (started - created).total_seconds()), launch)
+            metrics.record_launch_latency(self.class_label(ctx.class_name),
+                                          max(0.0, (started - created).total_seconds()), launch)
         await self.gates.record(ctx.class_name, ctx.key, attempt, reached_user_code=True)
 
     async def _attempt_done(
@@ -647,7 +721,7 @@ class Controller:
                                 disruptions=disruptions)
             updated = await self._patch_status(ctx.key, ctx.body, patch)
             self._track_phase(ctx.key, ctx.class_name, "Retrying")
-            metrics.record_retry(ctx.class_name, error.type)
+            metrics.record_retry(self.class_label(ctx.class_name), error.type)
             self._event(updated, "Warning", "Retrying",
                         f"Attempt {attempt} failed with {error.type}: {error.message}; retrying at {rfc3339(next_at)}")
             log.info("retrying", namespace=ctx.key[0], execution=ctx.key[1], attempt=attempt,
@@ -667,7 +741,8 @@ class Controller:
             updated = await self._patch_status(ctx.key, ctx.body, patch)
             outcome = "succeeded" if verdict.success else ("cancelled" if patch["phase"] == "Cancelled" else "failed")
             duration = _duration(updated)
-            metrics.record_terminal(ctx.key[0], ctx.class_name, outcome, error.type if error else None, duration)
+            metrics.record_terminal(ctx.key[0], self.class_label(ctx.class_name), outcome,
+                                    error.type if error else None, duration)
             self._track_phase(ctx.key, ctx.class_name, None)
             if verdict.success:
                 self._event(updated, "Normal", "Succeeded", f"Attempt {attempt} succeeded")
@@ -687,7 +762,9 @@ class Controller:
         pod_key = (ctx.key[0], str(ctx.status.get("podName") or ""))
         pod = self.pods.get(pod_key) if pod_key[1] else None
         if pod is not None and not pod_finished(pod):
-            tail = await self._log_tail(pod_key[0], pod_key[1], lines=200)
+            tail = None
+            with contextlib.suppress(ApiError):  # the streams so far are a courtesy; the cancel is not
+                tail = await self._log_tail(pod_key[0], pod_key[1], lines=200)
             if tail:
                 stdout = "\n".join(line for line in tail.splitlines()
                                     if not line.startswith(("SANDBOX-REPORT ", PAYLOAD_MARKER)))
@@ -707,6 +784,9 @@ class Controller:
         """Work that follows the end: the DeadLetter, TTL deletion, then drop the cached body."""
         status = body.get("status") or {}
         spec = body.get("spec") or {}
+        timer = self.timers.pop(key, None)
+        if timer:
+            timer.handle.cancel()  # a pending-timeout or retry wake-up has nothing left to do
         await self._stop_leftover_pod(key[0], status.get("podName"))
         for record in status.get("attempts") or []:
             if record.get("podName"):
@@ -739,14 +819,10 @@ class Controller:
 
     # ----------------------------------------------------------------- helpers
 
-    async def _log_tail(self, namespace: str, pod: str, lines: int = LOG_TAIL_LINES) -> str | None:
-        try:
-            return await self.client.get_text(
-                path_for("v1", "pods", namespace, pod, "log"),
-                {"container": "sandbox", "tailLines": str(lines)},
-            )
-        except ApiError:
-            return None
+    async def _log_tail(self, namespace: str, pod: str, lines: int = LOG_TAIL_LINES) -> str:
+        return await self.client.get_text(
+            path_for("v1", "pods", namespace, pod, "log"), {"container": "sandbox", "tailLines": str(lines)}
+        )
 
     async def _record_dead_letter(self, body: Mapping[str, Any]) -> str | None:
         """Copy a failed Execution into its DeadLetter when its class's policy wants one."""
@@ -757,7 +833,10 @@ class Controller:
         if cls_body is not None:
             with contextlib.suppress(pydantic.ValidationError):
                 policy = ExecutionClassSpec.model_validate(cls_body.get("spec") or {}).dead_letter
-        return await self.dead_letters.record(body, policy)
+        if safejson.quarantined(body):
+            return None  # a clipped copy would lose the input; the Execution itself keeps it whole
+        class_name = str((body.get("spec") or {}).get("executionClassName") or "default")
+        return await self.dead_letters.record(body, policy, class_label=self.class_label(class_name))
 
     async def _stop_leftover_pod(self, namespace: str, name: str | None) -> None:
         """Delete a pod that should no longer run (cancelled, timed out pending, superseded by a new
@@ -836,6 +915,17 @@ def _cond_reason(status: Mapping[str, Any], ctype: str) -> str | None:
         if cond.get("type") == ctype:
             return str(cond.get("reason"))
     return None
+
+
+def _unconfirmed_success(verdict: Verdict, exc: ApiError, pod: str, attempt: int) -> Verdict:
+    """A success whose log stayed unreadable: its output is unknown, so it is not recorded as one."""
+    error = ErrorInfo.of(
+        ErrorType.INTERNAL_ERROR,
+        f"The code finished with exit code 0 but its pod's log could not be read (HTTP {exc.status}), so its "
+        "output is unknown",
+        exc.message, podName=pod, attempt=attempt, httpStatus=exc.status,
+    )
+    return dataclasses.replace(verdict, success=False, error=error, output=None)
 
 
 def _duration(body: Mapping[str, Any]) -> float:

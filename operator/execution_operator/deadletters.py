@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import structlog
 
-from execution_operator import metrics
+from execution_operator import metrics, safejson
 from execution_operator.errors import INFRASTRUCTURE_TYPES, ErrorInfo, ErrorType
 from execution_operator.k8s import ApiError, KubeClient, path_for, post_event
 from execution_operator.models import (
@@ -354,12 +354,15 @@ class DeadLetters:
 
     # -- record ------------------------------------------------------------------------------------
 
-    async def record(self, execution: Mapping[str, Any], policy: DeadLetterPolicy | str) -> str | None:
+    async def record(
+        self, execution: Mapping[str, Any], policy: DeadLetterPolicy | str, *, class_label: str | None = None
+    ) -> str | None:
         """Create the DeadLetter of a failed Execution if the policy wants one; return its name.
 
         Idempotent: the name comes from the uid, so a second call (a redelivered event, a restart) gets
         409 AlreadyExists and returns the same name. An Execution whose status already names its
         DeadLetter is not recorded again, so a purged DeadLetter does not come back after a restart.
+        `class_label` is the class as the metrics name it (a class that exists, else `unknown`).
         """
         status = execution.get("status") or {}
         error_type = (status.get("error") or {}).get("type")
@@ -377,7 +380,7 @@ class DeadLetters:
             if not exc.already_exists:
                 raise
             return name
-        metrics.record_dead_letter(namespace, class_name, body["spec"]["error"]["type"])
+        metrics.record_dead_letter(namespace, class_label or class_name, body["spec"]["error"]["type"])
         log.info(
             "dead letter recorded",
             namespace=namespace,
@@ -462,7 +465,8 @@ class DeadLetters:
         number = next_replay_number(replays)
         pending: str | None = str(number)
         truncated = bool((current.get("spec") or {}).get("inputTruncated"))
-        if truncated and await self._original_input(namespace, current) is None:
+        clipped = safejson.quarantined(current)  # decoded with its deepest values cut: never copied
+        if clipped or (truncated and await self._original_input(namespace, current) is None):
             pending = None
         patch = {
             "metadata": {
@@ -476,6 +480,8 @@ class DeadLetters:
                 current,
                 "Warning",
                 "ReplayRefused",
+                f"{clipped} is nested too deep for the operator to read; create a new Execution instead"
+                if clipped else
                 "the snapshot's input was too large to keep and the original Execution is gone; "
                 "create a new Execution with the input instead",
             )

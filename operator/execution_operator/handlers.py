@@ -11,7 +11,7 @@ from typing import Any
 
 import kopf
 
-from execution_operator import GROUP, MANAGED_BY, VERSION, metrics
+from execution_operator import GROUP, MANAGED_BY, VERSION, kopf_guard, metrics
 from execution_operator.controller import Controller
 from execution_operator.deadletters import DeadLetters
 from execution_operator.k8s import KubeClient, load_connection_info
@@ -54,6 +54,7 @@ class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
 
 def register(registry: kopf.OperatorRegistry) -> None:
     """Attach the handlers to `registry` (an explicit registry keeps tests and embedding independent)."""
+    kopf_guard.install()
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

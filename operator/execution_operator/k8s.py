@@ -25,7 +25,7 @@ from urllib.parse import quote
 import aiohttp
 import structlog
 
-from execution_operator import API_VERSION
+from execution_operator import API_VERSION, safejson
 from execution_operator.status import rfc3339
 
 if TYPE_CHECKING:
@@ -40,6 +40,16 @@ log = structlog.get_logger("execution_operator.k8s")
 #: Kubernetes verbs by HTTP method, for the request metrics.
 _VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
+#: Answers retried by the client itself (with backoff, honouring Retry-After) before it gives up.
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: Seconds between tries of a request that met a transient answer; its last failure is raised.
+TRANSIENT_BACKOFF = (0.2, 0.5, 1.0, 2.0)
+#: The most of a server's Retry-After that one wait honours (longer waits are the caller's to schedule).
+MAX_RETRY_AFTER = 10.0
+
+#: The longest Kubernetes object name; an Event's is its object's name and a 17-character suffix.
+MAX_NAME_CHARS = 253
+
 #: Called after every request with (verb, status code, seconds): feeds the API metrics.
 RequestObserver = Callable[[str, int, float], None]
 
@@ -47,21 +57,32 @@ RequestObserver = Callable[[str, int, float], None]
 class ApiError(Exception):
     """A non-2xx answer from the API server, with the fields of its `kind: Status` body."""
 
-    def __init__(self, status: int, body: Mapping[str, Any] | None = None, *, text: str = "") -> None:
+    def __init__(self, status: int, body: Mapping[str, Any] | None = None, *, text: str = "",
+                 retry_after: float | None = None) -> None:
         self.status = status
         self.body: dict[str, Any] = dict(body or {})
         self.reason: str = str(self.body.get("reason") or "")
         self.message: str = str(self.body.get("message") or text or f"HTTP {status}")
+        details = self.body.get("details")
+        hinted = details.get("retryAfterSeconds") if isinstance(details, dict) else None
+        #: Seconds the server asked us to wait (the Retry-After header, else details.retryAfterSeconds).
+        self.retry_after: float | None = retry_after if retry_after is not None else (
+            float(hinted) if isinstance(hinted, int | float) and not isinstance(hinted, bool) else None)
         super().__init__(f"{status} {self.reason}: {self.message}")
 
     @classmethod
-    def from_text(cls, status: int, text: str) -> ApiError:
+    def from_text(cls, status: int, text: str, *, retry_after: float | None = None) -> ApiError:
         """From an error answer's body: a `kind: Status` when it parses, else its first 500 characters."""
         try:
-            parsed = json.loads(text)
+            parsed = safejson.loads(text)
         except ValueError:
             parsed = None
-        return cls(status, parsed if isinstance(parsed, dict) else None, text=text[:500])
+        return cls(status, parsed if isinstance(parsed, dict) else None, text=text[:500], retry_after=retry_after)
+
+    @property
+    def transient(self) -> bool:
+        """Throttled or a server-side failure: the same request may well succeed a moment later."""
+        return self.status in TRANSIENT_STATUSES
 
     @property
     def not_found(self) -> bool:
@@ -147,8 +168,12 @@ class KubeClient:
         observer: RequestObserver | None = None,
         pool_size: int = 32,
         timeout: float = 30.0,
+        transient_backoff: tuple[float, ...] | None = None,
     ) -> None:
         self.server = info.server.rstrip("/")
+        #: Waits between tries on a transient answer (None: `TRANSIENT_BACKOFF`; empty: no retries here,
+        #: for a caller with its own retry policy).
+        self._transient_backoff = transient_backoff
         self._headers = {"User-Agent": user_agent, "Accept": "application/json"}
         self._auth_headers: Callable[[], Mapping[str, str]] | None = None
         self._request_options: dict[str, Any] = {}
@@ -195,25 +220,52 @@ class KubeClient:
         content_type: str = "application/json",
         raw: bool = False,
     ) -> Any:
-        started = time.monotonic()
+        """One request, retried on transient answers (429, 5xx, a dropped connection).
+
+        Every request the operator makes is safe to repeat: creates use deterministic names (a repeat
+        meets AlreadyExists), status writes carry the resourceVersion they were decided on (a repeat of
+        an applied write meets a conflict), deletes of the gone meet NotFound.
+        """
         # UTF-8 on the wire: escaping non-ASCII would make a request up to three times larger.
         data = None if body is None else json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        waits = TRANSIENT_BACKOFF if self._transient_backoff is None else self._transient_backoff
+        for backoff in (*waits, None):
+            try:
+                return await self._request_once(method, path, params, data, content_type, raw)
+            except ApiError as exc:
+                if backoff is None or not exc.transient:
+                    raise
+                delay = max(backoff, min(exc.retry_after or 0.0, MAX_RETRY_AFTER))
+            except (aiohttp.ClientConnectionError, TimeoutError):
+                if backoff is None:
+                    raise
+                delay = backoff
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _request_once(
+        self, method: str, path: str, params: Mapping[str, str] | None, data: bytes | None, content_type: str,
+        raw: bool,
+    ) -> Any:
+        started = time.monotonic()
         headers = self._per_request_headers({"Content-Type": content_type} if data is not None else None)
         status = 0
+        retry_after: str | None = None
         try:
             async with self._get_session().request(
                 method, self.server + path, params=params, data=data, headers=headers, **self._request_options
             ) as response:
                 status = response.status
+                retry_after = response.headers.get("Retry-After")
                 text = await response.text()
         finally:
             if self._observer is not None:
                 self._observer(_VERBS.get(method, method.lower()), status, time.monotonic() - started)
         if status >= 400:
-            raise ApiError.from_text(status, text)
+            raise ApiError.from_text(status, text, retry_after=_seconds(retry_after))
         if raw:
             return text
-        return json.loads(text) if text else {}
+        return safejson.loads(text) if text else {}
 
     def _per_request_headers(self, headers: dict[str, str] | None) -> dict[str, str] | None:
         if self._auth_headers is None:
@@ -296,6 +348,13 @@ class KubeClient:
                 self._observer("get", status, time.monotonic() - started)  # a WebSocket upgrade is a GET
 
 
+def _seconds(header: str | None) -> float | None:
+    try:
+        return max(0.0, float(header)) if header else None
+    except ValueError:
+        return None  # an HTTP date: rare from an API server, and then the backoff alone applies
+
+
 def path_for(
     api_version: str, plural: str, namespace: str | None = None, name: str | None = None, sub: str | None = None
 ) -> str:
@@ -321,7 +380,9 @@ async def post_event(
     event = {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"name": f"{meta.get('name')}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+        # The object's name may already be the longest a name can be: the suffix must fit after it.
+        "metadata": {"name": f"{str(meta.get('name'))[:MAX_NAME_CHARS - 17]}.{uuid.uuid4().hex[:16]}",
+                     "namespace": namespace},
         "involvedObject": {
             "apiVersion": body.get("apiVersion", API_VERSION),
             "kind": body.get("kind", "Execution"),

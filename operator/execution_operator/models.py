@@ -50,6 +50,8 @@ DEAD_LETTERS: Final = "deadletters"
 MAX_CODE_CHARS: Final = 102400
 #: `spec.input` serialised as compact JSON (checked by the operator: the schema cannot measure it).
 MAX_INPUT_BYTES: Final = 1048576
+#: `spec.input` nesting depth (checked by the operator: deeper input cannot be encoded or decoded safely).
+MAX_INPUT_DEPTH: Final = 100
 #: `status.output` serialised as compact JSON; larger is `output_too_large`.
 OUTPUT_LIMIT_BYTES: Final = 131072
 #: The tail kept of each of stdout and stderr.
@@ -81,6 +83,21 @@ def rfc3339(moment: datetime | None = None) -> str:
     """A timestamp as Kubernetes writes it (`2026-01-02T03:04:05Z`, UTC, whole seconds)."""
     moment = moment or datetime.now(UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def json_depth(value: Any, stop_at: int = MAX_INPUT_DEPTH + 1) -> int:
+    """How deeply `value` nests arrays and objects (a scalar is 0), counted without recursion up to `stop_at`."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest >= stop_at:
+                return deepest
+            stack.extend((child, depth) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def json_size(value: Any) -> int:

@@ -214,8 +214,10 @@ class WarmPools:
                 await self.gates.record(class_name, self._holder(key, pod), 0, reached_user_code=True)
         if cls is not None and plan.create:
             await self._refill(key, body, class_name, cls, plan)
-        metrics.set_warm_pool_pods(key[0], class_name, "ready", len(plan.ready))
-        metrics.set_warm_pool_pods(key[0], class_name, "starting", len(plan.starting))
+        # Only classes that exist name a series: a pool naming any string cannot grow them.
+        series = class_name if class_name in self.classes else metrics.UNKNOWN
+        metrics.set_warm_pool_pods(key[0], series, "ready", len(plan.ready))
+        metrics.set_warm_pool_pods(key[0], series, "starting", len(plan.starting))
         current = body.get("status") or {}
         if _status_differs(current, self._status_patch(key, spec, cls, plan, self.claims.get(key, 0))) and \
                 key not in self.status_timers:

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from execution_operator import deadletters, metrics
+from execution_operator import deadletters, metrics, safejson
 from execution_operator.deadletters import (
     MAX_REQUEST_BYTES,
     MAX_STORED_BYTES,
@@ -828,6 +828,18 @@ async def test_truncated_input_without_its_original_is_refused(api: FakeApi, clo
     assert not (dl.get("status") or {}).get("replays")
     warnings = [e for e in api.events if e["type"] == "Warning" and e["reason"] == "ReplayRefused"]
     assert len(warnings) == 1 and warnings[0]["involvedObject"]["name"] == name
+
+
+async def test_a_dead_letter_too_deep_to_decode_is_never_replayed_from_its_clipped_copy(
+    api: FakeApi, clock: Clock,
+) -> None:
+    dls, name = await recorded(api, clock)
+    body = api.annotate(name, REPLAY_ANNOTATION, "true")
+    clipped = {**body, safejson.QUARANTINE_KEY: ".spec.executionSpec.input[0][0]"}  # as safejson marks one
+    await dls.on_event(clipped, "MODIFIED")
+    assert replay_executions(api, name) == []
+    warnings = [e for e in api.events if e["type"] == "Warning" and e["reason"] == "ReplayRefused"]
+    assert len(warnings) == 1 and "nested too deep" in warnings[0]["message"]
 
 
 async def test_a_replay_of_a_deleted_dead_letter_is_dropped_quietly(api: FakeApi, clock: Clock) -> None:

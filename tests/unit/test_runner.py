@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from test_runner_support import run_runner
 
+from execution_operator.classify import parse_runner_report
 from execution_operator.errors import ErrorType
 from execution_operator.runner import report as r
 from execution_operator.runner.child import error_type_of
@@ -354,10 +355,12 @@ def test_setup_failure_is_internal(tmp_path: Path) -> None:
     assert (report.error_type, report.exit_code, report.user_code_started) == ("internal_error", None, False)
 
 
-def test_supervisor_failure_is_never_a_report(tmp_path: Path) -> None:
+def test_unwritable_termination_log_leaves_the_report_on_the_log(tmp_path: Path) -> None:
+    """The termination message is a copy: without it the report stands on the log's last line."""
     res = run_runner(tmp_path, "result = 1", env={"SANDBOX_TERMINATION_LOG": str(tmp_path / "no" / "dir")})
-    assert res.returncode == r.SUPERVISOR_FAILURE_EXIT
-    assert res.report is None
+    assert res.returncode == 0
+    report = parse_runner_report(None, res.stdout, res.returncode)
+    assert report is not None and report.source == "logMarker" and report.output == 1
 
 
 def test_termination_message_is_a_bounded_summary(tmp_path: Path) -> None:

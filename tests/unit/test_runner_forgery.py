@@ -104,6 +104,28 @@ def test_code_writes_the_termination_log(tmp_path: Path) -> None:
     assert res.checked().error_type == "value_error"
 
 
+@pytest.mark.parametrize("forge", [False, True])
+def test_code_makes_the_termination_log_unwritable(tmp_path: Path, forge: bool) -> None:
+    """chmod 0444 on the termination log (after a forged summary, or not): the outcome is still the code's.
+
+    It used to make the supervisor exit 2: an `internal_error` that any tenant could use to open its
+    class's circuit. The verdict must be the code's own result, with its output, and no platform failure.
+    """
+    # The kubelet creates the file before the container starts; the harness does not.
+    forged = f"open(os.environ['SANDBOX_TERMINATION_LOG'], 'w').write({json.dumps(FAKE_SUMMARY) if forge else ''!r})\n"
+    code = (
+        "import os\n"
+        + forged
+        + "os.chmod(os.environ['SANDBOX_TERMINATION_LOG'], 0o444)\n"
+        "result = 7\n"
+    )
+    res = run_runner(tmp_path, code)
+    assert res.returncode == 0
+    verdict = classify_finished_pod(_pod(res.returncode, res.termination_message), res.stdout)
+    assert verdict.success and verdict.output == 7 and verdict.error is None
+    assert verdict.user_code_started_at
+
+
 def test_background_process_writes_termination_log_after_the_code_returns(tmp_path: Path) -> None:
     pid_file = tmp_path / "output" / "daemon.pid"
     code = (

@@ -457,32 +457,50 @@ def _capabilities(sc: dict[str, Any]) -> list[str]:
 _SYSTEM_ENTRIES = frozenset({"usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32"})
 
 
+def _installation(executable: str) -> str:
+    """The installation directory of an interpreter (`<prefix>/bin/python` -> `<prefix>`), resolved."""
+    return os.path.dirname(os.path.dirname(os.path.realpath(executable)))
+
+
+def python_installations(runtime_dir: Path | None) -> list[str]:
+    """The exact directories a container needs beyond the system ones: the interpreters' installations
+    (the sandbox images', this environment's and its virtualenv) and the project's source.
+
+    Never their parents: an interpreter installed under a home directory (pyenv, a venv in a
+    checkout) must not bring the rest of that home (`.kube`, `.ssh`, other checkouts) into the sandbox.
+    """
+    candidates = [sys.prefix, sys.base_prefix, _installation(sys.executable), str(runner_source_root())]
+    if runtime_dir is not None:
+        candidates.append(_installation(str(runtime_dir / "bin" / "python")))
+    found: list[str] = []
+    for path in sorted({os.path.realpath(p) for p in candidates}):
+        parts = Path(path).parts
+        if len(parts) < 2 or parts[1] in _SYSTEM_ENTRIES or not os.path.isdir(path):
+            continue  # inside a system directory, which is bound whole anyway
+        if any(path == kept or path.startswith(kept + os.sep) for kept in found):
+            continue
+        found.append(path)
+    return found
+
+
 @functools.cache
 def _root_binds(runtime_dir: Path | None) -> tuple[str, ...]:
     """bwrap arguments for a container's read-only root: the host's OS and its Python installations.
 
-    Like an image's root file system, a container sees the system directories and the top-level
-    directories holding the interpreters it may run (the one `runtime_dir` links to for the sandbox
-    images, this environment's) and the project's source; not the rest of the host (home directories,
-    /var, /run, /sys, mounts). Symlinks stay symlinks. Each bind costs bwrap time on every container
-    start, so there are few.
+    Like an image's root file system, a container sees the system directories, the installations of
+    the interpreters it may run and the project's source (`python_installations`); not the rest of the
+    host (home directories, /var, /run, /sys, mounts). Symlinks stay symlinks. Each bind costs bwrap
+    time on every container start, so there are few.
     """
-    wanted = set(_SYSTEM_ENTRIES)
-    sandbox_python = [os.path.realpath(runtime_dir / "bin" / "python")] if runtime_dir is not None else []
-    for path in (*sandbox_python, sys.executable, os.path.realpath(sys.executable), sys.prefix,
-                 sys.base_prefix, str(runner_source_root())):
-        parts = Path(path).parts
-        if len(parts) > 1:
-            wanted.add(parts[1])
     args: list[str] = []
-    for entry in sorted(set(os.listdir("/")) & wanted):
-        if entry in ("proc", "dev", "tmp", ".localcluster"):
-            continue
+    for entry in sorted(set(os.listdir("/")) & _SYSTEM_ENTRIES):
         path = f"/{entry}"
         if os.path.islink(path):
             args += ["--symlink", os.readlink(path), path]
         else:
             args += ["--ro-bind", path, path]
+    for path in python_installations(runtime_dir):
+        args += ["--ro-bind", path, path]
     return tuple(args)
 
 

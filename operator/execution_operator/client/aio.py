@@ -66,7 +66,7 @@ class _Api:
 
     def __init__(self, credentials: Credentials, user_agent: str) -> None:
         self.credentials = credentials
-        self.kube = KubeClient(credentials.endpoint, user_agent=user_agent)
+        self.kube = KubeClient(credentials.endpoint, user_agent=user_agent, transient_backoff=())  # `call` retries
 
     async def call(self, what: str, namespace: str, name: str | None, request: Callable[[], Awaitable[Any]]) -> Any:
         """Run `request`, retrying what a well-behaved client retries; raise a `ClientError` otherwise."""

@@ -29,6 +29,9 @@ REPORT_FD_ENV = "SANDBOX_REPORT_FD"
 
 #: The supervisor's exit code when it fails itself: neither 0 nor 1, so its report is never trusted.
 SUPERVISOR_FAILURE_EXIT = 2
+#: The same after the user's code was started: the code may have caused it (it shares the sandbox),
+#: so it is never counted as the platform's failure.
+SUPERVISOR_FAILURE_AFTER_START_EXIT = 3
 
 # Error-type names (values of errors.ErrorType) the runner can produce.
 SYNTAX_ERROR = "syntax_error"

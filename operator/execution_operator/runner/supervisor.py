@@ -358,6 +358,12 @@ class Supervisor:
             os._exit(r.SUPERVISOR_FAILURE_EXIT)
         os._exit(0)
 
+    def failure_exit(self) -> int:
+        """The exit code of our own failure: 3 once the user's process existed (it may be the cause), else 2."""
+        # A warm pod's harness exists before any code does: only a received payload can have started it.
+        code_possible = self.pid and (self.inbox is None or self.inbox.received)
+        return r.SUPERVISOR_FAILURE_AFTER_START_EXIT if code_possible else r.SUPERVISOR_FAILURE_EXIT
+
     # -- the run loop ------------------------------------------------------------------------
     def run(self) -> int:
         _harden()
@@ -682,13 +688,13 @@ class Supervisor:
         out.end_line()
         lines, count = r.marker_lines(report)
         if not _write_all(1, lines):
-            return r.SUPERVISOR_FAILURE_EXIT
+            return self.failure_exit()
         if self.config.termination_log:
-            try:
-                with open(self.config.termination_log, "wb") as fh:
-                    fh.write(r.encode_summary(report, report_lines=count))
-            except OSError:
-                return r.SUPERVISOR_FAILURE_EXIT
+            # The report line is already last in the log, which no other process can write after it:
+            # when the code has made the termination message unwritable (chmod, a full disk), the
+            # report still stands on the log alone, so this is no failure of ours.
+            with contextlib.suppress(OSError), open(self.config.termination_log, "wb") as fh:
+                fh.write(r.encode_summary(report, report_lines=count))
         return 0 if outcome.success else 1
 
 
@@ -703,9 +709,11 @@ def _signame(signum: int) -> str:
 
 def main(config: Config | None = None) -> int:
     """Run one execution; never let the code's behaviour crash us into a trusted-looking exit code."""
+    supervisor: Supervisor | None = None
     try:
-        return Supervisor(config or Config.from_env()).run()
+        supervisor = Supervisor(config or Config.from_env())
+        return supervisor.run()
     except BaseException as exc:  # any failure of ours must not look like a report
         with contextlib.suppress(OSError):
             os.write(2, f"sandbox runner failed: {type(exc).__name__}\n".encode())
-        return r.SUPERVISOR_FAILURE_EXIT
+        return supervisor.failure_exit() if supervisor is not None else r.SUPERVISOR_FAILURE_EXIT

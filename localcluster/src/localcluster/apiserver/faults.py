@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import random
 import threading
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -17,7 +18,8 @@ class FaultRule:
     seconds if given; a rule with only `delay` slows the request down and then serves it.
     `drop_after` serves a matching watch and closes its stream after that many seconds, as a load
     balancer or an API server restart does (the client must resume from its last resourceVersion).
-    `times` limits how many requests the rule hits (None: until removed).
+    `times` limits how many requests the rule hits (None: until removed). `probability` makes it hit
+    only that share of the requests it matches (at random), for a background of faults under load.
     """
 
     method: str | None = None
@@ -33,6 +35,7 @@ class FaultRule:
     message: str | None = None
     user_agent: str | None = None
     drop_after: float | None = None
+    probability: float | None = None
     hits: int = 0
 
     def matches(self, method: str, verb: str, resource: str, subresource: str, namespace: str,
@@ -60,9 +63,10 @@ class FaultRule:
 class Faults:
     """The active rules; thread-safe because tests add rules from outside the server's loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int | None = None) -> None:
         self._rules: list[FaultRule] = []
         self._lock = threading.Lock()
+        self._random = random.Random(seed)
 
     def add(self, rule: FaultRule) -> FaultRule:
         with self._lock:
@@ -87,7 +91,10 @@ class Faults:
               name: str, user_agent: str = "") -> FaultRule | None:
         with self._lock:
             for rule in self._rules:
-                if rule.matches(method, verb, resource, subresource, namespace, name, user_agent):
-                    rule.hits += 1
-                    return rule
+                if not rule.matches(method, verb, resource, subresource, namespace, name, user_agent):
+                    continue
+                if rule.probability is not None and self._random.random() >= rule.probability:
+                    continue
+                rule.hits += 1
+                return rule
         return None
