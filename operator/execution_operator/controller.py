@@ -573,7 +573,10 @@ class Controller:
         that pod is deleted, never reused)."""
         spec, cls = ctx.require()
         namespace = ctx.key[0]
-        pod = await self._claimed_before(ctx, attempt)
+        earlier = await self._attempt_pods(ctx, attempt)
+        if any(not claimed_for(p, ctx.ref.uid, attempt) for p in earlier):
+            return False  # a cold pod was made for this attempt before a restart: the cold path adopts it
+        pod = earlier[0] if earlier else None
         if pod is not None:
             # Claimed by an earlier pass that did not record it: handed over already (its log says so), or
             # hand it over now; failing both, delete it. Never two pods, never two payloads.
@@ -613,22 +616,24 @@ class Controller:
             self.pods[pod_key] = slim_pod(pod)
         self.vanished.pop(pod_key, None)
 
-    async def _claimed_before(self, ctx: _Ctx, attempt: int) -> dict[str, Any] | None:
-        """A warm pod claimed for this attempt by an earlier pass (or by the process before a restart)."""
+    async def _attempt_pods(self, ctx: _Ctx, attempt: int) -> list[dict[str, Any]]:
+        """Pods an earlier pass (or the process before a restart) made or claimed for this attempt."""
         uid = ctx.ref.uid
-        for pod in self.pods.values():
-            if claimed_for(pod, uid, attempt) and not pod["metadata"].get("deletionTimestamp"):
-                return pod
+
+        def ours(pod: Mapping[str, Any]) -> bool:
+            meta = pod.get("metadata") or {}
+            owned = any(r.get("uid") == uid and r.get("controller") for r in meta.get("ownerReferences") or [])
+            return owned and (meta.get("labels") or {}).get("sandbox.dev/attempt") == str(attempt) and \
+                not meta.get("deletionTimestamp")
+
+        found = [pod for pod in self.pods.values() if ours(pod)]
         created = parse_time(ctx.body["metadata"].get("creationTimestamp"))
-        if created is None or created >= self.started_at - timedelta(seconds=1):
-            return None  # created after this process started: any claim for it is in the cache
+        if found or created is None or created >= self.started_at - timedelta(seconds=1):
+            return found  # created after this process started: anything made for it is in the cache
         # Older than this process: the pod watch may not have listed everything yet; ask the server.
         selector = f"sandbox.dev/execution={label_value(ctx.key[1])},sandbox.dev/attempt={attempt}"
         listed = await self.client.get(path_for("v1", "pods", ctx.key[0]), {"labelSelector": selector})
-        for pod in listed.get("items") or []:
-            if claimed_for(pod, uid, attempt) and not pod["metadata"].get("deletionTimestamp"):
-                return dict(pod)
-        return None
+        return [dict(pod) for pod in listed.get("items") or [] if ours(pod)]
 
     async def _payload_arrived(self, pod: Mapping[str, Any]) -> bool:
         if str(pod["metadata"].get("uid")) in self.pools.handed:
