@@ -69,6 +69,8 @@ LOG_TAIL_LINES = 32
 #: The runtime copies stdout and stderr to the log apart, so up to a pipe's worth of the code's stderr
 #: can land after the runner's report line; when the short tail misses it, a longer one is read.
 LOG_TAIL_LINES_WIDE = 2000
+#: How far apart the API server's clock and ours may be when deciding what predates this process.
+CLOCK_MARGIN_SECONDS = 2.0
 RECONCILE_ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 #: Reconciles in a row that may fail to read a finished pod's log before the attempt ends without it
 #: (each after the client's own retries, RECONCILE_ERROR_BACKOFF apart: about 20 s in all).
@@ -628,8 +630,10 @@ class Controller:
 
         found = [pod for pod in self.pods.values() if ours(pod)]
         created = parse_time(ctx.body["metadata"].get("creationTimestamp"))
-        if found or created is None or created >= self.started_at - timedelta(seconds=1):
-            return found  # created after this process started: anything made for it is in the cache
+        # Timestamps are whole seconds and clocks differ a little: only what was surely created after this
+        # process started has everything made for it in the cache.
+        if found or (created is not None and created >= self.started_at + timedelta(seconds=CLOCK_MARGIN_SECONDS)):
+            return found
         # Older than this process: the pod watch may not have listed everything yet; ask the server.
         selector = f"sandbox.dev/execution={label_value(ctx.key[1])},sandbox.dev/attempt={attempt}"
         listed = await self.client.get(path_for("v1", "pods", ctx.key[0]), {"labelSelector": selector})
