@@ -164,6 +164,11 @@ def image_pull_failing(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
+def surge(replicas: int) -> int:
+    """How many pods of a pool may be starting at once."""
+    return max(2, replicas // 4)
+
+
 def ended_unclaimed(pod: Mapping[str, Any]) -> ErrorInfo:
     """The breaker's failure for a pool pod that ended before any claim."""
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
@@ -231,7 +236,9 @@ def plan_pool(pods: Iterable[Mapping[str, Any]], *, replicas: int, template: str
             plan.wake_at = datetime.fromtimestamp(due, tz=now.tzinfo)
     live = len(plan.ready) + len(plan.starting)
     if template is not None and live < replicas:
-        plan.create = replicas - live
+        # A bounded surge: a pool filling (or refilling after a burst of claims) starts a few pods at a
+        # time, so it does not take the CPU the burst's own cold launches need.
+        plan.create = max(0, min(replicas - live, surge(replicas) - len(plan.starting)))
     elif live > replicas:
         extra = live - replicas
         plan.surplus = (plan.starting + plan.ready)[:extra]

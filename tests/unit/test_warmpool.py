@@ -134,8 +134,14 @@ def test_plan_keeps_ready_pods_and_fills_the_rest() -> None:
     pods = [pool_pod("a"), pool_pod("b", state="pending", age=1)]
     plan = wp.plan_pool(pods, replicas=4, template=template, now=NOW, pending_timeout=60, stuck=never_stuck)
     assert [p["metadata"]["name"] for p in plan.ready] == [pods[0]["metadata"]["name"]]
-    assert len(plan.starting) == 1 and plan.create == 2 and not plan.delete
+    assert len(plan.starting) == 1 and plan.create == 1 and not plan.delete  # a surge of 2 for a pool of 4
     assert plan.wake_at is not None and plan.wake_at > NOW
+
+
+def test_a_large_pool_fills_a_quarter_at_a_time() -> None:
+    plan = wp.plan_pool([], replicas=40, template=wp.template_hash(CLS), now=NOW, pending_timeout=60,
+                        stuck=never_stuck)
+    assert plan.create == 10 == wp.surge(40)
 
 
 def test_plan_replaces_stale_finished_and_stuck_pods_and_trims_surplus() -> None:
