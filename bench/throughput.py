@@ -102,6 +102,18 @@ def container_terminated(pod: dict[str, Any]) -> bool:
     return False
 
 
+def _note_container_times(track: Track, pod: dict[str, Any]) -> None:
+    """The container's start and end as the node reported them (the first report of each counts)."""
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        state = status.get("state") or {}
+        started = (state.get("running") or state.get("terminated") or {}).get("startedAt")
+        finished = (state.get("terminated") or {}).get("finishedAt")
+        if started and track.started_wall is None:
+            track.started_wall = wall_time(started)
+        if finished and track.finished_wall is None:
+            track.finished_wall = wall_time(finished)
+
+
 async def run_batch(client: KubeClient, namespace: str, count: int, prefix: str, concurrency: int) -> Run:
     run = Run()
     stop = asyncio.Event()
@@ -131,14 +143,7 @@ async def run_batch(client: KubeClient, namespace: str, count: int, prefix: str,
         if track is None:
             return
         now = time.monotonic()
-        for status in obj.get("status", {}).get("containerStatuses") or []:
-            state = status.get("state") or {}
-            started = (state.get("running") or state.get("terminated") or {}).get("startedAt")
-            finished = (state.get("terminated") or {}).get("finishedAt")
-            if started and track.started_wall is None:
-                track.started_wall = wall_time(started)
-            if finished and track.finished_wall is None:
-                track.finished_wall = wall_time(finished)
+        _note_container_times(track, obj)
         if container_terminated(obj) and track.pod_terminated is None:
             track.pod_terminated = now
         statuses = obj.get("status", {}).get("containerStatuses") or []

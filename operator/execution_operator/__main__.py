@@ -18,6 +18,7 @@ from execution_operator import __version__, metrics
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The operator's command line; the ports and the bind address may also come from the environment."""
     parser = argparse.ArgumentParser(prog="execution-operator", description=__doc__)
     parser.add_argument("-n", "--namespace", action="append", default=[],
                         help="watch only this namespace (repeatable; glob patterns allowed); default: all")
@@ -45,12 +46,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class WatchRestartCounter(logging.Filter):
-    """Counts kopf's watch-stream restarts (410 Gone, inactivity) into the metrics, then lets only
-    INFO and above through: kopf reports restarts at DEBUG, which we want counted but not printed."""
+    """Counts kopf's watch-stream restarts (410 Gone, inactivity) into the metrics.
+
+    It lets only INFO and above through: kopf reports restarts at DEBUG, which we want counted but not printed.
+    """
 
     MARKERS = ("Restarting the watch-stream for ", "Watch-stream for ")
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Count a watch restart if the record reports one; print only INFO and above unless debugging."""
         message = record.getMessage()
         for marker in self.MARKERS:
             if message.startswith(marker) and ("Restarting" in marker or "reconnecting" in message):
@@ -61,6 +65,7 @@ class WatchRestartCounter(logging.Filter):
 
 def run(args: argparse.Namespace, *, stop_flag: threading.Event | None = None,
         ready_flag: threading.Event | None = None) -> None:
+    """Run the operator in this thread until stopped; `stop_flag` and `ready_flag` let tests and embedders drive it."""
     import kopf
 
     from execution_operator import handlers
@@ -101,6 +106,7 @@ def run(args: argparse.Namespace, *, stop_flag: threading.Event | None = None,
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The `execution-operator` entry point: `run ...` submits code as a client, anything else runs the operator."""
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["run"]:
         from execution_operator.client.cli import main as run_code

@@ -30,14 +30,22 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
 
+from .api import (
+    ANNOTATION_CIRCUIT_BREAKER,
+    ANNOTATION_CIRCUIT_BREAKER_RESET,
+    ConditionReason,
+    ConditionStatus,
+    ConditionType,
+)
 from .errors import ErrorType, flags
+from .timestamps import rfc3339 as format_time  # re-exported: the breaker writes times
 
 #: Annotation forcing the breaker: `force-open`, `force-closed` or `auto` (the default).
-MODE_ANNOTATION = "sandbox.dev/circuit-breaker"
+MODE_ANNOTATION = ANNOTATION_CIRCUIT_BREAKER
 #: Annotation whose every new value resets the breaker once.
-RESET_ANNOTATION = "sandbox.dev/circuit-breaker-reset"
+RESET_ANNOTATION = ANNOTATION_CIRCUIT_BREAKER_RESET
 #: The condition type on the ExecutionClass.
-AVAILABLE = "Available"
+AVAILABLE = ConditionType.AVAILABLE
 
 _MESSAGE_LIMIT = 256
 
@@ -52,12 +60,9 @@ def _utc(value: datetime) -> datetime:
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
 
-def format_time(value: datetime) -> str:
-    """RFC 3339 with a `Z` suffix and whole seconds, as metav1.Time serialises."""
-    return _utc(value).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class CircuitState(StrEnum):
+    """Closed lets launches through, open holds them, half-open lets a few probes test the class."""
+
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
@@ -86,6 +91,8 @@ def parse_mode(value: str | None) -> ControlMode | None:
 
 
 class LastFailure(BaseModel):
+    """The launch failure that last counted against the breaker (`lastFailure`), kept for whoever investigates."""
+
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     type: str
@@ -125,6 +132,7 @@ class BreakerState(BaseModel):
     @computed_field(alias="probesInFlight")  # type: ignore[prop-decorator]
     @property
     def probes_in_flight(self) -> int:
+        """The number of probe slots taken, in the status so readers need not count them."""
         return len(self.probes)
 
     @classmethod
@@ -168,6 +176,7 @@ class BreakerPolicy:
 
     @property
     def max_probes(self) -> int:
+        """Probes allowed at once when half-open: `halfOpenMaxProbes`, else as many as the successes that close."""
         return self.half_open_max_probes or self.success_threshold
 
     @classmethod
@@ -203,6 +212,7 @@ class Transition:
 
     @property
     def to(self) -> str:
+        """The new state's name: the `to` label of the transitions metric."""
         return self.to_state.value
 
 
@@ -443,8 +453,11 @@ def force_closed(state: BreakerState, now: datetime) -> tuple[BreakerState, Tran
 
 
 def set_auto(state: BreakerState, now: datetime) -> tuple[BreakerState, Transition | None]:
-    """Leave forced mode. Leaving force-open makes the next launch a probe rather than closing
-    outright, so a still-broken class does not get a flood of launches."""
+    """Leave forced mode.
+
+    Leaving force-open makes the next launch a probe rather than closing outright, so a still-broken class
+    does not get a flood of launches.
+    """
     now = _utc(now)
     if state.forced == ControlMode.FORCE_OPEN:
         return state.model_copy(update={"forced": ControlMode.AUTO, "retry_at": now}), None
@@ -502,12 +515,12 @@ def available_condition(
     failures = f"{state.failure_count} infrastructure failure(s)"
     last = f", last {state.last_failure.type}" if state.last_failure else ""
     if state.state == CircuitState.CLOSED:
-        status, reason = "True", "CircuitClosed"
+        status, reason = ConditionStatus.TRUE, ConditionReason.CIRCUIT_CLOSED
         message = f"circuit closed; {state.failure_count} consecutive infrastructure failure(s){last}"
         if state.forced == ControlMode.FORCE_CLOSED:
             message += f"; forced closed by annotation {MODE_ANNOTATION}"
     elif state.state == CircuitState.OPEN:
-        status, reason = "False", "CircuitOpen"
+        status, reason = ConditionStatus.FALSE, ConditionReason.CIRCUIT_OPEN
         since = f" since {format_time(state.opened_at)}" if state.opened_at else ""
         if state.forced == ControlMode.FORCE_OPEN:
             message = f"circuit forced open by annotation {MODE_ANNOTATION}{since}; {failures}{last}"
@@ -515,15 +528,16 @@ def available_condition(
             after = f"; probes allowed after {format_time(state.retry_at)}" if state.retry_at else ""
             message = f"circuit open{since}; {failures}{last}{after}"
     else:
-        status, reason = "Unknown", "CircuitHalfOpen"
+        status, reason = ConditionStatus.UNKNOWN, ConditionReason.CIRCUIT_HALF_OPEN
         message = (
             f"circuit half-open; {state.success_count} probe success(es), "
             f"{state.probes_in_flight} probe(s) in flight; {failures}{last}"
         )
     condition: dict[str, Any] = {
-        "type": AVAILABLE,
-        "status": status,
-        "reason": reason,
+        # Plain strings: the condition is stored and compared as JSON.
+        "type": str(AVAILABLE),
+        "status": str(status),
+        "reason": str(reason),
         "message": message,
         "lastTransitionTime": format_time(state.last_transition_time or now),
     }

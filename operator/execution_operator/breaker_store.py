@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
+from .api import API_VERSION, EXECUTION_CLASSES
 from .breaker import (
     AVAILABLE,
     Admission,
@@ -38,7 +39,6 @@ from .retry import backoff_delay
 
 T = TypeVar("T")
 
-GROUP_VERSION = "sandbox.dev/v1alpha1"
 MERGE_PATCH = "application/merge-patch+json"
 #: Upper bound of one wait between conflicting writes.
 _MAX_CONFLICT_BACKOFF = 1.0
@@ -52,9 +52,11 @@ class KubeClient(Protocol):
     Errors are raised as exceptions with an integer `status` (the HTTP code), as `k8s.ApiError` does.
     """
 
-    async def get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]: ...
+    async def get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Read one object, as `k8s.KubeClient.get`."""
 
-    async def patch(self, path: str, body: Any, *, content_type: str = MERGE_PATCH) -> dict[str, Any]: ...
+    async def patch(self, path: str, body: Any, *, content_type: str = MERGE_PATCH) -> dict[str, Any]:
+        """Patch one object, as `k8s.KubeClient.patch`."""
 
 
 class BreakerConflictError(RuntimeError):
@@ -62,10 +64,12 @@ class BreakerConflictError(RuntimeError):
 
 
 def class_path(class_name: str) -> str:
-    return f"/apis/{GROUP_VERSION}/executionclasses/{class_name}"
+    """The API path of an ExecutionClass, whose status holds its breaker."""
+    return f"/apis/{API_VERSION}/{EXECUTION_CLASSES}/{class_name}"
 
 
 def utcnow() -> datetime:
+    """The default clock (aware UTC); tests pass their own."""
     return datetime.now(UTC)
 
 

@@ -123,8 +123,11 @@ def _marker_parts(line: str) -> tuple[str, int, int, str] | None:
 
 
 def _last_marker(log_tail: str | None) -> tuple[str, str | None, bool] | None:
-    """(nonce, the joined JSON text or None when pieces are missing, whether a report line of that nonce
-    is the last non-empty line of the log) for the last report line of the log."""
+    """Find the last report line of the log.
+
+    Returns (nonce, the joined JSON text or None when pieces are missing, whether a report line of that
+    nonce is the last non-empty line of the log).
+    """
     if not log_tail:
         return None
     lines = [line.rstrip("\r") for line in log_tail.split("\n")]
@@ -256,8 +259,8 @@ def _dig(data: Any, *path: str) -> Any:
 
 def sandbox_status(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     """The sandbox container's status (by name, else the first container)."""
-    statuses = _dig(pod, "status", "containerStatuses") or []
-    statuses = [s for s in statuses if isinstance(s, dict)]
+    found = _dig(pod, "status", "containerStatuses") or []
+    statuses: list[dict[str, Any]] = [s for s in found if isinstance(s, dict)]
     for name in SANDBOX_CONTAINER_NAMES:
         for status in statuses:
             if status.get("name") == name:

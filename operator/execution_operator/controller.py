@@ -22,8 +22,26 @@ from typing import Any
 import pydantic
 import structlog
 
-from execution_operator import API_VERSION, metrics, safejson
+from execution_operator import metrics, safejson
 from execution_operator import status as st
+from execution_operator.api import (
+    ANNOTATION_CORRELATION_ID,
+    API_VERSION,
+    EXECUTIONS,
+    GROUP,
+    LABEL_ATTEMPT,
+    LABEL_CLAIMED_FROM,
+    LABEL_EXECUTION,
+    LABEL_EXECUTION_CLASS,
+    TERMINAL_PHASES,
+    ConditionReason,
+    ConditionType,
+    EventReason,
+    EventType,
+    Kind,
+    Launch,
+    Phase,
+)
 from execution_operator.classify import (
     Verdict,
     classify_create_error,
@@ -37,7 +55,7 @@ from execution_operator.classify import (
 from execution_operator.deadletters import DeadLetters
 from execution_operator.errors import ErrorInfo, ErrorType
 from execution_operator.gates import Gates
-from execution_operator.k8s import ApiError, KubeClient, path_for, post_event
+from execution_operator.k8s import ApiError, KubeClient, path_for, post_event, resource_version
 from execution_operator.models import (
     MAX_CORRELATION_ID_CHARS,
     MAX_INPUT_DEPTH,
@@ -64,7 +82,6 @@ from execution_operator.warmpool import PAYLOAD_MARKER, claimed_for, handed_over
 Key = tuple[str, str]
 log = structlog.get_logger("execution_operator.controller")
 
-EXECUTIONS = "executions"
 LOG_TAIL_LINES = 32
 #: The runtime copies stdout and stderr to the log apart, so up to a pipe's worth of the code's stderr
 #: can land after the runner's report line; when the short tail misses it, a longer one is read.
@@ -78,17 +95,12 @@ LOG_READ_ROUNDS = 5
 
 
 def now_utc() -> datetime:
+    """The controller's default clock (aware UTC)."""
     return datetime.now(UTC)
 
 
-def _rv(body: Mapping[str, Any]) -> int:
-    try:
-        return int(body.get("metadata", {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
-
-
 def key_of(body: Mapping[str, Any]) -> Key:
+    """The (namespace, name) key of an object, as the caches and locks are keyed."""
     meta = body["metadata"]
     return meta.get("namespace", ""), meta["name"]
 
@@ -103,7 +115,7 @@ def correlation_id(body: Mapping[str, Any]) -> str:
     meta = body.get("metadata") or {}
     return str(
         spec.get("correlationId")
-        or (meta.get("annotations") or {}).get("sandbox.dev/correlation-id")
+        or (meta.get("annotations") or {}).get(ANNOTATION_CORRELATION_ID)
         or (body.get("status") or {}).get("correlationId")
         or f"ex-{str(meta.get('uid') or uuid.uuid4()).replace('-', '')[:16]}"
     )[:MAX_CORRELATION_ID_CHARS]
@@ -111,7 +123,7 @@ def correlation_id(body: Mapping[str, Any]) -> str:
 
 def _execution_owner(pod: Mapping[str, Any]) -> str | None:
     for ref in pod.get("metadata", {}).get("ownerReferences") or []:
-        if ref.get("kind") == "Execution" and ref.get("apiVersion", "").startswith("sandbox.dev/"):
+        if ref.get("kind") == Kind.EXECUTION and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
             return str(ref["name"])
     return None
 
@@ -134,6 +146,7 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def container_started_at(pod: Mapping[str, Any]) -> str | None:
+    """When the sandbox container started (running or already terminated); None before it has."""
     for cs in pod.get("status", {}).get("containerStatuses") or []:
         state = cs.get("state") or {}
         if "running" in state:
@@ -168,15 +181,13 @@ class Controller:
         self.client = client
         self.clock = clock
         self.rng = rng or random.Random()
-        self.gates = gates or Gates(client, clock=clock)
-        self.gates.post_event = self._event
+        self.gates = gates or Gates(client, clock=clock, post_event=self._event)
         self.dead_letters = dead_letters
         self.executions: dict[Key, dict[str, Any]] = {}
         #: (uid, resourceVersion) of finished Executions, to ignore late echoes of earlier writes.
         self.finished: dict[Key, tuple[str, int]] = {}
         self.pods: dict[Key, dict[str, Any]] = {}
         self.vanished: dict[Key, dict[str, Any]] = {}
-        self.classes: dict[str, dict[str, Any]] = self.gates.classes
         self.locks: dict[Key, asyncio.Lock] = {}
         self.timers: dict[Key, _Timer] = {}
         self.error_counts: dict[Key, int] = {}
@@ -185,7 +196,7 @@ class Controller:
         self.queued: dict[str, set[Key]] = {}
         self.phases: dict[Key, tuple[str, str]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        self.pools = WarmPools(client, self.gates, classes=self.classes, clock=clock,
+        self.pools = WarmPools(client, self.gates, classes=self.gates.classes, clock=clock,
                                ensure_network_policy=self._ensure_network_policy)
         #: Executions created before this process started may have warm pods claimed by its predecessor.
         self.started_at = clock()
@@ -193,6 +204,7 @@ class Controller:
     # ----------------------------------------------------------------- watch events
 
     async def on_execution_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
+        """Cache the Execution from a watch event and reconcile it; a deletion forgets it."""
         key = key_of(body)
         if event_type == "DELETED":
             self._forget(key)
@@ -201,6 +213,10 @@ class Controller:
         await self.reconcile(key)
 
     async def on_pod_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
+        """Cache an Execution's pod and reconcile its owner; a pod that ends frees its class's queue slot.
+
+        Pods of warm pools (unclaimed, or claimed from one) also go to the pools.
+        """
         if self.pools.owns(body):
             await self.pools.on_pod_event(body, event_type)
         meta = body.get("metadata", {})
@@ -215,39 +231,33 @@ class Controller:
                 self.vanished[pkey] = slim_pod(body)
         elif keep:
             current = self.pods.get(pkey)
-            if current is None or _rv(body) >= _rv(current):
+            if current is None or resource_version(body) >= resource_version(current):
                 self.pods[pkey] = slim_pod(body)
         if owner is None:
             return
         if key in self.executions:
             await self.reconcile(key)
         if event_type == "DELETED" or pod_finished(body):
-            self._release_queue_slot(str(meta.get("labels", {}).get("sandbox.dev/execution-class", "")))
+            self._release_queue_slot(str(meta.get("labels", {}).get(LABEL_EXECUTION_CLASS, "")))
 
     async def on_class_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
-        name = body["metadata"]["name"]
-        if event_type == "DELETED":
-            self.classes.pop(name, None)
-        else:
-            current = self.classes.get(name)
-            if current is None or _rv(body) >= _rv(current):
-                self.classes[name] = dict(body)
+        """Class events feed the gates, which keep the class cache and the breakers."""
         await self.gates.on_class_event(body, event_type)
-        await self.pools.on_class_event(name)
+        await self.pools.on_class_event(str(body["metadata"]["name"]))
 
     async def on_pool_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
+        """WarmPool events go to the pools."""
         await self.pools.on_pool_event(body, event_type)
 
     # ----------------------------------------------------------------- caches and timers
 
     def _remember(self, key: Key, body: Mapping[str, Any]) -> None:
         done = self.finished.get(key)
-        if done is not None and done[0] == body["metadata"].get("uid") and _rv(body) < done[1]:
+        if done is not None and done[0] == body["metadata"].get("uid") and resource_version(body) < done[1]:
             return  # a late echo of a write made before the Execution finished
         current = self.executions.get(key)
-        if current is None or _rv(body) >= _rv(current) or current["metadata"].get("uid") != body["metadata"].get(
-            "uid"
-        ):
+        newer = current is None or resource_version(body) >= resource_version(current)
+        if newer or current is None or current["metadata"].get("uid") != body["metadata"].get("uid"):
             self.executions[key] = dict(body)
 
     def _forget(self, key: Key) -> None:
@@ -263,13 +273,13 @@ class Controller:
 
     def class_label(self, name: str) -> str:
         """A class as the metrics name it: only classes that exist, so tenants cannot grow the series."""
-        return name if name in self.classes else metrics.UNKNOWN
+        return name if self.gates.cached_class(name) is not None else metrics.UNKNOWN
 
     def _track_phase(self, key: Key, cls: str | None, phase: str | None) -> None:
         """Keep the in-flight gauge by (class, phase) in step with what we last saw."""
         before = self.phases.get(key)
         cls = self.class_label(cls) if cls else None
-        after = (cls, phase) if cls and phase and phase not in st.TERMINAL_PHASES else None
+        after = (cls, phase) if cls and phase and phase not in TERMINAL_PHASES else None
         if before == after:
             return
         if before:
@@ -310,7 +320,7 @@ class Controller:
                 if not exc.not_found:
                     self._reconcile_failed(key, exc)
                 return
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one object's failure is logged, counted and retried
                 self._reconcile_failed(key, exc)
                 return
             self._remember(key, body)
@@ -319,6 +329,7 @@ class Controller:
     # ----------------------------------------------------------------- reconcile
 
     async def reconcile(self, key: Key) -> None:
+        """Reconcile one Execution from the caches, one at a time per Execution; a conflict re-reads and retries."""
         lock = self.locks.setdefault(key, asyncio.Lock())
         async with lock:
             try:
@@ -336,7 +347,7 @@ class Controller:
                 if exc.not_found and key not in self.executions:
                     return
                 self._reconcile_failed(key, exc)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one object's failure is logged, counted and retried
                 self._reconcile_failed(key, exc)
             finally:
                 if key not in self.executions and not lock.locked():
@@ -348,7 +359,7 @@ class Controller:
         delay = RECONCILE_ERROR_BACKOFF[min(count, len(RECONCILE_ERROR_BACKOFF) - 1)]
         if isinstance(exc, ApiError) and exc.retry_after:
             delay = max(delay, min(exc.retry_after, RECONCILE_ERROR_BACKOFF[-1]))
-        metrics.record_reconcile_error("Execution")
+        metrics.record_reconcile_error(Kind.EXECUTION)
         log.warning("reconcile failed; will retry", namespace=key[0], execution=key[1], retry_in=delay,
                     error=f"{type(exc).__name__}: {exc}"[:500])
         self.wake_at(key, self.clock() + timedelta(seconds=delay))
@@ -389,7 +400,7 @@ class Controller:
         status: dict[str, Any] = body.get("status") or {}
         spec_raw: dict[str, Any] = body.get("spec") or {}
         class_name = str(spec_raw.get("executionClassName") or "default")
-        self._track_phase(key, class_name, status.get("phase") or "Pending")
+        self._track_phase(key, class_name, status.get("phase") or Phase.PENDING)
         if is_terminal(status):
             await self._after_terminal(key, body)
             return
@@ -411,7 +422,7 @@ class Controller:
             await self._invalid(
                 ctx,
                 f'ExecutionClass "{spec.execution_class_name}" does not exist: create it or set '
-                f"spec.executionClassName to one of: {', '.join(sorted(self.classes)) or '(none)'}",
+                f"spec.executionClassName to one of: {', '.join(self.gates.class_names()) or '(none)'}",
             )
             return
         cls = ExecutionClassSpec.model_validate(cls_body.get("spec") or {})
@@ -425,12 +436,12 @@ class Controller:
         if spec.cancel:
             await self._cancel(ctx, attempt)
             return
-        if attempt == 0 or phase == "Retrying":
+        if attempt == 0 or phase == Phase.RETRYING:
             next_at = parse_time(status.get("nextAttemptAt"))
-            if phase == "Retrying" and next_at and next_at > self.clock():
+            if phase == Phase.RETRYING and next_at and next_at > self.clock():
                 self.wake_at(key, next_at)
                 return
-            await self._launch(ctx, attempt + 1 if phase == "Retrying" else max(attempt, 1))
+            await self._launch(ctx, attempt + 1 if phase == Phase.RETRYING else max(attempt, 1))
             return
         pod_key = (key[0], str(status.get("podName") or pod_name(ctx.ref, attempt)))
         pod = self.pods.get(pod_key)
@@ -449,17 +460,7 @@ class Controller:
         await self._observe_pod(ctx, attempt, pod)
 
     async def _class(self, name: str) -> dict[str, Any] | None:
-        cached = self.classes.get(name)
-        if cached is not None:
-            return cached
-        try:
-            body = await self.client.get(path_for(API_VERSION, "executionclasses", None, name))
-        except ApiError as exc:
-            if exc.not_found:
-                return None
-            raise
-        self.classes[name] = body
-        return body
+        return await self.gates.get_class(name)
 
     # ----------------------------------------------------------------- steps
 
@@ -468,7 +469,7 @@ class Controller:
         patch = st.invalid(ctx.status, error=error, now=ctx.now, generation=ctx.generation,
                            correlation_id=ctx.correlation_id)
         updated = await self._patch_status(ctx.key, ctx.body, patch)
-        self._event(updated, "Warning", "Invalid", message)
+        self._event(updated, EventType.WARNING, EventReason.INVALID, message)
         metrics.record_terminal(ctx.key[0], self.class_label(ctx.class_name), "failed", ErrorType.VALIDATION_ERROR,
                                 0.0)
         self._track_phase(ctx.key, ctx.class_name, None)
@@ -491,9 +492,10 @@ class Controller:
                 return
             message = (f'Waiting for a slot: ExecutionClass "{ctx.class_name}" runs at most '
                        f"{cls.max_concurrent} at once")
-            patch = st.held(ctx.status, reason="Queued", message=message, now=ctx.now,
+            patch = st.held(ctx.status, reason=ConditionReason.QUEUED, message=message, now=ctx.now,
                             generation=ctx.generation, correlation_id=ctx.correlation_id)
-            if _differs(ctx.status, patch, ("phase",)) or _cond_reason(ctx.status, "Launched") != "Queued":
+            held_for = _cond_reason(ctx.status, ConditionType.LAUNCHED)
+            if _differs(ctx.status, patch, ("phase",)) or held_for != ConditionReason.QUEUED:
                 await self._patch_status(ctx.key, ctx.body, patch)
             self.queued.setdefault(ctx.class_name, set()).add(ctx.key)
             return
@@ -553,14 +555,14 @@ class Controller:
         _, cls = ctx.require()
         namespace = ctx.key[0]
         pod_key = (namespace, pod["metadata"]["name"])
-        if pod_key not in self.pods or _rv(pod) >= _rv(self.pods[pod_key]):
+        if pod_key not in self.pods or resource_version(pod) >= resource_version(self.pods[pod_key]):
             self.pods[pod_key] = slim_pod(pod)
         self.vanished.pop(pod_key, None)
         patch = st.launched(ctx.status, attempt=attempt, pod=pod_key[1], now=ctx.now, generation=ctx.generation,
-                            correlation_id=ctx.correlation_id, launch="cold")
+                            correlation_id=ctx.correlation_id, launch=Launch.COLD)
         updated = await self._patch_status(ctx.key, ctx.body, patch)
-        self._track_phase(ctx.key, ctx.class_name, "Pending")
-        self._event(updated, "Normal", "Launched", f"Created pod {pod_key[1]} for attempt {attempt}")
+        self._track_phase(ctx.key, ctx.class_name, Phase.PENDING)
+        self._event(updated, EventType.NORMAL, EventReason.LAUNCHED, f"Created pod {pod_key[1]} for attempt {attempt}")
         log.info("launched", namespace=namespace, execution=ctx.key[1], attempt=attempt, pod=pod_key[1],
                  correlation_id=ctx.correlation_id)
         created = parse_time(pod["metadata"].get("creationTimestamp")) or self.clock()
@@ -570,9 +572,11 @@ class Controller:
             self._spawn(self.reconcile(ctx.key))
 
     async def _launch_warm(self, ctx: _Ctx, attempt: int) -> bool:
-        """Run the attempt in a warm pool's pod: find the one claimed before a restart, or claim one, and
-        hand it the payload. False means launch cold now (no pool, none ready, or the handover failed:
-        that pod is deleted, never reused)."""
+        """Run the attempt in a warm pool's pod: the one claimed before a restart, or a new claim.
+
+        The pod is handed the payload. False means launch cold now (no pool, none ready, a cold pod
+        already made for the attempt, or the handover failed: that pod is deleted, never reused).
+        """
         spec, cls = ctx.require()
         namespace = ctx.key[0]
         earlier = await self._attempt_pods(ctx, attempt)
@@ -603,18 +607,18 @@ class Controller:
                                 correlation_id=ctx.correlation_id)
         updated = await self._patch_status(ctx.key, ctx.body, patch)
         self._track_phase(ctx.key, ctx.class_name, "Running")
-        pool = (pod["metadata"].get("labels") or {}).get("sandbox.dev/claimed-from")
+        pool = (pod["metadata"].get("labels") or {}).get(LABEL_CLAIMED_FROM)
         self._event(updated, "Normal", "Launched", f"Claimed warm pod {name} from pool {pool} for attempt {attempt}")
         log.info("launched warm", namespace=namespace, execution=ctx.key[1], attempt=attempt, pod=name,
                  correlation_id=ctx.correlation_id)
-        await self._user_code_started(ctx, attempt, rfc3339(self.clock()), launch="warm")
+        await self._user_code_started(ctx, attempt, rfc3339(self.clock()), launch=Launch.WARM)
         if pod_finished(pod):
             self._spawn(self.reconcile(ctx.key))
         return True
 
     def _remember_pod(self, pod: Mapping[str, Any]) -> None:
         pod_key = (pod["metadata"].get("namespace", ""), pod["metadata"]["name"])
-        if pod_key not in self.pods or _rv(pod) >= _rv(self.pods[pod_key]):
+        if pod_key not in self.pods or resource_version(pod) >= resource_version(self.pods[pod_key]):
             self.pods[pod_key] = slim_pod(pod)
         self.vanished.pop(pod_key, None)
 
@@ -625,7 +629,7 @@ class Controller:
         def ours(pod: Mapping[str, Any]) -> bool:
             meta = pod.get("metadata") or {}
             owned = any(r.get("uid") == uid and r.get("controller") for r in meta.get("ownerReferences") or [])
-            return owned and (meta.get("labels") or {}).get("sandbox.dev/attempt") == str(attempt) and \
+            return owned and (meta.get("labels") or {}).get(LABEL_ATTEMPT) == str(attempt) and \
                 not meta.get("deletionTimestamp")
 
         found = [pod for pod in self.pods.values() if ours(pod)]
@@ -635,7 +639,7 @@ class Controller:
         if found or (created is not None and created >= self.started_at + timedelta(seconds=CLOCK_MARGIN_SECONDS)):
             return found
         # Older than this process: the pod watch may not have listed everything yet; ask the server.
-        selector = f"sandbox.dev/execution={label_value(ctx.key[1])},sandbox.dev/attempt={attempt}"
+        selector = f"{LABEL_EXECUTION}={label_value(ctx.key[1])},{LABEL_ATTEMPT}={attempt}"
         listed = await self.client.get(path_for("v1", "pods", ctx.key[0]), {"labelSelector": selector})
         return [dict(pod) for pod in listed.get("items") or [] if ours(pod)]
 
@@ -664,17 +668,17 @@ class Controller:
             verdict = classify_finished_pod(pod, log_tail, cancel_requested=spec.cancel, attempt=attempt)
             if unreadable is not None and verdict.success:
                 verdict = _unconfirmed_success(verdict, unreadable, pod["metadata"]["name"], attempt)
-            if verdict.user_code_started_at and ctx.status.get("phase") != "Running":
+            if verdict.user_code_started_at and ctx.status.get("phase") != Phase.RUNNING:
                 await self._user_code_started(ctx, attempt, verdict.user_code_started_at)
             await self._attempt_done(ctx, attempt, verdict, pod=pod)
             return
         started = container_started_at(pod)
         if started:
-            if ctx.status.get("phase") != "Running":
+            if ctx.status.get("phase") != Phase.RUNNING:
                 patch = st.running(ctx.status, attempt=attempt, started_at=started, now=ctx.now,
                                    generation=ctx.generation, correlation_id=ctx.correlation_id)
                 await self._patch_status(ctx.key, ctx.body, patch)
-                self._track_phase(ctx.key, ctx.class_name, "Running")
+                self._track_phase(ctx.key, ctx.class_name, Phase.RUNNING)
                 await self._user_code_started(ctx, attempt, started)
             return
         created = parse_time(pod["metadata"].get("creationTimestamp")) or self.clock()
@@ -729,9 +733,9 @@ class Controller:
                                 now=ctx.now, generation=ctx.generation, correlation_id=ctx.correlation_id,
                                 disruptions=disruptions)
             updated = await self._patch_status(ctx.key, ctx.body, patch)
-            self._track_phase(ctx.key, ctx.class_name, "Retrying")
+            self._track_phase(ctx.key, ctx.class_name, Phase.RETRYING)
             metrics.record_retry(self.class_label(ctx.class_name), error.type)
-            self._event(updated, "Warning", "Retrying",
+            self._event(updated, EventType.WARNING, EventReason.RETRYING,
                         f"Attempt {attempt} failed with {error.type}: {error.message}; retrying at {rfc3339(next_at)}")
             log.info("retrying", namespace=ctx.key[0], execution=ctx.key[1], attempt=attempt,
                      correlation_id=ctx.correlation_id, error_type=str(error.type), next_attempt_at=rfc3339(next_at))
@@ -740,7 +744,7 @@ class Controller:
             patch = st.finished(ctx.status, verdict=verdict, attempt=attempt, now=ctx.now,
                                 generation=ctx.generation, correlation_id=ctx.correlation_id)
             dead_letter = None
-            if patch["phase"] == "Failed":
+            if patch["phase"] == Phase.FAILED:
                 # The DeadLetter first, so its name goes into the same (terminal) status write; after a
                 # crash in between, the same decision finds it again (its name comes from the uid).
                 ended = dict(ctx.body, status={**ctx.status, **{k: v for k, v in patch.items() if v is not None}})
@@ -748,17 +752,19 @@ class Controller:
                 if dead_letter:
                     patch["deadLetterName"] = dead_letter
             updated = await self._patch_status(ctx.key, ctx.body, patch)
-            outcome = "succeeded" if verdict.success else ("cancelled" if patch["phase"] == "Cancelled" else "failed")
+            cancelled = patch["phase"] == Phase.CANCELLED
+            outcome = "succeeded" if verdict.success else ("cancelled" if cancelled else "failed")
             duration = _duration(updated)
             metrics.record_terminal(ctx.key[0], self.class_label(ctx.class_name), outcome,
                                     error.type if error else None, duration)
             self._track_phase(ctx.key, ctx.class_name, None)
             if verdict.success:
-                self._event(updated, "Normal", "Succeeded", f"Attempt {attempt} succeeded")
+                self._event(updated, EventType.NORMAL, EventReason.SUCCEEDED, f"Attempt {attempt} succeeded")
             else:
                 assert error is not None
                 kept = f" (kept in DeadLetter {dead_letter})" if dead_letter else ""
-                self._event(updated, "Warning", patch["phase"], f"{error.type}: {error.message}{kept}")
+                self._event(updated, EventType.WARNING, EventReason(patch["phase"]),
+                            f"{error.type}: {error.message}{kept}")
             log.info("finished", namespace=ctx.key[0], execution=ctx.key[1], attempt=attempt,
                      correlation_id=ctx.correlation_id, phase=patch["phase"],
                      error_type=str(error.type) if error else None)
@@ -801,12 +807,12 @@ class Controller:
             if record.get("podName"):
                 self.pods.pop((key[0], str(record["podName"])), None)
                 self.vanished.pop((key[0], str(record["podName"])), None)
-        if status.get("phase") == "Failed" and not status.get("deadLetterName") and self.dead_letters:
+        if status.get("phase") == Phase.FAILED and not status.get("deadLetterName") and self.dead_letters:
             # Only for Executions that ended before DeadLetters were recorded with the terminal write.
             name = await self._record_dead_letter(body)
             if name:
                 body = await self._patch_status(key, body, {"deadLetterName": name})
-                self._event(body, "Warning", "DeadLettered", f"Copied to DeadLetter {name}")
+                self._event(body, EventType.WARNING, EventReason.DEAD_LETTERED, f"Copied to DeadLetter {name}")
                 status = body.get("status") or {}
         ttl = spec.get("ttlSecondsAfterFinished")
         finished_at = parse_time(status.get("completionTime"))
@@ -823,7 +829,7 @@ class Controller:
                 return
             self.wake_at(key, due)
         self.executions.pop(key, None)
-        self.finished[key] = (str(body["metadata"].get("uid")), _rv(body))
+        self.finished[key] = (str(body["metadata"].get("uid")), resource_version(body))
         self._track_phase(key, None, None)
 
     # ----------------------------------------------------------------- helpers
@@ -838,7 +844,7 @@ class Controller:
         if self.dead_letters is None:
             return None
         policy = DeadLetterPolicy.ALL
-        cls_body = self.classes.get(str((body.get("spec") or {}).get("executionClassName") or "default"))
+        cls_body = self.gates.cached_class(str((body.get("spec") or {}).get("executionClassName") or "default"))
         if cls_body is not None:
             with contextlib.suppress(pydantic.ValidationError):
                 policy = ExecutionClassSpec.model_validate(cls_body.get("spec") or {}).dead_letter
@@ -848,8 +854,10 @@ class Controller:
         return await self.dead_letters.record(body, policy, class_label=self.class_label(class_name))
 
     async def _stop_leftover_pod(self, namespace: str, name: str | None) -> None:
-        """Delete a pod that should no longer run (cancelled, timed out pending, superseded by a new
-        attempt) when a crash came between the status write and the pod's deletion."""
+        """Delete a pod that should no longer run (cancelled, timed out pending, superseded by a new attempt).
+
+        It is left over when a crash came between the status write and the pod's deletion.
+        """
         if not name:
             return
         pod = self.pods.get((namespace, name))
@@ -878,7 +886,7 @@ class Controller:
         count = 0
         for (namespace, _), pod in self.pods.items():
             meta = pod.get("metadata", {})
-            if (meta.get("labels") or {}).get("sandbox.dev/execution-class") != label:
+            if (meta.get("labels") or {}).get(LABEL_EXECUTION_CLASS) != label:
                 continue
             if (namespace, _execution_owner(pod)) == key or pod_finished(pod):
                 continue
@@ -911,7 +919,8 @@ class _Ctx:
         self.cls: ExecutionClassSpec | None = None
 
     def require(self) -> tuple[ExecutionSpec, ExecutionClassSpec]:
-        assert self.spec is not None and self.cls is not None
+        assert self.spec is not None
+        assert self.cls is not None
         return self.spec, self.cls
 
 

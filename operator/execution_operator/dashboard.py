@@ -50,6 +50,8 @@ class Panel:
 
 @dataclass(frozen=True)
 class Row:
+    """A collapsible row of panels."""
+
     title: str
     panels: tuple[Panel, ...]
 
@@ -449,6 +451,7 @@ def queries(dashboard: dict[str, Any] | None = None) -> list[tuple[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Write the dashboard JSON to the file given, or to stdout without one (or with `-`)."""
     args = sys.argv[1:] if argv is None else argv
     text = render()
     if args and args[0] != "-":

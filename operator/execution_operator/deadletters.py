@@ -31,38 +31,41 @@ from typing import Any, Final
 import structlog
 
 from execution_operator import metrics, safejson
+from execution_operator.api import (
+    ANNOTATION_REPLAY,
+    ANNOTATION_REPLAY_OF,
+    ANNOTATION_REPLAY_PENDING,
+    API_VERSION,
+    DEAD_LETTERS,
+    EXECUTIONS,
+    LABEL_CORRELATION_ID,
+    LABEL_ERROR_TYPE,
+    LABEL_EXECUTION,
+    LABEL_EXECUTION_CLASS,
+    LABEL_MANAGED_BY,
+    LABEL_REPLAY_OF,
+    MANAGED_BY,
+    EventReason,
+    EventType,
+    Kind,
+    Phase,
+)
 from execution_operator.errors import INFRASTRUCTURE_TYPES, ErrorInfo, ErrorType
 from execution_operator.k8s import ApiError, KubeClient, path_for, post_event
 from execution_operator.models import (
-    DEAD_LETTERS,
-    EXECUTIONS,
-    GROUP_VERSION,
     MAX_CORRELATION_ID_CHARS,
     STREAM_TAIL_BYTES,
     DeadLetterPolicy,
     DeadLetterSpec,
     DeadLetterStatus,
-    Phase,
     Replay,
     input_snapshot,
     json_size,
     rfc3339,
 )
-from execution_operator.sandbox import is_label_safe, label_value, short_hash
+from execution_operator.sandbox import dns_prefix, is_label_safe, label_value, short_hash
 
 log = structlog.get_logger("execution_operator.deadletters")
-
-MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
-MANAGED_BY: Final = "execution-operator"
-ERROR_TYPE_LABEL: Final = "sandbox.dev/error-type"
-CLASS_LABEL: Final = "sandbox.dev/execution-class"
-EXECUTION_LABEL: Final = "sandbox.dev/execution"
-CORRELATION_LABEL: Final = "sandbox.dev/correlation-id"
-REPLAY_OF: Final = "sandbox.dev/replay-of"
-#: Set to "true" by a user to ask for a replay.
-REPLAY_ANNOTATION: Final = "sandbox.dev/replay"
-#: Set by the operator while replay number <n> is being carried out (the request is already consumed).
-REPLAY_PENDING_ANNOTATION: Final = "sandbox.dev/replay-pending"
 
 DEFAULT_MAX_AGE_SECONDS: Final = 7 * 24 * 3600
 DEFAULT_MAX_PER_NAMESPACE: Final = 1000
@@ -92,18 +95,13 @@ class ReplayRefused(Exception):
 # ---------------------------------------------------------------------------------------------------
 
 
-def _dns_label_prefix(name: str, max_chars: int) -> str:
-    cleaned = re.sub(r"[^a-z0-9-]", "-", name.lower())[:max_chars].strip("-")
-    return cleaned or "ex"
-
-
 def dead_letter_name(execution_name: str, execution_uid: str) -> str:
     """`<execution name prefix>-dl-<hash of uid>`: one name per Execution uid, label-safe, <= 53 chars.
 
     The uid (not the name) makes it unique: a re-created Execution of the same name gets its own.
     Kept within 63 characters so it can also be a label value (`sandbox.dev/replay-of`).
     """
-    return f"{_dns_label_prefix(execution_name, _NAME_PREFIX_CHARS)}-dl-{short_hash(execution_uid, length=10)}"
+    return f"{dns_prefix(execution_name, _NAME_PREFIX_CHARS)}-dl-{short_hash(execution_uid, length=10)}"
 
 
 def replay_name(dead_letter: str, replay_number: int) -> str:
@@ -112,7 +110,7 @@ def replay_name(dead_letter: str, replay_number: int) -> str:
     if len(dead_letter) + len(suffix) <= _MAX_NAME_CHARS:
         return dead_letter + suffix
     keep = _MAX_NAME_CHARS - len(suffix) - 9
-    return f"{_dns_label_prefix(dead_letter, keep)}-{short_hash(dead_letter, length=8)}{suffix}"
+    return f"{dns_prefix(dead_letter, keep)}-{short_hash(dead_letter, length=8)}{suffix}"
 
 
 def replay_correlation_id(original: str, replay_number: int) -> str:
@@ -217,17 +215,17 @@ def build_dead_letter(execution: Mapping[str, Any], class_name: str, now: str) -
     dl_spec = model.to_k8s()
 
     labels = {
-        MANAGED_BY_LABEL: MANAGED_BY,
-        ERROR_TYPE_LABEL: str(dl_spec["error"]["type"]),
-        CLASS_LABEL: label_value(class_name),
-        EXECUTION_LABEL: label_value(name),
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_ERROR_TYPE: str(dl_spec["error"]["type"]),
+        LABEL_EXECUTION_CLASS: label_value(class_name),
+        LABEL_EXECUTION: label_value(name),
     }
     if correlation and is_label_safe(str(correlation)):
-        labels[CORRELATION_LABEL] = str(correlation)
+        labels[LABEL_CORRELATION_ID] = str(correlation)
     metadata: dict[str, Any] = {"name": dead_letter_name(name, uid or name), "labels": labels}
     if namespace:
         metadata["namespace"] = namespace
-    body = {"apiVersion": GROUP_VERSION, "kind": "DeadLetter", "metadata": metadata, "spec": dl_spec}
+    body = {"apiVersion": API_VERSION, "kind": Kind.DEAD_LETTER, "metadata": metadata, "spec": dl_spec}
     return _shrink_to_fit(body)
 
 
@@ -290,12 +288,12 @@ def replay_execution(dead_letter: Mapping[str, Any], replay_number: int, origina
     ex_spec["correlationId"] = replay_correlation_id(original_id, replay_number)
     metadata: dict[str, Any] = {
         "name": replay_name(dl_name, replay_number),
-        "labels": {REPLAY_OF: label_value(dl_name)},
-        "annotations": {REPLAY_OF: dl_name},
+        "labels": {LABEL_REPLAY_OF: label_value(dl_name)},
+        "annotations": {ANNOTATION_REPLAY_OF: dl_name},
     }
     if meta.get("namespace"):
         metadata["namespace"] = meta["namespace"]
-    return {"apiVersion": GROUP_VERSION, "kind": "Execution", "metadata": metadata, "spec": ex_spec}
+    return {"apiVersion": API_VERSION, "kind": Kind.EXECUTION, "metadata": metadata, "spec": ex_spec}
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -375,7 +373,7 @@ class DeadLetters:
         name = str(body["metadata"]["name"])
         namespace = str(body["metadata"].get("namespace") or "default")
         try:
-            await self.client.post(path_for(GROUP_VERSION, DEAD_LETTERS, namespace), body)
+            await self.client.post(path_for(API_VERSION, DEAD_LETTERS, namespace), body)
         except ApiError as exc:
             if not exc.already_exists:
                 raise
@@ -405,7 +403,7 @@ class DeadLetters:
             return
         self._remember(namespace, str(name), meta)
         annotations = meta.get("annotations") or {}
-        if annotations.get(REPLAY_ANNOTATION) == "true" or REPLAY_PENDING_ANNOTATION in annotations:
+        if annotations.get(ANNOTATION_REPLAY) == "true" or ANNOTATION_REPLAY_PENDING in annotations:
             lock = self._locks.setdefault((namespace, str(name)), asyncio.Lock())
             async with lock:
                 await self._replay(namespace, str(name), body)
@@ -413,7 +411,7 @@ class DeadLetters:
     # -- replay ------------------------------------------------------------------------------------
 
     def _path(self, namespace: str, name: str, sub: str | None = None) -> str:
-        return path_for(GROUP_VERSION, DEAD_LETTERS, namespace, name, sub)
+        return path_for(API_VERSION, DEAD_LETTERS, namespace, name, sub)
 
     async def _replay(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
         """Drive the replay state machine on the freshest view until no request is left."""
@@ -423,9 +421,9 @@ class DeadLetters:
                 return
             annotations = (current.get("metadata") or {}).get("annotations") or {}
             try:
-                if REPLAY_PENDING_ANNOTATION in annotations:
+                if ANNOTATION_REPLAY_PENDING in annotations:
                     current = await self._finish_pending(namespace, name, current)
-                elif annotations.get(REPLAY_ANNOTATION) == "true":
+                elif annotations.get(ANNOTATION_REPLAY) == "true":
                     current = await self._consume_request(namespace, name, current)
                 else:
                     return
@@ -449,7 +447,7 @@ class DeadLetters:
         """The original Execution's input, if that very Execution (same uid) still exists."""
         ref = (dead_letter.get("spec") or {}).get("executionRef") or {}
         try:
-            original = await self.client.get(path_for(GROUP_VERSION, EXECUTIONS, namespace, str(ref.get("name"))))
+            original = await self.client.get(path_for(API_VERSION, EXECUTIONS, namespace, str(ref.get("name"))))
         except ApiError as exc:
             if exc.not_found:
                 return None
@@ -471,15 +469,15 @@ class DeadLetters:
         patch = {
             "metadata": {
                 "resourceVersion": meta.get("resourceVersion"),
-                "annotations": {REPLAY_ANNOTATION: None, REPLAY_PENDING_ANNOTATION: pending},
+                "annotations": {ANNOTATION_REPLAY: None, ANNOTATION_REPLAY_PENDING: pending},
             }
         }
         updated = await self.client.patch(self._path(namespace, name), patch)
         if pending is None:
             await self._event(
                 current,
-                "Warning",
-                "ReplayRefused",
+                EventType.WARNING,
+                EventReason.REPLAY_REFUSED,
                 f"{clipped} is nested too deep for the operator to read; create a new Execution instead"
                 if clipped else
                 "the snapshot's input was too large to keep and the original Execution is gone; "
@@ -491,7 +489,7 @@ class DeadLetters:
     async def _finish_pending(self, namespace: str, name: str, current: Mapping[str, Any]) -> dict[str, Any]:
         """Create Execution n (409 = made before), record it in status, then clear the pending marker."""
         meta = current.get("metadata") or {}
-        raw = str((meta.get("annotations") or {}).get(REPLAY_PENDING_ANNOTATION, ""))
+        raw = str((meta.get("annotations") or {}).get(ANNOTATION_REPLAY_PENDING, ""))
         number = int(raw) if raw.isdigit() and int(raw) > 0 else None
         replays = list((current.get("status") or {}).get("replays") or [])
         if number is not None:
@@ -503,7 +501,7 @@ class DeadLetters:
                 try:
                     manifest = replay_execution(current, number, original)
                 except ReplayRefused as exc:
-                    await self._event(current, "Warning", "ReplayRefused", str(exc))
+                    await self._event(current, EventType.WARNING, EventReason.REPLAY_REFUSED, str(exc))
                 else:
                     created = await self._create_execution(namespace, manifest)
                     entry = Replay(name=target, time=rfc3339(self.clock()))
@@ -521,13 +519,14 @@ class DeadLetters:
                         replay=number,
                         created=created,
                     )
-                    await self._event(current, "Normal", "Replayed", f"created Execution {target} (replay {number})")
+                    await self._event(current, EventType.NORMAL, EventReason.REPLAYED,
+                                      f"created Execution {target} (replay {number})")
         return await self.client.patch(
             self._path(namespace, name),
             {
                 "metadata": {
                     "resourceVersion": meta.get("resourceVersion"),
-                    "annotations": {REPLAY_PENDING_ANNOTATION: None},
+                    "annotations": {ANNOTATION_REPLAY_PENDING: None},
                 }
             },
         )
@@ -535,7 +534,7 @@ class DeadLetters:
     async def _create_execution(self, namespace: str, manifest: dict[str, Any]) -> bool:
         """Create the replay Execution; False when an earlier try already made it."""
         try:
-            await self.client.post(path_for(GROUP_VERSION, EXECUTIONS, namespace), manifest)
+            await self.client.post(path_for(API_VERSION, EXECUTIONS, namespace), manifest)
         except ApiError as exc:
             if exc.already_exists:
                 return False
@@ -545,8 +544,8 @@ class DeadLetters:
     async def _event(self, body: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
         meta = body.get("metadata") or {}
         about = {
-            "apiVersion": GROUP_VERSION,
-            "kind": "DeadLetter",
+            "apiVersion": API_VERSION,
+            "kind": Kind.DEAD_LETTER,
             "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion")},
         }
         await post_event(self.client, about, etype, reason, message, self.clock())
@@ -637,7 +636,7 @@ class DeadLetters:
         try:
             await self.client.delete(self._path(namespace, name), body)
             log.info("dead letter deleted by retention", namespace=namespace, dead_letter=name, why=why)
-        except Exception as exc:  # a timer task has nobody to raise to
+        except Exception as exc:  # noqa: BLE001 - a timer task has nobody to raise to
             gone = isinstance(exc, ApiError) and (exc.not_found or exc.status == 409)  # 409: another uid now
             if not gone:
                 entry.deleting = False

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class ErrorType(StrEnum):
+    """`status.error.type`: callers branch on these names, so they never change."""
+
     # The user's Python exception.
     SYNTAX_ERROR = "syntax_error"
     IMPORT_ERROR = "import_error"
@@ -60,6 +62,8 @@ class ErrorType(StrEnum):
 
 
 class ErrorTypeFlags(NamedTuple):
+    """How the operator treats an error type: whether to retry it and whether it counts against the breaker."""
+
     retryable: bool
     trips_breaker: bool
     #: A disruption is not the user's fault: it has its own retry cap instead of the user's budget.
@@ -142,6 +146,7 @@ SIGNAL_TYPES: dict[int, tuple[str, ErrorType]] = {
 
 
 def flags(error_type: ErrorType | str) -> ErrorTypeFlags:
+    """The handling of `error_type`; a name that is not an error type raises ValueError."""
     return ERROR_FLAGS[ErrorType(error_type)]
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from execution_operator import metrics
+from execution_operator.api import API_VERSION, EXECUTION_CLASSES, EventReason, EventType, Kind
 from execution_operator.breaker import (
     MODE_ANNOTATION,
     RESET_ANNOTATION,
@@ -23,19 +24,21 @@ from execution_operator.breaker import (
     CircuitState,
     ControlMode,
     Transition,
-    format_time,
     parse_mode,
     state_gauge_value,
 )
 from execution_operator.breaker_store import admit_launch, breaker_of, record_launch, sync_breaker
 from execution_operator.errors import ErrorInfo, flags
-from execution_operator.k8s import MERGE_PATCH, KubeClient
+from execution_operator.k8s import MERGE_PATCH, ApiError, KubeClient, path_for, resource_version
+from execution_operator.timestamps import rfc3339 as format_time
 
 log = structlog.get_logger("execution_operator.gates")
 
 
 @dataclass(frozen=True)
 class GateAdmission:
+    """Whether a launch may go ahead now; if not, `message` says why and `retry_at` when to ask again."""
+
     allowed: bool
     message: str = ""
     retry_at: str | None = None
@@ -43,6 +46,7 @@ class GateAdmission:
 
 
 def holder_of(key: tuple[str, str], attempt: int) -> str:
+    """The probe-slot holder of one attempt (`ns/name#attempt`), so that its slot can be given back."""
     return f"{key[0]}/{key[1]}#{attempt}"
 
 
@@ -65,7 +69,7 @@ class _CachingClient:
         self.cache = cache
 
     def _keep(self, obj: dict[str, Any]) -> dict[str, Any]:
-        if obj.get("kind") == "ExecutionClass":
+        if obj.get("kind") == Kind.EXECUTION_CLASS:
             name = obj["metadata"]["name"]
             current = self.cache.get(name)
             if current is None or _rv(obj) >= _rv(current):
@@ -120,6 +124,7 @@ class Gates:
         return state.state == CircuitState.CLOSED and state.failure_count == 0 and not state.probes
 
     async def admit(self, class_name: str, key: tuple[str, str], attempt: int) -> GateAdmission:
+        """Ask the class's breaker whether this attempt may launch; a quiet, closed breaker answers without a write."""
         if self._quiet(class_name):
             return GateAdmission(allowed=True)
         async with self._lock(class_name):
@@ -166,13 +171,42 @@ class Gates:
             )
         self._announce(class_name, state, transitions)
 
+    # -- the ExecutionClass cache: fed by the watch, filled on a miss, shared with the breaker store
+
+    def cached_class(self, name: str) -> dict[str, Any] | None:
+        """The latest body of class `name` this process has seen, if any."""
+        return self.classes.get(name)
+
+    def class_names(self) -> list[str]:
+        """The names of the cached classes, sorted."""
+        return sorted(self.classes)
+
+    async def get_class(self, name: str) -> dict[str, Any] | None:
+        """The class `name` (cached, else read once); None if it does not exist."""
+        cached = self.classes.get(name)
+        if cached is not None:
+            return cached
+        try:
+            body = await self.client.get(path_for(API_VERSION, EXECUTION_CLASSES, None, name))
+        except ApiError as exc:
+            if exc.not_found:
+                return None
+            raise
+        self.classes[name] = body
+        return body
+
     async def on_class_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
+        """Keep the class cache current and act on breaker annotations and timed moves the event reveals."""
         name = body["metadata"]["name"]
         if event_type == "DELETED":
+            self.classes.pop(name, None)
             timer = self.sync_timers.pop(name, None)
             if timer:
                 timer.cancel()
             return
+        current = self.classes.get(name)
+        if current is None or resource_version(body) >= resource_version(current):
+            self.classes[name] = dict(body)
         state = breaker_of(body)
         metrics.set_breaker_state(name, state_gauge_value(state))
         annotations = (body.get("metadata") or {}).get("annotations") or {}
@@ -191,11 +225,12 @@ class Gates:
         return mode is None or mode == state.forced
 
     async def sync(self, class_name: str, body: Mapping[str, Any] | None = None) -> None:
+        """Persist the breaker's timed moves and requested changes; a failure is logged and left to the next event."""
         try:
             async with self._lock(class_name):
                 state, transitions = await sync_breaker(self.store_client, class_name, clock=self.clock,
                                                         initial=self.classes.get(class_name) or body)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a later event or timer syncs again
             log.warning("breaker sync failed", execution_class=class_name, error=str(exc)[:300])
             return
         self._announce(class_name, state, transitions)
@@ -216,15 +251,16 @@ class Gates:
     def _announce(self, class_name: str, state: BreakerState, transitions: list[Transition]) -> None:
         metrics.set_breaker_state(class_name, state_gauge_value(state))
         body = self.classes.get(class_name) or {
-            "apiVersion": "sandbox.dev/v1alpha1", "kind": "ExecutionClass", "metadata": {"name": class_name},
+            "apiVersion": API_VERSION, "kind": Kind.EXECUTION_CLASS, "metadata": {"name": class_name},
         }
         for transition in transitions:
             metrics.record_breaker_transition(class_name, transition.to)
             log.info("circuit breaker transition", execution_class=class_name, to=transition.to,
                      reason=transition.reason)
             if self.post_event is not None:
-                etype = "Warning" if transition.to_state == CircuitState.OPEN else "Normal"
-                reason = {"open": "CircuitOpen", "half_open": "CircuitHalfOpen", "closed": "CircuitClosed"}[
+                etype = EventType.WARNING if transition.to_state == CircuitState.OPEN else EventType.NORMAL
+                reason = {"open": EventReason.CIRCUIT_OPEN, "half_open": EventReason.CIRCUIT_HALF_OPEN,
+                          "closed": EventReason.CIRCUIT_CLOSED}[
                     transition.to
                 ]
                 self.post_event(

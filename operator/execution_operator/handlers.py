@@ -11,12 +11,22 @@ from typing import Any
 
 import kopf
 
-from execution_operator import GROUP, MANAGED_BY, VERSION, kopf_guard, metrics
+from execution_operator import kopf_guard, metrics
+from execution_operator.api import (
+    DEAD_LETTERS,
+    EXECUTION_CLASSES,
+    EXECUTIONS,
+    GROUP,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    VERSION,
+    WARM_POOLS,
+)
 from execution_operator.controller import Controller
 from execution_operator.deadletters import DeadLetters
 from execution_operator.k8s import KubeClient, load_connection_info
 
-SANDBOX_POD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+SANDBOX_POD_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 
 
 class OperatorContext:
@@ -33,6 +43,7 @@ class OperatorContext:
         return self
 
     def require(self) -> Controller:
+        """The controller, once startup has built it."""
         assert self.controller is not None, "startup has not run"
         return self.controller
 
@@ -46,9 +57,11 @@ class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
     """
 
     def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        """An empty essence: there is nothing to compare."""
         return kopf.BodyEssence()
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        """No diff base is ever stored."""
         return None
 
 
@@ -80,23 +93,23 @@ def register(registry: kopf.OperatorRegistry) -> None:
         if memo.controller is not None:
             await memo.controller.client.close()
 
-    @kopf.on.event(GROUP, VERSION, "executions", registry=registry)
+    @kopf.on.event(GROUP, VERSION, EXECUTIONS, registry=registry)
     async def execution_event(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> None:
         await memo.require().on_execution_event(event["object"], event.get("type"))
 
-    @kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": MANAGED_BY}, registry=registry)
+    @kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry)
     async def pod_event(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> None:
         await memo.require().on_pod_event(event["object"], event.get("type"))
 
-    @kopf.on.event(GROUP, VERSION, "executionclasses", registry=registry)
+    @kopf.on.event(GROUP, VERSION, EXECUTION_CLASSES, registry=registry)
     async def class_event(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> None:
         await memo.require().on_class_event(event["object"], event.get("type"))
 
-    @kopf.on.event(GROUP, VERSION, "warmpools", registry=registry)
+    @kopf.on.event(GROUP, VERSION, WARM_POOLS, registry=registry)
     async def pool_event(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> None:
         await memo.require().on_pool_event(event["object"], event.get("type"))
 
-    @kopf.on.event(GROUP, VERSION, "deadletters", registry=registry)
+    @kopf.on.event(GROUP, VERSION, DEAD_LETTERS, registry=registry)
     async def dead_letter_event(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> None:
         dead_letters = memo.require().dead_letters
         if dead_letters is not None:

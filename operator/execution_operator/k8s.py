@@ -25,7 +25,8 @@ from urllib.parse import quote
 import aiohttp
 import structlog
 
-from execution_operator import API_VERSION, safejson
+from execution_operator import safejson
+from execution_operator.api import API_VERSION, MANAGED_BY, Kind
 from execution_operator.status import rfc3339
 
 if TYPE_CHECKING:
@@ -86,14 +87,17 @@ class ApiError(Exception):
 
     @property
     def not_found(self) -> bool:
+        """404: the object is gone, or never was."""
         return self.status == 404
 
     @property
     def conflict(self) -> bool:
+        """409 on a stale resourceVersion: re-read and decide again."""
         return self.status == 409 and self.reason != "AlreadyExists"
 
     @property
     def already_exists(self) -> bool:
+        """409 on a create: the object exists already (e.g. a repeated create of a deterministic name)."""
         return self.status == 409 and self.reason == "AlreadyExists"
 
 
@@ -164,7 +168,7 @@ class KubeClient:
         self,
         info: kopf.ConnectionInfo | Endpoint,
         *,
-        user_agent: str = "execution-operator",
+        user_agent: str = MANAGED_BY,
         observer: RequestObserver | None = None,
         pool_size: int = 32,
         timeout: float = 30.0,
@@ -206,6 +210,7 @@ class KubeClient:
         return self._session
 
     async def close(self) -> None:
+        """Close the HTTP session; a later request opens a new one."""
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -300,22 +305,27 @@ class KubeClient:
                 yield pending
 
     async def get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """GET a JSON object or list."""
         result: dict[str, Any] = await self.request("GET", path, params=params)
         return result
 
     async def get_text(self, path: str, params: Mapping[str, str] | None = None) -> str:
+        """GET a text body, such as a pod's log."""
         result: str = await self.request("GET", path, params=params, raw=True)
         return result
 
     async def post(self, path: str, body: Any) -> dict[str, Any]:
+        """Create an object."""
         result: dict[str, Any] = await self.request("POST", path, body=body)
         return result
 
     async def patch(self, path: str, body: Any, *, content_type: str = MERGE_PATCH) -> dict[str, Any]:
+        """Patch an object: a merge patch unless `content_type` says otherwise."""
         result: dict[str, Any] = await self.request("PATCH", path, body=body, content_type=content_type)
         return result
 
     async def delete(self, path: str, body: Any = None) -> dict[str, Any]:
+        """Delete an object; `body` may carry DeleteOptions (e.g. a propagation policy)."""
         result: dict[str, Any] = await self.request("DELETE", path, body=body)
         return result
 
@@ -370,6 +380,14 @@ def path_for(
     return base
 
 
+def resource_version(body: Mapping[str, Any]) -> int:
+    """An object's resourceVersion as a number, to tell the newer of two views (0 if it has none)."""
+    try:
+        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
 async def post_event(
     client: KubeClient, body: Mapping[str, Any], etype: str, reason: str, message: str, now: datetime
 ) -> None:
@@ -385,7 +403,7 @@ async def post_event(
                      "namespace": namespace},
         "involvedObject": {
             "apiVersion": body.get("apiVersion", API_VERSION),
-            "kind": body.get("kind", "Execution"),
+            "kind": body.get("kind", Kind.EXECUTION),
             "name": meta.get("name"),
             "namespace": namespace,
             "uid": meta.get("uid"),
@@ -394,14 +412,14 @@ async def post_event(
         "type": etype,
         "reason": reason,
         "message": message[:1024],
-        "source": {"component": "execution-operator"},
-        "reportingComponent": "execution-operator",
-        "reportingInstance": "execution-operator",
+        "source": {"component": MANAGED_BY},
+        "reportingComponent": MANAGED_BY,
+        "reportingInstance": MANAGED_BY,
         "firstTimestamp": stamp,
         "lastTimestamp": stamp,
         "count": 1,
     }
     try:
         await client.post(path_for("v1", "events", namespace), event)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - an Event is never worth failing a reconcile
         log.debug("event not posted", reason=reason, error=str(exc)[:200])

@@ -37,7 +37,7 @@ _json_shim = types.SimpleNamespace(loads=safejson.loads, dumps=json.dumps, JSOND
 
 async def _get(url: str, *, settings: Any, payload: object | None = None, headers: dict[str, str] | None = None,
                timeout: Any = None, logger: Any) -> Any:  # noqa: ASYNC109 (kopf's signature)
-    """kopf's `api.get`, decoding the answer with `safejson`."""
+    """The `api.get` of kopf, decoding the answer with `safejson`."""
     response = await kopf_api.request(method="get", url=url, payload=payload, headers=headers, timeout=timeout,
                                       settings=settings, logger=logger)
     async with response:
@@ -45,7 +45,7 @@ async def _get(url: str, *, settings: Any, payload: object | None = None, header
 
 
 async def resilient_watch(**kwargs: Any) -> AsyncIterator[Any]:
-    """kopf's infinite watch, restarted (with a fresh list) whenever it fails instead of ending."""
+    """The infinite watch of kopf, restarted (with a fresh list) whenever it fails instead of ending."""
     failures = 0
     resource = kwargs.get("resource")
     while True:
@@ -56,7 +56,7 @@ async def resilient_watch(**kwargs: Any) -> AsyncIterator[Any]:
             return  # kopf's loop ends only in its tests (`_iterations`)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any watch failure reopens the watch after a backoff
             delay = WATCH_FAILURE_BACKOFF[min(failures, len(WATCH_FAILURE_BACKOFF) - 1)]
             failures += 1
             plural = str(getattr(resource, "plural", resource))
@@ -68,6 +68,6 @@ async def resilient_watch(**kwargs: Any) -> AsyncIterator[Any]:
 
 def install() -> None:
     """Idempotent: point kopf's decoding and watch loop at the versions above."""
-    kopf_api.json = _json_shim  # type: ignore[assignment]
+    kopf_api.json = _json_shim  # type: ignore[assignment,attr-defined]
     kopf_api.get = _get
     kopf_watching.infinite_watch = resilient_watch

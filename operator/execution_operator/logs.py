@@ -21,6 +21,8 @@ from typing import Any, Final, Literal, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from execution_operator.api import Kind
+
 LogFormat = Literal["auto", "json", "console"]
 LOG_FORMATS: Final[tuple[str, ...]] = ("auto", "json", "console")
 
@@ -38,7 +40,7 @@ def _add_k8s_ref(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> E
         name = ref.get("name")
         namespace = ref.get("namespace")
         event_dict.setdefault("k8s", {k: v for k, v in ref.items() if k in ("kind", "name", "namespace")})
-        if kind == "Execution" and name:
+        if kind == Kind.EXECUTION and name:
             event_dict.setdefault("execution", name)
         if namespace:
             event_dict.setdefault("namespace", namespace)
@@ -138,8 +140,10 @@ def execution_logger(
     attempt: int | None,
     **extra: Any,
 ) -> structlog.stdlib.BoundLogger:
-    """A logger whose every line carries the Execution's identity (``execution``, ``namespace``,
-    ``correlation_id``, ``attempt``) plus any ``extra`` fields."""
+    """A logger whose every line carries the Execution's identity.
+
+    That is ``execution``, ``namespace``, ``correlation_id`` and ``attempt``, plus any ``extra`` fields.
+    """
     return get_logger(
         "execution_operator.execution",
         execution=name,

@@ -19,6 +19,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from execution_operator import api
 from execution_operator.errors import ErrorType
 
 #: Durations from 50 ms (a trivial script) up to the 300 s timeout cap.
@@ -43,7 +44,7 @@ API_BUCKETS: Final[tuple[float, ...]] = (
 #: Terminal outcomes; the label value is the lower-cased terminal phase.
 OUTCOMES: Final[frozenset[str]] = frozenset({"succeeded", "failed", "cancelled"})
 #: Non-terminal phases counted as in flight.
-IN_FLIGHT_PHASES: Final[tuple[str, ...]] = ("Pending", "Running", "Retrying")
+IN_FLIGHT_PHASES: Final[tuple[str, ...]] = tuple(api.IN_FLIGHT_PHASES)
 #: Breaker states and their gauge values (0 closed, 1 half-open, 2 open), as DESIGN.md fixes them.
 BREAKER_STATES: Final[dict[str, int]] = {"closed": 0, "half_open": 1, "open": 2}
 #: Kubernetes API verbs; anything else is folded into ``other``.
@@ -234,14 +235,17 @@ class OperatorMetrics:
             self.launch_latency_seconds.labels(cls, launch if launch in LAUNCH_PATHS else "cold").observe(seconds)
 
     def set_warm_pool_pods(self, namespace: str, cls: str, state: str, n: float) -> None:
+        """Set how many unclaimed pods of a class's pools in a namespace are in `state`."""
         self.warm_pool_pods.labels(namespace, cls, state).set(n)
 
     def forget_warm_pool(self, namespace: str, cls: str) -> None:
+        """Drop the pool pod series of a deleted pool."""
         for state in POOL_POD_STATES:
             with contextlib.suppress(KeyError):
                 self.warm_pool_pods.remove(namespace, cls, state)
 
     def record_warm_claim(self, cls: str, result: str) -> None:
+        """Count one claim by result: hit, miss or handover_failed."""
         if result in CLAIM_RESULTS:
             self.warm_claims_total.labels(cls, result).inc()
 
@@ -250,9 +254,11 @@ class OperatorMetrics:
         self.executions_in_flight.labels(cls, _phase(phase)).set(n)
 
     def inc_in_flight(self, cls: str, phase: str) -> None:
+        """One Execution entered `phase`."""
         self.executions_in_flight.labels(cls, _phase(phase)).inc()
 
     def dec_in_flight(self, cls: str, phase: str) -> None:
+        """One Execution left `phase`."""
         self.executions_in_flight.labels(cls, _phase(phase)).dec()
 
     def move_in_flight(self, cls: str, from_phase: str | None, to_phase: str | None) -> None:
@@ -263,6 +269,7 @@ class OperatorMetrics:
             self.inc_in_flight(cls, to_phase)
 
     def record_retry(self, cls: str, error_type: ErrorType | str | None) -> None:
+        """Count a retry, labelled with the error type that caused it."""
         self.retries_total.labels(cls, _error_type(error_type)).inc()
 
     def set_breaker_state(self, cls: str, value: str | int) -> None:
@@ -277,12 +284,15 @@ class OperatorMetrics:
         self.circuit_breaker_state.labels(cls).set(number)
 
     def record_dead_letter(self, namespace: str, cls: str, error_type: ErrorType | str | None) -> None:
+        """Count a DeadLetter created, labelled with the error type of the failure."""
         self.dead_letters_total.labels(namespace, cls, _error_type(error_type)).inc()
 
     def set_dead_letters_present(self, namespace: str, n: float) -> None:
+        """Set how many DeadLetters exist in `namespace`."""
         self.dead_letters_present.labels(namespace).set(n)
 
     def record_reconcile_error(self, kind: str) -> None:
+        """Count a reconcile that failed unexpectedly, by the kind of object."""
         self.reconcile_errors_total.labels(kind).inc()
 
     def observe_api_request(self, verb: str, code: int | str | None, seconds: float) -> None:
@@ -293,9 +303,11 @@ class OperatorMetrics:
             self.api_request_duration_seconds.labels(v).observe(seconds)
 
     def record_watch_restart(self, resource: str) -> None:
+        """Count a restart of the watch on `resource`."""
         self.watch_restarts_total.labels(resource).inc()
 
     def set_info(self, version: str) -> None:
+        """Publish the running version as the info metric's label."""
         self.operator_info.labels(version).set(1)
 
     # --- Introspection --------------------------------------------------------------------------------
@@ -343,74 +355,92 @@ def start_metrics_server(
 def record_terminal(
     namespace: str, cls: str, outcome: str, error_type: ErrorType | str | None, duration: float | None
 ) -> None:
+    """`OperatorMetrics.record_terminal` on the default instance."""
     METRICS.record_terminal(namespace, cls, outcome, error_type, duration)
 
 
 def record_launch_latency(cls: str, seconds: float, launch: str = "cold") -> None:
+    """`OperatorMetrics.record_launch_latency` on the default instance."""
     METRICS.record_launch_latency(cls, seconds, launch)
 
 
 def set_warm_pool_pods(namespace: str, cls: str, state: str, n: float) -> None:
+    """`OperatorMetrics.set_warm_pool_pods` on the default instance."""
     METRICS.set_warm_pool_pods(namespace, cls, state, n)
 
 
 def forget_warm_pool(namespace: str, cls: str) -> None:
+    """`OperatorMetrics.forget_warm_pool` on the default instance."""
     METRICS.forget_warm_pool(namespace, cls)
 
 
 def record_warm_claim(cls: str, result: str) -> None:
+    """`OperatorMetrics.record_warm_claim` on the default instance."""
     METRICS.record_warm_claim(cls, result)
 
 
 def set_in_flight(cls: str, phase: str, n: float) -> None:
+    """`OperatorMetrics.set_in_flight` on the default instance."""
     METRICS.set_in_flight(cls, phase, n)
 
 
 def inc_in_flight(cls: str, phase: str) -> None:
+    """`OperatorMetrics.inc_in_flight` on the default instance."""
     METRICS.inc_in_flight(cls, phase)
 
 
 def dec_in_flight(cls: str, phase: str) -> None:
+    """`OperatorMetrics.dec_in_flight` on the default instance."""
     METRICS.dec_in_flight(cls, phase)
 
 
 def move_in_flight(cls: str, from_phase: str | None, to_phase: str | None) -> None:
+    """`OperatorMetrics.move_in_flight` on the default instance."""
     METRICS.move_in_flight(cls, from_phase, to_phase)
 
 
 def record_retry(cls: str, error_type: ErrorType | str | None) -> None:
+    """`OperatorMetrics.record_retry` on the default instance."""
     METRICS.record_retry(cls, error_type)
 
 
 def set_breaker_state(cls: str, value: str | int) -> None:
+    """`OperatorMetrics.set_breaker_state` on the default instance."""
     METRICS.set_breaker_state(cls, value)
 
 
 def record_breaker_transition(cls: str, to: str) -> None:
+    """`OperatorMetrics.record_breaker_transition` on the default instance."""
     METRICS.record_breaker_transition(cls, to)
 
 
 def record_dead_letter(namespace: str, cls: str, error_type: ErrorType | str | None) -> None:
+    """`OperatorMetrics.record_dead_letter` on the default instance."""
     METRICS.record_dead_letter(namespace, cls, error_type)
 
 
 def set_dead_letters_present(namespace: str, n: float) -> None:
+    """`OperatorMetrics.set_dead_letters_present` on the default instance."""
     METRICS.set_dead_letters_present(namespace, n)
 
 
 def record_reconcile_error(kind: str) -> None:
+    """`OperatorMetrics.record_reconcile_error` on the default instance."""
     METRICS.record_reconcile_error(kind)
 
 
 def observe_api_request(verb: str, code: int | str | None, seconds: float) -> None:
+    """`OperatorMetrics.observe_api_request` on the default instance."""
     METRICS.observe_api_request(verb, code, seconds)
 
 
 def record_watch_restart(resource: str) -> None:
+    """`OperatorMetrics.record_watch_restart` on the default instance."""
     METRICS.record_watch_restart(resource)
 
 
 def set_info(version: str) -> None:
+    """`OperatorMetrics.set_info` on the default instance."""
     METRICS.set_info(version)
 
 

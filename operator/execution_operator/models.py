@@ -1,4 +1,4 @@
-"""The API of group `sandbox.dev/v1alpha1` as pydantic models: the one shape the code reads and writes.
+"""The API (`api.API_VERSION`) as pydantic models: the one shape the code reads and writes.
 
 The CRDs in `crds/` are the server-side form of the same contract; `tests/unit/test_models.py` and
 `tests/unit/test_crds.py` prove the two agree (fields, bounds, defaults, enums). Field names are
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Final, Self
 
@@ -28,23 +27,26 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from execution_operator.api import (
+    API_VERSION,
+    TERMINAL_PHASES,
+    ConditionStatus,
+    Kind,
+    Launch,
+    Phase,
+)
 from execution_operator.breaker import BreakerState
 from execution_operator.breaker import CircuitState as CircuitState  # re-exported
 from execution_operator.breaker import LastFailure as LastFailure  # re-exported
 from execution_operator.breaker import ProbeLease as ProbeLease  # re-exported
 from execution_operator.errors import ErrorInfo, ErrorType
 from execution_operator.quantity import QUANTITY_PATTERN, is_quantity
+from execution_operator.timestamps import rfc3339 as rfc3339  # re-exported: models write times
 
 # ---------------------------------------------------------------------------------------------------
 # API coordinates and limits
 # ---------------------------------------------------------------------------------------------------
 
-API_GROUP: Final = "sandbox.dev"
-API_VERSION: Final = "v1alpha1"
-GROUP_VERSION: Final = f"{API_GROUP}/{API_VERSION}"
-EXECUTIONS: Final = "executions"
-EXECUTION_CLASSES: Final = "executionclasses"
-DEAD_LETTERS: Final = "deadletters"
 
 #: `spec.code` length in characters.
 MAX_CODE_CHARS: Final = 102400
@@ -77,12 +79,6 @@ MAX_WARM_POOL_REPLICAS: Final = 100
 #: metav1.Condition's reason pattern.
 CONDITION_REASON_PATTERN: Final = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 MAX_CORRELATION_ID_CHARS: Final = 128
-
-
-def rfc3339(moment: datetime | None = None) -> str:
-    """A timestamp as Kubernetes writes it (`2026-01-02T03:04:05Z`, UTC, whole seconds)."""
-    moment = moment or datetime.now(UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def json_depth(value: Any, stop_at: int = MAX_INPUT_DEPTH + 1) -> int:
@@ -156,34 +152,6 @@ class ResourceList(ApiModel):
     memory: Quantity | None = None
 
 
-class ConditionStatus(StrEnum):
-    TRUE = "True"
-    FALSE = "False"
-    UNKNOWN = "Unknown"
-
-
-class ConditionType(StrEnum):
-    SUCCEEDED = "Succeeded"
-    LAUNCHED = "Launched"
-    AVAILABLE = "Available"
-
-
-class ConditionReason(StrEnum):
-    """Reasons this operator writes besides the CamelCase error types (`errors.condition_reason`)."""
-
-    PENDING = "Pending"
-    RUNNING = "Running"
-    RETRYING = "Retrying"
-    SUCCEEDED = "Succeeded"
-    CANCELLED = "Cancelled"
-    LAUNCHED = "PodCreated"
-    CIRCUIT_OPEN = "CircuitOpen"
-    CIRCUIT_HALF_OPEN = "CircuitHalfOpen"
-    CIRCUIT_CLOSED = "CircuitClosed"
-    QUEUED = "Queued"
-    INVALID = "Invalid"
-
-
 class Condition(ApiModel):
     """metav1.Condition. `last_transition_time` is filled by `set_condition`."""
 
@@ -246,16 +214,6 @@ class ExecutionSpec(ApiModel):
     cancel: bool = False
 
 
-class Phase(StrEnum):
-    PENDING = "Pending"
-    RUNNING = "Running"
-    RETRYING = "Retrying"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-    CANCELLED = "Cancelled"
-
-
-TERMINAL_PHASES: Final = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED})
 
 
 class ExitCodeSource(StrEnum):
@@ -265,13 +223,6 @@ class ExitCodeSource(StrEnum):
     LAST_STATE = "lastState"  # containerStatuses[].lastState.terminated.exitCode
     LOG_MARKER = "logMarker"  # the runner's trusted report
     UNKNOWN = "unknown"  # none of them; exitCode is absent
-
-
-class Launch(StrEnum):
-    """How an attempt's pod was obtained."""
-
-    WARM = "warm"  # claimed from a WarmPool; the payload handed over through attach
-    COLD = "cold"  # a pod created for the attempt
 
 
 class AttemptRecord(ApiModel):
@@ -354,6 +305,7 @@ class ExecutionStatus(ApiModel):
 
     @property
     def terminal(self) -> bool:
+        """Whether the phase is final."""
         return self.phase in TERMINAL_PHASES
 
 
@@ -363,6 +315,8 @@ class ExecutionStatus(ApiModel):
 
 
 class EnvVar(ApiModel):
+    """An environment variable the class sets in its sandboxes."""
+
     name: str = Field(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
     value: str = Field(default="", max_length=32768)
 
@@ -385,6 +339,8 @@ class CircuitBreakerPolicy(ApiModel):
 
 
 class DeadLetterPolicy(StrEnum):
+    """Which failures leave a DeadLetter: all, infrastructure failures only, or none."""
+
     ALL = "All"
     INFRASTRUCTURE = "Infrastructure"
     NONE = "None"
@@ -415,6 +371,8 @@ CircuitBreakerStatus = BreakerState
 
 
 class ExecutionClassStatus(ApiModel):
+    """`status` of an ExecutionClass: its circuit breaker and conditions."""
+
     circuit_breaker: BreakerState | None = None
     conditions: list[Condition] = Field(default_factory=list, max_length=MAX_CONDITIONS)
     observed_generation: int | None = Field(default=None, ge=0)
@@ -426,6 +384,8 @@ class ExecutionClassStatus(ApiModel):
 
 
 class ExecutionRef(ApiModel):
+    """Names an Execution; the uid tells a recreated Execution of the same name apart."""
+
     name: str = Field(min_length=1, max_length=253)
     uid: str | None = Field(default=None, max_length=128)
 
@@ -473,11 +433,15 @@ def input_snapshot(value: Any, limit_bytes: int = DEAD_LETTER_MAX_INPUT_BYTES) -
 
 
 class Replay(ApiModel):
+    """One replay of a DeadLetter: the Execution it created, and when."""
+
     name: str = Field(min_length=1, max_length=253)
     time: str
 
 
 class DeadLetterStatus(ApiModel):
+    """`status` of a DeadLetter: its latest replays."""
+
     replays: Annotated[list[Replay], _keep_last(MAX_REPLAY_RECORDS), Field(max_length=MAX_REPLAY_RECORDS)] = Field(
         default_factory=list
     )
@@ -505,7 +469,7 @@ class _Resource(ApiModel):
 
     def to_body(self) -> dict[str, Any]:
         """The full object for a create call (apiVersion, kind, metadata, spec, status)."""
-        return {"apiVersion": GROUP_VERSION, "kind": self.KIND, **self.to_k8s()}
+        return {"apiVersion": API_VERSION, "kind": self.KIND, **self.to_k8s()}
 
     @property
     def name(self) -> str:
@@ -528,14 +492,18 @@ class _Resource(ApiModel):
 
 
 class Execution(_Resource):
-    KIND: ClassVar[str] = "Execution"
+    """Code and input to run in a sandbox, with the typed result in its status."""
+
+    KIND: ClassVar[str] = Kind.EXECUTION
 
     spec: ExecutionSpec
     status: ExecutionStatus = Field(default_factory=ExecutionStatus)
 
 
 class ExecutionClass(_Resource):
-    KIND: ClassVar[str] = "ExecutionClass"
+    """A runtime and failure policy that Executions name in `spec.executionClass`."""
+
+    KIND: ClassVar[str] = Kind.EXECUTION_CLASS
 
     spec: ExecutionClassSpec
     status: ExecutionClassStatus = Field(default_factory=ExecutionClassStatus)
@@ -549,6 +517,8 @@ class WarmPoolSpec(ApiModel):
 
 
 class WarmPoolStatus(ApiModel):
+    """What a pool holds; written only by the operator."""
+
     replicas: int | None = Field(default=None, ge=0)
     ready_replicas: int | None = Field(default=None, ge=0)
     claimed: int | None = Field(default=None, ge=0)
@@ -558,14 +528,18 @@ class WarmPoolStatus(ApiModel):
 
 
 class WarmPool(_Resource):
-    KIND: ClassVar[str] = "WarmPool"
+    """A pool of ready, unclaimed sandbox pods of one ExecutionClass."""
+
+    KIND: ClassVar[str] = Kind.WARM_POOL
 
     spec: WarmPoolSpec
     status: WarmPoolStatus = Field(default_factory=WarmPoolStatus)
 
 
 class DeadLetter(_Resource):
-    KIND: ClassVar[str] = "DeadLetter"
+    """What a failed Execution left behind, kept for inspection and replay."""
+
+    KIND: ClassVar[str] = Kind.DEAD_LETTER
 
     spec: DeadLetterSpec
     status: DeadLetterStatus = Field(default_factory=DeadLetterStatus)

@@ -21,9 +21,10 @@ import aiohttp
 import pydantic
 import structlog
 
-from execution_operator import API_VERSION, metrics
+from execution_operator import metrics
 from execution_operator import status as st
 from execution_operator import warmpool as wp
+from execution_operator.api import API_VERSION, WARM_POOLS, ConditionType, Kind
 from execution_operator.classify import classify_create_error, classify_stuck_pod
 from execution_operator.errors import ErrorType
 from execution_operator.gates import Gates
@@ -34,7 +35,6 @@ from execution_operator.sandbox import ExecutionRef, label_value
 Key = tuple[str, str]
 log = structlog.get_logger("execution_operator.pools")
 
-WARMPOOLS = "warmpools"
 #: Pool status writes are coalesced: at most one per pool per this many seconds.
 STATUS_DEBOUNCE_SECONDS = 1.0
 #: Pods tried per claim before falling back to a cold launch (each loss is a 409 to another claimer).
@@ -93,6 +93,7 @@ class WarmPools:
     # ----------------------------------------------------------------- watch events
 
     async def on_pool_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
+        """Cache the pool and fill it; a deleted pool's pods go by their owner reference."""
         key = _key(body)
         if event_type == "DELETED":
             # Its pods are collected by their owner reference; none is handed out meanwhile.
@@ -132,6 +133,7 @@ class WarmPools:
                 await self.reconcile(key)
 
     async def on_class_event(self, class_name: str) -> None:
+        """A class changed: its pools' pods of another template are replaced."""
         for key in [k for k, b in self.pools.items() if _class_of(b) == class_name]:
             await self.reconcile(key)
 
@@ -139,6 +141,7 @@ class WarmPools:
         return [k for k in self.pools if k[0] == namespace and label_value(k[1]) == label]
 
     def has_pool(self, namespace: str, class_name: str) -> bool:
+        """Whether the namespace has a pool of the class."""
         return any(k[0] == namespace and _class_of(b) == class_name for k, b in self.pools.items())
 
     # ----------------------------------------------------------------- keeping a pool filled
@@ -157,12 +160,13 @@ class WarmPools:
         self.timers[key] = loop.call_later(delay, lambda: self._spawn(self.reconcile(key)))
 
     async def reconcile(self, key: Key) -> None:
+        """One pass over a pool under its lock; a failure is logged, counted and retried."""
         lock = self.locks.setdefault(key, asyncio.Lock())
         async with lock:
             try:
                 await self._reconcile_once(key)
-            except Exception as exc:
-                metrics.record_reconcile_error("WarmPool")
+            except Exception as exc:  # noqa: BLE001 - one pool's failure is logged, counted and retried
+                metrics.record_reconcile_error(Kind.WARM_POOL)
                 log.warning("warm pool reconcile failed; will retry", namespace=key[0], pool=key[1],
                             error=f"{type(exc).__name__}: {exc}"[:500])
                 self._wake_at(key, self.clock() + timedelta(seconds=5))
@@ -241,7 +245,7 @@ class WarmPools:
             "claimed": int(current.get("claimed") or 0) + claims,
             "selector": wp.pool_selector(key[1]),
             "observedGeneration": generation,
-            "conditions": st.condition(current.get("conditions"), "Ready", cstatus, reason, message,
+            "conditions": st.condition(current.get("conditions"), ConditionType.READY, cstatus, reason, message,
                                        st.rfc3339(self.clock()), generation),
         }
 
@@ -256,7 +260,7 @@ class WarmPools:
             claims = self.claims.pop(key, 0)
             patch = self._status_patch(key, spec, cls, plan, claims)
             try:
-                updated = await self.client.patch(path_for(API_VERSION, WARMPOOLS, key[0], key[1], "status"),
+                updated = await self.client.patch(path_for(API_VERSION, WARM_POOLS, key[0], key[1], "status"),
                                                   {"status": patch})
             except ApiError as exc:
                 self.claims[key] = self.claims.get(key, 0) + claims
@@ -367,6 +371,7 @@ class WarmPools:
         return True
 
     async def delete(self, pod: Mapping[str, Any]) -> None:
+        """Delete a pod (a claimed one whose handover failed): never handed out again."""
         await self._delete(pod)
 
 

@@ -34,8 +34,10 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
 
 
 def delay_until(not_before: datetime, now: datetime, rng: random.Random, spread: float = 5.0) -> float:
-    """Seconds to wait for a held launch: until `not_before` (e.g. an open breaker's `retryAt`),
-    plus uniform(0, spread) so the held Executions do not all come back in the same instant."""
+    """Seconds to wait for a held launch: until `not_before` (e.g. an open breaker's `retryAt`), plus jitter.
+
+    The jitter, uniform(0, spread), keeps the held Executions from all coming back in the same instant.
+    """
     if spread < 0:
         raise ValueError("spread must not be negative")
     return max(0.0, (not_before - now).total_seconds()) + rng.uniform(0.0, spread)
@@ -43,6 +45,8 @@ def delay_until(not_before: datetime, now: datetime, rng: random.Random, spread:
 
 @dataclass(frozen=True)
 class RetryDecision:
+    """Whether to retry a failed attempt, and whether the retry counts against the user's budget."""
+
     retry: bool
     #: Whether the next attempt counts against `retry.maxAttempts` (false for a disruption within its cap).
     consumes_budget: bool

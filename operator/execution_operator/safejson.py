@@ -14,12 +14,14 @@ import json
 import re
 from typing import Any, Final
 
+from execution_operator.api import GROUP
+
 #: Values nested deeper than this (counted from the document's root) are replaced when decoding fails.
 MAX_DEPTH: Final = 100
 #: What a clipped value decodes to.
-TOO_DEEP: Final = "\x00sandbox.dev/nested-too-deep"
+TOO_DEEP: Final = f"\x00{GROUP}/nested-too-deep"
 #: Set on an object (a dict with `metadata`) whose body was clipped: the path of its first clipped value.
-QUARANTINE_KEY: Final = "__sandbox.dev/clipped__"
+QUARANTINE_KEY: Final = f"__{GROUP}/clipped__"
 
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 

@@ -14,22 +14,36 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from execution_operator import API_VERSION, MANAGED_BY
+from execution_operator.api import (
+    ANNOTATION_CODE,
+    ANNOTATION_CORRELATION_ID,
+    ANNOTATION_INPUT,
+    API_VERSION,
+    LABEL_ATTEMPT,
+    LABEL_CORRELATION_ID,
+    LABEL_EXECUTION,
+    LABEL_EXECUTION_CLASS,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_NETWORK,
+    MANAGED_BY,
+    Kind,
+)
 from execution_operator.models import ExecutionClassSpec, ExecutionSpec, ResourceList
 
 DEFAULT_CPU = "500m"
 DEFAULT_MEMORY = "256Mi"
 RUNNER_COMMAND = ["python", "-m", "execution_operator.runner"]
 SANDBOX_UID = 65532
-NETWORK_DENY_LABEL = "sandbox.dev/network"
+NETWORK_DENY_LABEL = LABEL_NETWORK
 NETWORK_POLICY_NAME = "execution-operator-sandbox-deny-all"
 PAYLOAD_DIR = "/sandbox/payload"
 #: Pod annotations are limited to 256 KiB in total: carry payloads up to this size in them.
 ANNOTATION_CARRIER_MAX_BYTES = 200 * 1024
 #: ConfigMaps are limited to 1 MiB of data.
 CONFIGMAP_CARRIER_MAX_BYTES = 1000 * 1024
-CODE_ANNOTATION = "sandbox.dev/code"
-INPUT_ANNOTATION = "sandbox.dev/input"
+CODE_ANNOTATION = ANNOTATION_CODE
+INPUT_ANNOTATION = ANNOTATION_INPUT
 OUTPUT_LIMIT_BYTES = 131072
 STREAM_TAIL_BYTES = 16384
 GRACE_SECONDS = 5
@@ -52,21 +66,24 @@ class ExecutionRef:
 
 
 def short_hash(*parts: str, length: int = 6) -> str:
+    """A short stable hash that keeps derived names unique when their readable part is cut."""
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:length]
 
 
-def _dns_prefix(name: str, max_len: int) -> str:
+def dns_prefix(name: str, max_len: int) -> str:
+    """`name` cut to `max_len` characters that may start a DNS-1123 name (`ex` if none are left)."""
     cleaned = re.sub(r"[^a-z0-9-]", "-", name.lower())[:max_len].strip("-")
     return cleaned or "ex"
 
 
 def pod_name(ref: ExecutionRef, attempt: int) -> str:
     """`<name prefix>-<uid hash>-a<attempt>`: stable per attempt, at most 63 characters."""
-    return f"{_dns_prefix(ref.name, 45)}-{short_hash(ref.uid)}-a{attempt}"
+    return f"{dns_prefix(ref.name, 45)}-{short_hash(ref.uid)}-a{attempt}"
 
 
 def carrier_name(ref: ExecutionRef) -> str:
-    return f"{_dns_prefix(ref.name, 45)}-{short_hash(ref.uid)}-payload"
+    """The ConfigMap carrying a payload too big for annotations; one per Execution, shared by its attempts."""
+    return f"{dns_prefix(ref.name, 45)}-{short_hash(ref.uid)}-payload"
 
 
 def label_value(value: str) -> str:
@@ -78,10 +95,12 @@ def label_value(value: str) -> str:
 
 
 def is_label_safe(value: str) -> bool:
+    """Whether `value` may be used as a label value unchanged."""
     return len(value) <= 63 and bool(_LABEL_VALUE.match(value))
 
 
 def effective_resources(spec: ExecutionSpec, cls: ExecutionClassSpec) -> dict[str, str]:
+    """The cpu and memory an attempt gets: the Execution's request, else the class's defaults, else ours."""
     defaults = cls.resources.defaults if cls.resources and cls.resources.defaults else None
     requested = spec.resources or ResourceList()
     return {
@@ -91,13 +110,15 @@ def effective_resources(spec: ExecutionSpec, cls: ExecutionClassSpec) -> dict[st
 
 
 def input_json(spec: ExecutionSpec) -> str | None:
+    """The input as compact JSON, as the sandbox reads it; None when there is none."""
     return None if spec.input is None else json.dumps(spec.input, separators=(",", ":"))
 
 
 def owner_reference(ref: ExecutionRef) -> dict[str, Any]:
+    """The Execution as controller owner, so that its pods and carriers are garbage-collected with it."""
     return {
         "apiVersion": API_VERSION,
-        "kind": "Execution",
+        "kind": Kind.EXECUTION,
         "name": ref.name,
         "uid": ref.uid,
         "controller": True,
@@ -106,22 +127,24 @@ def owner_reference(ref: ExecutionRef) -> dict[str, Any]:
 
 
 def labels_for(ref: ExecutionRef, class_name: str, attempt: int | None, allow_network: bool) -> dict[str, str]:
+    """The labels of an Execution's pods and carriers: what the operator's server-side selectors match."""
     labels = {
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        "app.kubernetes.io/name": "sandbox",
-        "sandbox.dev/execution": label_value(ref.name),
-        "sandbox.dev/execution-class": label_value(class_name),
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_NAME: "sandbox",
+        LABEL_EXECUTION: label_value(ref.name),
+        LABEL_EXECUTION_CLASS: label_value(class_name),
     }
     if attempt is not None:
-        labels["sandbox.dev/attempt"] = str(attempt)
+        labels[LABEL_ATTEMPT] = str(attempt)
     if is_label_safe(ref.correlation_id):
-        labels["sandbox.dev/correlation-id"] = ref.correlation_id
+        labels[LABEL_CORRELATION_ID] = ref.correlation_id
     if not allow_network:
         labels[NETWORK_DENY_LABEL] = "deny"
     return labels
 
 
 def uses_configmap_carrier(spec: ExecutionSpec) -> bool:
+    """Whether the code and input are too big for annotations and travel in a ConfigMap."""
     size = len(spec.code.encode()) + len((input_json(spec) or "").encode())
     return size > ANNOTATION_CARRIER_MAX_BYTES
 
@@ -270,7 +293,7 @@ def build_pod(ref: ExecutionRef, spec: ExecutionSpec, cls: ExecutionClassSpec, a
             "name": pod_name(ref, attempt),
             "namespace": ref.namespace,
             "labels": labels_for(ref, spec.execution_class_name, attempt, cls.allow_network),
-            "annotations": annotations | {"sandbox.dev/correlation-id": ref.correlation_id},
+            "annotations": annotations | {ANNOTATION_CORRELATION_ID: ref.correlation_id},
             "ownerReferences": [owner_reference(ref)],
         },
         "spec": _pod_spec(cls, resources, env, payload, active_deadline_seconds(spec, cls)),
@@ -291,7 +314,7 @@ def deny_all_network_policy(namespace: str) -> dict[str, Any]:
         "metadata": {
             "name": NETWORK_POLICY_NAME,
             "namespace": namespace,
-            "labels": {"app.kubernetes.io/managed-by": MANAGED_BY},
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY},
         },
         "spec": {
             "podSelector": {"matchLabels": {NETWORK_DENY_LABEL: "deny"}},

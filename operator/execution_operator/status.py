@@ -8,30 +8,25 @@ attempts) are always sent whole, because a merge patch replaces lists.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
+from execution_operator.api import (
+    TERMINAL_PHASES,
+    ConditionReason,
+    ConditionStatus,
+    ConditionType,
+    Launch,
+    Phase,
+)
 from execution_operator.classify import Verdict
 from execution_operator.errors import ErrorInfo, ErrorType, condition_reason
-
-MAX_ATTEMPT_RECORDS = 20
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Cancelled"})
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
-
-
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
+from execution_operator.models import MAX_ATTEMPT_RECORDS
+from execution_operator.timestamps import parse_time as parse_time
+from execution_operator.timestamps import rfc3339 as rfc3339
 
 
 def is_terminal(status: Mapping[str, Any]) -> bool:
+    """Whether the stored phase is final, so nothing may change the outcome any more."""
     return status.get("phase") in TERMINAL_PHASES
 
 
@@ -48,17 +43,17 @@ def condition(
     result = [dict(c) for c in (conditions or []) if c.get("type") != ctype]
     previous = next((c for c in conditions or [] if c.get("type") == ctype), None)
     transition = previous["lastTransitionTime"] if previous and previous.get("status") == status else now
-    new: dict[str, Any] = {
-        "type": ctype,
-        "status": status,
-        "reason": reason,
+    new: dict[str, Any] = {  # plain strings, as stored and compared
+        "type": str(ctype),
+        "status": str(status),
+        "reason": str(reason),
         "message": message[:32768],
         "lastTransitionTime": transition,
     }
     if generation is not None:
         new["observedGeneration"] = generation
     result.append(new)
-    order = {"Succeeded": 0, "Launched": 1}
+    order = {ConditionType.SUCCEEDED: 0, ConditionType.LAUNCHED: 1}
     result.sort(key=lambda c: order.get(c["type"], 9))
     return result
 
@@ -78,6 +73,7 @@ def _attempts_with(
 
 
 def common(status: Mapping[str, Any], generation: int | None, correlation_id: str) -> dict[str, Any]:
+    """The fields every status write carries."""
     patch: dict[str, Any] = {"correlationId": correlation_id}
     if generation is not None:
         patch["observedGeneration"] = generation
@@ -86,19 +82,24 @@ def common(status: Mapping[str, Any], generation: int | None, correlation_id: st
 
 def launched(
     status: Mapping[str, Any], *, attempt: int, pod: str, now: str, generation: int | None, correlation_id: str,
-    launch: str = "cold",
+    launch: str = Launch.COLD,
 ) -> dict[str, Any]:
-    if launch == "warm":
-        reason, message = "WarmPodClaimed", f"Warm pod {pod} claimed for attempt {attempt}"
+    """The pod is created (or claimed from a warm pool): Pending on this attempt.
+
+    The previous attempt's live fields are cleared.
+    """
+    if launch == Launch.WARM:
+        reason, message = ConditionReason.WARM_POD_CLAIMED, f"Warm pod {pod} claimed for attempt {attempt}"
     else:
-        reason, message = "PodCreated", f"Pod {pod} created for attempt {attempt}"
-    conditions = condition(status.get("conditions"), "Launched", "True", reason, message, now, generation)
+        reason, message = ConditionReason.LAUNCHED, f"Pod {pod} created for attempt {attempt}"
+    conditions = condition(status.get("conditions"), ConditionType.LAUNCHED, ConditionStatus.TRUE, reason, message,
+                           now, generation)
     conditions = condition(
-        conditions, "Succeeded", "Unknown", "Pending", f"Attempt {attempt} is waiting for its pod to start", now,
-        generation,
+        conditions, ConditionType.SUCCEEDED, ConditionStatus.UNKNOWN, ConditionReason.PENDING,
+        f"Attempt {attempt} is waiting for its pod to start", now, generation,
     )
     return common(status, generation, correlation_id) | {
-        "phase": "Pending",
+        "phase": Phase.PENDING,
         "attempt": attempt,
         "podName": pod,
         "launch": launch,
@@ -121,7 +122,7 @@ def warm_started(
 ) -> dict[str, Any]:
     """A claimed warm pod took the payload: launched and running in one write (its code starts at once)."""
     patch = launched(status, attempt=attempt, pod=pod, now=now, generation=generation, correlation_id=correlation_id,
-                     launch="warm")
+                     launch=Launch.WARM)
     after = {**status, **patch}
     return patch | running(after, attempt=attempt, started_at=now, now=now, generation=generation,
                            correlation_id=correlation_id)
@@ -131,12 +132,13 @@ def running(
     status: Mapping[str, Any], *, attempt: int, started_at: str, now: str, generation: int | None,
     correlation_id: str,
 ) -> dict[str, Any]:
+    """The container started: Running, with the attempt's start time recorded."""
     conditions = condition(
-        status.get("conditions"), "Succeeded", "Unknown", "Running", f"Attempt {attempt} is running the code", now,
-        generation,
+        status.get("conditions"), ConditionType.SUCCEEDED, ConditionStatus.UNKNOWN, ConditionReason.RUNNING,
+        f"Attempt {attempt} is running the code", now, generation,
     )
     return common(status, generation, correlation_id) | {
-        "phase": "Running",
+        "phase": Phase.RUNNING,
         "conditions": conditions,
         "attempts": _attempts_with(status, attempt, startTime=started_at),
     }
@@ -147,10 +149,12 @@ def held(
     next_attempt_at: str | None = None,
 ) -> dict[str, Any]:
     """Not launched yet: queued behind maxConcurrent, or waiting for an open circuit."""
-    conditions = condition(status.get("conditions"), "Launched", "False", reason, message, now, generation)
-    conditions = condition(conditions, "Succeeded", "Unknown", reason, message, now, generation)
+    conditions = condition(status.get("conditions"), ConditionType.LAUNCHED, ConditionStatus.FALSE, reason, message,
+                           now, generation)
+    conditions = condition(conditions, ConditionType.SUCCEEDED, ConditionStatus.UNKNOWN, reason, message, now,
+                           generation)
     patch = common(status, generation, correlation_id) | {
-        "phase": status.get("phase") if status.get("phase") in {"Retrying"} else "Pending",
+        "phase": Phase.RETRYING if status.get("phase") == Phase.RETRYING else Phase.PENDING,
         "conditions": conditions,
     }
     if next_attempt_at is not None:
@@ -174,6 +178,7 @@ def _verdict_fields(verdict: Verdict) -> dict[str, Any]:
 
 
 def error_dict(error: ErrorInfo | None) -> dict[str, Any] | None:
+    """`status.error` as JSON, or None to clear it."""
     return None if error is None else error.model_dump(mode="json", exclude_none=True)
 
 
@@ -183,18 +188,23 @@ def finished(
 ) -> dict[str, Any]:
     """The terminal status of an Execution whose last attempt produced `verdict`."""
     error = verdict.error
+    reason: str
     if verdict.success:
-        phase, cond_status, reason, message = "Succeeded", "True", "Succeeded", f"Attempt {attempt} succeeded"
+        phase, cond_status = Phase.SUCCEEDED, ConditionStatus.TRUE
+        reason, message = ConditionReason.SUCCEEDED, f"Attempt {attempt} succeeded"
     elif error is not None and error.type == ErrorType.CANCELLED:
-        phase, cond_status, reason, message = "Cancelled", "False", "Cancelled", error.message
+        phase, cond_status = Phase.CANCELLED, ConditionStatus.FALSE
+        reason, message = ConditionReason.CANCELLED, error.message
     else:
         assert error is not None
-        phase, cond_status = "Failed", "False"
+        phase, cond_status = Phase.FAILED, ConditionStatus.FALSE
         reason, message = condition_reason(error.type), error.message
-    conditions = condition(status.get("conditions"), "Succeeded", cond_status, reason, message, now, generation)
+    conditions = condition(status.get("conditions"), ConditionType.SUCCEEDED, cond_status, reason, message, now,
+                           generation)
     if error is not None and error.type == ErrorType.SERVICE_UNAVAILABLE:
         # Refused by an open circuit on its last attempt: never launched, and this is why.
-        conditions = condition(conditions, "Launched", "False", "CircuitOpen", error.message, now, generation)
+        conditions = condition(conditions, ConditionType.LAUNCHED, ConditionStatus.FALSE,
+                               ConditionReason.CIRCUIT_OPEN, error.message, now, generation)
     return common(status, generation, correlation_id) | _verdict_fields(verdict) | {
         "phase": phase,
         "success": verdict.success,
@@ -218,11 +228,14 @@ def retrying(
     error = verdict.error
     assert error is not None
     message = f"Attempt {attempt} failed ({error.type}: {error.message}); attempt {attempt + 1} at {next_attempt_at}"
-    launched_reason = "CircuitOpen" if error.type == ErrorType.SERVICE_UNAVAILABLE else "Retrying"
-    conditions = condition(status.get("conditions"), "Launched", "False", launched_reason, message, now, generation)
-    conditions = condition(conditions, "Succeeded", "Unknown", "Retrying", message, now, generation)
+    launched_reason = (ConditionReason.CIRCUIT_OPEN if error.type == ErrorType.SERVICE_UNAVAILABLE
+                       else ConditionReason.RETRYING)
+    conditions = condition(status.get("conditions"), ConditionType.LAUNCHED, ConditionStatus.FALSE, launched_reason,
+                           message, now, generation)
+    conditions = condition(conditions, ConditionType.SUCCEEDED, ConditionStatus.UNKNOWN, ConditionReason.RETRYING,
+                           message, now, generation)
     patch = common(status, generation, correlation_id) | _verdict_fields(verdict) | {
-        "phase": "Retrying",
+        "phase": Phase.RETRYING,
         "error": error_dict(error),
         "attempt": attempt,
         "nextAttemptAt": next_attempt_at,
@@ -241,11 +254,12 @@ def invalid(
     status: Mapping[str, Any], *, error: ErrorInfo, now: str, generation: int | None, correlation_id: str
 ) -> dict[str, Any]:
     """The spec breaks a rule the schema cannot express: fail before launching anything."""
-    conditions = condition(status.get("conditions"), "Launched", "False", "Invalid", error.message, now, generation)
-    conditions = condition(conditions, "Succeeded", "False", condition_reason(error.type), error.message, now,
-                           generation)
+    conditions = condition(status.get("conditions"), ConditionType.LAUNCHED, ConditionStatus.FALSE,
+                           ConditionReason.INVALID, error.message, now, generation)
+    conditions = condition(conditions, ConditionType.SUCCEEDED, ConditionStatus.FALSE, condition_reason(error.type),
+                           error.message, now, generation)
     return common(status, generation, correlation_id) | {
-        "phase": "Failed",
+        "phase": Phase.FAILED,
         "success": False,
         "error": error_dict(error),
         "attempt": 0,

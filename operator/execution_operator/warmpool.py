@@ -19,7 +19,24 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from execution_operator import API_VERSION, MANAGED_BY
+from execution_operator.api import (
+    ANNOTATION_CLAIMED_BY,
+    ANNOTATION_CORRELATION_ID,
+    API_VERSION,
+    LABEL_ATTEMPT,
+    LABEL_CLAIMED_FROM,
+    LABEL_CORRELATION_ID,
+    LABEL_EXECUTION,
+    LABEL_EXECUTION_CLASS,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_POOL_TEMPLATE,
+    LABEL_WARM_POOL,
+    MANAGED_BY,
+    ConditionReason,
+    ConditionStatus,
+    Kind,
+)
 from execution_operator.classify import pod_finished
 from execution_operator.errors import ErrorInfo, ErrorType
 from execution_operator.models import ExecutionClassSpec, ExecutionSpec
@@ -27,9 +44,9 @@ from execution_operator.runner import warm
 from execution_operator.sandbox import (
     NETWORK_DENY_LABEL,
     ExecutionRef,
-    _dns_prefix,
     active_deadline_seconds,
     build_warm_pod_spec,
+    dns_prefix,
     effective_resources,
     input_json,
     is_label_safe,
@@ -39,11 +56,10 @@ from execution_operator.sandbox import (
 )
 from execution_operator.status import parse_time
 
-POOL_LABEL = "sandbox.dev/warm-pool"
-TEMPLATE_LABEL = "sandbox.dev/pool-template"
-CLAIMED_FROM_LABEL = "sandbox.dev/claimed-from"
-CLASS_LABEL = "sandbox.dev/execution-class"
-CLAIM_ANNOTATION = "sandbox.dev/claimed-by"
+POOL_LABEL = LABEL_WARM_POOL
+TEMPLATE_LABEL = LABEL_POOL_TEMPLATE
+CLAIMED_FROM_LABEL = LABEL_CLAIMED_FROM
+CLAIM_ANNOTATION = ANNOTATION_CLAIMED_BY
 #: The supervisor prints this line when its payload is complete (the pod's evidence of a handover).
 PAYLOAD_MARKER = warm.PAYLOAD_MARKER
 IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
@@ -73,11 +89,11 @@ def build_pool_pod(namespace: str, pool: str, pool_uid: str, class_name: str, cl
     """An unclaimed pod of `pool`, owned by the WarmPool (deleting the pool collects its pods)."""
     template = template_hash(cls)
     labels = {
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        "app.kubernetes.io/name": "sandbox",
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_NAME: "sandbox",
         POOL_LABEL: label_value(pool),
         TEMPLATE_LABEL: template,
-        CLASS_LABEL: label_value(class_name),
+        LABEL_EXECUTION_CLASS: label_value(class_name),
     }
     if not cls.allow_network:
         labels[NETWORK_DENY_LABEL] = "deny"
@@ -85,10 +101,10 @@ def build_pool_pod(namespace: str, pool: str, pool_uid: str, class_name: str, cl
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": f"{_dns_prefix(pool, 40)}-{template[:6]}-{suffix or secrets.token_hex(4)}",
+            "name": f"{dns_prefix(pool, 40)}-{template[:6]}-{suffix or secrets.token_hex(4)}",
             "namespace": namespace,
             "labels": labels,
-            "ownerReferences": [{"apiVersion": API_VERSION, "kind": "WarmPool", "name": pool, "uid": pool_uid,
+            "ownerReferences": [{"apiVersion": API_VERSION, "kind": Kind.WARM_POOL, "name": pool, "uid": pool_uid,
                                  "controller": True, "blockOwnerDeletion": True}],
         },
         "spec": build_warm_pod_spec(cls, _warm_env(cls)),
@@ -108,18 +124,18 @@ def claim_patch(pod: Mapping[str, Any], ref: ExecutionRef, class_name: str, spec
     labels: dict[str, str | None] = {
         POOL_LABEL: None,
         CLAIMED_FROM_LABEL: (meta.get("labels") or {}).get(POOL_LABEL),
-        "sandbox.dev/execution": label_value(ref.name),
-        "sandbox.dev/attempt": str(attempt),
+        LABEL_EXECUTION: label_value(ref.name),
+        LABEL_ATTEMPT: str(attempt),
     }
     if is_label_safe(ref.correlation_id):
-        labels["sandbox.dev/correlation-id"] = ref.correlation_id
+        labels[LABEL_CORRELATION_ID] = ref.correlation_id
     created = parse_time(meta.get("creationTimestamp")) or now
     age = max(0, int((now - created).total_seconds()) + 1)
     return {
         "metadata": {
             "resourceVersion": meta.get("resourceVersion"),
             "labels": labels,
-            "annotations": {CLAIM_ANNOTATION: f"{ref.uid}/{attempt}", "sandbox.dev/correlation-id": ref.correlation_id},
+            "annotations": {CLAIM_ANNOTATION: f"{ref.uid}/{attempt}", ANNOTATION_CORRELATION_ID: ref.correlation_id},
             "ownerReferences": [owner_reference(ref)],
         },
         # Set while unset (allowed on a running pod): the same backstop a cold pod has, from now on.
@@ -132,7 +148,7 @@ def claimed_for(pod: Mapping[str, Any], uid: str, attempt: int) -> bool:
     meta = pod.get("metadata") or {}
     labels = meta.get("labels") or {}
     owned = any(ref.get("uid") == uid and ref.get("controller") for ref in meta.get("ownerReferences") or [])
-    return owned and CLAIMED_FROM_LABEL in labels and labels.get("sandbox.dev/attempt") == str(attempt)
+    return owned and CLAIMED_FROM_LABEL in labels and labels.get(LABEL_ATTEMPT) == str(attempt)
 
 
 def payload(ref: ExecutionRef, spec: ExecutionSpec, attempt: int) -> bytes:
@@ -157,6 +173,7 @@ def is_ready(pod: Mapping[str, Any]) -> bool:
 
 
 def image_pull_failing(pod: Mapping[str, Any]) -> str | None:
+    """The message of a pod waiting on an image it cannot pull, if it is."""
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in IMAGE_PULL_REASONS:
@@ -250,13 +267,13 @@ def pool_condition(plan: PoolPlan, *, replicas: int, class_missing: bool, circui
     """(status, reason, message) of the pool's Ready condition."""
     ready = len(plan.ready)
     if class_missing:
-        return "False", "ClassNotFound", "The pool's ExecutionClass does not exist"
+        return ConditionStatus.FALSE, ConditionReason.CLASS_NOT_FOUND, "The pool's ExecutionClass does not exist"
     if ready >= replicas:
-        return "True", "Ready", f"{ready} of {replicas} pods ready"
+        return ConditionStatus.TRUE, ConditionReason.READY, f"{ready} of {replicas} pods ready"
     if circuit_message:
-        return "False", "CircuitOpen", circuit_message
+        return ConditionStatus.FALSE, ConditionReason.CIRCUIT_OPEN, circuit_message
     if quota_message:
-        return "False", "QuotaExceeded", quota_message
+        return ConditionStatus.FALSE, ConditionReason.QUOTA_EXCEEDED, quota_message
     if plan.image_problem:
-        return "False", "ImagePullFailing", plan.image_problem
-    return "False", "Filling", f"{ready} of {replicas} pods ready"
+        return ConditionStatus.FALSE, ConditionReason.IMAGE_PULL_FAILING, plan.image_problem
+    return ConditionStatus.FALSE, ConditionReason.FILLING, f"{ready} of {replicas} pods ready"

@@ -1,7 +1,8 @@
 """A burst of Executions under injected API faults and SIGKILLs of the operator, checked against the pods.
 
-Shared by the end-to-end test (a modest burst in `make test`) and `bench/faults.py` (>= 300
-Executions, 5 SIGKILLs). While the burst runs, the local API server fails a share of the operator's
+Run by `tests/e2e/test_faults.py` (a modest burst in `make test`, or >= 300 Executions and 5 SIGKILLs
+when sized by E2E_FAULT_BURST and E2E_FAULT_SIGKILLS).
+While the burst runs, the local API server fails a share of the operator's
 requests (429 with Retry-After, 500, 409 on writes; 429/500 on reads, pods/log and executions/status
 included; kopf's own list and watch requests too), watches are dropped, and the operator is SIGKILLed
 and restarted. At the end, with the faults off, every Execution must be terminal; its recorded outcome

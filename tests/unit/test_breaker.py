@@ -56,7 +56,8 @@ def opened(seconds: float = 0) -> BreakerState:
 
 def half_open(seconds: float = 30) -> BreakerState:
     state, transition = advance(opened(), POLICY, at(seconds))
-    assert state.state == CircuitState.HALF_OPEN and transition is not None
+    assert state.state == CircuitState.HALF_OPEN
+    assert transition is not None
     return state
 
 
@@ -66,7 +67,8 @@ def half_open(seconds: float = 30) -> BreakerState:
 def test_fresh_state_is_closed_and_admits_without_change() -> None:
     state = BreakerState()
     admission = admit(state, POLICY, T0)
-    assert admission.allowed and not admission.probe
+    assert admission.allowed
+    assert not admission.probe
     assert admission.new_state == state
     assert admission.transition is None
 
@@ -76,7 +78,8 @@ def test_closed_opens_at_the_threshold_of_consecutive_failures() -> None:
     state, t1 = fail(state, 1)
     state, t2 = fail(state, 2)
     assert (t1, t2) == (None, None)
-    assert state.state == CircuitState.CLOSED and state.failure_count == 2
+    assert state.state == CircuitState.CLOSED
+    assert state.failure_count == 2
     state, t3 = fail(state, 3)
     assert t3 is not None
     assert (t3.from_state, t3.to_state, t3.reason, t3.to) == (
@@ -105,13 +108,15 @@ def test_failures_that_do_not_trip_change_nothing(kind: ErrorType) -> None:
     state = BreakerState(failure_count=2)
     for _ in range(10):
         new, transition = record_failure(state, POLICY, kind, "user code failed", T0)
-        assert new == state and transition is None
+        assert new == state
+        assert transition is None
 
 
 def test_a_success_resets_the_consecutive_count() -> None:
     state, _ = fail(fail(BreakerState())[0])
     state, transition = record_success(state, POLICY, at(5))
-    assert transition is None and state.failure_count == 0
+    assert transition is None
+    assert state.failure_count == 0
     state, _ = fail(fail(state, 6)[0], 7)
     assert state.state == CircuitState.CLOSED
 
@@ -126,7 +131,8 @@ def test_record_result_treats_reaching_user_code_as_success() -> None:
     )
     assert state.failure_count == 1
     state, transition = record_result(state, POLICY, T0, reached_user_code=False)
-    assert state.failure_count == 1 and transition is None
+    assert state.failure_count == 1
+    assert transition is None
 
 
 def test_failure_message_is_one_bounded_line() -> None:
@@ -143,14 +149,16 @@ def test_open_refuses_until_retry_at() -> None:
     state = opened()
     for seconds in (0, 10, 29.999):
         admission = admit(state, POLICY, at(seconds))
-        assert not admission.allowed and not admission.probe
+        assert not admission.allowed
+        assert not admission.probe
         assert admission.retry_at == at(30)
         assert admission.new_state == state
 
 
 def test_open_goes_half_open_at_retry_at_and_admits_a_probe() -> None:
     admission = admit(opened(), POLICY, at(30), holder="ns/a#1")
-    assert admission.allowed and admission.probe
+    assert admission.allowed
+    assert admission.probe
     assert admission.transition is not None
     assert (admission.transition.to_state, admission.transition.reason) == (
         CircuitState.HALF_OPEN,
@@ -165,7 +173,8 @@ def test_failures_while_open_are_counted_without_extending_the_wait() -> None:
     state = opened()
     state, transition = fail(state, 10)
     assert transition is None
-    assert state.failure_count == 4 and state.retry_at == at(30)
+    assert state.failure_count == 4
+    assert state.retry_at == at(30)
 
 
 def test_late_success_while_open_changes_nothing() -> None:
@@ -177,7 +186,8 @@ def test_advance_moves_open_to_half_open_only_after_retry_at() -> None:
     state = opened()
     assert advance(state, POLICY, at(29)) == (state, None)
     new, transition = advance(state, POLICY, at(31))
-    assert new.state == CircuitState.HALF_OPEN and transition is not None
+    assert new.state == CircuitState.HALF_OPEN
+    assert transition is not None
     assert new.last_transition_time == at(31)
 
 
@@ -203,13 +213,15 @@ def test_half_open_max_probes_can_differ_from_success_threshold() -> None:
     state, _ = record_failure(BreakerState(), policy, ErrorType.INTERNAL_ERROR, "x", T0)
     first = admit(state, policy, at(30))
     second = admit(first.new_state, policy, at(30))
-    assert first.allowed and not second.allowed
+    assert first.allowed
+    assert not second.allowed
 
 
 def test_the_same_holder_is_readmitted_without_a_second_slot() -> None:
     state = admit(half_open(), POLICY, at(31), holder="ns/a#1").new_state
     again = admit(state, POLICY, at(32), holder="ns/a#1")
-    assert again.allowed and again.probe
+    assert again.allowed
+    assert again.probe
     assert again.new_state == state
 
 
@@ -218,7 +230,9 @@ def test_probe_successes_close_after_success_threshold() -> None:
     state = admit(state, POLICY, at(31), holder="a").new_state
     state = admit(state, POLICY, at(31), holder="b").new_state
     state, t1 = record_success(state, POLICY, at(35), holder="a")
-    assert t1 is None and state.success_count == 1 and state.probes_in_flight == 1
+    assert t1 is None
+    assert state.success_count == 1
+    assert state.probes_in_flight == 1
     state, t2 = record_success(state, POLICY, at(36), holder="b")
     assert t2 is not None
     assert (t2.from_state, t2.to_state, t2.reason) == (
@@ -229,7 +243,8 @@ def test_probe_successes_close_after_success_threshold() -> None:
     assert state == state.model_copy(
         update={"failure_count": 0, "success_count": 0, "probes": (), "opened_at": None, "retry_at": None}
     )
-    assert state.state == CircuitState.CLOSED and state.failure_count == 0
+    assert state.state == CircuitState.CLOSED
+    assert state.failure_count == 0
     assert admit(state, POLICY, at(37)).allowed
 
 
@@ -254,8 +269,10 @@ def test_a_probe_failure_reopens_with_a_fresh_retry_at() -> None:
         CircuitState.OPEN,
         "ProbeFailed",
     )
-    assert state.opened_at == at(40) and state.retry_at == at(70)
-    assert state.success_count == 0 and state.probes == ()
+    assert state.opened_at == at(40)
+    assert state.retry_at == at(70)
+    assert state.success_count == 0
+    assert state.probes == ()
     assert not admit(state, POLICY, at(69)).allowed
     assert admit(state, POLICY, at(70)).allowed
 
@@ -264,7 +281,8 @@ def test_a_non_tripping_probe_failure_frees_the_slot_without_counting() -> None:
     state = admit(half_open(), POLICY, at(31), holder="a").new_state
     state, transition = record_failure(state, POLICY, ErrorType.QUOTA_EXCEEDED, "quota", at(32), holder="a")
     assert transition is None
-    assert state.state == CircuitState.HALF_OPEN and state.probes == ()
+    assert state.state == CircuitState.HALF_OPEN
+    assert state.probes == ()
 
 
 def test_stuck_probes_expire_so_the_breaker_cannot_wedge() -> None:
@@ -278,11 +296,13 @@ def test_stuck_probes_expire_so_the_breaker_cannot_wedge() -> None:
     before_expiry = admit(state, POLICY, at(31 + POLICY.probe_timeout_seconds - 1), holder="c")
     assert not before_expiry.allowed
     after = admit(state, POLICY, at(31 + POLICY.probe_timeout_seconds), holder="c")
-    assert after.allowed and after.probe
+    assert after.allowed
+    assert after.probe
     assert [p.holder for p in after.new_state.probes] == ["b", "c"]
     # A late report from the expired probe is harmless.
     late, _ = record_success(after.new_state, POLICY, at(400), holder="a")
-    assert [p.holder for p in late.probes] == ["b", "c"] and late.success_count == 1
+    assert [p.holder for p in late.probes] == ["b", "c"]
+    assert late.success_count == 1
 
 
 def test_anonymous_probes_release_oldest_first() -> None:
@@ -298,34 +318,41 @@ def test_anonymous_probes_release_oldest_first() -> None:
 
 def test_force_open_refuses_everything_and_never_times_out() -> None:
     state, transition = force_open(BreakerState(), T0)
-    assert transition is not None and transition.to_state == CircuitState.OPEN
+    assert transition is not None
+    assert transition.to_state == CircuitState.OPEN
     assert transition.reason == "ForcedOpen"
-    assert state.forced == ControlMode.FORCE_OPEN and state.retry_at is None
+    assert state.forced == ControlMode.FORCE_OPEN
+    assert state.retry_at is None
     for seconds in (0, 3600, 86400):
         admission = admit(state, POLICY, at(seconds))
         assert not admission.allowed
         assert admission.retry_at == at(seconds + POLICY.open_seconds)
     assert advance(state, POLICY, at(86400)) == (state, None)
     state, transition = record_success(state, POLICY, at(5))
-    assert state.state == CircuitState.OPEN and transition is None
+    assert state.state == CircuitState.OPEN
+    assert transition is None
 
 
 def test_force_closed_admits_and_never_trips() -> None:
     state, transition = force_closed(opened(), at(5))
-    assert transition is not None and transition.to_state == CircuitState.CLOSED
+    assert transition is not None
+    assert transition.to_state == CircuitState.CLOSED
     for n in range(10):
         state, transition = fail(state, 10 + n)
         assert transition is None
-    assert state.state == CircuitState.CLOSED and state.failure_count == 10
+    assert state.state == CircuitState.CLOSED
+    assert state.failure_count == 10
     assert admit(state, POLICY, at(30)).allowed
 
 
 def test_back_to_auto_from_force_open_probes_before_closing() -> None:
     state, _ = force_open(BreakerState(), T0)
     state, transition = set_auto(state, at(100))
-    assert transition is None and state.forced == ControlMode.AUTO
+    assert transition is None
+    assert state.forced == ControlMode.AUTO
     admission = admit(state, POLICY, at(100))
-    assert admission.allowed and admission.probe
+    assert admission.allowed
+    assert admission.probe
     assert admission.new_state.state == CircuitState.HALF_OPEN
 
 
@@ -336,12 +363,14 @@ def test_back_to_auto_from_force_closed_starts_counting_afresh() -> None:
     state, _ = set_auto(state, at(10))
     assert state.failure_count == 0
     state, transition = fail(state, 11)
-    assert transition is None and state.state == CircuitState.CLOSED
+    assert transition is None
+    assert state.state == CircuitState.CLOSED
 
 
 def test_reset_closes_and_clears_counts() -> None:
     state, transition = reset(admit(half_open(), POLICY, at(31)).new_state, at(40))
-    assert transition is not None and transition.reason == "Reset"
+    assert transition is not None
+    assert transition.reason == "Reset"
     assert state.state == CircuitState.CLOSED
     assert (state.failure_count, state.success_count, state.probes, state.retry_at) == (0, 0, (), None)
     assert state.last_failure is not None  # history stays
@@ -350,7 +379,9 @@ def test_reset_closes_and_clears_counts() -> None:
 def test_reset_keeps_a_forced_open_breaker_open() -> None:
     state, _ = force_open(opened(), at(1))
     state, transition = reset(state, at(2))
-    assert transition is None and state.state == CircuitState.OPEN and state.failure_count == 0
+    assert transition is None
+    assert state.state == CircuitState.OPEN
+    assert state.failure_count == 0
 
 
 def test_apply_control_resets_once_per_distinct_value() -> None:
@@ -358,29 +389,35 @@ def test_apply_control_resets_once_per_distinct_value() -> None:
     annotations = {RESET_ANNOTATION: "2026-07-01T10:05"}
     state, transitions = apply_control(state, annotations, at(5))
     assert [t.reason for t in transitions] == ["Reset"]
-    assert state.state == CircuitState.CLOSED and state.last_reset == "2026-07-01T10:05"
+    assert state.state == CircuitState.CLOSED
+    assert state.last_reset == "2026-07-01T10:05"
     for n in range(3):
         state, _ = fail(state, 6 + n)
     assert state.state == CircuitState.OPEN
     # The same value again does nothing; a new value resets again.
     same, transitions = apply_control(state, annotations, at(10))
-    assert same == state and transitions == []
+    assert same == state
+    assert transitions == []
     state, transitions = apply_control(state, {RESET_ANNOTATION: "second"}, at(11))
-    assert state.state == CircuitState.CLOSED and len(transitions) == 1
+    assert state.state == CircuitState.CLOSED
+    assert len(transitions) == 1
 
 
 def test_apply_control_mode_annotation() -> None:
     state, transitions = apply_control(BreakerState(), {MODE_ANNOTATION: "force-open"}, T0)
-    assert state.forced == ControlMode.FORCE_OPEN and [t.to for t in transitions] == ["open"]
+    assert state.forced == ControlMode.FORCE_OPEN
+    assert [t.to for t in transitions] == ["open"]
     # Idempotent while the annotation stays.
     assert apply_control(state, {MODE_ANNOTATION: "Force_Open"}, at(1)) == (state, [])
     # An unknown value leaves the mode alone rather than silently closing.
     assert apply_control(state, {MODE_ANNOTATION: "forceopen"}, at(1)) == (state, [])
     state, transitions = apply_control(state, {MODE_ANNOTATION: "force-closed"}, at(2))
-    assert state.forced == ControlMode.FORCE_CLOSED and [t.to for t in transitions] == ["closed"]
+    assert state.forced == ControlMode.FORCE_CLOSED
+    assert [t.to for t in transitions] == ["closed"]
     # Removing the annotation means auto.
     state, transitions = apply_control(state, {}, at(3))
-    assert state.forced == ControlMode.AUTO and transitions == []
+    assert state.forced == ControlMode.AUTO
+    assert transitions == []
 
 
 def test_parse_mode() -> None:
@@ -414,7 +451,8 @@ def test_available_condition_for_each_state() -> None:
     assert "observedGeneration" not in half
 
     forced = available_condition(force_open(BreakerState(), T0)[0], T0, 1)
-    assert forced["reason"] == "CircuitOpen" and "forced open" in forced["message"]
+    assert forced["reason"] == "CircuitOpen"
+    assert "forced open" in forced["message"]
 
 
 def test_gauge_values() -> None:
@@ -441,7 +479,8 @@ def test_status_round_trip_uses_design_field_names() -> None:
 def test_naive_and_offset_times_are_normalised_to_utc() -> None:
     naive = datetime(2026, 7, 1, 10, 0, 0)
     state, _ = record_failure(BreakerState(), POLICY, ErrorType.INTERNAL_ERROR, "x", naive)
-    assert state.last_failure is not None and state.last_failure.time == T0
+    assert state.last_failure is not None
+    assert state.last_failure.time == T0
     assert format_time(T0 + timedelta(microseconds=5)) == "2026-07-01T10:00:00Z"
 
 
@@ -455,7 +494,7 @@ def test_policy_from_spec_and_validation() -> None:
     )
     assert BreakerPolicy.from_spec(None) == BreakerPolicy()
     assert BreakerPolicy.from_spec({}, pending_timeout_seconds=600).probe_timeout_seconds == 660
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be at least 1"):
         BreakerPolicy(failure_threshold=0)
 
 
@@ -504,7 +543,8 @@ def test_invariants_hold_for_any_sequence(events: list, threshold: int, successe
         if state.state == CircuitState.CLOSED and state.forced == ControlMode.AUTO:
             assert state.failure_count < policy.failure_threshold
         if state.state == CircuitState.OPEN and state.forced == ControlMode.AUTO:
-            assert state.retry_at is not None and state.opened_at is not None
+            assert state.retry_at is not None
+            assert state.opened_at is not None
         # Only legal automatic moves.
         if transition is not None:
             assert (transition.from_state, transition.to_state) in {

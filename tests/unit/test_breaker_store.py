@@ -182,7 +182,8 @@ async def test_first_failure_writes_status_and_condition_keeping_other_condition
     state, transitions = await record_launch(
         cluster, NAME, reached_user_code=False, error_type=ErrorType.IMAGE_PULL_ERROR, clock=Clock()
     )
-    assert transitions == [] and state.failure_count == 1
+    assert transitions == []
+    assert state.failure_count == 1
     stored = cluster.obj["status"]
     assert stored["circuitBreaker"]["failureCount"] == 1
     assert stored["circuitBreaker"]["state"] == "closed"
@@ -209,7 +210,8 @@ async def test_opening_writes_open_state_and_reports_the_transition() -> None:
     assert [(t.from_state, t.to) for t in found] == [(CircuitState.CLOSED, "open")]
     breaker = cluster.obj["status"]["circuitBreaker"]
     assert breaker["state"] == "open"
-    assert breaker["openedAt"] == "2026-07-01T10:00:02Z" and breaker["retryAt"] == "2026-07-01T10:00:32Z"
+    assert breaker["openedAt"] == "2026-07-01T10:00:02Z"
+    assert breaker["retryAt"] == "2026-07-01T10:00:32Z"
     condition = available(cluster.obj)
     assert (condition["status"], condition["reason"]) == ("False", "CircuitOpen")
     assert condition["lastTransitionTime"] == "2026-07-01T10:00:02Z"
@@ -219,7 +221,8 @@ async def test_nothing_is_written_when_nothing_changes() -> None:
     cluster = FakeCluster(exc_object())
     for _ in range(5):
         admission, transitions = await admit_launch(cluster, NAME, clock=Clock())
-        assert admission.allowed and transitions == []
+        assert admission.allowed
+        assert transitions == []
     # User-code failures are successes for the breaker; with no failures counted nothing changes...
     await record_launch(
         cluster, NAME, reached_user_code=True, error_type=ErrorType.VALUE_ERROR, clock=Clock()
@@ -234,7 +237,8 @@ async def test_nothing_is_written_when_nothing_changes() -> None:
 async def test_a_cached_object_saves_the_read() -> None:
     cluster = FakeCluster(exc_object())
     admission, _ = await admit_launch(cluster, NAME, clock=Clock(), initial=copy.deepcopy(cluster.obj))
-    assert admission.allowed and cluster.gets == 0
+    assert admission.allowed
+    assert cluster.gets == 0
 
 
 async def test_a_stale_cached_object_is_re_read_after_the_conflict() -> None:
@@ -252,7 +256,8 @@ async def test_a_stale_cached_object_is_re_read_after_the_conflict() -> None:
         initial=stale,
     )
     assert cluster.conflicts == 1
-    assert state.failure_count == 2 and cluster.obj["status"]["circuitBreaker"]["failureCount"] == 2
+    assert state.failure_count == 2
+    assert cluster.obj["status"]["circuitBreaker"]["failureCount"] == 2
 
 
 async def test_condition_keeps_its_transition_time_while_its_status_holds() -> None:
@@ -284,8 +289,11 @@ async def test_an_external_write_between_read_and_write_is_retried() -> None:
     state, _ = await record_launch(
         cluster, NAME, reached_user_code=False, error_type=ErrorType.IMAGE_PULL_ERROR, clock=Clock()
     )
-    assert cluster.conflicts == 1 and cluster.patches == 2 and cluster.gets == 2
-    assert state.failure_count == 1 and cluster.obj["status"]["circuitBreaker"]["failureCount"] == 1
+    assert cluster.conflicts == 1
+    assert cluster.patches == 2
+    assert cluster.gets == 2
+    assert state.failure_count == 1
+    assert cluster.obj["status"]["circuitBreaker"]["failureCount"] == 1
 
 
 async def test_endless_conflicts_give_up_with_a_clear_error() -> None:
@@ -315,7 +323,8 @@ async def test_other_api_errors_propagate(status: int) -> None:
         await record_launch(
             cluster, NAME, reached_user_code=False, error_type=ErrorType.INTERNAL_ERROR, clock=Clock()
         )
-    assert info.value.status == status and cluster.gets == 1
+    assert info.value.status == status
+    assert cluster.gets == 1
 
 
 async def test_update_breaker_returns_the_mutation_result() -> None:
@@ -323,7 +332,8 @@ async def test_update_breaker_returns_the_mutation_result() -> None:
     state, result = await update_breaker(
         cluster, NAME, lambda s: (s.model_copy(update={"failure_count": 2}), "done"), clock=Clock()
     )
-    assert result == "done" and state.failure_count == 2
+    assert result == "done"
+    assert state.failure_count == 2
     assert cluster.obj["status"]["circuitBreaker"]["failureCount"] == 2
 
 
@@ -341,10 +351,13 @@ async def test_a_restarted_operator_resumes_open_from_the_status() -> None:
     restarted = FakeCluster(copy.deepcopy(cluster.obj))
     clock.tick(10)
     admission, _ = await admit_launch(restarted, NAME, clock=clock, holder="ns/x#1")
-    assert not admission.allowed and admission.retry_at == T0 + timedelta(seconds=30)
+    assert not admission.allowed
+    assert admission.retry_at == T0 + timedelta(seconds=30)
     clock.tick(25)
     admission, transitions = await admit_launch(restarted, NAME, clock=clock, holder="ns/x#1")
-    assert admission.allowed and admission.probe and [t.to for t in transitions] == ["half_open"]
+    assert admission.allowed
+    assert admission.probe
+    assert [t.to for t in transitions] == ["half_open"]
     assert restarted.obj["status"]["circuitBreaker"]["probes"][0]["holder"] == "ns/x#1"
     assert available(restarted.obj)["reason"] == "CircuitHalfOpen"
 
@@ -369,13 +382,15 @@ async def test_probes_close_the_breaker_through_the_store() -> None:
 async def test_control_annotations_take_effect_on_the_next_update() -> None:
     cluster = FakeCluster(exc_object(annotations={MODE_ANNOTATION: "force-open"}))
     admission, transitions = await admit_launch(cluster, NAME, clock=Clock())
-    assert not admission.allowed and [t.reason for t in transitions] == ["ForcedOpen"]
+    assert not admission.allowed
+    assert [t.reason for t in transitions] == ["ForcedOpen"]
     assert cluster.obj["status"]["circuitBreaker"]["forced"] == "force-open"
     assert "forced open" in available(cluster.obj)["message"]
     # Back to auto plus a reset: the sync applies both once.
     cluster.obj["metadata"]["annotations"] = {MODE_ANNOTATION: "auto", RESET_ANNOTATION: "r1"}
     state, transitions = await sync_breaker(cluster, NAME, clock=Clock())
-    assert state.forced == ControlMode.AUTO and state.last_reset == "r1"
+    assert state.forced == ControlMode.AUTO
+    assert state.last_reset == "r1"
     patches = cluster.patches
     await sync_breaker(cluster, NAME, clock=Clock())
     assert cluster.patches == patches
@@ -387,9 +402,12 @@ async def test_sync_moves_open_to_half_open_when_due() -> None:
     )[0]
     cluster = FakeCluster(exc_object(breaker=open_state.to_status()))
     state, transitions = await sync_breaker(cluster, NAME, clock=Clock(T0 + timedelta(seconds=5)))
-    assert state.state == CircuitState.OPEN and transitions == [] and cluster.patches == 1  # first condition
+    assert state.state == CircuitState.OPEN
+    assert transitions == []
+    assert cluster.patches == 1
     state, transitions = await sync_breaker(cluster, NAME, clock=Clock(T0 + timedelta(seconds=30)))
-    assert state.state == CircuitState.HALF_OPEN and [t.to for t in transitions] == ["half_open"]
+    assert state.state == CircuitState.HALF_OPEN
+    assert [t.to for t in transitions] == ["half_open"]
 
 
 async def test_a_schema_that_drops_fields_is_reported() -> None:
@@ -430,7 +448,8 @@ async def test_concurrent_admissions_grant_no_more_than_the_probe_limit() -> Non
         *(admit_launch(cluster, NAME, clock=clock, holder=f"h{n}") for n in range(12))
     )
     allowed = [admission for admission, _ in results if admission.allowed]
-    assert len(allowed) == 2 and all(a.probe for a in allowed)
+    assert len(allowed) == 2
+    assert all(a.probe for a in allowed)
     # Exactly one writer reports the open -> half_open move.
     assert sum(len(transitions) for _, transitions in results) == 1
     assert cluster.obj["status"]["circuitBreaker"]["probesInFlight"] == 2
@@ -449,7 +468,8 @@ async def test_a_stale_success_cannot_undo_an_opening() -> None:
     state, transitions = await record_launch(
         cluster, NAME, reached_user_code=True, clock=Clock(), initial=stale
     )
-    assert transitions == [] and state.state == CircuitState.OPEN
+    assert transitions == []
+    assert state.state == CircuitState.OPEN
     assert cluster.obj["status"]["circuitBreaker"]["state"] == "open"
     assert cluster.conflicts == 1
 

@@ -101,9 +101,11 @@ async def test_probe_slots_hold_across_replicas(cluster: tuple[Any, list[KubeCli
         *(admit_launch(clients[n % 3], "c1", holder=f"ns/e{n}#1", clock=lambda: later) for n in range(30))
     )
     granted = [a for a, _ in results if a.allowed]
-    assert len(granted) == 2 and all(a.probe for a in granted)
+    assert len(granted) == 2
+    assert all(a.probe for a in granted)
     stored = breaker_of(await clients[1].get(class_path("c1")))
-    assert stored.state == CircuitState.HALF_OPEN and stored.probes_in_flight == 2
+    assert stored.state == CircuitState.HALF_OPEN
+    assert stored.probes_in_flight == 2
     assert {p.holder for p in stored.probes} <= {f"ns/e{n}#1" for n in range(30)}
 
 
@@ -113,6 +115,7 @@ async def test_force_open_annotation_through_the_api(cluster: tuple[Any, list[Ku
     state, transitions = await sync_breaker(clients[1], "c1", clock=lambda: T0)
     assert [t.reason for t in transitions] == ["ForcedOpen"]
     stored = await clients[2].get(class_path("c1"))
-    assert breaker_of(stored) == state and stored["status"]["circuitBreaker"]["forced"] == "force-open"
+    assert breaker_of(stored) == state
+    assert stored["status"]["circuitBreaker"]["forced"] == "force-open"
     admission, _ = await admit_launch(clients[2], "c1", clock=lambda: T0 + timedelta(hours=1))
     assert not admission.allowed

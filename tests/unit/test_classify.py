@@ -99,13 +99,16 @@ def test_finished_pod(name: str, log: Any, kwargs: dict[str, Any], expected: str
     verdict = classify_finished_pod(p, tail, **kwargs)
     assert (verdict.exit_code, verdict.exit_code_source) == (exit_code, source)
     if expected is None:
-        assert verdict.success and verdict.error is None
+        assert verdict.success
+        assert verdict.error is None
         return
-    assert not verdict.success and verdict.error is not None
+    assert not verdict.success
+    assert verdict.error is not None
     error = verdict.error
     assert error.type == expected
     assert error.retryable is ERROR_FLAGS[ErrorType(expected)].retryable
-    assert error.message and "\n" not in error.message
+    assert error.message
+    assert "\n" not in error.message
     assert meta.items() <= error.meta.items()
     assert error.meta["podName"] == "hello-a1"
 
@@ -113,7 +116,9 @@ def test_finished_pod(name: str, log: Any, kwargs: dict[str, Any], expected: str
 def test_success_carries_output_streams_and_times() -> None:
     p = pod("report-succeeded")
     verdict = classify_finished_pod(p, report_log(p, output={"answer": 42}, stdout="hi\n"))
-    assert verdict.output == {"answer": 42} and verdict.stdout == "hi\n" and verdict.stderr == ""
+    assert verdict.output == {"answer": 42}
+    assert verdict.stdout == "hi\n"
+    assert verdict.stderr == ""
     assert verdict.user_code_started_at == "2026-03-14T09:26:55.301Z"
     assert verdict.duration_seconds == pytest.approx(0.412)
 
@@ -123,7 +128,8 @@ def test_user_exception_details_and_message() -> None:
     verdict = classify_finished_pod(p, report_log(p, details='Traceback...\n  File "<execution>", line 3'))
     assert verdict.error is not None
     assert verdict.error.message == "ZeroDivisionError: division by zero"
-    assert verdict.error.details is not None and "<execution>" in verdict.error.details
+    assert verdict.error.details is not None
+    assert "<execution>" in verdict.error.details
 
 
 @pytest.mark.parametrize(
@@ -142,7 +148,8 @@ def test_every_user_level_type_passes_through(error_type: str, exception: str | 
     summary.update(errorType=error_type, exceptionType=exception, message=f"{exception}: boom")
     terminated(p)["message"] = json.dumps(summary)
     verdict = classify_finished_pod(p, report_log(p))
-    assert verdict.error is not None and verdict.error.type == error_type
+    assert verdict.error is not None
+    assert verdict.error.type == error_type
     assert verdict.error.retryable is (error_type in ("network_error", "network_timeout"))
 
 
@@ -166,10 +173,14 @@ def test_messages_read_well() -> None:
     assert segv is not None
     assert segv.message == "The sandbox was killed by signal SIGSEGV (exit code 139): segmentation fault"
     crashed = classify_finished_pod(pod("exit-1-runner-crashed"), "Traceback\nModuleNotFoundError: x\n").error
-    assert crashed is not None and "ModuleNotFoundError" not in crashed.message  # raw text only in details
-    assert crashed.details is not None and "ModuleNotFoundError" in crashed.details
+    assert crashed is not None
+    assert "ModuleNotFoundError" not in crashed.message
+    assert crashed.details is not None
+    assert "ModuleNotFoundError" in crashed.details
     start = classify_finished_pod(pod("start-error"), None).error
-    assert start is not None and start.details is not None and "executable file not found" in start.details
+    assert start is not None
+    assert start.details is not None
+    assert "executable file not found" in start.details
 
 
 def test_disruption_after_the_code_finished_keeps_the_code_outcome() -> None:
@@ -182,7 +193,9 @@ def test_start_failure_with_exit_0_is_not_success() -> None:
     p = pod("report-succeeded")
     terminated(p)["reason"] = "StartError"
     verdict = classify_finished_pod(p, report_log(p, output=1))
-    assert not verdict.success and verdict.error is not None and verdict.error.type == "config_error"
+    assert not verdict.success
+    assert verdict.error is not None
+    assert verdict.error.type == "config_error"
 
 
 # -- the exit-code fallback chain and what is trusted ------------------------------------------------
@@ -194,7 +207,8 @@ def test_exit_code_from_log_marker_when_the_termination_message_is_lost() -> Non
     terminated(p).pop("message")
     verdict = classify_finished_pod(p, log)
     assert (verdict.exit_code, verdict.exit_code_source) == (137, "logMarker")
-    assert verdict.error is not None and verdict.error.type == "timeout"
+    assert verdict.error is not None
+    assert verdict.error.type == "timeout"
 
 
 def test_log_marker_without_termination_message_must_be_the_last_line() -> None:
@@ -202,13 +216,16 @@ def test_log_marker_without_termination_message_must_be_the_last_line() -> None:
     log = report_log(p, output="forged") + "more output after the report\n"
     terminated(p).pop("message")
     verdict = classify_finished_pod(p, log)
-    assert not verdict.success and verdict.error is not None and verdict.error.type == "internal_error"
+    assert not verdict.success
+    assert verdict.error is not None
+    assert verdict.error.type == "internal_error"
     assert (verdict.exit_code, verdict.exit_code_source) == (0, "container")
 
 
 def test_no_terminated_state_means_unknown_exit_code() -> None:
     verdict = classify_finished_pod(pod("admission-outofcpu"), report_log(pod("report-succeeded")))
-    assert (verdict.exit_code, verdict.exit_code_source) == (None, "unknown") and not verdict.success
+    assert (verdict.exit_code, verdict.exit_code_source) == (None, "unknown")
+    assert not verdict.success
 
 
 def test_parse_requires_matching_nonce_and_exit_code() -> None:
@@ -227,7 +244,10 @@ def test_parse_requires_matching_nonce_and_exit_code() -> None:
 def test_parse_termination_message_alone_has_no_streams() -> None:
     p = pod("report-succeeded")
     report = parse_runner_report(terminated(p)["message"], None, 0)
-    assert report is not None and report.success and not report.full and report.output is None
+    assert report is not None
+    assert report.success
+    assert not report.full
+    assert report.output is None
     cut = "...the front of the report line was cut off\n"  # a log tail too short for the marker line
     assert parse_runner_report(terminated(p)["message"], cut, 0) is not None
 
@@ -273,9 +293,11 @@ def test_stuck_pod(name: str, pending: float, expected: str | None, meta: dict[s
     if expected is None:
         assert error is None
         return
-    assert error is not None and error.type == expected
+    assert error is not None
+    assert error.type == expected
     assert error.retryable is ERROR_FLAGS[ErrorType(expected)].retryable
-    assert meta.items() <= error.meta.items() and error.meta["podName"] == "hello-a1"
+    assert meta.items() <= error.meta.items()
+    assert error.meta["podName"] == "hello-a1"
     assert "\n" not in error.message
 
 
@@ -283,13 +305,17 @@ def test_stuck_messages() -> None:
     pull = classify_stuck_pod(pod("image-pull-backoff"), pending_seconds=120, pending_timeout=120)
     assert pull is not None
     assert pull.message == 'Image "ghcr.io/execution-operator/sandbox:nope" could not be pulled for 120s: not found'
-    assert pull.details is not None and "NotFound" in pull.details
+    assert pull.details is not None
+    assert "NotFound" in pull.details
     timeout = classify_stuck_pod(pod("err-image-pull-timeout"), pending_seconds=150, pending_timeout=120)
-    assert timeout is not None and timeout.message.endswith("the registry did not answer in time")
+    assert timeout is not None
+    assert timeout.message.endswith("the registry did not answer in time")
     unsched = classify_stuck_pod(pod("unschedulable"), pending_seconds=121, pending_timeout=120)
-    assert unsched is not None and "2 Insufficient memory" in unsched.message
+    assert unsched is not None
+    assert "2 Insufficient memory" in unsched.message
     invalid = classify_stuck_pod(pod("invalid-image-name"), pending_seconds=0, pending_timeout=120)
-    assert invalid is not None and "ghcr.io/Execution-Operator/Sandbox:0.1.0" in invalid.message
+    assert invalid is not None
+    assert "ghcr.io/Execution-Operator/Sandbox:0.1.0" in invalid.message
 
 
 def test_finished_pod_is_not_stuck() -> None:
@@ -301,11 +327,15 @@ def test_finished_pod_is_not_stuck() -> None:
 
 def test_vanished_pod() -> None:
     deleted = classify_vanished_pod(pod("running"), cancel_requested=False)
-    assert deleted.error is not None and deleted.error.type == "pod_deleted" and deleted.error.retryable
+    assert deleted.error is not None
+    assert deleted.error.type == "pod_deleted"
+    assert deleted.error.retryable
     assert (deleted.exit_code, deleted.exit_code_source) == (None, "unknown")
     assert classify_vanished_pod(None, cancel_requested=False).error.type == "pod_deleted"  # type: ignore[union-attr]
     cancelled = classify_vanished_pod(pod("running"), cancel_requested=True)
-    assert cancelled.error is not None and cancelled.error.type == "cancelled" and not cancelled.error.retryable
+    assert cancelled.error is not None
+    assert cancelled.error.type == "cancelled"
+    assert not cancelled.error.retryable
     lost = pod("running")
     lost["status"]["conditions"].append({"type": "DisruptionTarget", "status": "True",
                                          "reason": "DeletionByTaintManager"})
@@ -315,7 +345,8 @@ def test_vanished_pod() -> None:
 def test_vanished_after_finishing_uses_its_last_state() -> None:
     """The termination message alone is enough once the pod (and its log) is gone."""
     verdict = classify_vanished_pod(pod("report-division-error"), cancel_requested=False)
-    assert verdict.error is not None and verdict.error.type == "division_error"
+    assert verdict.error is not None
+    assert verdict.error.type == "division_error"
     assert (verdict.exit_code, verdict.exit_code_source) == (1, "container")
 
 
@@ -387,7 +418,9 @@ def test_scheduling_gated_waits_until_the_pending_timeout() -> None:
     p["status"]["conditions"][0].update(reason="SchedulingGated", message=gated)
     assert classify_stuck_pod(p, pending_seconds=60, pending_timeout=120) is None
     error = classify_stuck_pod(p, pending_seconds=120, pending_timeout=120)
-    assert error is not None and error.type == "unschedulable" and error.meta["reason"] == "SchedulingGated"
+    assert error is not None
+    assert error.type == "unschedulable"
+    assert error.meta["reason"] == "SchedulingGated"
 
 
 @pytest.mark.parametrize(
@@ -397,5 +430,6 @@ def test_other_signals_without_a_report(exit_code: int, signal: str) -> None:
     p = pod("exit-139-no-report")
     terminated(p)["exitCode"] = exit_code
     error = classify_finished_pod(p, None).error
-    assert error is not None and (error.type, error.meta["signal"]) == ("runtime_error", signal)
+    assert error is not None
+    assert (error.type, error.meta["signal"]) == ("runtime_error", signal)
     assert not error.retryable

@@ -76,18 +76,26 @@ def test_result_and_exception_from_every_error_type(error_type: str) -> None:
     body = failed(error_type, stderr="line 1\nline 2\nline 3\nline 4\nline 5\nline 6\n")
     result = ExecutionResult.from_body(body)
     assert (result.name, result.namespace, result.phase, result.success) == ("job", "team", "Failed", False)
-    assert result.error is not None and result.error.type == error_type
+    assert result.error is not None
+    assert result.error.type == error_type
     assert result.error.retryable is flags(error_type).retryable
     assert (result.attempts, result.execution_time, result.dead_letter_name) == (2, 0.5, "job-dl-1")
-    assert result.correlation_id == "c-1" and result.error.meta["podName"] == "job-a2"
+    assert result.correlation_id == "c-1"
+    assert result.error.meta["podName"] == "job-a2"
     with pytest.raises(ExecutionFailed) as raised:
         result.raise_for_failure()
     exc = raised.value
-    assert type(exc) is FAMILIES[error_type] and type(exc) is not ExecutionFailed
-    assert exc.result is result and exc.error_type == error_type and exc.retryable is flags(error_type).retryable
+    assert type(exc) is FAMILIES[error_type]
+    assert type(exc) is not ExecutionFailed
+    assert exc.result is result
+    assert exc.error_type == error_type
+    assert exc.retryable is flags(error_type).retryable
     message = str(exc)
-    assert f"{error_type}: it broke" in message and "team/job" in message
-    assert "line 6" in message and "line 2" in message and "line 1" not in message  # the last five lines
+    assert f"{error_type}: it broke" in message
+    assert "team/job" in message
+    assert "line 6" in message
+    assert "line 2" in message
+    assert "line 1" not in message
 
 
 @pytest.mark.parametrize(("error_type", "family"), [
@@ -108,15 +116,19 @@ def test_an_unknown_type_is_the_base_class_and_success_does_not_raise() -> None:
     exc = ExecutionResult.from_body(failed("quantum_decoherence", retryable=True)).raise_for_failure
     with pytest.raises(ExecutionFailed) as raised:
         exc()
-    assert type(raised.value) is ExecutionFailed and raised.value.retryable is True
+    assert type(raised.value) is ExecutionFailed
+    assert raised.value.retryable is True
     ok = ExecutionResult.from_body({"metadata": {"name": "a", "namespace": "n"},
                                     "status": {"phase": "Succeeded", "success": True, "output": {"x": 1}}})
-    assert ok.raise_for_failure() is ok and ok.output == {"x": 1} and ok.finished
+    assert ok.raise_for_failure() is ok
+    assert ok.output == {"x": 1}
+    assert ok.finished
     cancelled = ExecutionResult.from_body({"metadata": {"name": "a"}, "status": {"phase": "Cancelled"}})
     with pytest.raises(ExecutionCancelled):
         cancelled.raise_for_failure()
     running = ExecutionResult.from_body({"metadata": {"name": "a"}, "status": {"phase": "Running"}})
-    assert not running.finished and not running.success
+    assert not running.finished
+    assert not running.success
 
 
 @pytest.mark.parametrize(("error_type", "exit_code", "expected"), [
@@ -134,14 +146,18 @@ def test_exit_status_of_run(error_type: str, exit_code: int | None, expected: in
 
 def test_wait_timeout_says_name_phase_and_whether_it_was_cancelled() -> None:
     left = WaitTimeout("job", "team", "Running", waited=5, cancelled=False)
-    assert "team/job" in str(left) and "phase Running" in str(left) and "left running" in str(left)
+    assert "team/job" in str(left)
+    assert "phase Running" in str(left)
+    assert "left running" in str(left)
     assert "it was cancelled" in str(WaitTimeout("job", "team", None, waited=5, cancelled=True))
-    assert isinstance(left, TimeoutError) and left.exit_status == 124
+    assert isinstance(left, TimeoutError)
+    assert left.exit_status == 124
 
 
 def test_execution_body_keeps_unset_fields_out() -> None:
     body = execution_body("result = 1", None, name="run-1")
-    assert body["spec"] == {"code": "result = 1", "executionClassName": "default"} and "labels" not in body["metadata"]
+    assert body["spec"] == {"code": "result = 1", "executionClassName": "default"}
+    assert "labels" not in body["metadata"]
     body = execution_body("x", {"a": 1}, name="run-2", execution_class="small", timeout_seconds=5,
                           resources={"memory": "64Mi"}, retry={"maxAttempts": 1}, correlation_id="c",
                           labels={"team": "a"})
@@ -177,8 +193,11 @@ def status(code: int, message: str, **details: Any) -> ApiError:
 def test_api_errors_become_actionable_client_errors(error: ApiError, name: str | None, reason: str,
                                                      says: str) -> None:
     translated = api().translate(error, "create executions.sandbox.dev", "team", name)
-    assert isinstance(translated, ClientError) and translated.reason == reason and says in str(translated)
-    assert translated.http_status == error.status and translated.exit_status == 78
+    assert isinstance(translated, ClientError)
+    assert translated.reason == reason
+    assert says in str(translated)
+    assert translated.http_status == error.status
+    assert translated.exit_status == 78
     assert "{" not in str(translated)  # no raw Status body
 
 
@@ -200,10 +219,13 @@ def kubeconfig(tmp_path: Path, user: dict[str, Any], namespace: str | None = "te
 
 def test_token_kubeconfig_namespace_and_tls_options(tmp_path: Path) -> None:
     creds = load_credentials(kubeconfig(tmp_path, {"token": "s3cret"}))
-    assert creds.endpoint.server == "https://k8s.example:6443" and creds.namespace == "team-a"
-    assert creds.endpoint.auth_headers is not None and creds.endpoint.auth_headers() == {
+    assert creds.endpoint.server == "https://k8s.example:6443"
+    assert creds.namespace == "team-a"
+    assert creds.endpoint.auth_headers is not None
+    assert creds.endpoint.auth_headers() == {
         "authorization": "Bearer s3cret"}
-    assert creds.endpoint.server_hostname == "api.internal" and "context main" in creds.source
+    assert creds.endpoint.server_hostname == "api.internal"
+    assert "context main" in creds.source
     assert load_credentials(tmp_path / "config", context="other").namespace == "default"
 
 
@@ -220,7 +242,8 @@ def test_basic_auth_and_client_certificates(tmp_path: Path) -> None:
     creds = load_credentials(kubeconfig(tmp_path, {"client-certificate-data": data["cert"],
                                                    "client-key-data": data["key"]}))
     assert isinstance(creds.endpoint.ssl, ssl.SSLContext)  # the pair loaded into the TLS context
-    assert creds.endpoint.auth_headers is not None and creds.endpoint.auth_headers() == {}
+    assert creds.endpoint.auth_headers is not None
+    assert creds.endpoint.auth_headers() == {}
 
 
 def test_exec_credential_plugin_is_run_like_kubectl_does(tmp_path: Path) -> None:
@@ -245,7 +268,8 @@ def test_several_files_in_kubeconfig_are_merged_as_kubectl_does(tmp_path: Path,
     rest.write_text(yaml.safe_dump(full))
     monkeypatch.setenv("KUBECONFIG", f"{rest}{os.pathsep}{users}")
     creds = load_credentials()
-    assert creds.namespace == "team-a" and creds.endpoint.auth_headers is not None
+    assert creds.namespace == "team-a"
+    assert creds.endpoint.auth_headers is not None
     assert creds.endpoint.auth_headers() == {"authorization": "Bearer merged"}
 
 
@@ -268,8 +292,10 @@ def test_in_a_pod_without_a_kubeconfig_the_service_account(tmp_path: Path, monke
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
     creds = load_credentials()
-    assert creds.endpoint.server == "https://10.96.0.1:443" and creds.namespace == "tenant-7"
-    assert creds.source == "in-cluster service account" and isinstance(creds.endpoint.ssl, ssl.SSLContext)
+    assert creds.endpoint.server == "https://10.96.0.1:443"
+    assert creds.namespace == "tenant-7"
+    assert creds.source == "in-cluster service account"
+    assert isinstance(creds.endpoint.ssl, ssl.SSLContext)
     assert creds.endpoint.auth_headers is not None
     assert creds.endpoint.auth_headers()["authorization"].lower() == "bearer sa-token"  # the scheme's case varies
 
@@ -279,7 +305,8 @@ def test_missing_kubeconfig_outside_a_pod_is_a_client_error(tmp_path: Path, monk
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nope"))
     with pytest.raises(ClientError) as raised:
         load_credentials()
-    assert raised.value.reason == "Credentials" and "KUBECONFIG" in str(raised.value)
+    assert raised.value.reason == "Credentials"
+    assert "KUBECONFIG" in str(raised.value)
     broken = tmp_path / "broken"
     broken.write_text("apiVersion: v1\nkind: Config\ncontexts: []\nclusters: []\nusers: []\n")
     with pytest.raises(ClientError) as raised:
@@ -301,7 +328,9 @@ def test_run_flags() -> None:
                                       "-n", "team", "--correlation-id", "c", "--no-wait", "-o", "json"])
     assert (args.file, args.input, args.execution_class, args.timeout, args.namespace) == (
         "job.py", '{"a": 1}', "small", 5, "team")
-    assert args.correlation_id == "c" and args.no_wait and args.output == "json"
+    assert args.correlation_id == "c"
+    assert args.no_wait
+    assert args.output == "json"
     assert build_parser().parse_args([]).file == "-"
 
 
@@ -310,7 +339,8 @@ def test_run_is_a_subcommand_and_the_operator_flags_are_unchanged(capsys: pytest
 
     with pytest.raises(SystemExit) as raised:
         main(["run", "--help"])
-    assert raised.value.code == 0 and "execution-operator run" in capsys.readouterr().out
+    assert raised.value.code == 0
+    assert "execution-operator run" in capsys.readouterr().out
     assert parse_args(["--all-namespaces", "--metrics-port", "0"]).metrics_port == 0  # as the chart passes them
 
 

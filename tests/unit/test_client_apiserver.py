@@ -95,7 +95,8 @@ async def test_a_dropped_watch_is_resumed_and_a_410_status_relists(
     await eventually(lambda: requests_of(server)[-2:] == [("list", 200), ("watch", 200)])
     await finish(admin, handle.name, output=1)
     result = await asyncio.wait_for(waiting, 10)
-    assert result.output == 1 and result.success
+    assert result.output == 1
+    assert result.success
     assert requests_of(server) == [("create", 201), ("watch", 200), ("watch", 410), ("list", 200), ("watch", 200)]
 
 
@@ -131,7 +132,8 @@ async def test_refused_requests_are_retried_then_reported(env: tuple[ApiServer, 
     server.faults.add(FaultRule(verb="get", resource="executions", status=503, user_agent=AGENT))
     with pytest.raises(ClientError) as raised:
         await client.get(handle.name)
-    assert raised.value.reason == "ServerError" and raised.value.http_status == 503
+    assert raised.value.reason == "ServerError"
+    assert raised.value.http_status == 503
 
 
 async def test_deleted_while_waiting(env: tuple[ApiServer, KubeClient, AsyncClient]) -> None:
@@ -141,7 +143,8 @@ async def test_deleted_while_waiting(env: tuple[ApiServer, KubeClient, AsyncClie
     await admin.delete(f"{EXECUTIONS}/{handle.name}")
     with pytest.raises(ClientError) as raised:
         await asyncio.wait_for(waiting, 10)
-    assert raised.value.reason == "Deleted" and handle.name in str(raised.value)
+    assert raised.value.reason == "Deleted"
+    assert handle.name in str(raised.value)
 
 
 async def test_wait_timeout_with_and_without_cancel(env: tuple[ApiServer, KubeClient, AsyncClient],
@@ -155,7 +158,8 @@ async def test_wait_timeout_with_and_without_cancel(env: tuple[ApiServer, KubeCl
     assert not (await admin.get(f"{EXECUTIONS}/{handle.name}"))["spec"].get("cancel")
     with pytest.raises(WaitTimeout) as raised:
         await handle.wait(wait_timeout=0.3)
-    assert raised.value.cancelled and raised.value.name == handle.name
+    assert raised.value.cancelled
+    assert raised.value.name == handle.name
     assert (await admin.get(f"{EXECUTIONS}/{handle.name}"))["spec"]["cancel"] is True
 
 
@@ -165,7 +169,8 @@ async def test_api_errors_name_the_fix(tmp_path: Path, monkeypatch: pytest.Monke
         async with AsyncClient(kubeconfig=kubeconfig) as client:
             with pytest.raises(ClientError) as raised:
                 await client.submit("result = 1")
-            assert raised.value.reason == "NotInstalled" and "kubectl apply -f crds/" in str(raised.value)
+            assert raised.value.reason == "NotInstalled"
+            assert "kubectl apply -f crds/" in str(raised.value)
         await admin.post(CRDS_PATH, yaml.safe_load((ROOT / "crds" / "executions.sandbox.dev.yaml").read_text()))
         async with AsyncClient("no-such-namespace", kubeconfig=kubeconfig) as client:
             async def refused() -> ClientError | None:
@@ -179,7 +184,8 @@ async def test_api_errors_name_the_fix(tmp_path: Path, monkeypatch: pytest.Monke
             while (error := await refused()) is None:
                 assert time.monotonic() < deadline, "the CRD was never served"
                 await asyncio.sleep(0.05)
-            assert error.reason == "NamespaceNotFound" and "kubectl create namespace no-such-namespace" in str(error)
+            assert error.reason == "NamespaceNotFound"
+            assert "kubectl create namespace no-such-namespace" in str(error)
             with pytest.raises(ClientError) as raised:
                 await client.get("nothing-here", namespace="default")
             assert raised.value.reason == "NotFound"
@@ -190,7 +196,8 @@ async def test_api_errors_name_the_fix(tmp_path: Path, monkeypatch: pytest.Monke
     async with AsyncClient(kubeconfig=kubeconfig) as client:  # the server is gone now
         with pytest.raises(ClientError) as raised:
             await client.get("x")
-        assert raised.value.reason == "Unreachable" and "kubectl cluster-info" in str(raised.value)
+        assert raised.value.reason == "Unreachable"
+        assert "kubectl cluster-info" in str(raised.value)
 
 
 async def test_run_many_yields_in_finishing_order_with_one_watch(

@@ -123,9 +123,12 @@ async def test_success_costs_at_most_six_writes_and_records_everything(
     await controller.on_pod_event(finished, "MODIFIED")
     done = await execution(client, "ok")
     status = done["status"]
-    assert status["phase"] == "Succeeded" and status["success"] is True
-    assert status["output"] == {"x": 1} and status["stdout"] == "1\n"
-    assert status["exitCode"] == 0 and status["exitCodeSource"] == "container"
+    assert status["phase"] == "Succeeded"
+    assert status["success"] is True
+    assert status["output"] == {"x": 1}
+    assert status["stdout"] == "1\n"
+    assert status["exitCode"] == 0
+    assert status["exitCodeSource"] == "container"
     for task in list(controller.tasks):
         await task
     made = writes(server)
@@ -265,7 +268,9 @@ async def test_finished_executions_leave_no_pods_in_memory(api: tuple[ApiServer,
         "annotations", {}), "the cached pod is a slim view without the payload"
     finished = await finish_pod(server, client, pod, {"success": True, "exitCode": 0}, exit_code=0)
     await controller.on_pod_event(finished, "MODIFIED")
-    assert controller.pods == {} and controller.executions == {}
+    assert controller.pods == {}
+    assert controller.executions == {}
     await controller.on_pod_event(finished, "MODIFIED")  # a late event about the same pod
     await controller.on_pod_event(finished, "DELETED")
-    assert controller.pods == {} and controller.vanished == {}
+    assert controller.pods == {}
+    assert controller.vanished == {}

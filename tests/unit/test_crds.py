@@ -15,7 +15,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from execution_operator import models
+from execution_operator import api, models
 from execution_operator.errors import ErrorType
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
@@ -33,7 +33,7 @@ def load_crd(kind: str) -> dict[str, Any]:
 
 
 def root_schema(kind: str) -> Schema:
-    version = next(v for v in load_crd(kind)["spec"]["versions"] if v["name"] == models.API_VERSION)
+    version = next(v for v in load_crd(kind)["spec"]["versions"] if v["name"] == api.VERSION)
     return version["schema"]["openAPIV3Schema"]
 
 
@@ -130,7 +130,7 @@ def admit(kind: str, body: dict[str, Any], old: dict[str, Any] | None = None) ->
 
 def execution(**spec: Any) -> dict[str, Any]:
     return {
-        "apiVersion": models.GROUP_VERSION,
+        "apiVersion": api.API_VERSION,
         "kind": "Execution",
         "metadata": {"name": "ex1", "namespace": "default"},
         "spec": {"code": "print('hi')", **spec},
@@ -154,17 +154,18 @@ def execution(**spec: Any) -> dict[str, Any]:
 def test_names_scope_version_and_status_subresource(kind: str, plural: str, short: str, scope: str) -> None:
     crd = load_crd(kind)
     assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
-    assert crd["metadata"]["name"] == f"{plural}.{models.API_GROUP}"
+    assert crd["metadata"]["name"] == f"{plural}.{api.GROUP}"
     spec = crd["spec"]
-    assert spec["group"] == models.API_GROUP
+    assert spec["group"] == api.GROUP
     assert spec["scope"] == scope
     assert spec["names"]["kind"] == kind
     assert spec["names"]["plural"] == plural
     assert spec["names"]["shortNames"] == [short]
     assert spec["names"]["categories"] == ["sandbox"]
     (version,) = spec["versions"]
-    assert version["name"] == models.API_VERSION
-    assert version["served"] is True and version["storage"] is True
+    assert version["name"] == api.VERSION
+    assert version["served"] is True
+    assert version["storage"] is True
     expected: dict[str, Any] = {"status": {}}
     if kind == "WarmPool":
         # `kubectl scale`, an HPA or KEDA size the pool; the selector names its unclaimed pods.
@@ -401,7 +402,7 @@ def test_retry_backoff_rule() -> None:
 
 def dead_letter_body() -> dict[str, Any]:
     return {
-        "apiVersion": models.GROUP_VERSION,
+        "apiVersion": api.API_VERSION,
         "kind": "DeadLetter",
         "metadata": {"name": "dl-1", "namespace": "default"},
         "spec": {
@@ -598,20 +599,25 @@ def _compare(kind: str, path: str, crd: Schema, model: Schema, defs: dict[str, S
     elif crd.get("default") != model_default:
         differ("default", f"CRD {crd.get('default')!r} vs model {model_default!r}")
     if crd["type"] == "object" and "properties" in crd:
-        crd_props, model_props = crd["properties"], model.get("properties", {})
-        if set(crd_props) != set(model_props):
-            differ(
-                "fields",
-                f"only in CRD {set(crd_props) - set(model_props)}, only in model {set(model_props) - set(crd_props)}",
-            )
-        required_crd = set(crd.get("required", []))
-        required_model = set(model.get("required", []))
-        if required_crd != required_model:
-            differ("required", f"CRD {sorted(required_crd)} vs model {sorted(required_model)}")
-        for name in set(crd_props) & set(model_props):
-            problems += _compare(kind, f"{path}.{name}", crd_props[name], model_props[name], defs)
+        problems += _compare_properties(kind, path, crd, model, defs)
     if crd["type"] == "array":
         problems += _compare(kind, f"{path}[]", crd["items"], model.get("items", {}), defs)
+    return problems
+
+
+def _compare_properties(kind: str, path: str, crd: Schema, model: Schema, defs: dict[str, Schema]
+                        ) -> list[Difference]:
+    """The differences of an object node: its fields, which are required, then each field's own."""
+    problems: list[Difference] = []
+    crd_props, model_props = crd["properties"], model.get("properties", {})
+    if set(crd_props) != set(model_props):
+        problems.append((kind, path, "fields", f"only in CRD {set(crd_props) - set(model_props)}, "
+                                               f"only in model {set(model_props) - set(crd_props)}"))
+    required_crd, required_model = set(crd.get("required", [])), set(model.get("required", []))
+    if required_crd != required_model:
+        problems.append((kind, path, "required", f"CRD {sorted(required_crd)} vs model {sorted(required_model)}"))
+    for name in set(crd_props) & set(model_props):
+        problems += _compare(kind, f"{path}.{name}", crd_props[name], model_props[name], defs)
     return problems
 
 
@@ -670,7 +676,7 @@ def test_status_written_by_the_models_is_admitted() -> None:
     """A full status as the operator writes it passes the CRD's status schema."""
     now = models.rfc3339()
     status = models.ExecutionStatus(
-        phase=models.Phase.FAILED,
+        phase=api.Phase.FAILED,
         success=False,
         output={"partial": [1, 2]},
         stdout="o" * 20000,
@@ -696,7 +702,7 @@ def test_status_written_by_the_models_is_admitted() -> None:
         dead_letter_name="dl-1",
         observed_generation=1,
         conditions=models.set_condition(
-            [], models.Condition(type="Succeeded", status=models.ConditionStatus.FALSE, reason="DivisionError"), now
+            [], models.Condition(type="Succeeded", status=api.ConditionStatus.FALSE, reason="DivisionError"), now
         ),
     )
     body = execution()
@@ -763,9 +769,11 @@ def test_local_api_server_enforces_immutability_and_one_way_cancel() -> None:
     assert _local_admit("Execution", old) == []
     assert _local_admit("Execution", copy.deepcopy(old), old=old) == []
     errors = _local_admit("Execution", execution(code="print(2)", input={"n": 1}), old=old)
-    assert len(errors) == 1 and "spec is immutable after creation; only cancel may change" in errors[0]
+    assert len(errors) == 1
+    assert "spec is immutable after creation; only cancel may change" in errors[0]
     assert _local_admit("Execution", execution(input={"n": 2}), old=old) != []
     cancelled = execution(input={"n": 1}, cancel=True)
     assert _local_admit("Execution", cancelled, old=old) == []
     errors = _local_admit("Execution", execution(input={"n": 1}, cancel=False), old=cancelled)
-    assert len(errors) == 1 and "cancel cannot be set back to false" in errors[0]
+    assert len(errors) == 1
+    assert "cancel cannot be set back to false" in errors[0]

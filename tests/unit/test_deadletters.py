@@ -24,12 +24,10 @@ import pytest
 import yaml
 
 from execution_operator import deadletters, metrics, safejson
+from execution_operator.api import ANNOTATION_REPLAY, ANNOTATION_REPLAY_OF, ANNOTATION_REPLAY_PENDING, LABEL_REPLAY_OF
 from execution_operator.deadletters import (
     MAX_REQUEST_BYTES,
     MAX_STORED_BYTES,
-    REPLAY_ANNOTATION,
-    REPLAY_OF,
-    REPLAY_PENDING_ANNOTATION,
     DeadLetters,
     ReplayRefused,
     build_dead_letter,
@@ -359,7 +357,8 @@ def test_name_is_deterministic_readable_and_unique_per_uid() -> None:
     assert a != dead_letter_name("etl-job", "uid-2")
     for name in ("etl-job", "A.Very.Dotted.Name", "x" * 253, "-weird-", "UPPER"):
         made = dead_letter_name(name, str(uuid.uuid4()))
-        assert len(made) <= 63 and DNS_LABEL.match(made), made
+        assert len(made) <= 63, made
+        assert DNS_LABEL.match(made), made
     assert len({dead_letter_name("same", str(uuid.uuid4())) for _ in range(500)}) == 500
 
 
@@ -369,10 +368,12 @@ def test_replay_names_and_correlation_ids_stay_in_bounds() -> None:
     assert replay_name(dl, 1) != replay_name(dl, 2)
     long_dl = "d" * 63
     names = {replay_name(long_dl, n) for n in (1, 2, 10, 12345)}
-    assert len(names) == 4 and all(len(n) <= 63 and DNS_LABEL.match(n) for n in names)
+    assert len(names) == 4
+    assert all(len(n) <= 63 and DNS_LABEL.match(n) for n in names)
     assert replay_correlation_id("req-7", 3) == "req-7-replay-3"
     cid = replay_correlation_id("c" * 128, 12)
-    assert len(cid) == 128 and cid.endswith("-replay-12")
+    assert len(cid) == 128
+    assert cid.endswith("-replay-12")
 
 
 def test_next_replay_number_counts_past_the_kept_history() -> None:
@@ -401,8 +402,10 @@ def test_build_keeps_the_whole_story_and_passes_the_crd_schema() -> None:
     ex = failed_execution(input_={"rows": [1, 2, 3]}, attempts=2, ttlSecondsAfterFinished=600)
     body = build_dead_letter(ex, "default", "2026-07-01T10:00:00Z")
     meta, spec = body["metadata"], body["spec"]
-    assert body["apiVersion"] == "sandbox.dev/v1alpha1" and body["kind"] == "DeadLetter"
-    assert meta["name"] == dead_letter_name("etl-job", ex["metadata"]["uid"]) and meta["namespace"] == NS
+    assert body["apiVersion"] == "sandbox.dev/v1alpha1"
+    assert body["kind"] == "DeadLetter"
+    assert meta["name"] == dead_letter_name("etl-job", ex["metadata"]["uid"])
+    assert meta["namespace"] == NS
     assert "ownerReferences" not in meta
     assert meta["labels"] == {
         "app.kubernetes.io/managed-by": "execution-operator",
@@ -416,12 +419,16 @@ def test_build_keeps_the_whole_story_and_passes_the_crd_schema() -> None:
     assert spec["executionSpec"]["input"] == {"rows": [1, 2, 3]}
     assert spec["executionSpec"]["ttlSecondsAfterFinished"] == 600
     assert spec["error"] == ex["status"]["error"]
-    assert spec["attempts"] == 2 and [a["attempt"] for a in spec["attemptHistory"]] == [1, 2]
-    assert spec["exitCode"] == 1 and spec["exitCodeSource"] == "container"
-    assert spec["stdout"] == ex["status"]["stdout"] and spec["stderr"] == ex["status"]["stderr"]
+    assert spec["attempts"] == 2
+    assert [a["attempt"] for a in spec["attemptHistory"]] == [1, 2]
+    assert spec["exitCode"] == 1
+    assert spec["exitCodeSource"] == "container"
+    assert spec["stdout"] == ex["status"]["stdout"]
+    assert spec["stderr"] == ex["status"]["stderr"]
     assert spec["podName"] == "etl-job-abc123-a2"
     assert spec["failedAt"] == "2026-07-01T09:59:30Z"
-    assert spec["correlationId"] == "req-7" and spec["executionClassName"] == "default"
+    assert spec["correlationId"] == "req-7"
+    assert spec["executionClassName"] == "default"
     assert spec["inputTruncated"] is False
     assert "output" not in json.dumps(spec)
     checked = default_and_prune(SCHEMAS["deadletters"], copy.deepcopy(body))
@@ -455,7 +462,8 @@ def test_large_input_is_replaced_by_a_marker() -> None:
     }
     kept = {"blob": "x" * (DEAD_LETTER_MAX_INPUT_BYTES - 100)}
     body = build_dead_letter(failed_execution(input_=kept), "default", "2026-07-01T10:00:00Z")
-    assert body["spec"]["inputTruncated"] is False and body["spec"]["executionSpec"]["input"] == kept
+    assert body["spec"]["inputTruncated"] is False
+    assert body["spec"]["executionSpec"]["input"] == kept
 
 
 def go_json_bytes(obj: Any) -> int:
@@ -509,8 +517,10 @@ def test_maximal_execution_makes_a_dead_letter_under_one_mebibyte(char: str, inp
     assert request_size(body) < 3 * 1024 * 1024
     spec = body["spec"]
     assert spec["executionSpec"]["code"] == ex["spec"]["code"], "the code is always kept"
-    assert spec["inputTruncated"] is True and spec["executionSpec"]["input"]["truncated"] is True
-    assert spec["error"]["type"] == "division_error" and len(spec["error"]["message"]) == 1024
+    assert spec["inputTruncated"] is True
+    assert spec["executionSpec"]["input"]["truncated"] is True
+    assert spec["error"]["type"] == "division_error"
+    assert len(spec["error"]["message"]) == 1024
     # What was kept of the tails is the end, not the start.
     for key in ("stdout", "stderr"):
         assert ex["status"][key].endswith(spec[key])
@@ -525,7 +535,8 @@ def test_an_input_that_fits_its_own_bound_is_still_dropped_when_the_whole_would_
     ex["spec"]["input"] = {"d": char * ((DEAD_LETTER_MAX_INPUT_BYTES - 8) // len(char.encode()))}
     assert json_size(ex["spec"]["input"]) <= DEAD_LETTER_MAX_INPUT_BYTES
     body = build_dead_letter(ex, "default", "2026-07-01T10:00:00Z")
-    assert stored_size(body) <= MAX_STORED_BYTES and request_size(body) <= MAX_REQUEST_BYTES
+    assert stored_size(body) <= MAX_STORED_BYTES
+    assert request_size(body) <= MAX_REQUEST_BYTES
     assert body["spec"]["inputTruncated"] is True
     assert body["spec"]["executionSpec"]["input"] == {
         "truncated": True,
@@ -551,9 +562,11 @@ def test_tails_give_way_last_and_keep_their_ends(monkeypatch: pytest.MonkeyPatch
     body = build_dead_letter(ex, "default", "2026-07-01T10:00:00Z")
     spec = body["spec"]
     assert stored_size(body) <= 700 * 1024
-    assert spec["executionSpec"]["code"] == ex["spec"]["code"] and spec["inputTruncated"] is True
+    assert spec["executionSpec"]["code"] == ex["spec"]["code"]
+    assert spec["inputTruncated"] is True
     for key in ("stdout", "stderr"):
-        assert 0 < len(spec[key]) < STREAM_TAIL_BYTES and ex["status"][key].endswith(spec[key])
+        assert 0 < len(spec[key]) < STREAM_TAIL_BYTES
+        assert ex["status"][key].endswith(spec[key])
     assert 0 < len(spec["error"]["details"]) < MAX_ERROR_DETAILS_CHARS
 
 
@@ -570,9 +583,10 @@ def test_replay_execution_is_the_snapshot_with_a_new_identity() -> None:
     dl["metadata"]["uid"] = "dl-uid"
     ex = replay_execution(dl, 3, None)
     name = dl["metadata"]["name"]
-    assert ex["metadata"]["name"] == f"{name}-r3" and ex["metadata"]["namespace"] == NS
-    assert ex["metadata"]["labels"] == {REPLAY_OF: name}
-    assert ex["metadata"]["annotations"] == {REPLAY_OF: name}
+    assert ex["metadata"]["name"] == f"{name}-r3"
+    assert ex["metadata"]["namespace"] == NS
+    assert ex["metadata"]["labels"] == {LABEL_REPLAY_OF: name}
+    assert ex["metadata"]["annotations"] == {ANNOTATION_REPLAY_OF: name}
     assert "ownerReferences" not in ex["metadata"]
     assert ex["spec"]["code"] == dl["spec"]["executionSpec"]["code"]
     assert ex["spec"]["input"] == [1, 2]
@@ -606,7 +620,8 @@ async def test_record_creates_exactly_one_under_repeats_concurrency_and_restarts
     names.append(await dls.record(ex, DeadLetterPolicy.ALL))
     restarted = DeadLetters(api, clock=clock)  # type: ignore[arg-type]
     names.append(await restarted.record(copy.deepcopy(ex), "All"))
-    assert len(set(names)) == 1 and names[0] == dead_letter_name("etl-job", ex["metadata"]["uid"])
+    assert len(set(names)) == 1
+    assert names[0] == dead_letter_name("etl-job", ex["metadata"]["uid"])
     assert len(api.of("deadletters")) == 1
     stored = api.obj("deadletters", names[0])
     assert stored["spec"]["executionRef"]["uid"] == ex["metadata"]["uid"]
@@ -618,7 +633,8 @@ async def test_a_recreated_execution_of_the_same_name_gets_its_own(api: FakeApi,
     dls = DeadLetters(api, clock=clock)  # type: ignore[arg-type]
     first = await dls.record(failed_execution(uid="uid-a"), "All")
     second = await dls.record(failed_execution(uid="uid-b"), "All")
-    assert first != second and len(api.of("deadletters")) == 2
+    assert first != second
+    assert len(api.of("deadletters")) == 2
 
 
 async def test_record_follows_the_policy(api: FakeApi, clock: Clock, fresh_metrics: metrics.OperatorMetrics) -> None:
@@ -629,7 +645,8 @@ async def test_record_follows_the_policy(api: FakeApi, clock: Clock, fresh_metri
     assert await dls.record(failed_execution(uid="u4", phase="Succeeded"), "All") is None
     assert api.of("deadletters") == []
     name = await dls.record(failed_execution(uid="u5", error_type="image_pull_error"), "Infrastructure")
-    assert name is not None and api.obj("deadletters", name)["metadata"]["labels"]["sandbox.dev/error-type"] == (
+    assert name is not None
+    assert api.obj("deadletters", name)["metadata"]["labels"]["sandbox.dev/error-type"] == (
         "image_pull_error"
     )
     assert (
@@ -682,25 +699,29 @@ def replay_executions(api: FakeApi, name: str) -> list[str]:
     return [
         e["metadata"]["name"]
         for e in api.of("executions")
-        if (e["metadata"].get("labels") or {}).get(REPLAY_OF) == name
+        if (e["metadata"].get("labels") or {}).get(LABEL_REPLAY_OF) == name
     ]
 
 
 async def test_replay_creates_one_execution_records_it_and_clears_the_annotation(api: FakeApi, clock: Clock) -> None:
     dls, name = await recorded(api, clock)
-    body = api.annotate(name, REPLAY_ANNOTATION, "true")
+    body = api.annotate(name, ANNOTATION_REPLAY, "true")
     clock.now += timedelta(minutes=5)
     await dls.on_event(body, "MODIFIED")
     assert replay_executions(api, name) == [f"{name}-r1"]
     ex = api.obj("executions", f"{name}-r1")
-    assert ex["spec"]["correlationId"] == "req-7-replay-1" and ex["spec"]["cancel"] is False
+    assert ex["spec"]["correlationId"] == "req-7-replay-1"
+    assert ex["spec"]["cancel"] is False
     dl = api.obj("deadletters", name)
     assert dl["status"]["replays"] == [{"name": f"{name}-r1", "time": "2026-07-01T10:05:00Z"}]
     annotations = dl["metadata"].get("annotations") or {}
-    assert REPLAY_ANNOTATION not in annotations and REPLAY_PENDING_ANNOTATION not in annotations
+    assert ANNOTATION_REPLAY not in annotations
+    assert ANNOTATION_REPLAY_PENDING not in annotations
     replayed = [e for e in api.events if e["reason"] == "Replayed"]
-    assert len(replayed) == 1 and replayed[0]["involvedObject"]["kind"] == "DeadLetter"
-    assert replayed[0]["involvedObject"]["name"] == name and f"{name}-r1" in replayed[0]["message"]
+    assert len(replayed) == 1
+    assert replayed[0]["involvedObject"]["kind"] == "DeadLetter"
+    assert replayed[0]["involvedObject"]["name"] == name
+    assert f"{name}-r1" in replayed[0]["message"]
     # Every later event about the same object (our own writes echoing back) changes nothing.
     await dls.on_event(api.obj("deadletters", name), "MODIFIED")
     assert replay_executions(api, name) == [f"{name}-r1"]
@@ -708,7 +729,7 @@ async def test_replay_creates_one_execution_records_it_and_clears_the_annotation
 
 async def test_a_redelivered_event_does_not_make_a_second_execution(api: FakeApi, clock: Clock) -> None:
     dls, name = await recorded(api, clock)
-    body = api.annotate(name, REPLAY_ANNOTATION, "true")
+    body = api.annotate(name, ANNOTATION_REPLAY, "true")
     await dls.on_event(copy.deepcopy(body), "MODIFIED")
     await dls.on_event(copy.deepcopy(body), "MODIFIED")  # the same event again, after the work is done
     restarted = DeadLetters(api, clock=clock)  # type: ignore[arg-type]
@@ -720,7 +741,7 @@ async def test_a_redelivered_event_does_not_make_a_second_execution(api: FakeApi
 
 async def test_concurrent_operators_handling_one_request_make_one_execution(api: FakeApi, clock: Clock) -> None:
     _, name = await recorded(api, clock)
-    body = api.annotate(name, REPLAY_ANNOTATION, "true")
+    body = api.annotate(name, ANNOTATION_REPLAY, "true")
     instances = [DeadLetters(api, clock=clock) for _ in range(4)]  # type: ignore[arg-type]
     await asyncio.gather(*(d.on_event(copy.deepcopy(body), "MODIFIED") for d in instances))
     assert replay_executions(api, name) == [f"{name}-r1"]
@@ -729,8 +750,8 @@ async def test_concurrent_operators_handling_one_request_make_one_execution(api:
 
 async def test_replaying_twice_makes_two(api: FakeApi, clock: Clock) -> None:
     dls, name = await recorded(api, clock)
-    await dls.on_event(api.annotate(name, REPLAY_ANNOTATION, "true"), "MODIFIED")
-    await dls.on_event(api.annotate(name, REPLAY_ANNOTATION, "true"), "MODIFIED")
+    await dls.on_event(api.annotate(name, ANNOTATION_REPLAY, "true"), "MODIFIED")
+    await dls.on_event(api.annotate(name, ANNOTATION_REPLAY, "true"), "MODIFIED")
     assert replay_executions(api, name) == [f"{name}-r1", f"{name}-r2"]
     assert replays_of(api, name) == [f"{name}-r1", f"{name}-r2"]
     assert api.obj("executions", f"{name}-r2")["spec"]["correlationId"] == "req-7-replay-2"
@@ -739,9 +760,9 @@ async def test_replaying_twice_makes_two(api: FakeApi, clock: Clock) -> None:
 async def test_a_stale_event_does_not_swallow_a_new_request(api: FakeApi, clock: Clock) -> None:
     """The first request's event arrives again after the user asked for a second replay."""
     dls, name = await recorded(api, clock)
-    first = api.annotate(name, REPLAY_ANNOTATION, "true")
+    first = api.annotate(name, ANNOTATION_REPLAY, "true")
     await dls.on_event(copy.deepcopy(first), "MODIFIED")
-    api.annotate(name, REPLAY_ANNOTATION, "true")
+    api.annotate(name, ANNOTATION_REPLAY, "true")
     await dls.on_event(copy.deepcopy(first), "MODIFIED")  # stale: its replays list is empty
     assert replay_executions(api, name) == [f"{name}-r1", f"{name}-r2"]
     assert replays_of(api, name) == [f"{name}-r1", f"{name}-r2"]
@@ -749,7 +770,7 @@ async def test_a_stale_event_does_not_swallow_a_new_request(api: FakeApi, clock:
 
 async def test_a_status_write_conflict_rereads_and_makes_one_execution(api: FakeApi, clock: Clock) -> None:
     dls, name = await recorded(api, clock)
-    body = api.annotate(name, REPLAY_ANNOTATION, "true")
+    body = api.annotate(name, ANNOTATION_REPLAY, "true")
     conflicts = 0
 
     def someone_writes_first(verb: str, plural: str, obj: str | None, sub: str | None) -> None:
@@ -763,7 +784,7 @@ async def test_a_status_write_conflict_rereads_and_makes_one_execution(api: Fake
     assert conflicts == 2
     assert replay_executions(api, name) == [f"{name}-r1"]
     assert replays_of(api, name) == [f"{name}-r1"]
-    assert REPLAY_PENDING_ANNOTATION not in api.obj("deadletters", name)["metadata"]["annotations"]
+    assert ANNOTATION_REPLAY_PENDING not in api.obj("deadletters", name)["metadata"]["annotations"]
 
 
 @pytest.mark.parametrize("crash_at", [1, 2, 3, 4], ids=["consume", "create", "status", "clear-pending"])
@@ -771,7 +792,7 @@ async def test_a_crash_at_any_step_then_a_restart_makes_exactly_one(api: FakeApi
     """The process dies just before write n: 1 consume the request, 2 create the Execution, 3 record it in
     status, 4 clear the pending marker. A restart (listing, then stale events) finishes the job once."""
     dls, name = await recorded(api, clock)
-    body = api.annotate(name, REPLAY_ANNOTATION, "true")
+    body = api.annotate(name, ANNOTATION_REPLAY, "true")
     writes = 0
 
     def crash(verb: str, plural: str, obj: str | None, sub: str | None) -> None:
@@ -793,7 +814,8 @@ async def test_a_crash_at_any_step_then_a_restart_makes_exactly_one(api: FakeApi
     assert replay_executions(api, name) == [f"{name}-r1"]
     assert replays_of(api, name) == [f"{name}-r1"]
     annotations = api.obj("deadletters", name)["metadata"].get("annotations") or {}
-    assert REPLAY_ANNOTATION not in annotations and REPLAY_PENDING_ANNOTATION not in annotations
+    assert ANNOTATION_REPLAY not in annotations
+    assert ANNOTATION_REPLAY_PENDING not in annotations
 
 
 async def test_truncated_input_is_taken_from_the_original_execution(api: FakeApi, clock: Clock) -> None:
@@ -803,8 +825,9 @@ async def test_truncated_input_is_taken_from_the_original_execution(api: FakeApi
     ex["metadata"]["uid"] = original["metadata"]["uid"]
     dls = DeadLetters(api, clock=clock)  # type: ignore[arg-type]
     name = await dls.record(ex, "All")
-    assert name is not None and api.obj("deadletters", name)["spec"]["inputTruncated"] is True
-    await dls.on_event(api.annotate(name, REPLAY_ANNOTATION, "true"), "MODIFIED")
+    assert name is not None
+    assert api.obj("deadletters", name)["spec"]["inputTruncated"] is True
+    await dls.on_event(api.annotate(name, ANNOTATION_REPLAY, "true"), "MODIFIED")
     assert api.obj("executions", f"{name}-r1")["spec"]["input"] == big
 
 
@@ -821,30 +844,33 @@ async def test_truncated_input_without_its_original_is_refused(api: FakeApi, clo
     dls = DeadLetters(api, clock=clock)  # type: ignore[arg-type]
     name = await dls.record(ex, "All")
     assert name is not None
-    await dls.on_event(api.annotate(name, REPLAY_ANNOTATION, "true"), "MODIFIED")
+    await dls.on_event(api.annotate(name, ANNOTATION_REPLAY, "true"), "MODIFIED")
     assert replay_executions(api, name) == []
     dl = api.obj("deadletters", name)
-    assert not (dl["metadata"].get("annotations") or {})
+    assert not (dl["metadata"].get("annotations"))
+    assert not ({})
     assert not (dl.get("status") or {}).get("replays")
     warnings = [e for e in api.events if e["type"] == "Warning" and e["reason"] == "ReplayRefused"]
-    assert len(warnings) == 1 and warnings[0]["involvedObject"]["name"] == name
+    assert len(warnings) == 1
+    assert warnings[0]["involvedObject"]["name"] == name
 
 
 async def test_a_dead_letter_too_deep_to_decode_is_never_replayed_from_its_clipped_copy(
     api: FakeApi, clock: Clock,
 ) -> None:
     dls, name = await recorded(api, clock)
-    body = api.annotate(name, REPLAY_ANNOTATION, "true")
+    body = api.annotate(name, ANNOTATION_REPLAY, "true")
     clipped = {**body, safejson.QUARANTINE_KEY: ".spec.executionSpec.input[0][0]"}  # as safejson marks one
     await dls.on_event(clipped, "MODIFIED")
     assert replay_executions(api, name) == []
     warnings = [e for e in api.events if e["type"] == "Warning" and e["reason"] == "ReplayRefused"]
-    assert len(warnings) == 1 and "nested too deep" in warnings[0]["message"]
+    assert len(warnings) == 1
+    assert "nested too deep" in warnings[0]["message"]
 
 
 async def test_a_replay_of_a_deleted_dead_letter_is_dropped_quietly(api: FakeApi, clock: Clock) -> None:
     dls, name = await recorded(api, clock)
-    body = api.annotate(name, REPLAY_ANNOTATION, "true")
+    body = api.annotate(name, ANNOTATION_REPLAY, "true")
     await api.delete(f"/apis/sandbox.dev/v1alpha1/namespaces/{NS}/deadletters/{name}")
     await dls.on_event(body, "MODIFIED")
     assert api.of("executions") == []
@@ -853,7 +879,7 @@ async def test_a_replay_of_a_deleted_dead_letter_is_dropped_quietly(api: FakeApi
 async def test_other_annotation_values_do_not_replay(api: FakeApi, clock: Clock) -> None:
     dls, name = await recorded(api, clock)
     for value in ("false", "yes", "True", ""):
-        await dls.on_event(api.annotate(name, REPLAY_ANNOTATION, value), "MODIFIED")
+        await dls.on_event(api.annotate(name, ANNOTATION_REPLAY, value), "MODIFIED")
     assert api.of("executions") == []
 
 
@@ -898,7 +924,8 @@ async def test_each_dead_letter_is_scheduled_at_creation_plus_max_age(api: FakeA
     await dls.on_event(api.obj("deadletters", "a"), "MODIFIED")
     assert dls._index[NS]["a"].timer is timer, "a later event does not reschedule"
     await dls.on_event(body, "DELETED")
-    assert timer.cancelled() and dls.present(NS) == 0
+    assert timer.cancelled()
+    assert dls.present(NS) == 0
     dls.close()
 
 
@@ -933,7 +960,8 @@ async def test_count_cap_deletes_the_oldest_first_in_any_listing_order(
         assert sorted(fake.deleted) == [(NS, f"dl-{i}") for i in range(5)], seed
         names = sorted(o["metadata"]["name"] for o in fake.of("deadletters"))
         assert names == ["dl-5", "dl-6", "dl-7", "elsewhere"]
-        assert dls.present(NS) == 3 and dls.present("team-b") == 1
+        assert dls.present(NS) == 3
+        assert dls.present("team-b") == 1
         assert dead_letter_value(fresh_metrics, "sandbox_dead_letters_present", {"namespace": NS}) == 3.0
         dls.close()
 
@@ -963,7 +991,8 @@ async def test_an_old_timer_never_deletes_a_recreated_object(api: FakeApi, clock
     assert api.of("deadletters")[0]["metadata"]["uid"] == second["metadata"]["uid"]
     await dls.on_event(second, "MODIFIED")
     timer = dls._index[NS]["same"].timer
-    assert timer is not None and dls._index[NS]["same"].uid == second["metadata"]["uid"]
+    assert timer is not None
+    assert dls._index[NS]["same"].uid == second["metadata"]["uid"]
     dls.close()
 
 
@@ -995,7 +1024,8 @@ async def test_retention_leaves_objects_being_deleted_alone(api: FakeApi, clock:
     await dls.on_event(going, "MODIFIED")
     await dls.on_event(staying, "ADDED")
     await dls.drain()
-    assert api.deleted == [] and dls.present(NS) == 1
+    assert api.deleted == []
+    assert dls.present(NS) == 1
     dls.close()
 
 
@@ -1011,4 +1041,5 @@ async def test_close_cancels_every_timer(api: FakeApi, clock: Clock) -> None:
         await dls.on_event(api.put("deadletters", dl_body(name)), "ADDED")
     timers = [e.timer for e in dls._index[NS].values()]
     dls.close()
-    assert timers and all(t is not None and t.cancelled() for t in timers)
+    assert timers
+    assert all(t is not None and t.cancelled() for t in timers)

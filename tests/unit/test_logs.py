@@ -20,7 +20,7 @@ class _TTY(io.StringIO):
         return True
 
 
-@pytest.fixture()
+@pytest.fixture
 def stream() -> Iterator[io.StringIO]:
     buf = io.StringIO()
     logs.configure_logging(level="DEBUG", fmt="json", stream=buf)

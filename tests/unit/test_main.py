@@ -31,7 +31,11 @@ def test_watch_restarts_are_counted_and_debug_lines_dropped() -> None:
 
 def test_defaults_and_flags() -> None:
     args = parse_args([])
-    assert args.metrics_port == 8080 and args.liveness_port == 8081
-    assert args.peering is None and args.namespace == []
+    assert args.metrics_port == 8080
+    assert args.liveness_port == 8081
+    assert args.peering is None
+    assert args.namespace == []
     args = parse_args(["-n", "team-a", "-n", "team-b", "--peering", "main", "--dead-letter-max-age", "60"])
-    assert args.namespace == ["team-a", "team-b"] and args.peering == "main" and args.dead_letter_max_age == 60
+    assert args.namespace == ["team-a", "team-b"]
+    assert args.peering == "main"
+    assert args.dead_letter_max_age == 60

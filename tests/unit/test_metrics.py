@@ -30,7 +30,7 @@ CONTRACT = {
 }
 
 
-@pytest.fixture()
+@pytest.fixture
 def om() -> m.OperatorMetrics:
     return m.OperatorMetrics()
 
@@ -146,9 +146,9 @@ def test_breaker_state_values(om: m.OperatorMetrics) -> None:
     om.record_breaker_transition("c", "closed")
     assert _value(om, "sandbox_circuit_breaker_state", {"class": "c"}) == 0
     assert _value(om, "sandbox_circuit_breaker_transitions_total", {"class": "c", "to": "closed"}) == 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown breaker state"):
         om.set_breaker_state("c", "ajar")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be 0, 1 or 2"):
         om.set_breaker_state("c", 7)
 
 
@@ -182,7 +182,8 @@ def test_http_server_serves_registry(om: m.OperatorMetrics) -> None:
         thread.join(timeout=5)
     families = {f.name: f for f in text_string_to_metric_families(body)}
     samples = [s for s in families["sandbox_dead_letters"].samples if s.name == "sandbox_dead_letters_total"]
-    assert samples and samples[0].labels["error_type"] == "image_pull_error"
+    assert samples
+    assert samples[0].labels["error_type"] == "image_pull_error"
     assert samples[0].value == 1
 
 

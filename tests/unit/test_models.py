@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from execution_operator import models
+from execution_operator import api, models
 from execution_operator.errors import ErrorInfo, ErrorType
 from execution_operator.models import (
     TERMINAL_PHASES,
@@ -46,7 +46,7 @@ def test_limits_match_the_contract() -> None:
     assert models.MAX_INPUT_BYTES == 1048576
     assert models.OUTPUT_LIMIT_BYTES == 131072
     assert models.STREAM_TAIL_BYTES == 16384
-    assert models.GROUP_VERSION == "sandbox.dev/v1alpha1"
+    assert api.API_VERSION == "sandbox.dev/v1alpha1"
 
 
 # --- aliases and dumping ---------------------------------------------------------------------------
@@ -60,7 +60,8 @@ def test_camel_case_on_the_wire_snake_case_in_code() -> None:
     assert dumped["executionClassName"] == "x"
     assert dumped["ttlSecondsAfterFinished"] == 5
     assert dumped["retry"] == {"maxAttempts": 2, "backoffSeconds": 1, "maxBackoffSeconds": 30}
-    assert "input" not in dumped and "correlationId" not in dumped  # no nulls on the wire
+    assert "input" not in dumped
+    assert "correlationId" not in dumped
 
 
 @pytest.mark.parametrize("value", [0, "", [], False, {}, [None], {"a": None, "b": [{"c": None}]}])
@@ -71,7 +72,8 @@ def test_falsy_inputs_survive_the_dump(value: Any) -> None:
 def test_quantities_are_kept_as_strings() -> None:
     spec = ExecutionSpec.model_validate({"code": "1", "resources": {"cpu": 2, "memory": "256Mi"}})
     assert spec.resources is not None
-    assert spec.resources.cpu == "2" and spec.resources.memory == "256Mi"
+    assert spec.resources.cpu == "2"
+    assert spec.resources.memory == "256Mi"
     for bad in ("two", "1 Gi", True, "1GB"):
         with pytest.raises(ValidationError):
             ExecutionSpec.model_validate({"code": "1", "resources": {"cpu": bad}})
@@ -101,21 +103,25 @@ def _body() -> dict[str, Any]:
 def test_from_body_accepts_a_fresh_object_and_unknown_status_keys() -> None:
     ex = Execution.from_body(_body())
     assert (ex.name, ex.namespace, ex.uid, ex.generation) == ("ex1", "ns", "u-1", 2)
-    assert ex.spec.timeout_seconds == 5 and ex.spec.input == {"a": [1, 2]}
+    assert ex.spec.timeout_seconds == 5
+    assert ex.spec.input == {"a": [1, 2]}
     assert ex.status == ExecutionStatus()
     body = _body()
     body["status"] = {"phase": "Running", "kopf": {"progress": {}}, "attempt": 1}
     ex = Execution.from_body(body)
-    assert ex.status.phase is Phase.RUNNING and ex.status.attempt == 1
+    assert ex.status.phase is Phase.RUNNING
+    assert ex.status.attempt == 1
 
 
 def test_to_body_round_trips() -> None:
     ex = Execution.from_body(_body())
     body = ex.to_body()
-    assert body["apiVersion"] == "sandbox.dev/v1alpha1" and body["kind"] == "Execution"
+    assert body["apiVersion"] == "sandbox.dev/v1alpha1"
+    assert body["kind"] == "Execution"
     assert Execution.from_body(body) == ex
     klass = ExecutionClass.from_body({"metadata": {"name": "default"}, "spec": {"image": "img:1"}})
-    assert klass.namespace is None and klass.to_body()["kind"] == "ExecutionClass"
+    assert klass.namespace is None
+    assert klass.to_body()["kind"] == "ExecutionClass"
     assert klass.spec.circuit_breaker.failure_threshold == 5
     assert klass.spec.dead_letter is DeadLetterPolicy.ALL
 
@@ -144,10 +150,12 @@ def test_attempt_history_keeps_the_newest_records() -> None:
 def test_stream_tails_keep_the_end_and_say_so() -> None:
     text = "head" + "x" * models.STREAM_TAIL_BYTES + "END"
     status = ExecutionStatus(stdout=text, stderr="short")
-    assert status.stdout is not None and len(status.stdout) == models.STREAM_TAIL_BYTES
+    assert status.stdout is not None
+    assert len(status.stdout) == models.STREAM_TAIL_BYTES
     assert status.stdout.endswith("END")
     assert status.stdout_truncated is True
-    assert status.stderr == "short" and status.stderr_truncated is None
+    assert status.stderr == "short"
+    assert status.stderr_truncated is None
     # Already-cut tails from the runner keep the runner's flag.
     assert ExecutionStatus.model_validate({"stdout": "t", "stdoutTruncated": True}).stdout_truncated is True
 
@@ -157,7 +165,8 @@ def test_error_envelope_is_clamped_not_refused() -> None:
     status = ExecutionStatus(error=error)
     assert status.error is not None
     assert len(status.error.message) == models.MAX_ERROR_MESSAGE_CHARS
-    assert status.error.details is not None and status.error.details.endswith("LAST")
+    assert status.error.details is not None
+    assert status.error.details.endswith("LAST")
     assert len(status.error.details) == models.MAX_ERROR_DETAILS_CHARS
     assert status.error.type is ErrorType.RUNTIME_ERROR
 
@@ -176,7 +185,8 @@ def _cond(status: ConditionStatus, reason: str = "Running", type_: str = "Succee
 
 def test_set_condition_appends_with_now() -> None:
     conditions = set_condition([], _cond(ConditionStatus.UNKNOWN), T0)
-    assert len(conditions) == 1 and conditions[0].last_transition_time == T0
+    assert len(conditions) == 1
+    assert conditions[0].last_transition_time == T0
 
 
 def test_set_condition_keeps_transition_time_when_status_is_unchanged() -> None:
@@ -189,7 +199,8 @@ def test_set_condition_keeps_transition_time_when_status_is_unchanged() -> None:
 def test_set_condition_moves_transition_time_when_status_changes() -> None:
     first = set_condition([], _cond(ConditionStatus.UNKNOWN), T0)
     second = set_condition(first, _cond(ConditionStatus.FALSE, "DivisionError"), T1)
-    assert second[0].last_transition_time == T1 and second[0].status is ConditionStatus.FALSE
+    assert second[0].last_transition_time == T1
+    assert second[0].status is ConditionStatus.FALSE
 
 
 def test_set_condition_is_pure_and_keeps_order() -> None:
@@ -239,7 +250,8 @@ def test_dead_letter_parses_and_clamps() -> None:
     dead = DeadLetter.from_body({"metadata": {"name": "dl-1"}, "spec": spec})
     assert dead.spec.attempts == 25
     assert [r.attempt for r in dead.spec.attempt_history] == list(range(6, 26))
-    assert dead.spec.stdout is not None and len(dead.spec.stdout) == models.STREAM_TAIL_BYTES
+    assert dead.spec.stdout is not None
+    assert len(dead.spec.stdout) == models.STREAM_TAIL_BYTES
     assert dead.spec.input_truncated is False
     with pytest.raises(ValidationError):
         DeadLetterSpec.model_validate({**spec, "error": {"type": "not_a_type", "message": "", "retryable": True}})
@@ -256,7 +268,8 @@ def test_class_status_reuses_the_breaker_state() -> None:
     )
     breaker = klass.status.circuit_breaker
     assert isinstance(breaker, models.BreakerState)
-    assert breaker.state is models.CircuitState.OPEN and breaker.failure_count == 5
+    assert breaker.state is models.CircuitState.OPEN
+    assert breaker.failure_count == 5
     assert klass.status.to_k8s()["circuitBreaker"]["openedAt"] == now
 
 
@@ -299,7 +312,12 @@ def test_compare_and_convert() -> None:
     assert compare_quantities("1Gi", 1073741824) == 0
     assert compare_quantities("500m", "1") == -1
     assert compare_quantities("2", "1500m") == 1
-    assert cpu_millicores("250m") == 250 and cpu_millicores("0.0001") == 1 and cpu_millicores(2) == 2000
-    assert memory_bytes("128Mi") == 134217728 and memory_bytes("1.5k") == 1500
-    assert format_cpu(2000) == "2" and format_cpu(250) == "250m"
-    assert format_memory(134217728) == "128Mi" and format_memory(1000) == "1000"
+    assert cpu_millicores("250m") == 250
+    assert cpu_millicores("0.0001") == 1
+    assert cpu_millicores(2) == 2000
+    assert memory_bytes("128Mi") == 134217728
+    assert memory_bytes("1.5k") == 1500
+    assert format_cpu(2000) == "2"
+    assert format_cpu(250) == "250m"
+    assert format_memory(134217728) == "128Mi"
+    assert format_memory(1000) == "1000"

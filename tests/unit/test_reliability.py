@@ -89,7 +89,8 @@ def test_decoding_never_fails_for_depth() -> None:
              '"metadata":{"name":"deep"},"spec":{"code":"x = \\"[{\\"","input":' + deep + '}}}')
     decoded = safejson.loads(event)
     body = decoded["object"]
-    assert safejson.quarantined(body) is not None and safejson.quarantined(body).startswith("spec.input[0]")
+    assert safejson.quarantined(body) is not None
+    assert safejson.quarantined(body).startswith("spec.input[0]")
     assert body["spec"]["code"] == 'x = "[{"'  # brackets inside strings are not structure
     assert safejson.quarantined(decoded) is None  # the object carries the mark, not the event
     assert safejson.loads('{"a": [1, {"b": 2}]}') == {"a": [1, {"b": 2}]}
@@ -120,7 +121,8 @@ def test_input_deeper_than_the_limit_is_refused_even_when_it_decodes() -> None:
         nested = [nested]
     problem = validate_execution(ExecutionSpec(code="x", input=nested), ExecutionClassSpec(image="i"),
                                  class_name="default")
-    assert problem is not None and "nested more than 100 levels deep" in problem
+    assert problem is not None
+    assert "nested more than 100 levels deep" in problem
     flat = ExecutionSpec(code="x", input={"a": [[1, 2], {"b": None}]})
     assert validate_execution(flat, ExecutionClassSpec(image="i"), class_name="default") is None
 
@@ -160,9 +162,12 @@ def test_a_supervisor_failure_after_the_code_started_is_not_the_platforms() -> N
                                                          "startedAt": "2026-01-01T00:00:00Z"}}}]}}
 
     after = classify_finished_pod(pod(3), "")
-    assert after.error is not None and after.error.type == "internal_error" and after.user_code_started_at
+    assert after.error is not None
+    assert after.error.type == "internal_error"
+    assert after.user_code_started_at
     before = classify_finished_pod(pod(2), "")
-    assert before.error is not None and before.user_code_started_at is None
+    assert before.error is not None
+    assert before.user_code_started_at is None
 
 
 # 2 -- the log cannot be read ------------------------------------------------------------------------
@@ -175,7 +180,8 @@ async def test_a_log_read_failing_a_while_still_records_the_output(api: Api) -> 
     server.faults.add(FaultRule(resource="pods", subresource="log", status=500, times=12))
     await finish(server, client, controller, pod)
     body = await eventually(lambda: phase_of(client, "log-flaky", "Succeeded", "Failed"))
-    assert body["status"]["phase"] == "Succeeded" and body["status"]["output"] == 7
+    assert body["status"]["phase"] == "Succeeded"
+    assert body["status"]["output"] == 7
 
 
 async def test_a_log_that_stays_unreadable_is_never_a_success_without_output(api: Api) -> None:
@@ -212,7 +218,8 @@ async def test_a_lost_launch_status_then_an_open_circuit_adopts_the_running_pod(
     assert status["phase"] in ("Pending", "Running")
     await finish(server, client, controller, made)
     done = await eventually(lambda: phase_of(client, "lost-write", "Succeeded", "Failed"))
-    assert done["status"]["phase"] == "Succeeded" and done["status"]["output"] == 7
+    assert done["status"]["phase"] == "Succeeded"
+    assert done["status"]["output"] == 7
     assert [p["metadata"]["name"] for p in await pods(client)] == [made["metadata"]["name"]]
 
 
@@ -226,7 +233,8 @@ async def test_a_failed_status_write_then_a_throttled_create_never_runs_the_code
     server.faults.add(FaultRule(method="PATCH", resource="executions", subresource="status", status=500, times=5))
     body = await create_execution(client, "write-lost", retry={"maxAttempts": 3})
     await controller.on_execution_event(body, "ADDED")  # the pod is made; the status write fails
-    assert len(await pods(client)) == 1 and not (await execution(client, "write-lost")).get("status")
+    assert len(await pods(client)) == 1
+    assert not (await execution(client, "write-lost")).get("status")
     server.faults.add(FaultRule(method="POST", resource="pods", status=429, times=5))
     await controller.reconcile(key)  # the repeated create is throttled: an API error, not the attempt's end
     await controller.reconcile(key)
@@ -246,13 +254,15 @@ async def test_throttled_and_failing_pod_creates_are_retried_and_never_trip_the_
     pod = await run_to_pod(controller, client, "throttled")
     await finish(server, client, controller, pod)
     body = await eventually(lambda: phase_of(client, "throttled", "Succeeded", "Failed"))
-    assert body["status"]["phase"] == "Succeeded" and body["status"]["attempt"] == 1
+    assert body["status"]["phase"] == "Succeeded"
+    assert body["status"]["attempt"] == 1
     assert await breaker_failures(client) == 0
 
 
 def test_api_errors_carry_retry_after() -> None:
     exc = k8s.ApiError(429, {"reason": "TooManyRequests", "details": {"retryAfterSeconds": 3}})
-    assert exc.transient and exc.retry_after == 3
+    assert exc.transient
+    assert exc.retry_after == 3
     assert k8s.ApiError(503, None, retry_after=7).retry_after == 7
     assert not k8s.ApiError(422, {"reason": "Invalid"}).transient
 
@@ -304,7 +314,8 @@ async def test_an_over_long_correlation_id_annotation_still_gets_a_status(api: A
     })
     await controller.on_execution_event(body, "ADDED")
     status = (await execution(client, "long-cid"))["status"]
-    assert status["phase"] == "Pending" and status["correlationId"] == "c" * 128
+    assert status["phase"] == "Pending"
+    assert status["correlationId"] == "c" * 128
 
 
 # 8 -- resources ---------------------------------------------------------------------------------------
@@ -314,14 +325,17 @@ async def test_an_over_long_correlation_id_annotation_still_gets_a_status(api: A
 def test_negative_or_zero_resources_are_a_validation_error(resources: dict[str, str]) -> None:
     spec = ExecutionSpec.model_validate({"code": "x", "resources": resources})
     problem = validate_execution(spec, ExecutionClassSpec(image="i"), class_name="default")
-    assert problem is not None and "must be more than zero" in problem
+    assert problem is not None
+    assert "must be more than zero" in problem
 
 
 def test_class_defaults_are_checked_against_the_class_maximum() -> None:
     cls = ExecutionClassSpec.model_validate({"image": "i", "resources": {"defaults": {"memory": "1Gi"},
                                                                           "max": {"memory": "512Mi"}}})
     problem = validate_execution(ExecutionSpec(code="x"), cls, class_name="small")
-    assert problem is not None and "resources.defaults.memory" in problem and "512Mi" in problem
+    assert problem is not None
+    assert "resources.defaults.memory" in problem
+    assert "512Mi" in problem
     within = ExecutionSpec.model_validate({"code": "x", "resources": {"memory": "256Mi"}})
     assert validate_execution(within, cls, class_name="small") is None
 
@@ -367,7 +381,9 @@ async def test_classes_that_do_not_exist_share_one_metric_label(
 def test_an_admission_refusal_keeps_the_servers_message() -> None:
     said = 'pods "x" is forbidden: RuntimeClass "no-such-runtime" not found'
     error = classify_create_error(403, {"reason": "Forbidden", "message": said})
-    assert error.type == "config_error" and said in error.message and error.details == said
+    assert error.type == "config_error"
+    assert said in error.message
+    assert error.details == said
 
 
 async def test_a_finished_execution_keeps_no_timer(api: Api) -> None:

@@ -35,8 +35,10 @@ def test_pieces_are_joined_even_with_other_lines_between_them() -> None:
     mixed = ["user says hi", lines[0], "stderr line that lagged", *lines[1:-1], "late stderr", lines[-1]]
     summary = r.encode_summary(report, report_lines=count).decode()
     parsed = parse_runner_report(summary, "\n".join(mixed) + "\n", 0)
-    assert parsed is not None and parsed.full
-    assert parsed.stdout == "y" * 30000 and parsed.output == {"n": 1}
+    assert parsed is not None
+    assert parsed.full
+    assert parsed.stdout == "y" * 30000
+    assert parsed.output == {"n": 1}
 
 
 def test_a_missing_piece_leaves_only_the_summary_and_asks_for_more_log() -> None:
@@ -47,7 +49,9 @@ def test_a_missing_piece_leaves_only_the_summary_and_asks_for_more_log() -> None
     assert not log_holds_full_report(tail)
     assert log_holds_full_report(data.decode())
     parsed = parse_runner_report(r.encode_summary(report, report_lines=count).decode(), tail, 0)
-    assert parsed is not None and not parsed.full and parsed.stdout == ""
+    assert parsed is not None
+    assert not parsed.full
+    assert parsed.stdout == ""
 
 
 def test_forged_pieces_with_another_nonce_are_ignored() -> None:
@@ -55,4 +59,6 @@ def test_forged_pieces_with_another_nonce_are_ignored() -> None:
     data, count = r.marker_lines(report)
     forged = 'SANDBOX-REPORT ' + "f" * 32 + ' 1/1 {"v":1}\n'
     parsed = parse_runner_report(r.encode_summary(report, report_lines=count).decode(), forged + data.decode(), 0)
-    assert parsed is not None and parsed.full and parsed.stdout == "real"
+    assert parsed is not None
+    assert parsed.full
+    assert parsed.stdout == "real"

@@ -41,9 +41,9 @@ def test_backoff_is_deterministic_for_a_seeded_rng() -> None:
 
 
 def test_backoff_rejects_nonsense() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="1-based"):
         backoff_delay(0, 1.0, 30.0, random.Random())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must not be negative"):
         backoff_delay(1, -1.0, 30.0, random.Random())
 
 
@@ -65,7 +65,8 @@ def test_user_code_exceptions_are_never_retried() -> None:
 )
 def test_retryable_types_use_the_budget(error_type: ErrorType) -> None:
     first = decide_retry(error_type, attempt=1, max_attempts=3, disruptions=0)
-    assert first.retry and first.consumes_budget
+    assert first.retry
+    assert first.consumes_budget
     assert decide_retry(error_type, attempt=2, max_attempts=3, disruptions=0).retry
     last = decide_retry(error_type, attempt=3, max_attempts=3, disruptions=0)
     assert not last.retry
@@ -86,12 +87,14 @@ def test_disruptions_are_free_up_to_their_cap_then_charged(error_type: ErrorType
     # max_attempts=1: the user allowed no retries at all, yet disruptions are retried.
     for earlier in range(3):
         decision = decide_retry(error_type, attempt=earlier + 1, max_attempts=1, disruptions=earlier)
-        assert decision.retry and not decision.consumes_budget, earlier
+        assert decision.retry, earlier
+        assert not decision.consumes_budget, earlier
     # The fourth disruption is beyond the cap and the budget of 1 is already used.
     assert not decide_retry(error_type, attempt=4, max_attempts=1, disruptions=3).retry
     # With a budget of 2 the fourth disruption is charged and retried once more.
     charged = decide_retry(error_type, attempt=4, max_attempts=2, disruptions=3)
-    assert charged.retry and charged.consumes_budget
+    assert charged.retry
+    assert charged.consumes_budget
     assert not decide_retry(error_type, attempt=5, max_attempts=2, disruptions=4).retry
 
 
@@ -121,9 +124,9 @@ def test_any_failure_sequence_ends_within_the_total_cap(types: list[ErrorType], 
 
 
 def test_rejects_invalid_counts() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="1-based"):
         decide_retry(ErrorType.EVICTED, attempt=0, max_attempts=2, disruptions=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a valid ErrorType"):
         decide_retry("no_such_type", attempt=1, max_attempts=2, disruptions=0)
 
 

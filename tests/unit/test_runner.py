@@ -22,7 +22,7 @@ def _raise(exc: BaseException) -> BaseException:
     """Give the exception a traceback, as if user code raised it."""
     try:
         raise exc
-    except BaseException as caught:
+    except BaseException as caught:  # noqa: BLE001 - any exception is what the test hands on
         return caught
 
 
@@ -106,14 +106,19 @@ def test_success_with_result_and_input(tmp_path: Path) -> None:
     res = run_runner(tmp_path, "print('hello')\nresult = {'doubled': input_data['n'] * 2}", {"n": 21})
     assert res.returncode == 0
     report = res.checked()
-    assert report.success and report.error_type is None and report.exit_code == 0
+    assert report.success
+    assert report.error_type is None
+    assert report.exit_code == 0
     assert report.output == {"doubled": 42}
-    assert report.stdout == "hello\n" and report.stderr == ""
-    assert report.user_code_started and report.duration_seconds is not None
+    assert report.stdout == "hello\n"
+    assert report.stderr == ""
+    assert report.user_code_started
+    assert report.duration_seconds is not None
     assert json.loads((res.dirs["input"] / "data.json").read_text()) == {"n": 21}
     # The report is the last line; the user's output is relayed before it.
     lines = res.stdout.splitlines()
-    assert lines[0] == "hello" and lines[-1].startswith("SANDBOX-REPORT ")
+    assert lines[0] == "hello"
+    assert lines[-1].startswith("SANDBOX-REPORT ")
 
 
 def test_gzipped_payload(tmp_path: Path) -> None:
@@ -127,7 +132,8 @@ def test_output_from_result_file_and_null(tmp_path: Path) -> None:
     (tmp_path / "b").mkdir()
     assert run_runner(tmp_path / "a", code).checked().output == [1, 2]
     report = run_runner(tmp_path / "b", "x = 1").checked()
-    assert report.success and report.output is None
+    assert report.success
+    assert report.output is None
 
 
 def test_input_file_and_global_agree(tmp_path: Path) -> None:
@@ -139,20 +145,24 @@ def test_exception_report(tmp_path: Path) -> None:
     res = run_runner(tmp_path, "x = 1\n\ndef f():\n    return x / 0\n\nf()\n")
     assert res.returncode == 1
     report = res.checked()
-    assert report.error_type == "division_error" and report.exit_code == 1
+    assert report.error_type == "division_error"
+    assert report.exit_code == 1
     assert report.message == "ZeroDivisionError: division by zero"
     assert report.exception_type == "ZeroDivisionError"
     assert report.meta["lineno"] == 4
     assert report.details is not None
-    assert 'File "<execution>", line 6' in report.details and 'File "<execution>", line 4' in report.details
-    assert "child.py" not in report.details and "runpy" not in report.details
+    assert 'File "<execution>", line 6' in report.details
+    assert 'File "<execution>", line 4' in report.details
+    assert "child.py" not in report.details
+    assert "runpy" not in report.details
     assert "return x / 0" in report.details  # source lines shown for the user's code
     assert "ZeroDivisionError: division by zero" in report.stderr  # as Python would print it
 
 
 def test_syntax_error(tmp_path: Path) -> None:
     report = run_runner(tmp_path, "x = 1\ndef broken(:\n").checked()
-    assert report.error_type == "syntax_error" and report.meta["lineno"] == 2
+    assert report.error_type == "syntax_error"
+    assert report.meta["lineno"] == 2
     assert report.message.startswith("SyntaxError:")
 
 
@@ -176,7 +186,8 @@ def test_user_failures(tmp_path: Path, code: str, error_type: str, exit_code: in
 
 def test_sys_exit_zero_is_success(tmp_path: Path) -> None:
     report = run_runner(tmp_path, "result = 7\nimport sys\nsys.exit(0)").checked()
-    assert report.success and report.output == 7
+    assert report.success
+    assert report.output == 7
 
 
 @pytest.mark.parametrize(
@@ -236,7 +247,8 @@ def test_timeout(tmp_path: Path, code: str) -> None:
     report = res.checked()
     assert (report.error_type, report.exit_code) == ("timeout", 137)
     assert report.meta["timeoutSeconds"] == 1
-    assert report.duration_seconds is not None and 1.0 <= report.duration_seconds < 3.0
+    assert report.duration_seconds is not None
+    assert 1.0 <= report.duration_seconds < 3.0
     assert elapsed < 10
 
 
@@ -259,7 +271,8 @@ def test_output_too_large_and_not_serialisable(tmp_path: Path) -> None:
 
 def test_output_at_the_limit_is_fine(tmp_path: Path) -> None:
     report = run_runner(tmp_path, "result = 'x' * (131072 - 2)").checked()
-    assert report.success and len(report.output) == 131070
+    assert report.success
+    assert len(report.output) == 131070
 
 
 def test_streams_are_separate_bounded_tails(tmp_path: Path) -> None:
@@ -271,7 +284,8 @@ def test_streams_are_separate_bounded_tails(tmp_path: Path) -> None:
     )
     res = run_runner(tmp_path, code)
     report = res.checked()
-    assert report.stdout_truncated and not report.stderr_truncated
+    assert report.stdout_truncated
+    assert not report.stderr_truncated
     assert len(report.stdout.encode()) <= 16384
     assert report.stdout.endswith("out 19999\n")  # the tail, not the head
     assert report.stderr == "err line\n"
@@ -288,7 +302,8 @@ def test_huge_binary_output_without_newline(tmp_path: Path) -> None:
     )
     res = run_runner(tmp_path, code)
     report = res.checked()
-    assert report.output == "done" and report.stdout_truncated
+    assert report.output == "done"
+    assert report.stdout_truncated
     assert report.stderr.endswith(" no newline")
     assert res.stdout.split("\n")[-2].startswith("SANDBOX-REPORT ")
 
@@ -296,7 +311,8 @@ def test_huge_binary_output_without_newline(tmp_path: Path) -> None:
 def test_closed_stdout(tmp_path: Path) -> None:
     code = "import os, sys\nprint('before', flush=True)\nos.close(1)\nos.close(2)\nresult = 'still fine'"
     report = run_runner(tmp_path, code).checked()
-    assert report.output == "still fine" and report.stdout == "before\n"
+    assert report.output == "still fine"
+    assert report.stdout == "before\n"
 
 
 def test_threads_left_running_do_not_block(tmp_path: Path) -> None:
@@ -360,7 +376,9 @@ def test_unwritable_termination_log_leaves_the_report_on_the_log(tmp_path: Path)
     res = run_runner(tmp_path, "result = 1", env={"SANDBOX_TERMINATION_LOG": str(tmp_path / "no" / "dir")})
     assert res.returncode == 0
     report = parse_runner_report(None, res.stdout, res.returncode)
-    assert report is not None and report.source == "logMarker" and report.output == 1
+    assert report is not None
+    assert report.source == "logMarker"
+    assert report.output == 1
 
 
 def test_termination_message_is_a_bounded_summary(tmp_path: Path) -> None:
@@ -369,8 +387,10 @@ def test_termination_message_is_a_bounded_summary(tmp_path: Path) -> None:
     assert len(res.termination_message.encode()) < 4096
     assert set(summary) == {"v", "nonce", "success", "exitCode", "errorType", "exceptionType", "message",
                             "userCodeStarted", "startedAt", "finishedAt", "durationSeconds", "reportLines"}
-    assert summary["errorType"] == "value_error" and len(summary["message"]) <= 512
-    assert "\u2028" not in res.stdout.splitlines()[-1] and res.stdout.splitlines()[-1].startswith("SANDBOX-REPORT")
+    assert summary["errorType"] == "value_error"
+    assert len(summary["message"]) <= 512
+    assert "\u2028" not in res.stdout.splitlines()[-1]
+    assert res.stdout.splitlines()[-1].startswith("SANDBOX-REPORT")
 
 
 def test_external_stop_exits_143_without_report(tmp_path: Path) -> None:
@@ -392,7 +412,8 @@ def test_external_stop_exits_143_without_report(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 143
-    assert b"SANDBOX-REPORT" not in out and not (tmp_path / "tlog").exists()
+    assert b"SANDBOX-REPORT" not in out
+    assert not (tmp_path / "tlog").exists()
 
 
 #: Modules whose import would cost every execution milliseconds of CPU (compiled regexes, enums, typing).
@@ -418,8 +439,10 @@ def test_user_printed_tracebacks_and_warnings_show_the_code(tmp_path: Path) -> N
     )
     report = run_runner(tmp_path, code).checked()
     assert report.output == "ok"
-    assert 'File "<execution>", line 3' in report.stderr and "    value = 1 / 0" in report.stderr
-    assert "UserWarning: careful" in report.stderr and "  warnings.warn('careful')" in report.stderr
+    assert 'File "<execution>", line 3' in report.stderr
+    assert "    value = 1 / 0" in report.stderr
+    assert "UserWarning: careful" in report.stderr
+    assert "  warnings.warn('careful')" in report.stderr
 
 
 def test_linecache_imported_before_the_code_still_shows_it(tmp_path: Path) -> None:
@@ -468,5 +491,6 @@ def test_output_whose_encoding_raises(tmp_path: Path) -> None:
 def test_tail_cut_inside_a_character_stays_clean(tmp_path: Path) -> None:
     # 40001 bytes: the last 16384 start in the middle of a two-byte character.
     report = run_runner(tmp_path, "print('é' * 20000 + 'x', end='')\nresult = 1").checked()
-    assert report.stdout_truncated and "\ufffd" not in report.stdout
+    assert report.stdout_truncated
+    assert "\ufffd" not in report.stdout
     assert report.stdout == "é" * 8191 + "x"

@@ -68,15 +68,18 @@ def test_fake_report_line_and_termination_message(tmp_path: Path) -> None:
     assert (report.success, report.error_type) == (False, "division_error")  # ...and ignored
     assert report.nonce != FAKE_NONCE
     verdict = classify_finished_pod(_pod(res.returncode, res.termination_message), res.stdout)
-    assert verdict.error is not None and verdict.error.type == "division_error"
+    assert verdict.error is not None
+    assert verdict.error.type == "division_error"
 
 
 def test_fake_report_line_without_newline_when_termination_message_is_lost(tmp_path: Path) -> None:
     """Only the very last log line counts without the termination message; the supervisor starts a new line."""
     res = run_runner(tmp_path, f"result = 'real'\nprint({FAKE_LINE!r}, end='')")
     report = parse_runner_report(None, res.stdout, res.returncode)
-    assert report is not None and report.source == "logMarker"
-    assert report.output == "real" and report.nonce != FAKE_NONCE
+    assert report is not None
+    assert report.source == "logMarker"
+    assert report.output == "real"
+    assert report.nonce != FAKE_NONCE
 
 
 def test_fake_traceback_on_stderr(tmp_path: Path) -> None:
@@ -88,9 +91,12 @@ def test_fake_traceback_on_stderr(tmp_path: Path) -> None:
     )
     res = run_runner(tmp_path, code)
     report = res.checked()
-    assert report.success and report.output == 5 and "KeyError" in report.stderr
+    assert report.success
+    assert report.output == 5
+    assert "KeyError" in report.stderr
     verdict = classify_finished_pod(_pod(res.returncode, res.termination_message), res.stdout)
-    assert verdict.success and verdict.error is None
+    assert verdict.success
+    assert verdict.error is None
 
 
 def test_code_writes_the_termination_log(tmp_path: Path) -> None:
@@ -122,7 +128,9 @@ def test_code_makes_the_termination_log_unwritable(tmp_path: Path, forge: bool) 
     res = run_runner(tmp_path, code)
     assert res.returncode == 0
     verdict = classify_finished_pod(_pod(res.returncode, res.termination_message), res.stdout)
-    assert verdict.success and verdict.output == 7 and verdict.error is None
+    assert verdict.success
+    assert verdict.output == 7
+    assert verdict.error is None
     assert verdict.user_code_started_at
 
 
@@ -178,7 +186,8 @@ def test_code_restarts_the_timeout_clock(tmp_path: Path) -> None:
     )
     began = time.monotonic()
     report = run_runner(tmp_path, code, timeout=1).checked()
-    assert report.error_type == "timeout" and time.monotonic() - began < 10
+    assert report.error_type == "timeout"
+    assert time.monotonic() - began < 10
 
 
 def test_spawned_process_writes_to_the_report_channel(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ OPTIONS: list[dict[str, Any]] = [
 def _outcome(call: Any) -> tuple[str, Any]:
     try:
         return "ok", call()
-    except Exception as exc:  # the comparison is of what each raises, whatever it is
+    except Exception as exc:  # noqa: BLE001 - the comparison is of what each raises, whatever it is
         return type(exc).__name__, str(exc)
 
 

@@ -101,14 +101,16 @@ def test_two_payloads_in_one_stream_run_nothing(tmp_path: Path) -> None:
     proc = start_warm(tmp_path)
     result = hand_over(proc, tmp_path, payload("result = 1\n") + payload("result = 2\n"))
     report = result.checked()
-    assert not report.success and not report.user_code_started
+    assert not report.success
+    assert not report.user_code_started
     assert report.error_type == "internal_error"
 
 
 def test_no_payload_runs_nothing(tmp_path: Path) -> None:
     proc = start_warm(tmp_path)
     report = hand_over(proc, tmp_path, b"").checked()
-    assert not report.success and not report.user_code_started
+    assert not report.success
+    assert not report.user_code_started
     assert report.error_type == "internal_error"
     assert "no payload" in report.message
 
@@ -117,4 +119,5 @@ def test_an_oversized_payload_is_refused(tmp_path: Path) -> None:
     proc = start_warm(tmp_path)
     big = payload("result = 1\n", "x" * (warm.PAYLOAD_LIMIT_BYTES + 10))
     report = hand_over(proc, tmp_path, big).checked()
-    assert not report.user_code_started and report.error_type == "internal_error"
+    assert not report.user_code_started
+    assert report.error_type == "internal_error"

@@ -66,7 +66,9 @@ def test_pod_identity_labels_and_owner() -> None:
     assert meta["labels"]["sandbox.dev/correlation-id"] == "req-42"
     assert meta["labels"]["sandbox.dev/network"] == "deny"
     owner = meta["ownerReferences"][0]
-    assert owner["uid"] == REF.uid and owner["controller"] is True and owner["kind"] == "Execution"
+    assert owner["uid"] == REF.uid
+    assert owner["controller"] is True
+    assert owner["kind"] == "Execution"
 
 
 def test_names_are_deterministic_valid_and_short_for_long_execution_names() -> None:
@@ -75,7 +77,8 @@ def test_names_are_deterministic_valid_and_short_for_long_execution_names() -> N
     assert len(names) == 3
     for name in names:
         assert len(name) <= 63
-        assert name == name.lower() and "." not in name
+        assert name == name.lower()
+        assert "." not in name
     assert pod_name(long_ref, 1) == pod_name(long_ref, 1)
     assert pod_name(long_ref, 1) != pod_name(ExecutionRef("ns", "a" * 250 + ".b", "uid-2", "c"), 1)
     pod = build_pod(long_ref, spec(), CLS, attempt=1)
@@ -86,7 +89,8 @@ def test_names_are_deterministic_valid_and_short_for_long_execution_names() -> N
 def test_label_value_keeps_valid_values_and_fixes_others() -> None:
     assert label_value("hello") == "hello"
     fixed = label_value("x" * 100)
-    assert len(fixed) <= 63 and fixed != label_value("x" * 101)
+    assert len(fixed) <= 63
+    assert fixed != label_value("x" * 101)
 
 
 def test_small_payloads_travel_in_annotations() -> None:
@@ -149,7 +153,8 @@ def test_class_settings_reach_the_pod() -> None:
     assert container["image"] == cls.image
     assert container["command"][-1] == "--x"
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["MPLBACKEND"] == "Agg" and env["SANDBOX_TIMEOUT_SECONDS"] == "7"
+    assert env["MPLBACKEND"] == "Agg"
+    assert env["SANDBOX_TIMEOUT_SECONDS"] == "7"
     assert container["resources"]["limits"] == {"cpu": "250m", "memory": "128Mi"}
     assert pod["spec"]["runtimeClassName"] == "gvisor"
     assert "sandbox.dev/network" not in pod["metadata"]["labels"]
@@ -161,4 +166,5 @@ def test_deny_all_policy_selects_only_denied_sandboxes() -> None:
     policy = deny_all_network_policy("team-a")
     assert policy["spec"]["podSelector"] == {"matchLabels": {"sandbox.dev/network": "deny"}}
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    assert "ingress" not in policy["spec"] and "egress" not in policy["spec"]
+    assert "ingress" not in policy["spec"]
+    assert "egress" not in policy["spec"]

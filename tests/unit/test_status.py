@@ -31,7 +31,9 @@ def cond(status: dict[str, Any], ctype: str) -> dict[str, Any]:
 def test_launch_run_succeed() -> None:
     s: dict[str, Any] = {}
     s = merged(s, st.launched(s, attempt=1, pod="p-a1", now=NOW, generation=1, correlation_id="c"))
-    assert s["phase"] == "Pending" and s["podName"] == "p-a1" and s["attempt"] == 1
+    assert s["phase"] == "Pending"
+    assert s["podName"] == "p-a1"
+    assert s["attempt"] == 1
     assert cond(s, "Launched")["status"] == "True"
     assert cond(s, "Succeeded")["status"] == "Unknown"
     s = merged(s, st.running(s, attempt=1, started_at=NOW, now=NOW, generation=1, correlation_id="c"))
@@ -39,8 +41,11 @@ def test_launch_run_succeed() -> None:
     verdict = Verdict(success=True, error=None, exit_code=0, exit_code_source="container", output={"a": 1},
                       stdout="hi\n", duration_seconds=0.5)
     s = merged(s, st.finished(s, verdict=verdict, attempt=1, now=LATER, generation=1, correlation_id="c"))
-    assert s["phase"] == "Succeeded" and s["success"] is True and s["output"] == {"a": 1}
-    assert s["exitCode"] == 0 and s["exitCodeSource"] == "container"
+    assert s["phase"] == "Succeeded"
+    assert s["success"] is True
+    assert s["output"] == {"a": 1}
+    assert s["exitCode"] == 0
+    assert s["exitCodeSource"] == "container"
     assert cond(s, "Succeeded") == {"type": "Succeeded", "status": "True", "reason": "Succeeded",
                                     "message": "Attempt 1 succeeded", "lastTransitionTime": LATER,
                                     "observedGeneration": 1}
@@ -53,7 +58,9 @@ def test_launch_run_succeed() -> None:
 def test_warm_start_is_launched_and_running_in_one_write() -> None:
     s: dict[str, Any] = {}
     s = merged(s, st.warm_started(s, attempt=1, pod="pool-x", now=NOW, generation=1, correlation_id="c"))
-    assert s["phase"] == "Running" and s["podName"] == "pool-x" and s["launch"] == "warm"
+    assert s["phase"] == "Running"
+    assert s["podName"] == "pool-x"
+    assert s["launch"] == "warm"
     assert cond(s, "Launched")["reason"] == "WarmPodClaimed"
     assert cond(s, "Succeeded")["reason"] == "Running"
     assert s["attempts"] == [{"attempt": 1, "podName": "pool-x", "startTime": NOW, "launch": "warm"}]
@@ -71,10 +78,12 @@ def test_failure_reason_is_camel_case_of_error_type() -> None:
     verdict = Verdict(success=False, error=ErrorInfo.of(ErrorType.DIVISION_ERROR, "ZeroDivisionError: x"),
                       exit_code=1, exit_code_source="container")
     s = merged({}, st.finished({}, verdict=verdict, attempt=1, now=NOW, generation=1, correlation_id="c"))
-    assert s["phase"] == "Failed" and s["success"] is False
+    assert s["phase"] == "Failed"
+    assert s["success"] is False
     assert cond(s, "Succeeded")["status"] == "False"
     assert cond(s, "Succeeded")["reason"] == "DivisionError"
-    assert s["error"]["type"] == "division_error" and s["error"]["retryable"] is False
+    assert s["error"]["type"] == "division_error"
+    assert s["error"]["retryable"] is False
 
 
 def test_retrying_then_cancelled() -> None:
@@ -84,14 +93,18 @@ def test_retrying_then_cancelled() -> None:
                       exit_code_source="unknown")
     s = merged(s, st.retrying(s, verdict=verdict, attempt=1, next_attempt_at=LATER, now=NOW, generation=1,
                               correlation_id="c", disruptions=1))
-    assert s["phase"] == "Retrying" and s["nextAttemptAt"] == LATER and s["disruptions"] == 1
-    assert cond(s, "Launched")["status"] == "False" and cond(s, "Launched")["reason"] == "Retrying"
+    assert s["phase"] == "Retrying"
+    assert s["nextAttemptAt"] == LATER
+    assert s["disruptions"] == 1
+    assert cond(s, "Launched")["status"] == "False"
+    assert cond(s, "Launched")["reason"] == "Retrying"
     assert cond(s, "Succeeded")["status"] == "Unknown"
     assert s["attempts"][0]["errorType"] == "pod_deleted"
     cancel = Verdict(success=False, error=ErrorInfo.of(ErrorType.CANCELLED, "Cancelled by spec.cancel"),
                      exit_code=None, exit_code_source="unknown")
     s = merged(s, st.finished(s, verdict=cancel, attempt=1, now=LATER, generation=2, correlation_id="c"))
-    assert s["phase"] == "Cancelled" and "nextAttemptAt" not in s
+    assert s["phase"] == "Cancelled"
+    assert "nextAttemptAt" not in s
     assert cond(s, "Succeeded")["reason"] == "Cancelled"
 
 

@@ -52,8 +52,11 @@ def test_a_pool_pod_is_the_hardened_class_pod_waiting_on_stdin() -> None:
     pod = wp.build_pool_pod("ns", "pool", "pool-uid", "default", CLS)
     spec = pod["spec"]
     (container,) = spec["containers"]
-    assert container["stdin"] is True and container["stdinOnce"] is True and container["tty"] is False
-    assert spec["automountServiceAccountToken"] is False and spec["enableServiceLinks"] is False
+    assert container["stdin"] is True
+    assert container["stdinOnce"] is True
+    assert container["tty"] is False
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["enableServiceLinks"] is False
     assert spec["restartPolicy"] == "Never"
     assert "activeDeadlineSeconds" not in spec  # set at the claim, from then on
     assert container["resources"]["requests"] == container["resources"]["limits"] == {"cpu": "250m",
@@ -61,8 +64,11 @@ def test_a_pool_pod_is_the_hardened_class_pod_waiting_on_stdin() -> None:
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert all(v["name"] != "payload" for v in spec["volumes"])
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env[warm.WARM_ENV] == "1" and env[warm.WARM_IMPORTS_ENV] == "decimal" and env["A"] == "1"
-    assert "SANDBOX_EXECUTION" not in env and "SANDBOX_ATTEMPT" not in env
+    assert env[warm.WARM_ENV] == "1"
+    assert env[warm.WARM_IMPORTS_ENV] == "decimal"
+    assert env["A"] == "1"
+    assert "SANDBOX_EXECUTION" not in env
+    assert "SANDBOX_ATTEMPT" not in env
     meta = pod["metadata"]
     assert meta["labels"][wp.POOL_LABEL] == "pool"
     assert meta["labels"]["sandbox.dev/network"] == "deny"
@@ -97,7 +103,8 @@ def test_the_claim_is_guarded_and_hands_the_pod_to_the_execution() -> None:
     assert meta["resourceVersion"] == "7"
     assert meta["labels"][wp.POOL_LABEL] is None  # merge patch: removed, the pod leaves the pool
     assert meta["labels"][wp.CLAIMED_FROM_LABEL] == "pool"
-    assert meta["labels"]["sandbox.dev/execution"] == "ex" and meta["labels"]["sandbox.dev/attempt"] == "2"
+    assert meta["labels"]["sandbox.dev/execution"] == "ex"
+    assert meta["labels"]["sandbox.dev/attempt"] == "2"
     assert meta["labels"]["sandbox.dev/correlation-id"] == "corr-1"
     assert meta["ownerReferences"] == [{"apiVersion": "sandbox.dev/v1alpha1", "kind": "Execution", "name": "ex",
                                         "uid": "uid-1", "controller": True, "blockOwnerDeletion": True}]
@@ -106,7 +113,8 @@ def test_the_claim_is_guarded_and_hands_the_pod_to_the_execution() -> None:
         k: v for k, v in {**pod["metadata"]["labels"], **meta["labels"]}.items() if v is not None},
         "ownerReferences": meta["ownerReferences"]}}
     assert wp.claimed_for(claimed, "uid-1", 2)
-    assert not wp.claimed_for(claimed, "uid-1", 1) and not wp.claimed_for(claimed, "other", 2)
+    assert not wp.claimed_for(claimed, "uid-1", 1)
+    assert not wp.claimed_for(claimed, "other", 2)
     assert not wp.claimed_for(pod, "pool-uid", 2)  # owned by the pool, not claimed
 
 
@@ -119,14 +127,16 @@ def test_only_specs_at_the_class_defaults_fit_a_pool_pod() -> None:
 def test_the_payload_round_trips_through_the_runners_parser() -> None:
     spec = ExecutionSpec.model_validate({"code": "print(1)", "input": {"k": ["é", 1]}, "timeoutSeconds": 7})
     parsed = warm.parse_payload(wp.payload(REF, spec, 3))
-    assert parsed["code"] == "print(1)" and json.loads(parsed["input"]) == {"k": ["é", 1]}
+    assert parsed["code"] == "print(1)"
+    assert json.loads(parsed["input"]) == {"k": ["é", 1]}
     assert (parsed["timeoutSeconds"], parsed["attempt"], parsed["execution"]) == (7, 3, "ex")
     assert warm.payload_timeout(wp.payload(REF, spec, 3), 30.0) == 7.0
 
 
 def test_handed_over_needs_the_runners_marker() -> None:
     assert wp.handed_over(f"import noise\n{warm.PAYLOAD_MARKER} 120\nout\n")
-    assert not wp.handed_over("out\n") and not wp.handed_over(None)
+    assert not wp.handed_over("out\n")
+    assert not wp.handed_over(None)
 
 
 def test_plan_keeps_ready_pods_and_fills_the_rest() -> None:
@@ -134,8 +144,11 @@ def test_plan_keeps_ready_pods_and_fills_the_rest() -> None:
     pods = [pool_pod("a"), pool_pod("b", state="pending", age=1)]
     plan = wp.plan_pool(pods, replicas=4, template=template, now=NOW, pending_timeout=60, stuck=never_stuck)
     assert [p["metadata"]["name"] for p in plan.ready] == [pods[0]["metadata"]["name"]]
-    assert len(plan.starting) == 1 and plan.create == 1 and not plan.delete  # a surge of 2 for a pool of 4
-    assert plan.wake_at is not None and plan.wake_at > NOW
+    assert len(plan.starting) == 1
+    assert plan.create == 1
+    assert not plan.delete
+    assert plan.wake_at is not None
+    assert plan.wake_at > NOW
 
 
 def test_a_large_pool_fills_a_quarter_at_a_time() -> None:
@@ -163,13 +176,17 @@ def test_plan_replaces_stale_finished_and_stuck_pods_and_trims_surplus() -> None
     assert deleted[stuck["metadata"]["name"]] == error
     # Ended unclaimed: the sandbox failed by itself, a failure that trips the breaker (no restart loop).
     ended = deleted[finished["metadata"]["name"]]
-    assert ended is not None and ended.type == ErrorType.INTERNAL_ERROR and "exit code 1" in ended.message
-    assert len(plan.surplus) == 1 and plan.create == 0
+    assert ended is not None
+    assert ended.type == ErrorType.INTERNAL_ERROR
+    assert "exit code 1" in ended.message
+    assert len(plan.surplus) == 1
+    assert plan.create == 0
 
 
 def test_a_pool_without_its_class_keeps_nothing() -> None:
     plan = wp.plan_pool([pool_pod("a")], replicas=3, template=None, now=NOW, pending_timeout=60, stuck=never_stuck)
-    assert len(plan.delete) == 1 and plan.create == 0
+    assert len(plan.delete) == 1
+    assert plan.create == 0
 
 
 @pytest.mark.parametrize(("kwargs", "pods", "expected"), [

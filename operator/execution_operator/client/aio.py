@@ -16,18 +16,18 @@ from typing import Any
 
 import aiohttp
 
-from execution_operator import API_VERSION, __version__
+from execution_operator import __version__
+from execution_operator.api import API_VERSION, EXECUTIONS, GROUP, LABEL_CLIENT_BATCH, TERMINAL_PHASES, Kind
 from execution_operator.client.credentials import Credentials, load_credentials
 from execution_operator.client.exceptions import ClientError, WaitTimeout
-from execution_operator.client.result import TERMINAL_PHASES, ExecutionResult
+from execution_operator.client.result import ExecutionResult
 from execution_operator.k8s import MERGE_PATCH, ApiError, KubeClient, path_for
 from execution_operator.runner.report import MARKER
 
 USER_AGENT = f"execution-operator-client/{__version__}"
 #: Set on every Execution of one `run_many` batch, so one watch with a label selector follows them all.
-BATCH_LABEL = "sandbox.dev/client-batch"
-EXECUTIONS = "executions"
-CRD_NAME = f"executions.{API_VERSION.split('/')[0]}"
+BATCH_LABEL = LABEL_CLIENT_BATCH
+CRD_NAME = f"{EXECUTIONS}.{GROUP}"
 _REPORT_PREFIX = MARKER + " "
 
 #: A callback fed the code's output lines (plain or async).
@@ -58,7 +58,7 @@ def execution_body(code: str, input: Any = None, *, name: str, execution_class: 
     metadata: dict[str, Any] = {"name": name}
     if labels:
         metadata["labels"] = dict(labels)
-    return {"apiVersion": API_VERSION, "kind": "Execution", "metadata": metadata, "spec": spec}
+    return {"apiVersion": API_VERSION, "kind": Kind.EXECUTION, "metadata": metadata, "spec": spec}
 
 
 class _Api:
@@ -151,6 +151,7 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        """Close the HTTP session; the client cannot be used afterwards."""
         await self._api.kube.close()
 
     # ---------------------------------------------------------------------------------------------- calls
@@ -268,7 +269,7 @@ class AsyncClient:
         async def watch_batch() -> None:
             try:
                 await self._watch(ns, {"labelSelector": f"{BATCH_LABEL}={batch}"}, seen)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - handed to the waiting caller, who raises it
                 finished.put_nowait(e)
 
         watcher = asyncio.create_task(watch_batch())
@@ -309,39 +310,20 @@ class AsyncClient:
         (bookmarks included); one answered 410 Gone (too old) is replaced by a new list, as informers do.
         """
         path = path_for(API_VERSION, EXECUTIONS, namespace)
-        kube = self._api.kube
         rv: str | None = since or None
         failures = 0
         while True:
             if rv is None:
-                listed = await self._api.call(f"list {CRD_NAME}", namespace, None,
-                                              lambda: kube.get(path, dict(selector)))
-                for item in listed.get("items") or []:
-                    if seen("ADDED", item):
-                        return
-                rv = str((listed.get("metadata") or {}).get("resourceVersion") or "") or None
+                done, rv = await self._list_once(namespace, path, selector, seen)
+                if done:
+                    return
                 if rv is None:
                     continue
-            params = {**selector, "watch": "true", "resourceVersion": rv, "allowWatchBookmarks": "true",
-                      "timeoutSeconds": str(random.randint(240, 300))}
-            opened, events = time.monotonic(), 0
+            opened = time.monotonic()
             try:
-                async with contextlib.aclosing(kube.lines(path, params, read_timeout=360)) as stream:
-                    async for line in stream:
-                        if not line.strip():
-                            continue
-                        events += 1
-                        event = json.loads(line)
-                        kind, body = event.get("type"), event.get("object") or {}
-                        if kind == "ERROR":
-                            if body.get("code") == 410:
-                                rv = None
-                                break
-                            raise self._api.translate(ApiError(int(body.get("code") or 500), body),
-                                                      f"watch {CRD_NAME}", namespace, None)
-                        rv = str((body.get("metadata") or {}).get("resourceVersion") or rv)
-                        if kind != "BOOKMARK" and seen(str(kind), body):
-                            return
+                done, rv, events = await self._watch_once(namespace, path, selector, rv, seen)
+                if done:
+                    return
                 if events or time.monotonic() - opened > 5:
                     failures = 0
                 else:  # closed at once with nothing in it (a proxy cutting streams): do not spin
@@ -362,6 +344,43 @@ class AsyncClient:
                     raise self._api.unreachable(e) from None
                 await asyncio.sleep(min(0.1 * 2 ** failures, 3.0))
 
+    async def _list_once(self, namespace: str, path: str, selector: Mapping[str, str],
+                         seen: Callable[[str, dict[str, Any]], bool]) -> tuple[bool, str | None]:
+        """One list: (whether `seen` was satisfied, the list's resourceVersion to watch from)."""
+        listed = await self._api.call(f"list {CRD_NAME}", namespace, None,
+                                      lambda: self._api.kube.get(path, dict(selector)))
+        for item in listed.get("items") or []:
+            if seen("ADDED", item):
+                return True, None
+        return False, str((listed.get("metadata") or {}).get("resourceVersion") or "") or None
+
+    async def _watch_once(self, namespace: str, path: str, selector: Mapping[str, str], rv: str,
+                          seen: Callable[[str, dict[str, Any]], bool]) -> tuple[bool, str | None, int]:
+        """One watch stream from `rv`.
+
+        Returns (whether `seen` was satisfied, the resourceVersion to resume from — None after a 410 Gone,
+        so the caller lists again — and how many events came).
+        """
+        params = {**selector, "watch": "true", "resourceVersion": rv, "allowWatchBookmarks": "true",
+                  "timeoutSeconds": str(random.randint(240, 300))}
+        events = 0
+        async with contextlib.aclosing(self._api.kube.lines(path, params, read_timeout=360)) as stream:
+            async for line in stream:
+                if not line.strip():
+                    continue
+                events += 1
+                event = json.loads(line)
+                kind, body = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    if body.get("code") == 410:
+                        return False, None, events
+                    raise self._api.translate(ApiError(int(body.get("code") or 500), body),
+                                              f"watch {CRD_NAME}", namespace, None)
+                rv = str((body.get("metadata") or {}).get("resourceVersion") or rv)
+                if kind != "BOOKMARK" and seen(str(kind), body):
+                    return True, rv, events
+        return False, rv, events
+
 
 class AsyncExecutionHandle:
     """One Execution: wait for it, cancel it, read its logs."""
@@ -378,6 +397,7 @@ class AsyncExecutionHandle:
         return f"<Execution {self.namespace}/{self.name}>"
 
     async def get(self) -> ExecutionResult:
+        """The result as it stands now, finished or not."""
         return await self.client.get(self.name, self.namespace)
 
     async def wait(self, *, wait_timeout: float | None = None, raise_on_failure: bool = True,
@@ -430,8 +450,11 @@ class AsyncExecutionHandle:
                                                                                     "Background"}))
 
     async def logs(self) -> str:
-        """The current pod's log without the runner's report lines; the recorded stdout and stderr
-        tails once the pod is gone (the operator deletes a pod when its attempt is recorded)."""
+        """The current pod's log without the runner's report lines.
+
+        Once the pod is gone (the operator deletes a pod when its attempt is recorded), the recorded stdout
+        and stderr tails.
+        """
         body = await self.client._get(self.namespace, self.name)
         status = body.get("status") or {}
         pod = status.get("podName")

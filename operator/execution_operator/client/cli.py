@@ -32,6 +32,7 @@ USAGE_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of `execution-operator run`."""
     parser = argparse.ArgumentParser(
         prog="execution-operator run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("file", nargs="?", default="-", metavar="FILE|-",
@@ -74,6 +75,7 @@ def _print_result(result: ExecutionResult | dict[str, Any], form: str, out: Text
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run code from a file or stdin and print its result; returns the exit status (2 for a usage error)."""
     args = build_parser().parse_args(argv)
     try:
         code = _read_code(args.file)

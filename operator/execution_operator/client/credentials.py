@@ -23,6 +23,8 @@ SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/
 
 @dataclass(frozen=True)
 class Credentials:
+    """How to reach the API server, and the namespace to use when the caller names none."""
+
     endpoint: Endpoint
     #: The context's namespace (kubeconfig), the pod's own (in cluster), else `default`.
     namespace: str

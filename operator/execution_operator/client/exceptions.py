@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from execution_operator.api import Phase
 from execution_operator.errors import INFRASTRUCTURE_TYPES, SIGNAL_TYPES, USER_CODE_TYPES, ErrorType
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class ExecutionFailed(ExecutionError):
 
     @property
     def error_type(self) -> str:
+        """`status.error.type` as recorded, or `unknown` when there is none."""
         return self.result.error.type if self.result.error else "unknown"
 
     @property
@@ -46,6 +48,7 @@ class ExecutionFailed(ExecutionError):
 
     @property
     def exit_code(self) -> int | None:
+        """The user code's exit code, when it got as far as exiting."""
         return self.result.exit_code
 
 
@@ -159,7 +162,8 @@ def family_for(error_type: str | None) -> type[ExecutionFailed]:
 
 
 def exception_for(result: ExecutionResult) -> ExecutionFailed:
-    if result.phase == "Cancelled" and result.error is None:
+    """The exception for a failed or cancelled result: the family of its error type."""
+    if result.phase == Phase.CANCELLED and result.error is None:
         return ExecutionCancelled(result)
     return family_for(result.error.type if result.error else None)(result)
 

@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from execution_operator.api import TERMINAL_PHASES, Phase
+
 #: Phases after which an Execution never changes again.
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Cancelled"})
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class ResultError:
 
     @classmethod
     def from_status(cls, error: Mapping[str, Any]) -> ResultError:
+        """Read `status.error` leniently: a missing type reads as `internal_error`."""
         return cls(
             type=str(error.get("type") or "internal_error"),
             message=str(error.get("message") or ""),
@@ -58,10 +60,12 @@ class ExecutionResult:
 
     @property
     def finished(self) -> bool:
+        """Whether the phase is final, so the result will not change any more."""
         return self.phase in TERMINAL_PHASES
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ExecutionResult:
+        """The result as recorded in an Execution object (`metadata` and `status`)."""
         meta = body.get("metadata") or {}
         status = body.get("status") or {}
         error = status.get("error")
@@ -69,7 +73,7 @@ class ExecutionResult:
             name=str(meta.get("name", "")),
             namespace=str(meta.get("namespace", "")),
             phase=status.get("phase"),
-            success=status.get("phase") == "Succeeded" and status.get("success") is not False,
+            success=status.get("phase") == Phase.SUCCEEDED and status.get("success") is not False,
             output=status.get("output"),
             stdout=status.get("stdout") or "",
             stderr=status.get("stderr") or "",

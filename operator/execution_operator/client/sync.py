@@ -80,6 +80,7 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        """Shut down the client's event loop and its HTTP session."""
         self._finalizer()
 
     def run(self, code: str, input: Any = None, *, execution_class: str | None = None,
@@ -100,9 +101,11 @@ class Client:
         return ExecutionHandle(self, self._loop.run(self._async.submit(code, input, **kwargs)))
 
     def handle(self, name: str, namespace: str | None = None) -> ExecutionHandle:
+        """A handle on an existing Execution; see `AsyncClient.handle`."""
         return ExecutionHandle(self, self._async.handle(name, namespace))
 
     def get(self, name: str, namespace: str | None = None) -> ExecutionResult:
+        """The current result of an Execution; see `AsyncClient.get`."""
         return self._loop.run(self._async.get(name, namespace))
 
     def run_many(self, items: Iterable[str | tuple[str, Any] | Mapping[str, Any]], **kwargs: Any
@@ -143,18 +146,23 @@ class ExecutionHandle:
 
     def wait(self, *, wait_timeout: float | None = None, raise_on_failure: bool = True, delete: bool = False,
              on_output: OutputCallback | None = None, cancel_on_timeout: bool = True) -> ExecutionResult:
+        """Wait for the terminal phase and return the result; see `AsyncExecutionHandle.wait`."""
         return self._client._loop.run(self._handle.wait(
             wait_timeout=wait_timeout, raise_on_failure=raise_on_failure, delete=delete, on_output=on_output,
             cancel_on_timeout=cancel_on_timeout))
 
     def cancel(self) -> None:
+        """Ask the operator to cancel the Execution; see `AsyncExecutionHandle.cancel`."""
         self._client._loop.run(self._handle.cancel())
 
     def delete(self) -> None:
+        """Delete the Execution; see `AsyncExecutionHandle.delete`."""
         self._client._loop.run(self._handle.delete())
 
     def logs(self) -> str:
+        """The code's output so far; see `AsyncExecutionHandle.logs`."""
         return self._client._loop.run(self._handle.logs())
 
     def get(self) -> ExecutionResult:
+        """The result as it stands now, finished or not."""
         return self._client._loop.run(self._handle.get())

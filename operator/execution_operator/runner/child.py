@@ -95,7 +95,7 @@ def _network_by_name(exc: BaseException) -> str | None:
 def _safe(call: Any, default: str) -> str:
     try:
         return str(call())
-    except BaseException:  # a user-defined __str__ may raise anything
+    except BaseException:  # noqa: BLE001 - a user-defined __str__ may raise anything
         return default
 
 
@@ -171,7 +171,7 @@ def take_output(env: dict[str, Any], output_dir: str, limit: int) -> dict[str, A
                 with open(path, encoding="utf-8") as fh:
                     parsed = jsonc.loads(fh.read())
                 text = jsonc.dumps(parsed, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except Exception as exc:  # json errors, and anything a user-defined container type raises while encoded
+    except Exception as exc:  # noqa: BLE001 - json errors, or anything a user-defined type raises while encoded
         what = "`result`" if value is not None else "result.json"
         reason = _safe(exc.__str__, type(exc).__name__)
         return _output_failure(r.OUTPUT_ERROR, f"The output in {what} is not valid JSON: {reason}")
@@ -266,7 +266,7 @@ def run_code(code: str, input_data: Any, output_dir: str, limit: int) -> dict[st
             frame["message"] = r.one_line(f"The code called sys.exit with a message: {text}")
         frame["details"] = None
         return frame
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - whatever the user's code raised is its outcome
         return _failure(error_type_of(exc), exc)
     return take_output(env, output_dir, limit)
 
@@ -329,7 +329,7 @@ def main() -> None:
                 fh.write(jsonc.dumps(input_data, ensure_ascii=False))
         except OSError:
             pass  # the file is a convenience; `input_data` is the primary way in
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - reported as a setup failure, never as the code's
         report({"kind": "setup_error", "message": r.one_line(f"{type(exc).__name__}: {exc}")})
         send_exit(1)
     with contextlib.suppress(AttributeError, ValueError):

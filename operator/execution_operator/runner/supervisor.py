@@ -80,6 +80,7 @@ class Config:
 
     @classmethod
     def from_env(cls) -> Config:
+        """The settings the pod spec passes as environment variables."""
         return cls(
             timeout_seconds=float(_env_int("SANDBOX_TIMEOUT_SECONDS", 30)),
             output_limit=_env_int("SANDBOX_OUTPUT_LIMIT_BYTES", 131072),
@@ -106,6 +107,7 @@ class Stream:
         self.last_byte = 10  # as if after a newline
 
     def feed(self, data: bytes) -> None:
+        """Take a chunk of output: keep it in the tail and relay it, up to the relay limit."""
         self.total += len(data)
         self.tail += data
         if len(self.tail) > 2 * self.limit:
@@ -125,6 +127,7 @@ class Stream:
             self.last_byte = 10
 
     def text(self) -> tuple[str, bool]:
+        """The tail as text, and whether it was cut (a cut never leaves half a UTF-8 character)."""
         truncated = self.total > self.limit
         data = bytes(self.tail[-self.limit :]) if truncated else bytes(self.tail)
         if truncated:  # the cut may fall inside a UTF-8 character: drop its continuation bytes
@@ -187,7 +190,7 @@ def read_oom_kills(path: str) -> int | None:
 
 
 def _process_table() -> dict[int, int]:
-    """pid -> ppid for every visible process."""
+    """Map pid -> ppid for every visible process."""
     table: dict[int, int] = {}
     try:
         entries = os.listdir("/proc")
@@ -208,6 +211,7 @@ def _process_table() -> dict[int, int]:
 
 
 def descendants(root: int) -> set[int]:
+    """Every live descendant of `root`, read from /proc: what the kill sweep must reach."""
     table = _process_table()
     children: dict[int, list[int]] = {}
     for pid, ppid in table.items():
@@ -247,6 +251,8 @@ class Outcome:
 
 
 class Supervisor:
+    """One run of the harness: launch it, relay its output, enforce the timeout, kill leftovers, report."""
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self.pid = 0
@@ -270,6 +276,7 @@ class Supervisor:
 
     # -- launching ---------------------------------------------------------------------------
     def spawn(self) -> tuple[Stream, Stream, _socket.socket]:
+        """Start the harness with pipes for stdout and stderr and a socket that carries the sender's credentials."""
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         ours.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
         with contextlib.suppress(OSError):
@@ -354,7 +361,7 @@ class Supervisor:
             from execution_operator.runner import child
 
             child.main()
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - the child exits with the code that says so
             os._exit(r.SUPERVISOR_FAILURE_EXIT)
         os._exit(0)
 
@@ -366,6 +373,7 @@ class Supervisor:
 
     # -- the run loop ------------------------------------------------------------------------
     def run(self) -> int:
+        """Run the harness to the end and publish the report; returns the supervisor's own exit code."""
         _harden()
         _signal.pthread_sigmask(_signal.SIG_BLOCK, _STOP_SIGNALS)
         oom_before = read_oom_kills(self.config.memory_events)
@@ -391,13 +399,8 @@ class Supervisor:
                         poller.unregister(fd)
                 elif fd == chan.fileno() and self._receive(chan) == "closed":
                     poller.unregister(fd)
-                elif inbox is not None and fd == 0 and inbox.read():
-                    poller.unregister(0)
-                    self._payload_received(inbox)
-                    if inbox.sink is not None:
-                        poller.register(inbox.sink, select.POLLOUT)
-                elif inbox is not None and fd == inbox.sink and inbox.write():
-                    poller.unregister(fd)
+                elif inbox is not None:
+                    self._on_inbox(inbox, fd, poller)
             self._check_signals()  # before reaping: a sender that just exited is still a (zombie) descendant
             self._reap()
             self._check_deadlines()
@@ -416,6 +419,16 @@ class Supervisor:
         oom_rose = oom_before is not None and oom_after is not None and oom_after > oom_before
         outcome = self.decide(oom_rose)
         return self.publish(outcome, out, err, supervisor_start)
+
+    def _on_inbox(self, inbox: warm.Inbox, fd: int, poller: select.poll) -> None:
+        """A warm pod's stdin (fd 0) has data or ended, or the harness's payload pipe can take more."""
+        if fd == 0 and inbox.read():
+            poller.unregister(0)
+            self._payload_received(inbox)
+            if inbox.sink is not None:
+                poller.register(inbox.sink, select.POLLOUT)
+        elif fd == inbox.sink and inbox.write():
+            poller.unregister(fd)
 
     def _payload_received(self, inbox: warm.Inbox) -> None:
         """A warm pod's payload is in: its timeout applies, and the start-up limit counts from now."""
@@ -564,6 +577,7 @@ class Supervisor:
 
     # -- deciding ------------------------------------------------------------------------------
     def decide(self, oom_rose: bool) -> Outcome:
+        """The outcome from the wait status, the timeout and whether the cgroup's OOM kill count rose."""
         status = self.status if self.status is not None else 0
         meta: dict[str, Any] = {}
         if self.rusage is not None:
@@ -713,7 +727,7 @@ def main(config: Config | None = None) -> int:
     try:
         supervisor = Supervisor(config or Config.from_env())
         return supervisor.run()
-    except BaseException as exc:  # any failure of ours must not look like a report
+    except BaseException as exc:  # noqa: BLE001 - any failure of ours must not look like a report
         with contextlib.suppress(OSError):
             os.write(2, f"sandbox runner failed: {type(exc).__name__}\n".encode())
         return supervisor.failure_exit() if supervisor is not None else r.SUPERVISOR_FAILURE_EXIT

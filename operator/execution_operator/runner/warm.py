@@ -42,6 +42,7 @@ PAYLOAD_ENV = (("attempt", "SANDBOX_ATTEMPT"), ("execution", "SANDBOX_EXECUTION"
 
 
 def enabled(environ: Any = None) -> bool:
+    """Whether this runner is a warm pool's (`SANDBOX_WARM=1`)."""
     return (environ if environ is not None else os.environ).get(WARM_ENV) == "1"
 
 
@@ -57,7 +58,7 @@ def import_warm_modules(spec: str) -> list[str]:
             continue
         try:
             __import__(name)
-        except BaseException:  # an import may raise anything, SystemExit included
+        except BaseException:  # noqa: BLE001 - an import may raise anything, SystemExit included
             failed.append(name)
     return failed
 
@@ -142,6 +143,7 @@ class Inbox:
         return True
 
     def close(self) -> None:
+        """Close both ends for good: the supervisor never reads stdin again."""
         for fd in (self.source, self.sink):
             if fd is not None:
                 with contextlib.suppress(OSError):
