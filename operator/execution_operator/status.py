@@ -2,13 +2,19 @@
 
 Each builder takes the current status (as stored, camelCase) and returns the complete new values of the
 fields it changes; the caller sends them as one resourceVersion-guarded merge patch. Lists (conditions,
-attempts) are always sent whole, because a merge patch replaces lists.
+attempts) are always sent whole, because a merge patch replaces lists. Every patch is shaped by the one
+status model (`models.ExecutionStatus`): the status it leads to is validated and clamped (stream tails,
+error texts, the attempt history) before it is written.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import pydantic
+import structlog
 
 from execution_operator.api import (
     TERMINAL_PHASES,
@@ -20,9 +26,38 @@ from execution_operator.api import (
 )
 from execution_operator.classify import Verdict
 from execution_operator.errors import ErrorInfo, ErrorType, condition_reason
-from execution_operator.models import MAX_ATTEMPT_RECORDS
+from execution_operator.models import MAX_ATTEMPT_RECORDS, ExecutionStatus
 from execution_operator.timestamps import parse_time as parse_time
 from execution_operator.timestamps import rfc3339 as rfc3339
+
+log = structlog.get_logger("execution_operator.status")
+
+Builder = Callable[..., dict[str, Any]]
+
+
+def through_model(status: Mapping[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """`patch` as the status model shapes the status it leads to: validated, clamped, in wire form.
+
+    A field the patch clears (None) stays cleared unless the model derives it from the others (a stream
+    cut to its tail is flagged truncated); a field the model does not know is sent as built. Should the
+    model refuse the result (a bug: every builder is tested against it), the patch goes as built and the
+    API server's schema has the last word, so a status write is never held back by this check.
+    """
+    merged = {k: v for k, v in {**status, **patch}.items() if v is not None}
+    try:
+        shaped = ExecutionStatus.model_validate(merged).to_k8s()
+    except pydantic.ValidationError as exc:
+        log.error("status patch does not fit the status model", error=str(exc)[:500])
+        return patch
+    return {key: shaped.get(key, value) for key, value in patch.items()}
+
+
+def _modelled(builder: Builder) -> Builder:
+    @functools.wraps(builder)
+    def build(status: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return through_model(status, builder(status, **kwargs))
+
+    return build
 
 
 def is_terminal(status: Mapping[str, Any]) -> bool:
@@ -80,6 +115,7 @@ def common(status: Mapping[str, Any], generation: int | None, correlation_id: st
     return patch
 
 
+@_modelled
 def launched(
     status: Mapping[str, Any], *, attempt: int, pod: str, now: str, generation: int | None, correlation_id: str,
     launch: str = Launch.COLD,
@@ -117,6 +153,7 @@ def launched(
     }
 
 
+@_modelled
 def warm_started(
     status: Mapping[str, Any], *, attempt: int, pod: str, now: str, generation: int | None, correlation_id: str,
 ) -> dict[str, Any]:
@@ -128,6 +165,7 @@ def warm_started(
                            correlation_id=correlation_id)
 
 
+@_modelled
 def running(
     status: Mapping[str, Any], *, attempt: int, started_at: str, now: str, generation: int | None,
     correlation_id: str,
@@ -144,6 +182,7 @@ def running(
     }
 
 
+@_modelled
 def held(
     status: Mapping[str, Any], *, reason: str, message: str, now: str, generation: int | None, correlation_id: str,
     next_attempt_at: str | None = None,
@@ -182,6 +221,7 @@ def error_dict(error: ErrorInfo | None) -> dict[str, Any] | None:
     return None if error is None else error.model_dump(mode="json", exclude_none=True)
 
 
+@_modelled
 def finished(
     status: Mapping[str, Any], *, verdict: Verdict, attempt: int, now: str, generation: int | None,
     correlation_id: str,
@@ -220,6 +260,7 @@ def finished(
     }
 
 
+@_modelled
 def retrying(
     status: Mapping[str, Any], *, verdict: Verdict, attempt: int, next_attempt_at: str, now: str,
     generation: int | None, correlation_id: str, disruptions: int,
@@ -250,6 +291,7 @@ def retrying(
     return patch
 
 
+@_modelled
 def invalid(
     status: Mapping[str, Any], *, error: ErrorInfo, now: str, generation: int | None, correlation_id: str
 ) -> dict[str, Any]:

@@ -130,3 +130,24 @@ def test_attempt_history_is_bounded() -> None:
         s = merged(s, st.launched(s, attempt=n, pod=f"p-a{n}", now=NOW, generation=1, correlation_id="c"))
     assert len(s["attempts"]) == st.MAX_ATTEMPT_RECORDS
     assert s["attempts"][-1]["attempt"] == 29
+
+
+def test_every_patch_is_shaped_by_the_status_model() -> None:
+    from execution_operator.models import STREAM_TAIL_BYTES
+
+    verdict = Verdict(success=True, error=None, exit_code=0, exit_code_source="container", output={"a": 1},
+                      stdout="x" * (STREAM_TAIL_BYTES + 100) + "END", stderr="")
+    patch = st.finished({}, verdict=verdict, attempt=1, now=NOW, generation=1, correlation_id="c")
+    assert patch["stdout"].endswith("END")
+    assert len(patch["stdout"]) <= STREAM_TAIL_BYTES  # the model keeps the tail
+    assert patch["stdoutTruncated"] is True
+    assert patch["nextAttemptAt"] is None  # cleared fields stay cleared
+
+
+def test_a_field_the_model_does_not_know_is_sent_as_built() -> None:
+    assert st.through_model({}, {"phase": "Running", "somethingNew": 3}) == {"phase": "Running", "somethingNew": 3}
+
+
+def test_a_patch_the_model_refuses_is_still_sent_as_built() -> None:
+    patch = {"attempt": -1}
+    assert st.through_model({}, patch) == patch
