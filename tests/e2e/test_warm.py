@@ -7,7 +7,6 @@ pools of other tests never hand it a pod.
 from __future__ import annotations
 
 import json
-import subprocess
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
@@ -192,8 +191,7 @@ def test_a_warm_pod_takes_one_payload_and_one_execution_cannot_read_anothers(kub
     assert secret["status"]["launch"] == "warm"
     # A second payload on the same pod is refused or ignored: its stdin closed with the first one.
     payload = json.dumps({"v": 1, "code": "result = 'second'\n", "input": None, "timeoutSeconds": 5})
-    subprocess.run([kube.binary, "attach", "-i", first_pod, "-c", "sandbox", "-n", kube.namespace], input=payload,
-                   capture_output=True, text=True, timeout=60, env={"KUBECONFIG": kube.kubeconfig})
+    kube.run("attach", "-i", first_pod, "-c", "sandbox", input=payload, check=False, timeout=60)
     logs = kube.run("logs", first_pod, "-c", "sandbox").stdout
     assert "second" not in logs and logs.count("SANDBOX-PAYLOAD-RECEIVED") == 1
     assert (kube.get("execution", "warm-secret") or {})["status"]["output"] == "done"
