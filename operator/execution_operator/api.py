@@ -27,15 +27,18 @@ class Kind(StrEnum):
     EXECUTION = "Execution"
     EXECUTION_CLASS = "ExecutionClass"
     DEAD_LETTER = "DeadLetter"
+    WARM_POOL = "WarmPool"
 
 
 #: Plural resource names (the URL path segments).
 EXECUTIONS: Final = "executions"
 EXECUTION_CLASSES: Final = "executionclasses"
 DEAD_LETTERS: Final = "deadletters"
+WARM_POOLS: Final = "warmpools"
 RESOURCES: Final = {Kind.EXECUTION: EXECUTIONS, Kind.EXECUTION_CLASS: EXECUTION_CLASSES,
-                    Kind.DEAD_LETTER: DEAD_LETTERS}
-SHORT_NAMES: Final = {Kind.EXECUTION: "ex", Kind.EXECUTION_CLASS: "exc", Kind.DEAD_LETTER: "dl"}
+                    Kind.DEAD_LETTER: DEAD_LETTERS, Kind.WARM_POOL: WARM_POOLS}
+SHORT_NAMES: Final = {Kind.EXECUTION: "ex", Kind.EXECUTION_CLASS: "exc", Kind.DEAD_LETTER: "dl",
+                      Kind.WARM_POOL: "wp"}
 
 # --- labels ----------------------------------------------------------------------------------------------
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
@@ -50,6 +53,12 @@ LABEL_ERROR_TYPE: Final = f"{GROUP}/error-type"
 LABEL_REPLAY_OF: Final = f"{GROUP}/replay-of"
 #: `deny` on sandbox pods the namespace's deny-all NetworkPolicy selects.
 LABEL_NETWORK: Final = f"{GROUP}/network"
+#: On an unclaimed pod of a WarmPool: the pool's name (label-safe); the pool's `status.selector`.
+LABEL_WARM_POOL: Final = f"{GROUP}/warm-pool"
+#: On a pod of a WarmPool: the hash of the pod spec it was built from (another hash: replaced).
+LABEL_POOL_TEMPLATE: Final = f"{GROUP}/pool-template"
+#: On a claimed pod: the pool it came from.
+LABEL_CLAIMED_FROM: Final = f"{GROUP}/claimed-from"
 #: On the Executions of one `run_many` batch of the client.
 LABEL_CLIENT_BATCH: Final = f"{GROUP}/client-batch"
 
@@ -67,6 +76,8 @@ ANNOTATION_REPLAY_OF: Final = f"{GROUP}/replay-of"
 #: On an ExecutionClass: force the circuit (`open`, `closed`, `auto`), or reset it once per new value.
 ANNOTATION_CIRCUIT_BREAKER: Final = f"{GROUP}/circuit-breaker"
 ANNOTATION_CIRCUIT_BREAKER_RESET: Final = f"{GROUP}/circuit-breaker-reset"
+#: On a claimed warm pod: `<Execution uid>/<attempt>` it was claimed for.
+ANNOTATION_CLAIMED_BY: Final = f"{GROUP}/claimed-by"
 
 
 # --- status ----------------------------------------------------------------------------------------------
@@ -99,6 +110,7 @@ class ConditionType(StrEnum):
     SUCCEEDED = "Succeeded"
     LAUNCHED = "Launched"
     AVAILABLE = "Available"
+    READY = "Ready"
 
 
 class ConditionReason(StrEnum):
@@ -115,6 +127,21 @@ class ConditionReason(StrEnum):
     CIRCUIT_CLOSED = "CircuitClosed"
     QUEUED = "Queued"
     INVALID = "Invalid"
+    #: An Execution's pod was claimed from a WarmPool.
+    WARM_POD_CLAIMED = "WarmPodClaimed"
+    #: A WarmPool's Ready condition.
+    READY = "Ready"
+    FILLING = "Filling"
+    IMAGE_PULL_FAILING = "ImagePullFailing"
+    QUOTA_EXCEEDED = "QuotaExceeded"
+    CLASS_NOT_FOUND = "ClassNotFound"
+
+
+class Launch(StrEnum):
+    """How an attempt's pod was obtained (`status.launch`)."""
+
+    WARM = "warm"  # claimed from a WarmPool; the payload handed over through attach
+    COLD = "cold"  # a pod created for the attempt
 
 
 class EventType(StrEnum):

@@ -29,6 +29,9 @@ from execution_operator.api import (
     API_VERSION,
     EXECUTIONS,
     GROUP,
+    LABEL_ATTEMPT,
+    LABEL_CLAIMED_FROM,
+    LABEL_EXECUTION,
     LABEL_EXECUTION_CLASS,
     TERMINAL_PHASES,
     ConditionReason,
@@ -36,6 +39,7 @@ from execution_operator.api import (
     EventReason,
     EventType,
     Kind,
+    Launch,
     Phase,
 )
 from execution_operator.classify import (
@@ -59,6 +63,7 @@ from execution_operator.models import (
     ExecutionClassSpec,
     ExecutionSpec,
 )
+from execution_operator.pools import WarmPools
 from execution_operator.retry import backoff_delay, decide_retry, delay_until
 from execution_operator.sandbox import (
     ExecutionRef,
@@ -72,6 +77,7 @@ from execution_operator.sandbox import (
 )
 from execution_operator.status import is_terminal, parse_time, rfc3339
 from execution_operator.validation import validate_execution
+from execution_operator.warmpool import PAYLOAD_MARKER, claimed_for, handed_over
 
 Key = tuple[str, str]
 log = structlog.get_logger("execution_operator.controller")
@@ -80,6 +86,8 @@ LOG_TAIL_LINES = 32
 #: The runtime copies stdout and stderr to the log apart, so up to a pipe's worth of the code's stderr
 #: can land after the runner's report line; when the short tail misses it, a longer one is read.
 LOG_TAIL_LINES_WIDE = 2000
+#: How far apart the API server's clock and ours may be when deciding what predates this process.
+CLOCK_MARGIN_SECONDS = 2.0
 RECONCILE_ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 #: Reconciles in a row that may fail to read a finished pod's log before the attempt ends without it
 #: (each after the client's own retries, RECONCILE_ERROR_BACKOFF apart: about 20 s in all).
@@ -188,6 +196,10 @@ class Controller:
         self.queued: dict[str, set[Key]] = {}
         self.phases: dict[Key, tuple[str, str]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.pools = WarmPools(client, self.gates, classes=self.gates.classes, clock=clock,
+                               ensure_network_policy=self._ensure_network_policy)
+        #: Executions created before this process started may have warm pods claimed by its predecessor.
+        self.started_at = clock()
 
     # ----------------------------------------------------------------- watch events
 
@@ -201,7 +213,12 @@ class Controller:
         await self.reconcile(key)
 
     async def on_pod_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
-        """Cache an Execution's pod and reconcile its owner; a pod that ends frees its class's queue slot."""
+        """Cache an Execution's pod and reconcile its owner; a pod that ends frees its class's queue slot.
+
+        Pods of warm pools (unclaimed, or claimed from one) also go to the pools.
+        """
+        if self.pools.owns(body):
+            await self.pools.on_pod_event(body, event_type)
         meta = body.get("metadata", {})
         pkey = (meta.get("namespace", ""), meta.get("name", ""))
         owner = _execution_owner(body)
@@ -226,6 +243,11 @@ class Controller:
     async def on_class_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
         """Class events feed the gates, which keep the class cache and the breakers."""
         await self.gates.on_class_event(body, event_type)
+        await self.pools.on_class_event(str(body["metadata"]["name"]))
+
+    async def on_pool_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
+        """WarmPool events go to the pools."""
+        await self.pools.on_pool_event(body, event_type)
 
     # ----------------------------------------------------------------- caches and timers
 
@@ -491,6 +513,9 @@ class Controller:
         self.queued.get(ctx.class_name, set()).discard(ctx.key)
         if attempt > 1:
             await self._stop_leftover_pod(namespace, pod_name(ctx.ref, attempt - 1))
+            await self._stop_leftover_pod(namespace, ctx.status.get("podName"))
+        if await self._launch_warm(ctx, attempt):
+            return
         try:
             if not cls.allow_network:
                 await self._ensure_network_policy(namespace)
@@ -534,7 +559,7 @@ class Controller:
             self.pods[pod_key] = slim_pod(pod)
         self.vanished.pop(pod_key, None)
         patch = st.launched(ctx.status, attempt=attempt, pod=pod_key[1], now=ctx.now, generation=ctx.generation,
-                            correlation_id=ctx.correlation_id)
+                            correlation_id=ctx.correlation_id, launch=Launch.COLD)
         updated = await self._patch_status(ctx.key, ctx.body, patch)
         self._track_phase(ctx.key, ctx.class_name, Phase.PENDING)
         self._event(updated, EventType.NORMAL, EventReason.LAUNCHED, f"Created pod {pod_key[1]} for attempt {attempt}")
@@ -545,6 +570,84 @@ class Controller:
         # The pod may have finished already (a launch repeated after a restart): look again at once.
         if pod_finished(pod) or container_started_at(pod):
             self._spawn(self.reconcile(ctx.key))
+
+    async def _launch_warm(self, ctx: _Ctx, attempt: int) -> bool:
+        """Run the attempt in a warm pool's pod: the one claimed before a restart, or a new claim.
+
+        The pod is handed the payload. False means launch cold now (no pool, none ready, a cold pod
+        already made for the attempt, or the handover failed: that pod is deleted, never reused).
+        """
+        spec, cls = ctx.require()
+        namespace = ctx.key[0]
+        earlier = await self._attempt_pods(ctx, attempt)
+        if any(not claimed_for(p, ctx.ref.uid, attempt) for p in earlier):
+            return False  # a cold pod was made for this attempt before a restart: the cold path adopts it
+        pod = earlier[0] if earlier else None
+        if pod is not None:
+            # Claimed by an earlier pass that did not record it: handed over already (its log says so), or
+            # hand it over now; failing both, delete it. Never two pods, never two payloads.
+            if not (pod_finished(pod) or await self._payload_arrived(pod)):
+                handed = await self.pools.hand_over(pod, ctx.ref, spec, attempt, ctx.class_name)
+                if not handed and not await self._payload_arrived(pod):
+                    await self.pools.delete(pod)
+                    return False
+        else:
+            if not self.pools.has_pool(namespace, ctx.class_name):
+                return False
+            pod = await self.pools.claim(ctx.ref, spec, cls, ctx.class_name, attempt)
+            if pod is None:
+                return False
+            self._remember_pod(pod)
+            if not await self.pools.hand_over(pod, ctx.ref, spec, attempt, ctx.class_name):
+                await self.pools.delete(pod)
+                return False
+        self._remember_pod(pod)
+        name = pod["metadata"]["name"]
+        patch = st.warm_started(ctx.status, attempt=attempt, pod=name, now=ctx.now, generation=ctx.generation,
+                                correlation_id=ctx.correlation_id)
+        updated = await self._patch_status(ctx.key, ctx.body, patch)
+        self._track_phase(ctx.key, ctx.class_name, "Running")
+        pool = (pod["metadata"].get("labels") or {}).get(LABEL_CLAIMED_FROM)
+        self._event(updated, "Normal", "Launched", f"Claimed warm pod {name} from pool {pool} for attempt {attempt}")
+        log.info("launched warm", namespace=namespace, execution=ctx.key[1], attempt=attempt, pod=name,
+                 correlation_id=ctx.correlation_id)
+        await self._user_code_started(ctx, attempt, rfc3339(self.clock()), launch=Launch.WARM)
+        if pod_finished(pod):
+            self._spawn(self.reconcile(ctx.key))
+        return True
+
+    def _remember_pod(self, pod: Mapping[str, Any]) -> None:
+        pod_key = (pod["metadata"].get("namespace", ""), pod["metadata"]["name"])
+        if pod_key not in self.pods or resource_version(pod) >= resource_version(self.pods[pod_key]):
+            self.pods[pod_key] = slim_pod(pod)
+        self.vanished.pop(pod_key, None)
+
+    async def _attempt_pods(self, ctx: _Ctx, attempt: int) -> list[dict[str, Any]]:
+        """Pods an earlier pass (or the process before a restart) made or claimed for this attempt."""
+        uid = ctx.ref.uid
+
+        def ours(pod: Mapping[str, Any]) -> bool:
+            meta = pod.get("metadata") or {}
+            owned = any(r.get("uid") == uid and r.get("controller") for r in meta.get("ownerReferences") or [])
+            return owned and (meta.get("labels") or {}).get(LABEL_ATTEMPT) == str(attempt) and \
+                not meta.get("deletionTimestamp")
+
+        found = [pod for pod in self.pods.values() if ours(pod)]
+        created = parse_time(ctx.body["metadata"].get("creationTimestamp"))
+        # Timestamps are whole seconds and clocks differ a little: only what was surely created after this
+        # process started has everything made for it in the cache.
+        if found or (created is not None and created >= self.started_at + timedelta(seconds=CLOCK_MARGIN_SECONDS)):
+            return found
+        # Older than this process: the pod watch may not have listed everything yet; ask the server.
+        selector = f"{LABEL_EXECUTION}={label_value(ctx.key[1])},{LABEL_ATTEMPT}={attempt}"
+        listed = await self.client.get(path_for("v1", "pods", ctx.key[0]), {"labelSelector": selector})
+        return [dict(pod) for pod in listed.get("items") or [] if ours(pod)]
+
+    async def _payload_arrived(self, pod: Mapping[str, Any]) -> bool:
+        if str(pod["metadata"].get("uid")) in self.pools.handed:
+            return True
+        text = await self._log_tail(pod["metadata"].get("namespace", ""), pod["metadata"]["name"], lines=100000)
+        return handed_over(text)
 
     async def _observe_pod(self, ctx: _Ctx, attempt: int, pod: dict[str, Any]) -> None:
         spec, cls = ctx.require()
@@ -587,12 +690,12 @@ class Controller:
             return
         self.wake_at(ctx.key, created + timedelta(seconds=cls.pending_timeout_seconds + 0.5))
 
-    async def _user_code_started(self, ctx: _Ctx, attempt: int, started_at: str) -> None:
+    async def _user_code_started(self, ctx: _Ctx, attempt: int, started_at: str, launch: str = "cold") -> None:
         created = parse_time(ctx.body["metadata"].get("creationTimestamp"))
         started = parse_time(started_at)
         if created and started:
             metrics.record_launch_latency(self.class_label(ctx.class_name),
-                                          max(0.0, (started - created).total_seconds()))
+                                          max(0.0, (started - created).total_seconds()), launch)
         await self.gates.record(ctx.class_name, ctx.key, attempt, reached_user_code=True)
 
     async def _attempt_done(
@@ -678,7 +781,8 @@ class Controller:
             with contextlib.suppress(ApiError):  # the streams so far are a courtesy; the cancel is not
                 tail = await self._log_tail(pod_key[0], pod_key[1], lines=200)
             if tail:
-                stdout = "\n".join(line for line in tail.splitlines() if not line.startswith("SANDBOX-REPORT "))
+                stdout = "\n".join(line for line in tail.splitlines()
+                                    if not line.startswith(("SANDBOX-REPORT ", PAYLOAD_MARKER)))
                 stdout = stdout[-16384:]
         verdict = Verdict(
             success=False,

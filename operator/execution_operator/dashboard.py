@@ -155,7 +155,8 @@ def rows() -> tuple[Row, ...]:
                 ),
                 Panel(
                     "Launch latency",
-                    "Execution created to user code started (scheduling, image pull, runner start).",
+                    "Execution created to user code started (scheduling, image pull, runner start), warm and "
+                    "cold launches together.",
                     _quantiles("sandbox_launch_latency_seconds", CLASS),
                     unit="s",
                 ),
@@ -208,6 +209,43 @@ def rows() -> tuple[Row, ...]:
                             "{{class}} → {{to}}",
                         ),
                     ),
+                ),
+            ),
+        ),
+        Row(
+            "Warm pools",
+            (
+                Panel(
+                    "Warm pool pods",
+                    "Unclaimed pods of WarmPools: ready to be claimed, or still starting.",
+                    (
+                        Target(
+                            f"sum by (namespace, class, state) (sandbox_warm_pool_pods{{{NS_CLASS}}})",
+                            "{{namespace}} {{class}} {{state}}",
+                        ),
+                    ),
+                    width=8,
+                ),
+                Panel(
+                    "Warm claims per second by result",
+                    "hit: a warm pod ran the Execution; miss: no ready pod, launched cold; handover_failed: "
+                    "that pod deleted, launched cold.",
+                    (
+                        Target(
+                            "sum by (result) (rate(sandbox_warm_claims_total"
+                            f"{{{CLASS}}}[$__rate_interval]))",
+                            "{{result}}",
+                        ),
+                    ),
+                    unit="ops",
+                    width=8,
+                ),
+                Panel(
+                    "Launch latency by path",
+                    "Execution created to user code started, warm (claimed pod) and cold (new pod) apart.",
+                    _quantiles("sandbox_launch_latency_seconds", CLASS, by="launch"),
+                    unit="s",
+                    width=8,
                 ),
             ),
         ),

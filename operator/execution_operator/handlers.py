@@ -20,6 +20,7 @@ from execution_operator.api import (
     LABEL_MANAGED_BY,
     MANAGED_BY,
     VERSION,
+    WARM_POOLS,
 )
 from execution_operator.controller import Controller
 from execution_operator.deadletters import DeadLetters
@@ -103,6 +104,10 @@ def register(registry: kopf.OperatorRegistry) -> None:
     @kopf.on.event(GROUP, VERSION, EXECUTION_CLASSES, registry=registry)
     async def class_event(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> None:
         await memo.require().on_class_event(event["object"], event.get("type"))
+
+    @kopf.on.event(GROUP, VERSION, WARM_POOLS, registry=registry)
+    async def pool_event(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> None:
+        await memo.require().on_pool_event(event["object"], event.get("type"))
 
     @kopf.on.event(GROUP, VERSION, DEAD_LETTERS, registry=registry)
     async def dead_letter_event(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> None:

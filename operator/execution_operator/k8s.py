@@ -329,6 +329,34 @@ class KubeClient:
         result: dict[str, Any] = await self.request("DELETE", path, body=body)
         return result
 
+    async def write_stdin(self, path: str, data: bytes, *, container: str, limit_seconds: float = 10.0) -> None:
+        """Write `data` to a container's stdin through `pods/NAME/attach`, then close it.
+
+        The Kubernetes remote-command WebSocket protocol: `v5.channel.k8s.io` closes stdin with a
+        `[255, 0]` frame; with `v4.channel.k8s.io` closing the connection ends stdin. Raises ApiError
+        when the server refuses the attach, or OSError/aiohttp errors when the connection breaks.
+        """
+        started = time.monotonic()
+        status = 0
+        params = {"container": container, "stdin": "true", "stdout": "false", "stderr": "false", "tty": "false"}
+        try:
+            async with self._get_session().ws_connect(
+                self.server + path, params=params, protocols=("v5.channel.k8s.io", "v4.channel.k8s.io"),
+                timeout=aiohttp.ClientWSTimeout(ws_close=limit_seconds), autoping=True, max_msg_size=0,
+                headers=self._per_request_headers(None), **self._request_options,
+            ) as ws:
+                status = 101
+                async with asyncio.timeout(limit_seconds):
+                    await ws.send_bytes(b"\x00" + data)
+                    if ws.protocol == "v5.channel.k8s.io":
+                        await ws.send_bytes(b"\xff\x00")
+        except aiohttp.WSServerHandshakeError as exc:
+            status = exc.status
+            raise ApiError(exc.status, None, text=exc.message) from exc
+        finally:
+            if self._observer is not None:
+                self._observer("get", status, time.monotonic() - started)  # a WebSocket upgrade is a GET
+
 
 def _seconds(header: str | None) -> float | None:
     try:

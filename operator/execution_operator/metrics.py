@@ -13,6 +13,7 @@ closed sets (outcome, phase, error type, breaker state, HTTP verb and code). Fre
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterable
 from typing import Final
@@ -27,6 +28,16 @@ from execution_operator.errors import ErrorType
 DURATION_BUCKETS: Final[tuple[float, ...]] = (
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 180.0, 300.0,
 )  # fmt: skip
+#: Creation -> code started: tens of milliseconds from a warm pool, seconds for a cold pod.
+LAUNCH_BUCKETS: Final[tuple[float, ...]] = (
+    0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 180.0, 300.0,
+)  # fmt: skip
+#: How an attempt's pod was obtained (the `launch` label).
+LAUNCH_PATHS: Final[frozenset[str]] = frozenset({"warm", "cold"})
+#: Results of a warm pool claim (the `result` label of sandbox_warm_claims_total).
+CLAIM_RESULTS: Final[frozenset[str]] = frozenset({"hit", "miss", "handover_failed"})
+#: States of a pool's pods (the `state` label of sandbox_warm_pool_pods).
+POOL_POD_STATES: Final[tuple[str, ...]] = ("ready", "starting")
 #: Kubernetes API round trips: milliseconds normally, seconds when throttled.
 API_BUCKETS: Final[tuple[float, ...]] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -116,9 +127,22 @@ class OperatorMetrics:
         )
         self.launch_latency_seconds = Histogram(
             "sandbox_launch_latency_seconds",
-            "Time from Execution creation to the user code starting.",
-            ["class"],
-            buckets=DURATION_BUCKETS,
+            "Time from Execution creation to the user code starting, by launch path (warm or cold).",
+            ["class", "launch"],
+            buckets=LAUNCH_BUCKETS,
+            registry=r,
+        )
+        self.warm_pool_pods = Gauge(
+            "sandbox_warm_pool_pods",
+            "Unclaimed pods of WarmPools, by state (ready to be claimed, or starting).",
+            ["namespace", "class", "state"],
+            registry=r,
+        )
+        self.warm_claims_total = Counter(
+            "sandbox_warm_claims",
+            "Warm pool claims by result: hit (claimed and handed over), miss (no ready pod: cold launch), "
+            "handover_failed (pod deleted, cold launch).",
+            ["class", "result"],
             registry=r,
         )
         self.executions_in_flight = Gauge(
@@ -207,10 +231,25 @@ class OperatorMetrics:
         if duration is not None and duration >= 0:
             self.execution_duration_seconds.labels(cls, out).observe(duration)
 
-    def record_launch_latency(self, cls: str, seconds: float) -> None:
-        """Observe the creation → user-code-started latency of one attempt."""
+    def record_launch_latency(self, cls: str, seconds: float, launch: str = "cold") -> None:
+        """Observe the creation → user-code-started latency of one attempt, by launch path."""
         if seconds >= 0:
-            self.launch_latency_seconds.labels(cls).observe(seconds)
+            self.launch_latency_seconds.labels(cls, launch if launch in LAUNCH_PATHS else "cold").observe(seconds)
+
+    def set_warm_pool_pods(self, namespace: str, cls: str, state: str, n: float) -> None:
+        """Set how many unclaimed pods of a class's pools in a namespace are in `state`."""
+        self.warm_pool_pods.labels(namespace, cls, state).set(n)
+
+    def forget_warm_pool(self, namespace: str, cls: str) -> None:
+        """Drop the pool pod series of a deleted pool."""
+        for state in POOL_POD_STATES:
+            with contextlib.suppress(KeyError):
+                self.warm_pool_pods.remove(namespace, cls, state)
+
+    def record_warm_claim(self, cls: str, result: str) -> None:
+        """Count one claim by result: hit, miss or handover_failed."""
+        if result in CLAIM_RESULTS:
+            self.warm_claims_total.labels(cls, result).inc()
 
     def set_in_flight(self, cls: str, phase: str, n: float) -> None:
         """Set the in-flight count (used by a periodic recount, which corrects any drift)."""
@@ -322,9 +361,24 @@ def record_terminal(
     METRICS.record_terminal(namespace, cls, outcome, error_type, duration)
 
 
-def record_launch_latency(cls: str, seconds: float) -> None:
+def record_launch_latency(cls: str, seconds: float, launch: str = "cold") -> None:
     """`OperatorMetrics.record_launch_latency` on the default instance."""
-    METRICS.record_launch_latency(cls, seconds)
+    METRICS.record_launch_latency(cls, seconds, launch)
+
+
+def set_warm_pool_pods(namespace: str, cls: str, state: str, n: float) -> None:
+    """`OperatorMetrics.set_warm_pool_pods` on the default instance."""
+    METRICS.set_warm_pool_pods(namespace, cls, state, n)
+
+
+def forget_warm_pool(namespace: str, cls: str) -> None:
+    """`OperatorMetrics.forget_warm_pool` on the default instance."""
+    METRICS.forget_warm_pool(namespace, cls)
+
+
+def record_warm_claim(cls: str, result: str) -> None:
+    """`OperatorMetrics.record_warm_claim` on the default instance."""
+    METRICS.record_warm_claim(cls, result)
 
 
 def set_in_flight(cls: str, phase: str, n: float) -> None:

@@ -32,6 +32,7 @@ from execution_operator.api import (
     TERMINAL_PHASES,
     ConditionStatus,
     Kind,
+    Launch,
     Phase,
 )
 from execution_operator.breaker import BreakerState
@@ -71,6 +72,10 @@ DEAD_LETTER_MAX_INPUT_BYTES: Final = 262144
 MAX_REPLAY_RECORDS: Final = 50
 
 MAX_TIMEOUT_SECONDS: Final = 300
+#: A dotted Python module name (ExecutionClass.spec.warmImports).
+MODULE_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+#: Most ready pods a WarmPool may ask for.
+MAX_WARM_POOL_REPLICAS: Final = 100
 #: metav1.Condition's reason pattern.
 CONDITION_REASON_PATTERN: Final = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 MAX_CORRELATION_ID_CHARS: Final = 128
@@ -229,6 +234,7 @@ class AttemptRecord(ApiModel):
     completion_time: str | None = None
     exit_code: int | None = None
     error_type: ErrorType | None = None
+    launch: Launch | None = None
 
 
 def _clamp_error(error: ErrorInfo | None) -> ErrorInfo | None:
@@ -262,6 +268,8 @@ class ExecutionStatus(ApiModel):
     #: Attempts ended by a disruption (eviction, node loss, pod deleted): not charged to `retry`.
     disruptions: int | None = Field(default=None, ge=0)
     pod_name: str | None = Field(default=None, max_length=253)
+    #: How the current attempt's pod was obtained (warm pool claim or cold launch).
+    launch: Launch | None = None
     #: The first attempt's pod creation.
     start_time: str | None = None
     #: When the current attempt's user code started (from the runner's report).
@@ -351,6 +359,10 @@ class ExecutionClassSpec(ApiModel):
     allow_network: bool = False
     max_concurrent: int | None = Field(default=None, ge=1)
     circuit_breaker: CircuitBreakerPolicy = Field(default_factory=CircuitBreakerPolicy)
+    #: Modules a warm pool's pods import before waiting for their payload.
+    warm_imports: list[Annotated[str, Field(min_length=1, max_length=128, pattern=MODULE_NAME_PATTERN)]] = Field(
+        default_factory=list, max_length=32
+    )
     dead_letter: DeadLetterPolicy = DeadLetterPolicy.ALL
 
 
@@ -495,6 +507,33 @@ class ExecutionClass(_Resource):
 
     spec: ExecutionClassSpec
     status: ExecutionClassStatus = Field(default_factory=ExecutionClassStatus)
+
+
+class WarmPoolSpec(ApiModel):
+    """Keep `replicas` ready, unclaimed sandbox pods of one class in the pool's namespace."""
+
+    execution_class_name: str = Field(min_length=1, max_length=253)
+    replicas: int = Field(default=1, ge=0, le=MAX_WARM_POOL_REPLICAS)
+
+
+class WarmPoolStatus(ApiModel):
+    """What a pool holds; written only by the operator."""
+
+    replicas: int | None = Field(default=None, ge=0)
+    ready_replicas: int | None = Field(default=None, ge=0)
+    claimed: int | None = Field(default=None, ge=0)
+    selector: str | None = Field(default=None, max_length=1024)
+    observed_generation: int | None = Field(default=None, ge=0)
+    conditions: list[Condition] = Field(default_factory=list, max_length=MAX_CONDITIONS)
+
+
+class WarmPool(_Resource):
+    """A pool of ready, unclaimed sandbox pods of one ExecutionClass."""
+
+    KIND: ClassVar[str] = Kind.WARM_POOL
+
+    spec: WarmPoolSpec
+    status: WarmPoolStatus = Field(default_factory=WarmPoolStatus)
 
 
 class DeadLetter(_Resource):

@@ -195,32 +195,69 @@ def active_deadline_seconds(spec: ExecutionSpec, cls: ExecutionClassSpec) -> int
     return int(cls.pending_timeout_seconds + spec.timeout_seconds + 30)
 
 
-def build_pod(ref: ExecutionRef, spec: ExecutionSpec, cls: ExecutionClassSpec, attempt: int) -> dict[str, Any]:
-    """The hardened sandbox pod (Pod Security Standard `restricted`) for one attempt."""
-    resources = effective_resources(spec, cls)
-    payload, annotations = _payload_volume(ref, spec)
-    env = [
+def _base_env(timeout_seconds: int) -> list[dict[str, str]]:
+    """The runner's settings every sandbox pod has (per-Execution ones are added by the caller)."""
+    return [
         {"name": "SANDBOX_PAYLOAD_DIR", "value": PAYLOAD_DIR},
         {"name": "SANDBOX_INPUT_DIR", "value": "/input"},
         {"name": "SANDBOX_OUTPUT_DIR", "value": "/output"},
-        {"name": "SANDBOX_TIMEOUT_SECONDS", "value": str(spec.timeout_seconds)},
+        {"name": "SANDBOX_TIMEOUT_SECONDS", "value": str(timeout_seconds)},
         {"name": "SANDBOX_OUTPUT_LIMIT_BYTES", "value": str(OUTPUT_LIMIT_BYTES)},
         {"name": "SANDBOX_STREAM_TAIL_BYTES", "value": str(STREAM_TAIL_BYTES)},
         {"name": "SANDBOX_TERMINATION_LOG", "value": "/dev/termination-log"},
-        # Lets code make its side effects idempotent across retries.
-        {"name": "SANDBOX_ATTEMPT", "value": str(attempt)},
-        {"name": "SANDBOX_EXECUTION", "value": ref.name},
-        {"name": "SANDBOX_CORRELATION_ID", "value": ref.correlation_id},
-        {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
-        {"name": "HOME", "value": "/tmp"},
     ]
+
+
+def _pod_spec(cls: ExecutionClassSpec, resources: dict[str, str], env: list[dict[str, str]],
+              payload: dict[str, Any] | None, deadline: int | None) -> dict[str, Any]:
+    """The hardened pod spec (Pod Security Standard `restricted`) shared by cold and warm pods.
+
+    A warm pod (`payload` None) has no payload volume and keeps its stdin open for the one payload it
+    will be handed (`stdinOnce`: closed by the runtime when that attach ends), and no deadline until
+    it is claimed.
+    """
+    env = [*env, {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}, {"name": "HOME", "value": "/tmp"}]
     env += [{"name": e.name, "value": e.value or ""} for e in cls.env or []]
+    mounts: list[dict[str, Any]] = [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "input", "mountPath": "/input"},
+        {"name": "output", "mountPath": "/output"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        {"name": "input", "emptyDir": {"sizeLimit": "4Mi"}},
+        {"name": "output", "emptyDir": {"sizeLimit": "16Mi"}},
+    ]
+    if payload is not None:
+        mounts.insert(0, {"name": "payload", "mountPath": PAYLOAD_DIR, "readOnly": True})
+        volumes.insert(0, payload)
+    container: dict[str, Any] = {
+        "name": "sandbox",
+        "image": cls.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": list(cls.command or RUNNER_COMMAND),
+        "env": env,
+        "workingDir": "/tmp",
+        "resources": {"requests": dict(resources), "limits": dict(resources)},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
+        "volumeMounts": mounts,
+    }
+    if payload is None:
+        container |= {"stdin": True, "stdinOnce": True, "tty": False}
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": GRACE_SECONDS,
-        "activeDeadlineSeconds": active_deadline_seconds(spec, cls),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": SANDBOX_UID,
@@ -228,42 +265,27 @@ def build_pod(ref: ExecutionRef, spec: ExecutionSpec, cls: ExecutionClassSpec, a
             "fsGroup": SANDBOX_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [
-            {
-                "name": "sandbox",
-                "image": cls.image,
-                "imagePullPolicy": "IfNotPresent",
-                "command": list(cls.command or RUNNER_COMMAND),
-                "env": env,
-                "workingDir": "/tmp",
-                "resources": {"requests": dict(resources), "limits": dict(resources)},
-                "securityContext": {
-                    "allowPrivilegeEscalation": False,
-                    "readOnlyRootFilesystem": True,
-                    "runAsNonRoot": True,
-                    "privileged": False,
-                    "capabilities": {"drop": ["ALL"]},
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
-                "terminationMessagePath": "/dev/termination-log",
-                "terminationMessagePolicy": "File",
-                "volumeMounts": [
-                    {"name": "payload", "mountPath": PAYLOAD_DIR, "readOnly": True},
-                    {"name": "tmp", "mountPath": "/tmp"},
-                    {"name": "input", "mountPath": "/input"},
-                    {"name": "output", "mountPath": "/output"},
-                ],
-            }
-        ],
-        "volumes": [
-            payload,
-            {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
-            {"name": "input", "emptyDir": {"sizeLimit": "4Mi"}},
-            {"name": "output", "emptyDir": {"sizeLimit": "16Mi"}},
-        ],
+        "containers": [container],
+        "volumes": volumes,
     }
+    if deadline is not None:
+        pod_spec["activeDeadlineSeconds"] = deadline
     if cls.runtime_class_name:
         pod_spec["runtimeClassName"] = cls.runtime_class_name
+    return pod_spec
+
+
+def build_pod(ref: ExecutionRef, spec: ExecutionSpec, cls: ExecutionClassSpec, attempt: int) -> dict[str, Any]:
+    """The hardened sandbox pod (Pod Security Standard `restricted`) for one attempt."""
+    resources = effective_resources(spec, cls)
+    payload, annotations = _payload_volume(ref, spec)
+    env = [
+        *_base_env(spec.timeout_seconds),
+        # Lets code make its side effects idempotent across retries.
+        {"name": "SANDBOX_ATTEMPT", "value": str(attempt)},
+        {"name": "SANDBOX_EXECUTION", "value": ref.name},
+        {"name": "SANDBOX_CORRELATION_ID", "value": ref.correlation_id},
+    ]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -274,8 +296,14 @@ def build_pod(ref: ExecutionRef, spec: ExecutionSpec, cls: ExecutionClassSpec, a
             "annotations": annotations | {ANNOTATION_CORRELATION_ID: ref.correlation_id},
             "ownerReferences": [owner_reference(ref)],
         },
-        "spec": pod_spec,
+        "spec": _pod_spec(cls, resources, env, payload, active_deadline_seconds(spec, cls)),
     }
+
+
+def build_warm_pod_spec(cls: ExecutionClassSpec, warm_env: list[dict[str, str]]) -> dict[str, Any]:
+    """The spec of a warm pool's pod: the class's pod at its default resources, waiting on stdin."""
+    resources = effective_resources(ExecutionSpec(code="#"), cls)
+    return _pod_spec(cls, resources, [*_base_env(cls.max_timeout_seconds), *warm_env], None, None)
 
 
 def deny_all_network_policy(namespace: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from execution_operator.api import (
     ConditionReason,
     ConditionStatus,
     ConditionType,
+    Launch,
     Phase,
 )
 from execution_operator.classify import Verdict
@@ -116,13 +117,19 @@ def common(status: Mapping[str, Any], generation: int | None, correlation_id: st
 
 @_modelled
 def launched(
-    status: Mapping[str, Any], *, attempt: int, pod: str, now: str, generation: int | None, correlation_id: str
+    status: Mapping[str, Any], *, attempt: int, pod: str, now: str, generation: int | None, correlation_id: str,
+    launch: str = Launch.COLD,
 ) -> dict[str, Any]:
-    """The pod is created: Pending on this attempt, with the previous attempt's live fields cleared."""
-    conditions = condition(
-        status.get("conditions"), ConditionType.LAUNCHED, ConditionStatus.TRUE, ConditionReason.LAUNCHED,
-        f"Pod {pod} created for attempt {attempt}", now, generation,
-    )
+    """The pod is created (or claimed from a warm pool): Pending on this attempt.
+
+    The previous attempt's live fields are cleared.
+    """
+    if launch == Launch.WARM:
+        reason, message = ConditionReason.WARM_POD_CLAIMED, f"Warm pod {pod} claimed for attempt {attempt}"
+    else:
+        reason, message = ConditionReason.LAUNCHED, f"Pod {pod} created for attempt {attempt}"
+    conditions = condition(status.get("conditions"), ConditionType.LAUNCHED, ConditionStatus.TRUE, reason, message,
+                           now, generation)
     conditions = condition(
         conditions, ConditionType.SUCCEEDED, ConditionStatus.UNKNOWN, ConditionReason.PENDING,
         f"Attempt {attempt} is waiting for its pod to start", now, generation,
@@ -131,6 +138,7 @@ def launched(
         "phase": Phase.PENDING,
         "attempt": attempt,
         "podName": pod,
+        "launch": launch,
         "startTime": status.get("startTime") or now,
         "nextAttemptAt": None,
         # What the previous attempt left behind stays in `attempts` and the Events, not in the live fields.
@@ -140,9 +148,21 @@ def launched(
         "output": None,
         "stdout": None,
         "stderr": None,
-        "attempts": _attempts_with(status, attempt, podName=pod, startTime=now),
+        "attempts": _attempts_with(status, attempt, podName=pod, startTime=now, launch=launch),
         "conditions": conditions,
     }
+
+
+@_modelled
+def warm_started(
+    status: Mapping[str, Any], *, attempt: int, pod: str, now: str, generation: int | None, correlation_id: str,
+) -> dict[str, Any]:
+    """A claimed warm pod took the payload: launched and running in one write (its code starts at once)."""
+    patch = launched(status, attempt=attempt, pod=pod, now=now, generation=generation, correlation_id=correlation_id,
+                     launch=Launch.WARM)
+    after = {**status, **patch}
+    return patch | running(after, attempt=attempt, started_at=now, now=now, generation=generation,
+                           correlation_id=correlation_id)
 
 
 @_modelled

@@ -102,6 +102,16 @@ class Workload:
         t = now % 9.5
         return "closed" if t < 5 else "open" if t < 8 else "half_open"
 
+    def _launch(self, cls: str) -> None:
+        """One launch: claimed from a warm pool, or cold after a miss or a failed handover."""
+        m, rng = self.metrics, self.rng
+        if rng.random() < 0.6:
+            m.record_launch_latency(cls, rng.uniform(0.02, 0.12), "warm")
+            m.record_warm_claim(cls, "hit")
+        else:
+            m.record_launch_latency(cls, rng.uniform(0.3, 2.0) if cls == "default" else rng.uniform(1, 8))
+            m.record_warm_claim(cls, "miss" if rng.random() < 0.9 else "handover_failed")
+
     def tick(self, now: float) -> None:
         m, rng = self.metrics, self.rng
         for _ in range(rng.randint(1, 4)):
@@ -116,9 +126,12 @@ class Workload:
                 m.record_terminal(ns, cls, "failed", et, rng.uniform(0.05, 30))
                 if rng.random() < 0.5:
                     m.record_dead_letter(ns, cls, et)
-            m.record_launch_latency(cls, rng.uniform(0.3, 2.0) if cls == "default" else rng.uniform(1, 8))
+            self._launch(cls)
             if rng.random() < 0.1:
                 m.record_retry(cls, rng.choice(("killed", "image_pull_error", "evicted")))
+        for ns in NAMESPACES:
+            m.set_warm_pool_pods(ns, "default", "ready", rng.randint(0, 5))
+            m.set_warm_pool_pods(ns, "default", "starting", rng.randint(0, 2))
         for cls in CLASSES:
             for phase, hi in (("Pending", 6), ("Running", 12), ("Retrying", 3)):
                 key = f"{cls}/{phase}"

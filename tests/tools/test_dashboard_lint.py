@@ -106,7 +106,7 @@ def test_queries_parse_and_use_existing_metrics() -> None:
         "sandbox_executions_total", "sandbox_execution_duration_seconds_bucket",
         "sandbox_launch_latency_seconds_bucket", "sandbox_executions_in_flight", "sandbox_retries_total",
         "sandbox_circuit_breaker_state", "sandbox_circuit_breaker_transitions_total",
-        "sandbox_dead_letters_total",
+        "sandbox_dead_letters_total", "sandbox_warm_pool_pods", "sandbox_warm_claims_total",
     ):  # fmt: skip
         assert name in used, name
 

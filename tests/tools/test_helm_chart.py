@@ -110,6 +110,7 @@ NEEDED_PERMISSIONS: dict[tuple[str, str, str], tuple[str, str]] = {
     **_watched("executions", "EXECUTIONS"),
     **_watched("executionclasses", "EXECUTION_CLASSES"),
     **_watched("deadletters", "DEAD_LETTERS"),
+    **_watched("warmpools", "WARM_POOLS"),
     **_watched("pods", '"pods"', '""', '"v1"'),
     ("sandbox.dev", "executions", "get"): ("operator", r"client\.get\(path_for\(API_VERSION, EXECUTIONS,"),
     ("sandbox.dev", "executions", "create"): ("operator", r"client\.post\(path_for\(API_VERSION, EXECUTIONS,"),
@@ -125,6 +126,12 @@ NEEDED_PERMISSIONS: dict[tuple[str, str, str], tuple[str, str]] = {
     ("sandbox.dev", "deadletters", "delete"): ("operator", r"client\.delete\(self\._path\(namespace, name\)"),
     ("sandbox.dev", "deadletters/status", "patch"): ("operator", r'client\.patch\(\s*self\._path\(namespace, '
                                                                  r'name, "status"\)'),
+    ("sandbox.dev", "warmpools/status", "patch"): ("operator", r'client\.patch\(path_for\(API_VERSION, WARM_POOLS, '
+                                                               r'key\[0\], key\[1\], "status"\)'),
+    ("", "pods", "patch"): ("operator", r'client\.patch\(path_for\("v1", "pods", \*pkey\), patch\)'),
+    # The attach's WebSocket upgrade is a GET; Kubernetes 1.35+ also checks create for it.
+    ("", "pods/attach", "get"): ("operator", r'write_stdin\(path_for\("v1", "pods", .*"attach"\)'),
+    ("", "pods/attach", "create"): ("operator", r'write_stdin\(path_for\("v1", "pods", .*"attach"\)'),
     ("", "pods", "create"): ("operator", r'_create_or_get\(self\.client, path_for\("v1", "pods"'),
     ("", "pods", "get"): ("operator", r'client\.get\(path_for\("v1", "pods"'),
     ("", "pods", "delete"): ("operator", r'client\.delete\(path_for\("v1", "pods"'),

@@ -23,6 +23,7 @@ CRD_FILES = {
     "Execution": "executions.sandbox.dev.yaml",
     "ExecutionClass": "executionclasses.sandbox.dev.yaml",
     "DeadLetter": "deadletters.sandbox.dev.yaml",
+    "WarmPool": "warmpools.sandbox.dev.yaml",
 }
 Schema = dict[str, Any]
 
@@ -147,6 +148,7 @@ def execution(**spec: Any) -> dict[str, Any]:
         ("Execution", "executions", "ex", "Namespaced"),
         ("ExecutionClass", "executionclasses", "exc", "Cluster"),
         ("DeadLetter", "deadletters", "dl", "Namespaced"),
+        ("WarmPool", "warmpools", "wp", "Namespaced"),
     ],
 )
 def test_names_scope_version_and_status_subresource(kind: str, plural: str, short: str, scope: str) -> None:
@@ -164,7 +166,12 @@ def test_names_scope_version_and_status_subresource(kind: str, plural: str, shor
     assert version["name"] == api.VERSION
     assert version["served"] is True
     assert version["storage"] is True
-    assert version["subresources"] == {"status": {}}
+    expected: dict[str, Any] = {"status": {}}
+    if kind == "WarmPool":
+        # `kubectl scale`, an HPA or KEDA size the pool; the selector names its unclaimed pods.
+        expected["scale"] = {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+                             "labelSelectorPath": ".status.selector"}
+    assert version["subresources"] == expected
 
 
 @pytest.mark.parametrize("kind", CRD_FILES)
@@ -227,6 +234,7 @@ def test_printer_columns_point_into_the_schema(kind: str) -> None:
         "Execution": ["Phase", "Class", "Attempt", "Exit", "Error", "Duration", "Age"],
         "ExecutionClass": ["Image", "Circuit", "Failures", "Age"],
         "DeadLetter": ["Execution", "Error", "Attempts", "Age"],
+        "WarmPool": ["Class", "Desired", "Ready", "Age"],
     }
     assert names == wanted[kind]
 
@@ -513,6 +521,7 @@ KNOWN_DIFFERENCES: dict[tuple[str, str, str], str] = {
     # set_condition fills lastTransitionTime; the model lets callers build a condition without it.
     ("Execution", ".status.conditions[]", "required"): "lastTransitionTime filled by set_condition",
     ("ExecutionClass", ".status.conditions[]", "required"): "lastTransitionTime filled by set_condition",
+    ("WarmPool", ".status.conditions[]", "required"): "lastTransitionTime filled by set_condition",
     # The breaker's own model (breaker.py) limits its message to 256 characters and its probes to
     # success_threshold/halfOpenMaxProbes; the CRD bounds are the outer envelope.
     ("ExecutionClass", ".status.circuitBreaker.lastFailure.message", "maxLength"): "breaker clamps to 256",
@@ -528,6 +537,8 @@ PAIRS: list[tuple[str, str, type[BaseModel]]] = [
     ("ExecutionClass", "status", models.ExecutionClassStatus),
     ("DeadLetter", "spec", models.DeadLetterSpec),
     ("DeadLetter", "status", models.DeadLetterStatus),
+    ("WarmPool", "spec", models.WarmPoolSpec),
+    ("WarmPool", "status", models.WarmPoolStatus),
 ]
 
 

@@ -14,7 +14,9 @@ from execution_operator.errors import ErrorType
 CONTRACT = {
     "sandbox_executions_total": ("namespace", "class", "outcome", "error_type"),
     "sandbox_execution_duration_seconds": ("class", "outcome"),
-    "sandbox_launch_latency_seconds": ("class",),
+    "sandbox_launch_latency_seconds": ("class", "launch"),
+    "sandbox_warm_pool_pods": ("namespace", "class", "state"),
+    "sandbox_warm_claims_total": ("class", "result"),
     "sandbox_executions_in_flight": ("class", "phase"),
     "sandbox_retries_total": ("class", "error_type"),
     "sandbox_circuit_breaker_state": ("class",),
@@ -45,6 +47,8 @@ def test_contract_names_and_labels(om: m.OperatorMetrics) -> None:
     # Label names are checked through a recorded sample of each family.
     om.record_terminal("ns", "default", "Failed", ErrorType.TIMEOUT, 1.0)
     om.record_launch_latency("default", 0.3)
+    om.set_warm_pool_pods("ns", "default", "ready", 3)
+    om.record_warm_claim("default", "hit")
     om.set_in_flight("default", "Running", 2)
     om.record_retry("default", "killed")
     om.set_breaker_state("default", "open")
@@ -114,8 +118,13 @@ def test_buckets_cover_50ms_to_300s(om: m.OperatorMetrics) -> None:
     assert m.DURATION_BUCKETS[0] == 0.05
     assert m.DURATION_BUCKETS[-1] == 300.0
     om.record_launch_latency("default", 299.0)
-    assert _value(om, "sandbox_launch_latency_seconds_bucket", {"class": "default", "le": "300.0"}) == 1
-    assert _value(om, "sandbox_launch_latency_seconds_bucket", {"class": "default", "le": "180.0"}) == 0
+    cold = {"class": "default", "launch": "cold"}
+    assert _value(om, "sandbox_launch_latency_seconds_bucket", {**cold, "le": "300.0"}) == 1
+    assert _value(om, "sandbox_launch_latency_seconds_bucket", {**cold, "le": "180.0"}) == 0
+    om.record_launch_latency("default", 0.04, "warm")
+    warm = {"class": "default", "launch": "warm"}
+    assert _value(om, "sandbox_launch_latency_seconds_bucket", {**warm, "le": "0.05"}) == 1
+    assert _value(om, "sandbox_launch_latency_seconds_bucket", {**warm, "le": "0.025"}) == 0
 
 
 def test_in_flight_helpers(om: m.OperatorMetrics) -> None:

@@ -50,8 +50,20 @@ def test_launch_run_succeed() -> None:
                                     "message": "Attempt 1 succeeded", "lastTransitionTime": LATER,
                                     "observedGeneration": 1}
     assert s["attempts"] == [{"attempt": 1, "podName": "p-a1", "startTime": NOW, "completionTime": LATER,
-                              "exitCode": 0}]
+                              "exitCode": 0, "launch": "cold"}]
+    assert s["launch"] == "cold"
     assert "error" not in s
+
+
+def test_warm_start_is_launched_and_running_in_one_write() -> None:
+    s: dict[str, Any] = {}
+    s = merged(s, st.warm_started(s, attempt=1, pod="pool-x", now=NOW, generation=1, correlation_id="c"))
+    assert s["phase"] == "Running"
+    assert s["podName"] == "pool-x"
+    assert s["launch"] == "warm"
+    assert cond(s, "Launched")["reason"] == "WarmPodClaimed"
+    assert cond(s, "Succeeded")["reason"] == "Running"
+    assert s["attempts"] == [{"attempt": 1, "podName": "pool-x", "startTime": NOW, "launch": "warm"}]
 
 
 def test_condition_transition_time_only_moves_on_status_change() -> None:

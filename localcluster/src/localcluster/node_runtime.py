@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .node_attach import StdinRelay
 from .node_config import (
     ContainerConfigError,
     Lookups,
@@ -268,6 +269,7 @@ class ContainerProcess:
             asyncio.create_task(self._pump(proc.stderr, "stderr")),
         ]
         self._kill_timer: asyncio.TimerHandle | None = None
+        self.stdin_relay: StdinRelay | None = None
 
     @property
     def pid(self) -> int:
@@ -348,6 +350,8 @@ class ContainerProcess:
     async def wait(self) -> tuple[int, str]:
         """Wait for exit; returns (exit code as a runtime reports it, termination message)."""
         rc = await self.proc.wait()
+        if self.stdin_relay is not None:
+            self.stdin_relay.close()
         if self._kill_timer is not None:
             self._kill_timer.cancel()
         # The pipes close when the last process holding them exits; never wait for a stray one forever.
@@ -888,7 +892,7 @@ class PodWorker:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE if spec.get("stdin") else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=env,
@@ -903,6 +907,10 @@ class PodWorker:
             spec.get("terminationMessagePolicy") == "FallbackToLogsOnError",
         )
         self.processes[cs.name] = process
+        if proc.stdin is not None:
+            # `stdin: true`: reachable by `pods/NAME/attach` (once, with stdinOnce) until the container ends.
+            process.stdin_relay = StdinRelay(proc.stdin, self.pod_dir, cs.name, once=bool(spec.get("stdinOnce")))
+            await process.stdin_relay.start()
         cs.container_id = f"local://{secrets.token_hex(32)}"
         cs.state = {"running": {"startedAt": now_rfc3339()}}
         cs.started = True

@@ -15,7 +15,7 @@ import os
 import sys
 import types
 
-from execution_operator.runner import jsonc
+from execution_operator.runner import jsonc, warm
 from execution_operator.runner import report as r
 
 TYPE_CHECKING = False
@@ -313,10 +313,16 @@ def main() -> None:
     output_dir = os.environ.get("SANDBOX_OUTPUT_DIR", "/output")
     limit = int(os.environ.get("SANDBOX_OUTPUT_LIMIT_BYTES", "131072"))
     try:
-        code = _read_payload(payload_dir, "code.py")
-        if code is None:
-            raise FileNotFoundError(f"no code.py in {payload_dir}")
-        input_text = _read_payload(payload_dir, "input.json")
+        if warm.enabled():
+            # A warm pool's pod: pay for the class's imports now, then wait for the one payload.
+            warm.import_warm_modules(os.environ.get(warm.WARM_IMPORTS_ENV, ""))
+            code, input_text = warm.receive_in_harness()
+        else:
+            read = _read_payload(payload_dir, "code.py")
+            if read is None:
+                raise FileNotFoundError(f"no code.py in {payload_dir}")
+            code = read
+            input_text = _read_payload(payload_dir, "input.json")
         input_data = jsonc.loads(input_text) if input_text is not None and input_text.strip() else None
         try:
             with open(os.path.join(input_dir, "data.json"), "w", encoding="utf-8") as fh:

@@ -15,7 +15,7 @@ import struct
 import sys
 import time
 
-from execution_operator.runner import jsonc
+from execution_operator.runner import jsonc, warm
 from execution_operator.runner import report as r
 
 # The C modules behind `signal` and `socket`: their Python wrappers build enums at import, which costs
@@ -66,6 +66,7 @@ class Config:
         memory_events: str = "/sys/fs/cgroup/memory.events",
         relay_limit: int = 16 * 1024 * 1024,
         child_command: tuple[str, ...] = (),
+        warm_mode: bool = False,
     ) -> None:
         self.timeout_seconds = timeout_seconds
         self.output_limit = output_limit
@@ -74,6 +75,8 @@ class Config:
         self.memory_events = memory_events
         self.relay_limit = relay_limit
         self.child_command = child_command
+        #: Wait for the payload on stdin (a warm pool's pod) instead of reading it from the payload volume.
+        self.warm_mode = warm_mode
 
     @classmethod
     def from_env(cls) -> Config:
@@ -85,6 +88,7 @@ class Config:
             termination_log=os.environ.get("SANDBOX_TERMINATION_LOG", ""),
             memory_events=os.environ.get("SANDBOX_MEMORY_EVENTS", "/sys/fs/cgroup/memory.events"),
             relay_limit=_env_int("SANDBOX_RELAY_LIMIT_BYTES", 16 * 1024 * 1024),
+            warm_mode=warm.enabled(),
         )
 
 
@@ -268,6 +272,7 @@ class Supervisor:
         #: Empty: fork the harness from this process (no second interpreter start-up, about half the
         #: runner's CPU per execution); tests may name a command to run instead.
         self.child_command = config.child_command
+        self.inbox: warm.Inbox | None = None
 
     # -- launching ---------------------------------------------------------------------------
     def spawn(self) -> tuple[Stream, Stream, _socket.socket]:
@@ -279,12 +284,19 @@ class Supervisor:
             ours.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, _FRAME_BUFFER)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        devnull = os.open(os.devnull, os.O_RDONLY)
+        if self.config.warm_mode:
+            # The harness's stdin is a pipe the payload is forwarded on once the container's stdin ends.
+            devnull, inbox_w = os.pipe()
+            self.inbox = warm.Inbox(0, inbox_w)
+        else:
+            devnull = os.open(os.devnull, os.O_RDONLY)
         os.set_inheritable(theirs.fileno(), True)
         env = dict(os.environ)
         env[r.REPORT_FD_ENV] = str(theirs.fileno())
         if not self.child_command:
-            self.pid = self._fork_harness(devnull, out_w, err_w, (out_r, err_r, ours.fileno()), env)
+            # The harness closes our ends, the payload pipe's write end included (or it never sees EOF).
+            mine = (out_r, err_r, ours.fileno()) + ((self.inbox.sink,) if self.inbox and self.inbox.sink else ())
+            self.pid = self._fork_harness(devnull, out_w, err_w, mine, env)
             for fd in (out_w, err_w, devnull):
                 os.close(fd)
             theirs.close()
@@ -355,7 +367,9 @@ class Supervisor:
 
     def failure_exit(self) -> int:
         """The exit code of our own failure: 3 once the user's process existed (it may be the cause), else 2."""
-        return r.SUPERVISOR_FAILURE_AFTER_START_EXIT if self.pid else r.SUPERVISOR_FAILURE_EXIT
+        # A warm pod's harness exists before any code does: only a received payload can have started it.
+        code_possible = self.pid and (self.inbox is None or self.inbox.received)
+        return r.SUPERVISOR_FAILURE_AFTER_START_EXIT if code_possible else r.SUPERVISOR_FAILURE_EXIT
 
     # -- the run loop ------------------------------------------------------------------------
     def run(self) -> int:
@@ -375,6 +389,9 @@ class Supervisor:
             poller.register(fd, select.POLLIN)
         if pidfd is not None:
             poller.register(pidfd, select.POLLIN)
+        inbox = self.inbox
+        if inbox is not None:
+            poller.register(0, select.POLLIN)
         while self.status is None:
             for fd, _ in poller.poll(self._wait_ms()):
                 if fd in streams:
@@ -382,12 +399,16 @@ class Supervisor:
                         poller.unregister(fd)
                 elif fd == chan.fileno() and self._receive(chan) == "closed":
                     poller.unregister(fd)
+                elif inbox is not None:
+                    self._on_inbox(inbox, fd, poller)
             self._check_signals()  # before reaping: a sender that just exited is still a (zombie) descendant
             self._reap()
             self._check_deadlines()
             if self.stopped:
                 break
         self.ended_mono = time.monotonic()
+        if inbox is not None:
+            inbox.close()  # never read again: a pod takes one payload in its life
         self.sweep()
         self._drain(streams, chan)
         if pidfd is not None:
@@ -398,6 +419,23 @@ class Supervisor:
         oom_rose = oom_before is not None and oom_after is not None and oom_after > oom_before
         outcome = self.decide(oom_rose)
         return self.publish(outcome, out, err, supervisor_start)
+
+    def _on_inbox(self, inbox: warm.Inbox, fd: int, poller: select.poll) -> None:
+        """A warm pod's stdin (fd 0) has data or ended, or the harness's payload pipe can take more."""
+        if fd == 0 and inbox.read():
+            poller.unregister(0)
+            self._payload_received(inbox)
+            if inbox.sink is not None:
+                poller.register(inbox.sink, select.POLLOUT)
+        elif fd == inbox.sink and inbox.write():
+            poller.unregister(fd)
+
+    def _payload_received(self, inbox: warm.Inbox) -> None:
+        """A warm pod's payload is in: its timeout applies, and the start-up limit counts from now."""
+        self.config.timeout_seconds = warm.payload_timeout(bytes(inbox.data), self.config.timeout_seconds)
+        self.spawned_mono = time.monotonic()
+        if inbox.data:
+            _write_all(1, f"{warm.PAYLOAD_MARKER} {len(inbox.data)}\n".encode())
 
     def _wait_ms(self) -> int:
         # Bounded so stop signals (blocked, checked between waits) and deadlines are seen promptly.
@@ -492,6 +530,8 @@ class Supervisor:
             if not self.timed_out and now - self.started_mono >= self.config.timeout_seconds:
                 self.timed_out = True
                 self._kill_group()
+        elif self.inbox is not None and not self.inbox.received:
+            return  # a warm pod waits for its payload as long as its pool keeps it
         elif not self.startup_expired and now - self.spawned_mono >= STARTUP_LIMIT_SECONDS:
             self.startup_expired = True
             self._kill_group()

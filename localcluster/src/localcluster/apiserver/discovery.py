@@ -16,6 +16,7 @@ _SUB_VERBS: dict[str, tuple[str, list[str], str, str]] = {
     # subresource -> (kind, verbs, group, version) ; empty group/version = same as parent
     "status": ("", ["get", "patch", "update"], "", ""),
     "log": ("Pod", ["get"], "", ""),
+    "attach": ("PodAttachOptions", ["create", "get"], "", ""),
     "binding": ("Binding", ["create"], "", ""),
     "eviction": ("Eviction", ["create"], "policy", "v1"),
     "ephemeralcontainers": ("", ["get", "patch", "update"], "", ""),

@@ -46,7 +46,7 @@ def _render(line: bytes, timestamps: bool, since: dt.datetime | None) -> bytes |
     return out.encode()
 
 
-def _container_state(pod: dict[str, Any], container: str) -> dict[str, Any]:
+def container_state(pod: dict[str, Any], container: str) -> dict[str, Any]:
     st = pod.get("status") or {}
     for cs in (st.get("containerStatuses") or []) + (st.get("initContainerStatuses") or []):
         if cs.get("name") == container:
@@ -62,14 +62,13 @@ def _since(q: Any) -> dt.datetime | None:
     return None
 
 
-async def serve_pod_log(server: ApiServer, request: web.Request, info: ResourceInfo, ns: str,
-                        name: str) -> web.StreamResponse:
-    pod = server._must_get(info, ns, name)
-    q = request.query
+def container_of(pod: dict[str, Any], requested: str | None) -> str:
+    """The container a log or attach request means: the one named, or the pod's only one."""
+    name = pod["metadata"]["name"]
     spec = pod.get("spec") or {}
     names = [c.get("name") for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])]
     main_names = [c.get("name") for c in spec.get("containers") or []]
-    container = q.get("container")
+    container = requested
     if not container:
         if len(main_names) != 1:
             raise ApiError(400, f"a container name must be specified for pod {name}, choose one of: "
@@ -77,13 +76,21 @@ async def serve_pod_log(server: ApiServer, request: web.Request, info: ResourceI
         container = str(main_names[0])
     if container not in names:
         raise ApiError(400, f"container {container} is not valid for pod {name}", "BadRequest")
+    return container
+
+
+async def serve_pod_log(server: ApiServer, request: web.Request, info: ResourceInfo, ns: str,
+                        name: str) -> web.StreamResponse:
+    pod = server._must_get(info, ns, name)
+    q = request.query
+    container = container_of(pod, q.get("container"))
     if q.get("previous") in ("true", "1"):
         # restartPolicy Never: containers are never restarted, so there is no previous instance.
         raise ApiError(400, f'previous terminated container "{container}" in pod "{name}" not found', "BadRequest")
     uid = pod["metadata"].get("uid", "")
     path = log_path(server.state_dir, ns, name, uid, container) if server.state_dir else None
     if path is None or not path.exists():
-        state = _container_state(pod, container)
+        state = container_state(pod, container)
         if "terminated" not in state and "running" not in state:
             reason = (state.get("waiting") or {}).get("reason") or "ContainerCreating"
             raise ApiError(400, f'container "{container}" in pod "{name}" is waiting to start: {reason}',
@@ -125,7 +132,7 @@ async def serve_pod_log(server: ApiServer, request: web.Request, info: ResourceI
     while more:
         current = server.store.get(info.store_key, ns, name)
         done = current is None or current["metadata"].get("uid") != uid or \
-            "terminated" in _container_state(current, container)
+            "terminated" in container_state(current, container)
         if path is not None and path.exists():
             with path.open("rb") as f:
                 f.seek(offset)

@@ -39,6 +39,8 @@ class ResourceInfo:
     served_versions: list[str] = field(default_factory=list)
     # The storage version's schema when it differs (an object is stored, so also pruned, through it).
     storage_schema: dict[str, Any] | None = None
+    #: A custom resource's scale subresource: specReplicasPath, statusReplicasPath, labelSelectorPath.
+    scale: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not self.singular:
@@ -101,8 +103,8 @@ def builtin_resources() -> list[ResourceInfo]:
     return [
         _r("", "v1", "namespaces", "Namespace", False, ["ns"], ["status", "finalize"],
            verbs=["create", "delete", "get", "list", "patch", "update", "watch"]),
-        _r("", "v1", "pods", "Pod", True, ["po"], ["status", "log", "binding", "eviction", "ephemeralcontainers"],
-           ["all"], gen=True),
+        _r("", "v1", "pods", "Pod", True, ["po"],
+           ["status", "log", "binding", "eviction", "ephemeralcontainers", "attach"], ["all"], gen=True),
         _r("", "v1", "configmaps", "ConfigMap", True, ["cm"]),
         _r("", "v1", "secrets", "Secret", True),
         _r("", "v1", "events", "Event", True, ["ev"]),
@@ -250,6 +252,7 @@ def resources_from_crd(crd: dict[str, Any]) -> list[ResourceInfo]:
                 storage_version=storage,
                 served_versions=served,
                 storage_schema=schemas.get(storage) if schemas.get(storage) != schema else None,
+                scale=dict(subres["scale"]) if isinstance(subres.get("scale"), dict) else None,
             )
         )
     return out

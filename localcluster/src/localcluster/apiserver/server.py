@@ -33,6 +33,7 @@ from localcluster.apiserver import (
     validation,
 )
 from localcluster.apiserver import patch as patch_mod
+from localcluster.apiserver.attach import serve_pod_attach
 from localcluster.apiserver.bookmarks import bookmark, next_bookmark
 from localcluster.apiserver.faults import FaultRule, Faults
 from localcluster.apiserver.listopts import (
@@ -47,6 +48,7 @@ from localcluster.apiserver.listopts import (
 from localcluster.apiserver.logs import serve_pod_log
 from localcluster.apiserver.patch import json_copy, json_patch, merge_patch, strategic_merge
 from localcluster.apiserver.resources import Registry, ResourceInfo, resources_from_crd
+from localcluster.apiserver.scale import serve_scale
 from localcluster.apiserver.selectors import combine, parse_field_selector, parse_label_selector
 from localcluster.apiserver.status import (
     ApiError,
@@ -524,6 +526,17 @@ class ApiServer:
         except (ValueError, yaml.YAMLError) as e:
             raise ApiError(400, f"the body of the request was in an unknown format: {e}", "BadRequest") from None
 
+    async def _streaming_subresource(self, request: web.Request, info: ResourceInfo, ri: ReqInfo, ns: str,
+                                     verb: str) -> web.StreamResponse | None:
+        """The subresources served by their own modules (pod logs and attach, custom resources' scale)."""
+        if ri.sub == "log":
+            return await serve_pod_log(self, request, info, ns, ri.name)
+        if ri.sub == "attach" and request.method in ("GET", "POST"):
+            return await serve_pod_attach(self, request, info, ns, ri.name)
+        if ri.sub == "scale" and info.scale is not None:
+            return await serve_scale(self, request, info, ns, ri.name, verb)
+        return None
+
     async def _resource(self, request: web.Request, ri: ReqInfo) -> web.StreamResponse:
         info = self._info(ri)
         q = request.query
@@ -538,8 +551,9 @@ class ApiServer:
             raise ApiError(404, "the server could not find the requested resource", "NotFound")
         dry_run = q.getall("dryRun", [])
         dry = "All" in dry_run
-        if ri.sub == "log":
-            return await serve_pod_log(self, request, info, ns, ri.name)
+        streamed = await self._streaming_subresource(request, info, ri, ns, verb)
+        if streamed is not None:
+            return streamed
         # custom resources (and their status) have no protobuf form; their Scale has
         out = negotiation.negotiate(request.headers.get("Accept", ""), info.custom and ri.sub != "scale", verb)
         if verb == "list":
