@@ -5,7 +5,7 @@ Every function takes the current `BreakerState` and the time as arguments and re
 the rules testable and lets `breaker_store` re-apply the same step after an optimistic-concurrency
 conflict against a freshly read status.
 
-The machine (DESIGN.md, ExecutionClass `status.circuitBreaker`):
+The machine (held in the ExecutionClass's `status.circuitBreaker`):
 
 * ``closed``: every launch is admitted. Consecutive failures of types whose `trips_breaker` flag is
   set are counted; a launch that reached the user's code resets the count. At `failure_threshold`
