@@ -358,3 +358,12 @@ def test_the_sync_client_refuses_calls_from_its_own_io_thread() -> None:
         assert loop.run(asyncio.sleep(0, "still serving")) == "still serving"
     finally:
         loop.stop()
+
+
+def test_the_runners_own_log_lines_are_not_the_codes_output() -> None:
+    from execution_operator.client import aio
+    from execution_operator.runner.report import MARKER
+    from execution_operator.runner.warm import PAYLOAD_MARKER
+
+    lines = [f"{PAYLOAD_MARKER} 143", "hello", f"{MARKER} abc 1/1 {{}}", f"{MARKER}ish is the code's"]
+    assert [line for line in lines if not line.startswith(aio._REPORT_PREFIX)] == ["hello", f"{MARKER}ish is the code's"]

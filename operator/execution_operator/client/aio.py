@@ -23,12 +23,14 @@ from execution_operator.client.exceptions import ClientError, WaitTimeout
 from execution_operator.client.result import ExecutionResult
 from execution_operator.k8s import MERGE_PATCH, ApiError, KubeClient, path_for
 from execution_operator.runner.report import MARKER
+from execution_operator.runner.warm import PAYLOAD_MARKER
 
 USER_AGENT = f"execution-operator-client/{__version__}"
 #: Set on every Execution of one `run_many` batch, so one watch with a label selector follows them all.
 BATCH_LABEL = LABEL_CLIENT_BATCH
 CRD_NAME = f"{EXECUTIONS}.{GROUP}"
-_REPORT_PREFIX = MARKER + " "
+#: The runner's own lines in a sandbox's log (its report, a warm pod's receipt): never the code's output.
+_REPORT_PREFIX = (MARKER + " ", PAYLOAD_MARKER + " ")
 
 #: A callback fed the code's output lines (plain or async).
 OutputCallback = Callable[[str], Awaitable[None] | None]
