@@ -50,13 +50,6 @@ def holder_of(key: tuple[str, str], attempt: int) -> str:
     return f"{key[0]}/{key[1]}#{attempt}"
 
 
-def _rv(body: Mapping[str, Any]) -> int:
-    try:
-        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
-
-
 class _CachingClient:
     """Passes requests through and keeps the freshest ExecutionClass it sees in the shared cache.
 
@@ -72,7 +65,7 @@ class _CachingClient:
         if obj.get("kind") == Kind.EXECUTION_CLASS:
             name = obj["metadata"]["name"]
             current = self.cache.get(name)
-            if current is None or _rv(obj) >= _rv(current):
+            if current is None or resource_version(obj) >= resource_version(current):
                 self.cache[name] = obj
         return obj
 

@@ -28,7 +28,7 @@ from execution_operator.api import API_VERSION, WARM_POOLS, ConditionType, Kind
 from execution_operator.classify import classify_create_error, classify_stuck_pod
 from execution_operator.errors import ErrorType
 from execution_operator.gates import Gates
-from execution_operator.k8s import ApiError, KubeClient, path_for
+from execution_operator.k8s import ApiError, KubeClient, path_for, resource_version
 from execution_operator.models import ExecutionClassSpec, ExecutionSpec, WarmPoolSpec
 from execution_operator.sandbox import ExecutionRef, label_value
 
@@ -40,13 +40,6 @@ STATUS_DEBOUNCE_SECONDS = 1.0
 #: Pods tried per claim before falling back to a cold launch (each loss is a 409 to another claimer).
 CLAIM_TRIES = 3
 HANDOVER_TIMEOUT_SECONDS = 10.0
-
-
-def _rv(body: Mapping[str, Any]) -> int:
-    try:
-        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
 
 
 def _key(body: Mapping[str, Any]) -> Key:
@@ -103,7 +96,7 @@ class WarmPools:
             return
         current = self.pools.get(key)
         replaced = current is not None and current["metadata"].get("uid") != body["metadata"].get("uid")
-        if current is None or replaced or _rv(body) >= _rv(current):
+        if current is None or replaced or resource_version(body) >= resource_version(current):
             self.pools[key] = dict(body)
         await self.reconcile(key)
 
@@ -126,7 +119,7 @@ class WarmPools:
                 self.handed.discard(uid)
         else:
             current = self.pods.get(pkey)
-            if current is None or _rv(body) >= _rv(current):
+            if current is None or resource_version(body) >= resource_version(current):
                 self.pods[pkey] = dict(body)
         if pool_label:
             for key in self._pools_labelled(pkey[0], pool_label):
@@ -268,7 +261,7 @@ class WarmPools:
                     log.warning("warm pool status not written", namespace=key[0], pool=key[1], error=str(exc)[:300])
                 return
             current = self.pools.get(key)
-            if current is not None and _rv(updated) >= _rv(current):
+            if current is not None and resource_version(updated) >= resource_version(current):
                 self.pools[key] = updated
 
     def _holder(self, key: Key, pod: Mapping[str, Any] | str) -> Key:
