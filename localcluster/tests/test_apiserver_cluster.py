@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from test_apiserver_support import wait_for
 
 from localcluster.apiserver import FaultRule
 from localcluster.cluster import LocalCluster
@@ -32,16 +32,6 @@ def http(url: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"null")
-
-
-def wait_for(check: Any, within: float = 30.0) -> Any:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError("condition not met before the deadline")
 
 
 def test_up_command_prints_ready_line_writes_kubeconfig_and_stops_on_sigterm(tmp_path: Path) -> None:

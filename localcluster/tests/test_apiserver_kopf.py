@@ -8,7 +8,6 @@ and annotations, and Events.
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import kopf
 import pytest
 from kopf.testing import KopfRunner
+from test_apiserver_support import wait_for
 
 from localcluster.cluster import LocalCluster
 from localcluster.testing import run_cluster_in_thread
@@ -48,16 +48,6 @@ def http(cluster: LocalCluster, method: str, path: str, body: Any = None) -> Any
         if e.code == 404:
             return None
         raise
-
-
-def wait_for(check: Any, within: float = 30.0) -> Any:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError("condition not met before the deadline")
 
 
 @pytest.fixture

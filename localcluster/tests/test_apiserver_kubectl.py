@@ -12,13 +12,13 @@ import queue
 import shutil
 import subprocess
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_apiserver_support import wait_for
 
 from localcluster.cluster import LocalCluster
 from localcluster.testing import run_cluster_in_thread
@@ -99,16 +99,6 @@ def api(
     req = urllib.request.Request(cluster.url + path, data=data, method=method, headers={"Content-Type": ctype})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read() or b"null")
-
-
-def wait_for(check: Any, within: float = 20.0) -> Any:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError("condition not met before the deadline")
 
 
 EX = "/apis/sandbox.dev/v1alpha1/namespaces/default/executions"
@@ -212,7 +202,7 @@ def test_wait_for_condition_true_and_false(kubectl: Kubectl, cluster: LocalClust
         kubectl("apply", "-f", "-", stdin=EXECUTION.format(name=name))
         waiter = kubectl.popen("wait", f"--for=condition=Succeeded={value}", f"ex/{name}", "--timeout=30s")
         # let kubectl reach its watch before the condition appears
-        wait_for(
+        wait_for(within=20.0, check=
             lambda n=name: any(
                 r.verb == "watch" and r.resource == "executions" and n in r.path for r in cluster.apiserver.request_log
             )

@@ -10,6 +10,8 @@ from typing import Any
 
 import aiohttp
 
+from localcluster.testing import wait_until
+
 JSON = "application/json"
 MERGE = "application/merge-patch+json"
 JSONPATCH = "application/json-patch+json"
@@ -139,3 +141,8 @@ def cm(name: str, labels: dict[str, str] | None = None, **data: str) -> dict[str
 def pod(name: str, labels: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels or {}},
             "spec": {"containers": [{"name": "main", "image": "busybox:1.36"}], **spec}}
+
+
+def wait_for(check: Callable[[], Any], within: float = 30.0) -> Any:
+    """`check()` once it is truthy, polled every 50 ms; AssertionError after `within` seconds."""
+    return wait_until(check, timeout=within, what="the condition", interval=0.05)
