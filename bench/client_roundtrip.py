@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
+sys.path[:0] = [str(ROOT)]  # for `bench.*`; the project and the local cluster are installed
 
-from bench.throughput import percentile  # noqa: E402
-from tests.e2e.procs import OperatorProcess, start_local_cluster, stop_process  # noqa: E402
+from bench.throughput import cluster_manifests, percentile  # noqa: E402
 
 from execution_operator.client import Client  # noqa: E402
+from localcluster.testing import OperatorProcess, start_cluster_process, stop_process  # noqa: E402
 
 
 def cpu_seconds() -> float:
@@ -61,8 +61,8 @@ def main() -> None:
         measure(args.kubeconfig, args.namespace, args.count, args.warmup)
         return
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        cluster = start_local_cluster(Path(tmp))
-        op = OperatorProcess(cluster.kubeconfig, Path(tmp) / "operator.log")
+        cluster = start_cluster_process(Path(tmp), cluster_manifests(Path(tmp)), cwd=ROOT)
+        op = OperatorProcess(cluster.kubeconfig, Path(tmp) / "operator.log", cwd=ROOT)
         try:
             op.start()
             measure(cluster.kubeconfig, args.namespace, args.count, args.warmup)

@@ -32,7 +32,7 @@ sys.path[:0] = [str(ROOT)]
 import kopf  # noqa: E402
 from bench.throughput import (  # noqa: E402
     API,
-    CLUSTER_MANIFESTS,
+    cluster_manifests,
     machine_busy_seconds,
     percentile,
     watch,
@@ -236,7 +236,7 @@ def main() -> None:
         cluster = op = None
         kubeconfig = args.kubeconfig
         if not kubeconfig:
-            cluster = start_cluster_process(Path(tmp), CLUSTER_MANIFESTS, cwd=ROOT)
+            cluster = start_cluster_process(Path(tmp), cluster_manifests(Path(tmp)), cwd=ROOT)
             kubeconfig = cluster.kubeconfig
             op = OperatorProcess(kubeconfig, Path(tmp) / "operator.log", cwd=ROOT)
             op.start()

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]  # for `bench.*`; the project and the local cluster are installed
 
 import kopf  # noqa: E402
-from bench.throughput import CLUSTER_MANIFESTS, apiserver_writes, cpu_seconds, operator_writes, percentile, watch  # noqa: E402
+from bench.throughput import apiserver_writes, cluster_manifests, cpu_seconds, operator_writes, percentile, watch  # noqa: E402
 
 from execution_operator.k8s import ApiError, KubeClient, path_for  # noqa: E402
 from localcluster.testing import OperatorProcess, start_cluster_process, stop_process  # noqa: E402
@@ -349,7 +349,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="storm-") as tmp:
         kubeconfig = args.kubeconfig
         if not kubeconfig:
-            cluster = start_cluster_process(Path(tmp), CLUSTER_MANIFESTS, cwd=ROOT)
+            cluster = start_cluster_process(Path(tmp), cluster_manifests(Path(tmp)), cwd=ROOT)
             kubeconfig = cluster.kubeconfig
         op = None
         if cluster is not None or args.run_operator:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,9 +40,22 @@ from execution_operator.k8s import ApiError, KubeClient, path_for  # noqa: E402
 from localcluster.testing import OperatorProcess, start_cluster_process, stop_process  # noqa: E402
 
 API = "sandbox.dev/v1alpha1"
-#: What a local cluster of the benchmarks gets before the operator starts: the CRDs, the demo's classes.
-CLUSTER_MANIFESTS = (ROOT / "crds", ROOT / "manifests" / "local" / "classes.yaml")
+CHART = ROOT / "charts" / "execution-operator"
 WRITE_VERBS = ("create", "update", "patch", "delete")
+
+
+def cluster_manifests(state: Path) -> tuple[Path, ...]:
+    """What a local cluster of the benchmarks gets before the operator starts: the CRDs, then the
+    ExecutionClasses the Helm chart installs (rendered by `helm template`, as `make demo` installs them)."""
+    local = ROOT / ".tools" / "bin" / "helm"
+    helm = str(local) if local.exists() else (shutil.which("helm") or "helm")
+    rendered = subprocess.run([helm, "template", "bench", str(CHART), "--show-only", "templates/executionclasses.yaml"],
+                              check=False, capture_output=True, text=True, timeout=120)
+    if rendered.returncode != 0:
+        raise SystemExit(f"helm template {CHART} failed (run `make tools`): {rendered.stderr.strip()}")
+    classes = state / "executionclasses.yaml"
+    classes.write_text(rendered.stdout, encoding="utf-8")
+    return (ROOT / "crds", classes)
 
 
 @dataclass
@@ -316,7 +331,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         kubeconfig = args.kubeconfig
         if not kubeconfig:
-            cluster = start_cluster_process(Path(tmp), CLUSTER_MANIFESTS, cwd=ROOT)
+            cluster = start_cluster_process(Path(tmp), cluster_manifests(Path(tmp)), cwd=ROOT)
             kubeconfig = cluster.kubeconfig
         op = None
         if cluster is not None or args.run_operator:

@@ -169,8 +169,11 @@ def start_cluster_process(state: Path, manifests: Sequence[Path] = (), cwd: Path
     kubectl = kubectl_binary()
     env = dict(os.environ, KUBECONFIG=str(kubeconfig))
     for manifest in manifests:
-        subprocess.run([kubectl, "apply", "--server-side", "-f", str(manifest)], env=env, check=True,
-                       capture_output=True, text=True, timeout=120)
+        applied = subprocess.run([kubectl, "apply", "--server-side", "-f", str(manifest)], env=env, check=False,
+                                 capture_output=True, text=True, timeout=120)
+        if applied.returncode != 0:
+            raise AssertionError(f"kubectl apply -f {manifest} exited with {applied.returncode}: "
+                                 f"{applied.stderr.strip() or applied.stdout.strip()}")
         # Before the next manifest, which may hold objects of these CRDs (none: kubectl says so, harmlessly).
         subprocess.run([kubectl, "wait", "crd", "--all", "--for=condition=Established", "--timeout=30s"],
                        env=env, check=False, capture_output=True, text=True, timeout=60)
