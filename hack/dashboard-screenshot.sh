@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Screenshot of the Grafana dashboard's data: the local cluster and the real operator run a mixed workload
 # (successes, user errors, a retried flaky call, a class whose image cannot be pulled and trips its
-# breaker) while a real Prometheus (127.0.0.1, temporary storage) scrapes the operator; every panel's
+# breaker, a warm pool in one namespace) while a real Prometheus (127.0.0.1, temporary storage) scrapes the operator; every panel's
 # query result is drawn on the dashboard's grid and captured with headless Chromium. Grafana itself is
 # not needed. SYNTHETIC=1 feeds a synthetic workload into an in-process metrics endpoint instead.
 #

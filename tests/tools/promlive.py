@@ -459,7 +459,8 @@ OPERATOR_WORKLOAD = {
 @contextlib.contextmanager
 def operator_stack(prometheus: str, seconds: float) -> Iterator[Prometheus]:
     """The local cluster, the real operator, Prometheus scraping it, and a mixed workload of Executions
-    (successes, user errors, a retried flaky call, and a class with a broken image that trips its breaker)."""
+    (successes, user errors, a retried flaky call, a class with a broken image that trips its breaker, and
+    a warm pool in one namespace)."""
     import uuid
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repo root
@@ -479,6 +480,12 @@ def operator_stack(prometheus: str, seconds: float) -> Iterator[Prometheus]:
             kube.run("apply", "-f", "-", input=json.dumps(broken), namespaced=False)
             for team in ("team-a", "team-b"):
                 kube.run("create", "namespace", team, namespaced=False)
+            # team-a's Executions of the default class claim warm pods; a pool smaller than each round's
+            # demand also shows misses that fall back to a cold launch.
+            pool = {"apiVersion": "sandbox.dev/v1alpha1", "kind": "WarmPool",
+                    "metadata": {"name": "default", "namespace": "team-a"},
+                    "spec": {"executionClassName": "default", "replicas": 3}}
+            kube.run("apply", "-f", "-", input=json.dumps(pool), namespaced=False)
             with Prometheus([f"127.0.0.1:{op.metrics_port}"], binary=prometheus) as prom:
                 prom.wait_for(prom.targets_up, 30, "operator metrics target never came up")
                 deadline = time.monotonic() + seconds
