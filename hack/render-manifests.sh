@@ -3,7 +3,7 @@
 # same objects: kubectl apply --server-side -f manifests/install/
 #
 # Usage: hack/render-manifests.sh [OUT_DIR]   (default manifests/install)
-# tests/tools/test_manifests.py renders into a temporary directory and fails when the result differs.
+# tests/tools/test_install_manifests.py renders into a temporary directory and fails when the result differs.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:-$ROOT/manifests/install}

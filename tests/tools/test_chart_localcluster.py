@@ -23,7 +23,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from promlive import Prometheus, free_port, has_finite_value, substitute
-from toolkit import CHART, NAMESPACE, ROOT, TOOLS_BIN, HelmRun, find_tool, template_args
+from toolkit import CHART, NAMESPACE, ROOT, TOOLS_BIN, HelmRun, find_tool, operator_role, template_args
 
 from execution_operator import dashboard
 from execution_operator.sandbox import NETWORK_POLICY_NAME
@@ -127,7 +127,7 @@ OPERATOR_USER_AGENTS = ("execution-operator", "kopf/")
 
 def _assert_rbac_covers_the_operator(records: list[Any], rendered: str) -> None:
     """Every API request the operator (its client and kopf) made is one the chart's ClusterRole allows."""
-    (role,) = [d for d in yaml.safe_load_all(rendered) if d and d.get("kind") == "ClusterRole"]
+    role = operator_role([d for d in yaml.safe_load_all(rendered) if d])
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
                for v in rule["verbs"]}
     used: set[tuple[str, str, str]] = set()

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import yaml
 from kopf._cogs.structs.references import match_namespace
-from toolkit import CHART, NAMESPACE, ROOT, HelmRun, Render, by_kind, crd_schemas, template_args
+from toolkit import CHART, NAMESPACE, ROOT, HelmRun, Render, by_kind, crd_schemas, operator_role, template_args
 
 from execution_operator import dashboard
 from execution_operator.__main__ import parse_args
@@ -184,7 +184,7 @@ def test_watch_namespaces_refuses_what_is_no_namespace_pattern(run_helm: HelmRun
 
 
 def test_rbac_grants_only_what_the_code_uses(render: Render) -> None:
-    (role,) = by_kind(render(), "ClusterRole")
+    role = operator_role(render())
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
     granted = _granted(role)
@@ -196,6 +196,25 @@ def test_rbac_grants_only_what_the_code_uses(render: Render) -> None:
     assert not missing, f"the code that needed these permissions is gone (drop them from rbac.yaml): {missing}"
 
 
+def test_user_roles_aggregate_into_the_built_in_roles(render: Render) -> None:
+    roles = {r["metadata"]["name"]: r for r in by_kind(render(), "ClusterRole")}
+    edit, view = roles["execution-operator-edit"], roles["execution-operator-view"]
+    assert {k for k, v in edit["metadata"]["labels"].items() if v == "true"} == {
+        "rbac.authorization.k8s.io/aggregate-to-admin", "rbac.authorization.k8s.io/aggregate-to-edit"}
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    edits, views = _granted(edit), _granted(view)
+    assert ("sandbox.dev", "executions", "create") in edits and ("sandbox.dev", "warmpools/scale", "update") in edits
+    assert ("sandbox.dev", "deadletters", "patch") in edits, "a replay is an annotation"
+    # DeadLetters are the operator's records; status is the operator's; pods are not these roles' business.
+    assert not {p for p in edits if p[1] == "deadletters" and p[2] in ("create", "update")}
+    assert not {p for p in edits | views if p[1].endswith("/status") or p[0] != "sandbox.dev"}
+    assert {v for g, r, v in views} == {"get", "list", "watch"}
+    assert ("sandbox.dev", "executionclasses", "list") in views
+    for name in ("execution-operator-edit", "execution-operator-view"):
+        assert name not in {r["metadata"]["name"] for r in by_kind(render(["rbac.aggregateToDefaultRoles=false"]),
+                                                                     "ClusterRole")}
+
+
 def test_peering_option(render: Render, run_helm: HelmRun) -> None:
     objs = render(["peering.enabled=true", "replicaCount=2"])
     (dep,) = by_kind(objs, "Deployment")
@@ -203,8 +222,7 @@ def test_peering_option(render: Render, run_helm: HelmRun) -> None:
     assert "--peering=execution-operator" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
     crds = {o["metadata"]["name"] for o in by_kind(objs, "CustomResourceDefinition")}
     assert crds == {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
-    (role,) = by_kind(objs, "ClusterRole")
-    assert any("clusterkopfpeerings" in r["resources"] for r in role["rules"])
+    assert any("clusterkopfpeerings" in r["resources"] for r in operator_role(objs)["rules"])
     # Two replicas without peering would run two active operators.
     proc = run_helm(*template_args(["replicaCount=2"]), check=False)
     assert proc.returncode != 0 and "peering.enabled" in proc.stderr

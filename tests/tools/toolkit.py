@@ -101,6 +101,15 @@ def by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [o for o in objs if o.get("kind") == kind]
 
 
+def operator_role(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ClusterRole that a ClusterRoleBinding grants to a ServiceAccount: the operator's own (the
+    chart's other ClusterRoles are for users)."""
+    (binding,) = [b for b in by_kind(objs, "ClusterRoleBinding")
+                  if any(s.get("kind") == "ServiceAccount" for s in b.get("subjects") or [])]
+    (role,) = [r for r in by_kind(objs, "ClusterRole") if r["metadata"]["name"] == binding["roleRef"]["name"]]
+    return role
+
+
 def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
     """(apiVersion, kind) -> openAPIV3Schema for every CRD version in the chart's crds/."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
