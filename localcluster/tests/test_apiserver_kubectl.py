@@ -171,7 +171,7 @@ def read_lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
     return lines
 
 
-def next_line(lines: queue.Queue[str], proc: subprocess.Popen[str], within: float = 20.0) -> str:
+def next_line(lines: queue.Queue[str], proc: subprocess.Popen[str], within: float = 60.0) -> str:
     try:
         return lines.get(timeout=within)
     except queue.Empty:
