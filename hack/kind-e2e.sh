@@ -8,6 +8,7 @@
 #   KEEP_CLUSTER=0 delete the cluster at the end
 #   TAG            image tag (default: the chart's appVersion, which the chart's ExecutionClasses use)
 #   SKIP_BUILD=1   reuse images already built with TAG
+#   LATENCY_BENCH=1 after the suite, bench/latency.py against the cluster (LATENCY_ARGS: its arguments)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -78,5 +79,12 @@ E2E_KUBECONFIG="$KUBECONFIG_E2E" E2E_SANDBOX_IMAGE="$REGISTRY/sandbox:$TAG" \
 if [[ $status -ne 0 ]]; then
   log "suite failed; operator logs:"
   kubectl -n "$NAMESPACE" logs deployment/execution-operator --tail=200 || true
+fi
+# 5. LATENCY_BENCH=1: warm against cold where a cold pod start is a real one (sandbox, CNI, container
+# runtime), ending with bench/latency.py's SUMMARY line.
+if [[ $status -eq 0 && "${LATENCY_BENCH:-0}" == "1" ]]; then
+  log "bench/latency.py against kind"
+  "$PY" bench/latency.py --kubeconfig "$KUBECONFIG_E2E" ${LATENCY_ARGS:---count 30 --burst 30 --burst-pool 10} \
+    || status=$?
 fi
 exit $status

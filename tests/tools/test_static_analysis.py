@@ -101,6 +101,7 @@ def test_kind_e2e_wiring() -> None:
     assert "images=(operator sandbox sandbox-data)" in text
     assert 'docker build --target "$target"' in text
     assert "kind load docker-image" in text and "helm upgrade --install" in text and "E2E_KUBECONFIG" in text
+    assert "bench/latency.py --kubeconfig" in text, "warm against cold is measured where a cold start is real"
     workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "e2e-kind.yaml").read_text())
     steps = [s.get("run", "") for job in workflow["jobs"].values() for s in job["steps"]]
     assert any("hack/kind-e2e.sh" in run for run in steps)
