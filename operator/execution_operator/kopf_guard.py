@@ -8,7 +8,7 @@ either, so `install` swaps in, at kopf's own module attributes:
   by the handlers);
 - a watch loop that logs any failure of a watch stream and opens a new one with backoff, instead of
   letting the error end the watcher (kopf's own loop already does that for 410 Gone and 429).
-`tests/unit/test_kopf_guard.py` runs kopf's real stream code through these hooks, so a kopf upgrade
+`tests/unit/test_reliability.py` runs kopf's real stream code through these hooks, so a kopf upgrade
 that moves them fails there.
 """
 
