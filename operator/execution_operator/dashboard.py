@@ -79,256 +79,281 @@ _BREAKER_MAPPINGS: Final[list[dict[str, Any]]] = [
 ]
 
 
+def _executions_row() -> Row:
+    """The "Executions" row: outcomes, failures, success ratio, in flight, duration, launch latency, retries."""
+    return Row(
+        "Executions",
+        (
+            Panel(
+                "Executions per second by outcome",
+                "Executions reaching a terminal phase, split by outcome.",
+                (
+                    Target(
+                        f"sum by (outcome) (rate(sandbox_executions_total{{{NS_CLASS}}}[$__rate_interval]))",
+                        "{{outcome}}",
+                    ),
+                ),
+                unit="ops",
+            ),
+            Panel(
+                "Failures per second by error type",
+                "Terminal failures by their stable error type (see docs/errors.md).",
+                (
+                    Target(
+                        "sum by (error_type) (rate(sandbox_executions_total"
+                        f'{{{NS_CLASS}, outcome!="succeeded"}}[$__rate_interval]))',
+                        "{{error_type}}",
+                    ),
+                ),
+                unit="ops",
+            ),
+            Panel(
+                "Success ratio",
+                "Share of terminal executions that succeeded.",
+                (
+                    Target(
+                        "sum(rate(sandbox_executions_total"
+                        f'{{{NS_CLASS}, outcome="succeeded"}}[$__rate_interval]))'
+                        f" / sum(rate(sandbox_executions_total{{{NS_CLASS}}}[$__rate_interval]))",
+                        "success ratio",
+                    ),
+                ),
+                kind="stat",
+                unit="percentunit",
+                width=6,
+                options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
+                field_config={
+                    "min": 0,
+                    "max": 1,
+                    "thresholds": {
+                        "mode": "absolute",
+                        "steps": [
+                            {"color": "red", "value": None},
+                            {"color": "yellow", "value": 0.8},
+                            {"color": "green", "value": 0.95},
+                        ],
+                    },
+                },
+            ),
+            Panel(
+                "In flight by phase",
+                "Executions not yet terminal: Pending (waiting or queued), Running, Retrying.",
+                (
+                    Target(
+                        f"sum by (phase) (sandbox_executions_in_flight{{{CLASS}}})",
+                        "{{phase}}",
+                    ),
+                ),
+                width=18,
+            ),
+            Panel(
+                "Execution duration",
+                "Run time of the user code, percentiles over all terminal executions.",
+                _quantiles("sandbox_execution_duration_seconds", CLASS),
+                unit="s",
+            ),
+            Panel(
+                "Launch latency",
+                "Execution created to user code started (scheduling, image pull, runner start), warm and "
+                "cold launches together.",
+                _quantiles("sandbox_launch_latency_seconds", CLASS),
+                unit="s",
+            ),
+            Panel(
+                "Retries per second by error type",
+                "Attempts retried after a retryable failure.",
+                (
+                    Target(
+                        f"sum by (error_type) (rate(sandbox_retries_total{{{CLASS}}}[$__rate_interval]))",
+                        "{{error_type}}",
+                    ),
+                ),
+                unit="ops",
+                width=24,
+            ),
+        ),
+    )
+
+
+def _circuit_breaker_row() -> Row:
+    """The "Circuit breaker" row: each class's circuit state and its transitions."""
+    return Row(
+        "Circuit breaker",
+        (
+            Panel(
+                "Circuit breaker state per class",
+                "0 closed, 1 half-open, 2 open. An open circuit holds launches of that class.",
+                (
+                    Target(
+                        f"max by (class) (sandbox_circuit_breaker_state{{{CLASS}}})",
+                        "{{class}}",
+                    ),
+                ),
+                kind="state-timeline",
+                field_config={
+                    "mappings": _BREAKER_MAPPINGS,
+                    "thresholds": {
+                        "mode": "absolute",
+                        "steps": [
+                            {"color": "green", "value": None},
+                            {"color": "yellow", "value": 1},
+                            {"color": "red", "value": 2},
+                        ],
+                    },
+                },
+            ),
+            Panel(
+                "Circuit breaker transitions",
+                "State changes per class, by the state entered.",
+                (
+                    Target(
+                        "sum by (class, to) (increase(sandbox_circuit_breaker_transitions_total"
+                        f"{{{CLASS}}}[$__rate_interval]))",
+                        "{{class}} → {{to}}",
+                    ),
+                ),
+            ),
+        ),
+    )
+
+
+def _warm_pools_row() -> Row:
+    """The "Warm pools" row: pool pods, claims by result, and launch latency warm and cold apart."""
+    return Row(
+        "Warm pools",
+        (
+            Panel(
+                "Warm pool pods",
+                "Unclaimed pods of WarmPools: ready to be claimed, or still starting.",
+                (
+                    Target(
+                        f"sum by (namespace, class, state) (sandbox_warm_pool_pods{{{NS_CLASS}}})",
+                        "{{namespace}} {{class}} {{state}}",
+                    ),
+                ),
+                width=8,
+            ),
+            Panel(
+                "Warm claims per second by result",
+                "hit: a warm pod ran the Execution; miss: no ready pod, launched cold; handover_failed: "
+                "that pod deleted, launched cold.",
+                (
+                    Target(
+                        "sum by (result) (rate(sandbox_warm_claims_total"
+                        f"{{{CLASS}}}[$__rate_interval]))",
+                        "{{result}}",
+                    ),
+                ),
+                unit="ops",
+                width=8,
+            ),
+            Panel(
+                "Launch latency by path",
+                "Execution created to user code started, warm (claimed pod) and cold (new pod) apart.",
+                _quantiles("sandbox_launch_latency_seconds", CLASS, by="launch"),
+                unit="s",
+                width=8,
+            ),
+        ),
+    )
+
+
+def _dead_letters_row() -> Row:
+    """The "Dead letters" row: DeadLetters created per second and stored per namespace."""
+    return Row(
+        "Dead letters",
+        (
+            Panel(
+                "Dead letters created per second",
+                "Terminal failures copied into DeadLetter objects, by error type.",
+                (
+                    Target(
+                        "sum by (namespace, error_type) (rate(sandbox_dead_letters_total"
+                        f"{{{NS_CLASS}}}[$__rate_interval]))",
+                        "{{namespace}} {{error_type}}",
+                    ),
+                ),
+                unit="ops",
+            ),
+            Panel(
+                "Dead letters stored",
+                "DeadLetter objects currently kept per namespace (retention trims them).",
+                (
+                    Target(
+                        f"sum by (namespace) (sandbox_dead_letters_present{{{NS}}})",
+                        "{{namespace}}",
+                    ),
+                ),
+            ),
+        ),
+    )
+
+
+def _operator_health_row() -> Row:
+    """The "Operator health" row: reconcile errors, API requests and their latency, watch restarts."""
+    return Row(
+        "Operator health",
+        (
+            Panel(
+                "Reconcile errors per second",
+                "Handler invocations that raised, by resource kind.",
+                (
+                    Target(
+                        "sum by (kind) (rate(sandbox_reconcile_errors_total[$__rate_interval]))",
+                        "{{kind}}",
+                    ),
+                ),
+                unit="ops",
+                width=8,
+            ),
+            Panel(
+                "API requests per second",
+                "Kubernetes API requests by verb and HTTP status code.",
+                (
+                    Target(
+                        "sum by (verb, code) (rate(sandbox_api_requests_total[$__rate_interval]))",
+                        "{{verb}} {{code}}",
+                    ),
+                ),
+                unit="reqps",
+                width=8,
+            ),
+            Panel(
+                "API request latency p99",
+                "99th percentile Kubernetes API latency by verb.",
+                (
+                    Target(
+                        "histogram_quantile(0.99, sum by (le, verb) "
+                        "(rate(sandbox_api_request_duration_seconds_bucket[$__rate_interval])))",
+                        "{{verb}}",
+                    ),
+                ),
+                unit="s",
+                width=8,
+            ),
+            Panel(
+                "Watch restarts",
+                "Watch streams re-established; a steady climb means a flaky API connection.",
+                (
+                    Target(
+                        "sum by (resource) (increase(sandbox_watch_restarts_total[$__rate_interval]))",
+                        "{{resource}}",
+                    ),
+                ),
+                width=24,
+            ),
+        ),
+    )
+
+
 def rows() -> tuple[Row, ...]:
     """The dashboard content, row by row."""
     return (
-        Row(
-            "Executions",
-            (
-                Panel(
-                    "Executions per second by outcome",
-                    "Executions reaching a terminal phase, split by outcome.",
-                    (
-                        Target(
-                            f"sum by (outcome) (rate(sandbox_executions_total{{{NS_CLASS}}}[$__rate_interval]))",
-                            "{{outcome}}",
-                        ),
-                    ),
-                    unit="ops",
-                ),
-                Panel(
-                    "Failures per second by error type",
-                    "Terminal failures by their stable error type (see docs/errors.md).",
-                    (
-                        Target(
-                            "sum by (error_type) (rate(sandbox_executions_total"
-                            f'{{{NS_CLASS}, outcome!="succeeded"}}[$__rate_interval]))',
-                            "{{error_type}}",
-                        ),
-                    ),
-                    unit="ops",
-                ),
-                Panel(
-                    "Success ratio",
-                    "Share of terminal executions that succeeded.",
-                    (
-                        Target(
-                            "sum(rate(sandbox_executions_total"
-                            f'{{{NS_CLASS}, outcome="succeeded"}}[$__rate_interval]))'
-                            f" / sum(rate(sandbox_executions_total{{{NS_CLASS}}}[$__rate_interval]))",
-                            "success ratio",
-                        ),
-                    ),
-                    kind="stat",
-                    unit="percentunit",
-                    width=6,
-                    options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
-                    field_config={
-                        "min": 0,
-                        "max": 1,
-                        "thresholds": {
-                            "mode": "absolute",
-                            "steps": [
-                                {"color": "red", "value": None},
-                                {"color": "yellow", "value": 0.8},
-                                {"color": "green", "value": 0.95},
-                            ],
-                        },
-                    },
-                ),
-                Panel(
-                    "In flight by phase",
-                    "Executions not yet terminal: Pending (waiting or queued), Running, Retrying.",
-                    (
-                        Target(
-                            f"sum by (phase) (sandbox_executions_in_flight{{{CLASS}}})",
-                            "{{phase}}",
-                        ),
-                    ),
-                    width=18,
-                ),
-                Panel(
-                    "Execution duration",
-                    "Run time of the user code, percentiles over all terminal executions.",
-                    _quantiles("sandbox_execution_duration_seconds", CLASS),
-                    unit="s",
-                ),
-                Panel(
-                    "Launch latency",
-                    "Execution created to user code started (scheduling, image pull, runner start), warm and "
-                    "cold launches together.",
-                    _quantiles("sandbox_launch_latency_seconds", CLASS),
-                    unit="s",
-                ),
-                Panel(
-                    "Retries per second by error type",
-                    "Attempts retried after a retryable failure.",
-                    (
-                        Target(
-                            f"sum by (error_type) (rate(sandbox_retries_total{{{CLASS}}}[$__rate_interval]))",
-                            "{{error_type}}",
-                        ),
-                    ),
-                    unit="ops",
-                    width=24,
-                ),
-            ),
-        ),
-        Row(
-            "Circuit breaker",
-            (
-                Panel(
-                    "Circuit breaker state per class",
-                    "0 closed, 1 half-open, 2 open. An open circuit holds launches of that class.",
-                    (
-                        Target(
-                            f"max by (class) (sandbox_circuit_breaker_state{{{CLASS}}})",
-                            "{{class}}",
-                        ),
-                    ),
-                    kind="state-timeline",
-                    field_config={
-                        "mappings": _BREAKER_MAPPINGS,
-                        "thresholds": {
-                            "mode": "absolute",
-                            "steps": [
-                                {"color": "green", "value": None},
-                                {"color": "yellow", "value": 1},
-                                {"color": "red", "value": 2},
-                            ],
-                        },
-                    },
-                ),
-                Panel(
-                    "Circuit breaker transitions",
-                    "State changes per class, by the state entered.",
-                    (
-                        Target(
-                            "sum by (class, to) (increase(sandbox_circuit_breaker_transitions_total"
-                            f"{{{CLASS}}}[$__rate_interval]))",
-                            "{{class}} → {{to}}",
-                        ),
-                    ),
-                ),
-            ),
-        ),
-        Row(
-            "Warm pools",
-            (
-                Panel(
-                    "Warm pool pods",
-                    "Unclaimed pods of WarmPools: ready to be claimed, or still starting.",
-                    (
-                        Target(
-                            f"sum by (namespace, class, state) (sandbox_warm_pool_pods{{{NS_CLASS}}})",
-                            "{{namespace}} {{class}} {{state}}",
-                        ),
-                    ),
-                    width=8,
-                ),
-                Panel(
-                    "Warm claims per second by result",
-                    "hit: a warm pod ran the Execution; miss: no ready pod, launched cold; handover_failed: "
-                    "that pod deleted, launched cold.",
-                    (
-                        Target(
-                            "sum by (result) (rate(sandbox_warm_claims_total"
-                            f"{{{CLASS}}}[$__rate_interval]))",
-                            "{{result}}",
-                        ),
-                    ),
-                    unit="ops",
-                    width=8,
-                ),
-                Panel(
-                    "Launch latency by path",
-                    "Execution created to user code started, warm (claimed pod) and cold (new pod) apart.",
-                    _quantiles("sandbox_launch_latency_seconds", CLASS, by="launch"),
-                    unit="s",
-                    width=8,
-                ),
-            ),
-        ),
-        Row(
-            "Dead letters",
-            (
-                Panel(
-                    "Dead letters created per second",
-                    "Terminal failures copied into DeadLetter objects, by error type.",
-                    (
-                        Target(
-                            "sum by (namespace, error_type) (rate(sandbox_dead_letters_total"
-                            f"{{{NS_CLASS}}}[$__rate_interval]))",
-                            "{{namespace}} {{error_type}}",
-                        ),
-                    ),
-                    unit="ops",
-                ),
-                Panel(
-                    "Dead letters stored",
-                    "DeadLetter objects currently kept per namespace (retention trims them).",
-                    (
-                        Target(
-                            f"sum by (namespace) (sandbox_dead_letters_present{{{NS}}})",
-                            "{{namespace}}",
-                        ),
-                    ),
-                ),
-            ),
-        ),
-        Row(
-            "Operator health",
-            (
-                Panel(
-                    "Reconcile errors per second",
-                    "Handler invocations that raised, by resource kind.",
-                    (
-                        Target(
-                            "sum by (kind) (rate(sandbox_reconcile_errors_total[$__rate_interval]))",
-                            "{{kind}}",
-                        ),
-                    ),
-                    unit="ops",
-                    width=8,
-                ),
-                Panel(
-                    "API requests per second",
-                    "Kubernetes API requests by verb and HTTP status code.",
-                    (
-                        Target(
-                            "sum by (verb, code) (rate(sandbox_api_requests_total[$__rate_interval]))",
-                            "{{verb}} {{code}}",
-                        ),
-                    ),
-                    unit="reqps",
-                    width=8,
-                ),
-                Panel(
-                    "API request latency p99",
-                    "99th percentile Kubernetes API latency by verb.",
-                    (
-                        Target(
-                            "histogram_quantile(0.99, sum by (le, verb) "
-                            "(rate(sandbox_api_request_duration_seconds_bucket[$__rate_interval])))",
-                            "{{verb}}",
-                        ),
-                    ),
-                    unit="s",
-                    width=8,
-                ),
-                Panel(
-                    "Watch restarts",
-                    "Watch streams re-established; a steady climb means a flaky API connection.",
-                    (
-                        Target(
-                            "sum by (resource) (increase(sandbox_watch_restarts_total[$__rate_interval]))",
-                            "{{resource}}",
-                        ),
-                    ),
-                    width=24,
-                ),
-            ),
-        ),
+        _executions_row(),
+        _circuit_breaker_row(),
+        _warm_pools_row(),
+        _dead_letters_row(),
+        _operator_health_row(),
     )
 
 

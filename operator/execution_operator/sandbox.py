@@ -208,16 +208,14 @@ def _base_env(timeout_seconds: int) -> list[dict[str, str]]:
     ]
 
 
-def _pod_spec(cls: ExecutionClassSpec, resources: dict[str, str], env: list[dict[str, str]],
-              payload: dict[str, Any] | None, deadline: int | None) -> dict[str, Any]:
-    """The hardened pod spec (Pod Security Standard `restricted`) shared by cold and warm pods.
-
-    A warm pod (`payload` None) has no payload volume and keeps its stdin open for the one payload it
-    will be handed (`stdinOnce`: closed by the runtime when that attach ends), and no deadline until
-    it is claimed.
-    """
+def _env(cls: ExecutionClassSpec, env: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The container's environment: the runner's settings, then the interpreter's, then the class's own."""
     env = [*env, {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}, {"name": "HOME", "value": "/tmp"}]
-    env += [{"name": e.name, "value": e.value or ""} for e in cls.env or []]
+    return env + [{"name": e.name, "value": e.value or ""} for e in cls.env or []]
+
+
+def _volumes(payload: dict[str, Any] | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The container's mounts and the pod's volumes: bounded scratch space, and the payload (read-only) if any."""
     mounts: list[dict[str, Any]] = [
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "input", "mountPath": "/input"},
@@ -231,6 +229,35 @@ def _pod_spec(cls: ExecutionClassSpec, resources: dict[str, str], env: list[dict
     if payload is not None:
         mounts.insert(0, {"name": "payload", "mountPath": PAYLOAD_DIR, "readOnly": True})
         volumes.insert(0, payload)
+    return mounts, volumes
+
+
+def _container_security_context() -> dict[str, Any]:
+    """The container's part of `restricted`: no privilege, no capability, a read-only root, seccomp."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _pod_security_context() -> dict[str, Any]:
+    """The pod's part of `restricted`: the sandbox's non-root user and group, seccomp."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": SANDBOX_UID,
+        "runAsGroup": SANDBOX_UID,
+        "fsGroup": SANDBOX_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container(cls: ExecutionClassSpec, resources: dict[str, str], env: list[dict[str, str]],
+               mounts: list[dict[str, Any]], warm: bool) -> dict[str, Any]:
+    """The sandbox container: the runner at requests = limits; a warm one keeps stdin open for its payload."""
     container: dict[str, Any] = {
         "name": "sandbox",
         "image": cls.image,
@@ -239,33 +266,32 @@ def _pod_spec(cls: ExecutionClassSpec, resources: dict[str, str], env: list[dict
         "env": env,
         "workingDir": "/tmp",
         "resources": {"requests": dict(resources), "limits": dict(resources)},
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "privileged": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": _container_security_context(),
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "File",
         "volumeMounts": mounts,
     }
-    if payload is None:
+    if warm:
         container |= {"stdin": True, "stdinOnce": True, "tty": False}
+    return container
+
+
+def _pod_spec(cls: ExecutionClassSpec, resources: dict[str, str], env: list[dict[str, str]],
+              payload: dict[str, Any] | None, deadline: int | None) -> dict[str, Any]:
+    """The hardened pod spec (Pod Security Standard `restricted`) shared by cold and warm pods.
+
+    A warm pod (`payload` None) has no payload volume and keeps its stdin open for the one payload it
+    will be handed (`stdinOnce`: closed by the runtime when that attach ends), and no deadline until
+    it is claimed.
+    """
+    mounts, volumes = _volumes(payload)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": GRACE_SECONDS,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": SANDBOX_UID,
-            "runAsGroup": SANDBOX_UID,
-            "fsGroup": SANDBOX_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [container],
+        "securityContext": _pod_security_context(),
+        "containers": [_container(cls, resources, _env(cls, env), mounts, warm=payload is None)],
         "volumes": volumes,
     }
     if deadline is not None:

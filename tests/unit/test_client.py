@@ -32,7 +32,8 @@ from execution_operator.client import (
     WaitTimeout,
     family_for,
 )
-from execution_operator.client.aio import _Api, execution_body
+from execution_operator.client.aio import execution_body
+from execution_operator.client.apicalls import ApiCalls
 from execution_operator.client.cli import build_parser
 from execution_operator.client.credentials import Credentials, load_credentials
 from execution_operator.client.exceptions import exit_status_for
@@ -167,8 +168,8 @@ def test_execution_body_keeps_unset_fields_out() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- API errors
-def api() -> _Api:
-    return _Api(Credentials(Endpoint("https://k8s.example:6443"), "team", "kubeconfig /k (context prod)"), "t")
+def api() -> ApiCalls:
+    return ApiCalls(Credentials(Endpoint("https://k8s.example:6443"), "team", "kubeconfig /k (context prod)"), "t")
 
 
 def status(code: int, message: str, **details: Any) -> ApiError:
@@ -361,10 +362,10 @@ def test_the_sync_client_refuses_calls_from_its_own_io_thread() -> None:
 
 
 def test_the_runners_own_log_lines_are_not_the_codes_output() -> None:
-    from execution_operator.client import aio
+    from execution_operator.client.follower import RUNNER_LINE_PREFIXES
     from execution_operator.runner.report import MARKER
     from execution_operator.runner.warm import PAYLOAD_MARKER
 
     lines = [f"{PAYLOAD_MARKER} 143", "hello", f"{MARKER} abc 1/1 {{}}", f"{MARKER}ish is the code's"]
-    kept = [line for line in lines if not line.startswith(aio._REPORT_PREFIX)]
+    kept = [line for line in lines if not line.startswith(RUNNER_LINE_PREFIXES)]
     assert kept == ["hello", f"{MARKER}ish is the code's"]

@@ -17,7 +17,7 @@ import kopf
 import pytest
 import yaml
 
-from execution_operator.client import AsyncClient, ClientError, UserCodeError, WaitTimeout
+from execution_operator.client import AsyncClient, ClientError, UserCodeError, WaitTimeout, apicalls
 from execution_operator.client import aio as client_aio
 from execution_operator.k8s import KubeClient
 
@@ -128,7 +128,7 @@ async def test_refused_requests_are_retried_then_reported(env: tuple[ApiServer, 
                  error={"type": "value_error", "message": "ValueError: x", "retryable": False})
     with pytest.raises(UserCodeError):
         await handle.wait()
-    monkeypatch.setattr(client_aio, "REQUEST_ATTEMPTS", 2)
+    monkeypatch.setattr(apicalls, "REQUEST_ATTEMPTS", 2)
     server.faults.add(FaultRule(verb="get", resource="executions", status=503, user_agent=AGENT))
     with pytest.raises(ClientError) as raised:
         await client.get(handle.name)
@@ -192,7 +192,7 @@ async def test_api_errors_name_the_fix(tmp_path: Path, monkeypatch: pytest.Monke
     finally:
         await admin.close()
         await server.stop()
-    monkeypatch.setattr(client_aio, "REQUEST_ATTEMPTS", 2)
+    monkeypatch.setattr(apicalls, "REQUEST_ATTEMPTS", 2)
     async with AsyncClient(kubeconfig=kubeconfig) as client:  # the server is gone now
         with pytest.raises(ClientError) as raised:
             await client.get("x")

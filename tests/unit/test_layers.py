@@ -30,6 +30,8 @@ def test_the_tree_keeps_every_contract() -> None:
 
 @pytest.mark.parametrize(("module", "line", "contract"), [
     ("runner/report.py", "import kopf", "The sandbox runner imports only the standard library"),
+    ("runner/outcome.py", "from execution_operator.runner import supervisor", "Inside the runner"),
+    ("client/apicalls.py", "from execution_operator.client import aio", "Inside the client"),
     ("classify.py", "from execution_operator import k8s", "The pure core"),
     ("deadletters.py", "from execution_operator import controller", "The controller is imported by the handlers"),
     ("sandbox.py", "import localcluster", "The operator never imports the local cluster"),

@@ -4,43 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import os
 import random
 import secrets
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import aiohttp
 
 from execution_operator import __version__
-from execution_operator.api import API_VERSION, EXECUTIONS, GROUP, LABEL_CLIENT_BATCH, TERMINAL_PHASES, Kind
-from execution_operator.client.credentials import Credentials, load_credentials
+from execution_operator.api import API_VERSION, EXECUTIONS, LABEL_CLIENT_BATCH, TERMINAL_PHASES, Kind
+from execution_operator.client import apicalls
+from execution_operator.client.apicalls import CRD_NAME, ApiCalls
+from execution_operator.client.credentials import load_credentials
 from execution_operator.client.exceptions import ClientError, WaitTimeout
+from execution_operator.client.follower import RUNNER_LINE_PREFIXES, OutputCallback, OutputFollower
 from execution_operator.client.result import ExecutionResult
-from execution_operator.k8s import MERGE_PATCH, ApiError, KubeClient, path_for
-from execution_operator.runner.report import MARKER
-from execution_operator.runner.warm import PAYLOAD_MARKER
+from execution_operator.k8s import MERGE_PATCH, ApiError, path_for
 
 USER_AGENT = f"execution-operator-client/{__version__}"
 #: Set on every Execution of one `run_many` batch, so one watch with a label selector follows them all.
 BATCH_LABEL = LABEL_CLIENT_BATCH
-CRD_NAME = f"{EXECUTIONS}.{GROUP}"
-#: The runner's own lines in a sandbox's log (its report, a warm pod's receipt): never the code's output.
-_REPORT_PREFIX = (MARKER + " ", PAYLOAD_MARKER + " ")
 
-#: A callback fed the code's output lines (plain or async).
-OutputCallback = Callable[[str], Awaitable[None] | None]
-
-#: Attempts of one API request on a connection failure, 429 or 5xx (create included: names are ours).
-REQUEST_ATTEMPTS = 6
 #: How long a cancel after a `WaitTimeout` is given to be recorded before the exception is raised.
 CANCEL_GRACE_SECONDS = 30.0
-#: How long the output follower may take to drain the last pod's log after the Execution finished.
-OUTPUT_DRAIN_SECONDS = 5.0
 
 
 def new_name(prefix: str = "run") -> str:
@@ -63,74 +53,6 @@ def execution_body(code: str, input: Any = None, *, name: str, execution_class: 
     return {"apiVersion": API_VERSION, "kind": Kind.EXECUTION, "metadata": metadata, "spec": spec}
 
 
-class _Api:
-    """The project's KubeClient plus retries and the translation of API errors into `ClientError`s."""
-
-    def __init__(self, credentials: Credentials, user_agent: str) -> None:
-        self.credentials = credentials
-        self.kube = KubeClient(credentials.endpoint, user_agent=user_agent, transient_backoff=())  # `call` retries
-
-    async def call(self, what: str, namespace: str, name: str | None, request: Callable[[], Awaitable[Any]]) -> Any:
-        """Run `request`, retrying what a well-behaved client retries; raise a `ClientError` otherwise."""
-        delay = 0.2
-        for attempt in range(1, REQUEST_ATTEMPTS + 1):
-            try:
-                return await request()
-            except ApiError as e:
-                if e.status not in (429, 500, 502, 503, 504) or attempt == REQUEST_ATTEMPTS:
-                    raise self.translate(e, what, namespace, name) from None
-                retry_after = ((e.body.get("details") or {}).get("retryAfterSeconds") or 0) if e.body else 0
-                await asyncio.sleep(min(max(float(retry_after), delay), 10.0))
-            except (aiohttp.ClientConnectionError, TimeoutError) as e:
-                if attempt == REQUEST_ATTEMPTS:
-                    raise self.unreachable(e) from None
-                await asyncio.sleep(delay)
-            delay = min(delay * 2, 3.0)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def unreachable(self, error: BaseException) -> ClientError:
-        return ClientError(
-            f"Cannot reach the Kubernetes API server at {self.kube.server} ({self.credentials.source}): "
-            f"{error or type(error).__name__}. Is the cluster running? `kubectl cluster-info` checks the same "
-            "credentials.", reason="Unreachable")
-
-    def translate(self, e: ApiError, what: str, namespace: str, name: str | None) -> ClientError:
-        """An API error as a message a person can act on."""
-        details = e.body.get("details") or {}
-        server = self.kube.server
-        if e.status == 401:
-            return ClientError(
-                f"The API server at {server} refused the credentials of {self.credentials.source} (401 "
-                "Unauthorized): log in again or refresh the kubeconfig's token.", reason="Unauthorized",
-                http_status=401)
-        if e.status == 403:
-            return ClientError(
-                f"Forbidden to {what} in namespace {namespace}: {e.message}. Ask for RBAC that allows it "
-                f"(check with `kubectl auth can-i {what.split()[0]} {CRD_NAME} -n {namespace}`).",
-                reason="Forbidden", http_status=403)
-        if e.status == 404:
-            if details.get("kind") == "namespaces" or e.message.startswith("namespaces "):
-                return ClientError(
-                    f"Namespace {namespace} does not exist on {server}: create it (`kubectl create namespace "
-                    f"{namespace}`) or choose another one (namespace=..., --namespace).",
-                    reason="NamespaceNotFound", http_status=404)
-            if name is None or not details.get("name"):
-                return ClientError(
-                    f"The Execution API ({CRD_NAME}, {API_VERSION}) is not installed on {server}: install "
-                    "execution-operator (`helm install execution-operator charts/execution-operator`) or its "
-                    "CRDs (`kubectl apply -f crds/`).", reason="NotInstalled", http_status=404)
-            return ClientError(f"Execution {namespace}/{name} not found.", reason="NotFound", http_status=404)
-        if e.status == 422:
-            causes = "; ".join(f"{c.get('field', '')}: {c.get('message', '')}".strip(": ")
-                               for c in details.get("causes") or []) or e.message
-            return ClientError(f"The API server refused the Execution as invalid: {causes}", reason="Invalid",
-                               http_status=422)
-        if e.status == 409:
-            return ClientError(f"Could not {what}: {e.message}", reason="Conflict", http_status=409)
-        return ClientError(f"The API server at {server} could not {what}: {e.status} {e.reason}: {e.message}",
-                           reason="ServerError" if e.status >= 500 else "BadRequest", http_status=e.status)
-
-
 class AsyncClient:
     """Run Python code as Executions and get typed results back (asyncio).
 
@@ -144,7 +66,7 @@ class AsyncClient:
         credentials = load_credentials(kubeconfig, context)
         self.namespace = namespace or credentials.namespace
         self.execution_class = execution_class
-        self._api = _Api(credentials, user_agent)
+        self._api = ApiCalls(credentials, user_agent)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -329,20 +251,20 @@ class AsyncClient:
                 if events or time.monotonic() - opened > 5:
                     failures = 0
                 else:  # closed at once with nothing in it (a proxy cutting streams): do not spin
-                    failures = min(failures + 1, REQUEST_ATTEMPTS)
+                    failures = min(failures + 1, apicalls.REQUEST_ATTEMPTS)
                     await asyncio.sleep(min(0.1 * 2 ** failures, 3.0))
             except ApiError as e:
                 if e.status == 410:
                     rv = None
                     continue
-                if e.status not in (429, 500, 502, 503, 504) or failures >= REQUEST_ATTEMPTS:
+                if e.status not in (429, 500, 502, 503, 504) or failures >= apicalls.REQUEST_ATTEMPTS:
                     raise self._api.translate(e, f"watch {CRD_NAME}", namespace, None) from None
                 failures += 1
                 await asyncio.sleep(min(0.2 * 2 ** failures, 3.0))
             except (aiohttp.ClientError, TimeoutError, ValueError) as e:
                 # A dropped stream (reset, cut mid-line, read timeout): resume from the last resourceVersion.
                 failures += 1
-                if failures > REQUEST_ATTEMPTS:
+                if failures > apicalls.REQUEST_ATTEMPTS:
                     raise self._api.unreachable(e) from None
                 await asyncio.sleep(min(0.1 * 2 ** failures, 3.0))
 
@@ -465,7 +387,8 @@ class AsyncExecutionHandle:
             path = path_for("v1", "pods", self.namespace, pod, "log")
             try:
                 text = await api.call("get pods/log", self.namespace, pod, lambda: api.kube.get_text(path))
-                return "".join(line + "\n" for line in text.splitlines() if not line.startswith(_REPORT_PREFIX))
+                kept = (line for line in text.splitlines() if not line.startswith(RUNNER_LINE_PREFIXES))
+                return "".join(line + "\n" for line in kept)
             except ClientError as e:
                 if e.http_status not in (400, 404):  # not yet started, or gone: the recorded tails
                     raise
@@ -474,7 +397,7 @@ class AsyncExecutionHandle:
     # ---------------------------------------------------------------------------------------------- internals
     async def _until_finished(self, on_output: OutputCallback | None, last: dict[str, Any]) -> dict[str, Any]:
         """Watch until terminal; `last` holds the latest body seen (for a timeout's message)."""
-        follower = _OutputFollower(self.client._api, self.namespace, on_output) if on_output else None
+        follower = OutputFollower(self.client._api, self.namespace, on_output) if on_output else None
 
         def seen(event: str, body: dict[str, Any]) -> bool:
             if (body.get("metadata") or {}).get("name") != self.name:
@@ -511,79 +434,6 @@ class AsyncExecutionHandle:
         final = seen or last
         return WaitTimeout(self.name, self.namespace, phase, waited=waited, cancelled=True,
                            result=ExecutionResult.from_body(final) if final else None)
-
-
-class _OutputFollower:
-    """Follows each attempt's pod log in turn and feeds its lines to a callback, without report lines.
-
-    The pod log API answers 400 while the container is still being created, so a new pod's log is
-    retried briefly until it can be read. Lines already delivered are skipped when a dropped log stream
-    is resumed. When the final pod was gone before any of its log could be read (a run of a few
-    milliseconds), the recorded stdout and stderr tails are delivered instead.
-    """
-
-    def __init__(self, api: _Api, namespace: str, emit: OutputCallback) -> None:
-        self.api = api
-        self.namespace = namespace
-        self.emit = emit
-        self.pods: asyncio.Queue[str | None] = asyncio.Queue()
-        self.known: list[str] = []
-        self.lines_read: dict[str, int] = {}
-        self.task = asyncio.create_task(self._run())
-
-    def pod(self, name: str | None) -> None:
-        if name and name not in self.known:
-            self.known.append(name)
-            self.pods.put_nowait(name)
-
-    async def finish(self, body: Mapping[str, Any]) -> None:
-        self.pods.put_nowait(None)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.task), OUTPUT_DRAIN_SECONDS)
-        final = self.known[-1] if self.known else None
-        if final is None or not self.lines_read.get(final):
-            status = body.get("status") or {}
-            for stream in ("stdout", "stderr"):
-                for line in (status.get(stream) or "").splitlines():
-                    await self._deliver(line)
-
-    async def stop(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-
-    async def _deliver(self, line: str) -> None:
-        if line.startswith(_REPORT_PREFIX):
-            return
-        outcome = self.emit(line)
-        if inspect.isawaitable(outcome):
-            await outcome
-
-    async def _run(self) -> None:
-        while (pod := await self.pods.get()) is not None:
-            await self._follow(pod)
-
-    async def _follow(self, pod: str) -> None:
-        path = path_for("v1", "pods", self.namespace, pod, "log")
-        delay = 0.05
-        self.lines_read[pod] = 0
-        while True:
-            read = 0
-            try:
-                async with contextlib.aclosing(self.api.kube.lines(path, {"follow": "true"})) as stream:
-                    async for raw in stream:
-                        read += 1
-                        if read > self.lines_read[pod]:
-                            self.lines_read[pod] = read
-                            await self._deliver(raw.decode("utf-8", "replace"))
-                return
-            except ApiError as e:
-                if e.status != 400 or not self.pods.empty():
-                    return  # the pod is gone (404), or a newer attempt has started
-            except (aiohttp.ClientError, TimeoutError):
-                pass  # dropped: resume, skipping the lines already delivered
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
 
 
 def _phase(body: Mapping[str, Any]) -> str | None:

@@ -15,7 +15,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterable, 
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from execution_operator.client.aio import USER_AGENT, AsyncClient, AsyncExecutionHandle, OutputCallback
+from execution_operator.client.aio import USER_AGENT, AsyncClient, AsyncExecutionHandle
+from execution_operator.client.follower import OutputCallback
 from execution_operator.client.result import ExecutionResult
 
 T = TypeVar("T")

@@ -3,6 +3,10 @@
 It runs the harness (child.py) in a child process, relays and tails its streams, enforces the
 timeout, decides signals and memory kills from the wait status, kills every leftover descendant,
 and only then prints the nonce-marked report line and writes the termination message.
+
+Its parts: the settings (config.py), the streams' relay and tails (stream.py), the process table, the
+OOM count and the prctl hardening (processes.py), and the outcome decided from what it observed
+(outcome.py). This module is the loop that observes.
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ import time
 
 from execution_operator.runner import jsonc, warm
 from execution_operator.runner import report as r
+from execution_operator.runner.config import Config
+from execution_operator.runner.outcome import Outcome, decide
+from execution_operator.runner.processes import descendants, harden, read_oom_kills, set_dumpable
+from execution_operator.runner.stream import Stream, write_all
 
 # The C modules behind `signal` and `socket`: their Python wrappers build enums at import, which costs
 # each execution's start-up several milliseconds of CPU for names the runner never shows.
@@ -27,8 +35,6 @@ if TYPE_CHECKING:
 else:
     import _signal
 
-_PR_SET_DUMPABLE = 4
-_PR_SET_CHILD_SUBREAPER = 36
 _UCRED = struct.Struct("iII")
 _FRAME_BUFFER = 4 * 1024 * 1024
 #: Room for a frame's header (message, bounded traceback) besides the output itself.
@@ -42,212 +48,6 @@ STARTUP_LIMIT_SECONDS = 60.0
 SWEEP_LIMIT_SECONDS = 5.0
 #: Exit code when the container is asked to stop (SIGTERM): no report, the operator decides.
 STOPPED_EXIT = 128 + _signal.SIGTERM
-
-
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, "") or default)
-    except ValueError:
-        return default
-
-
-class Config:
-    """The runner's settings, from the environment the pod (or a test) gives it.
-
-    A plain class, not a dataclass: importing dataclasses costs the runner's start-up ~10 ms.
-    """
-
-    def __init__(
-        self,
-        timeout_seconds: float = 30.0,
-        output_limit: int = 131072,
-        tail_bytes: int = 16384,
-        termination_log: str = "",
-        memory_events: str = "/sys/fs/cgroup/memory.events",
-        relay_limit: int = 16 * 1024 * 1024,
-        child_command: tuple[str, ...] = (),
-        warm_mode: bool = False,
-    ) -> None:
-        self.timeout_seconds = timeout_seconds
-        self.output_limit = output_limit
-        self.tail_bytes = tail_bytes
-        self.termination_log = termination_log
-        self.memory_events = memory_events
-        self.relay_limit = relay_limit
-        self.child_command = child_command
-        #: Wait for the payload on stdin (a warm pool's pod) instead of reading it from the payload volume.
-        self.warm_mode = warm_mode
-
-    @classmethod
-    def from_env(cls) -> Config:
-        """The settings the pod spec passes as environment variables."""
-        return cls(
-            timeout_seconds=float(_env_int("SANDBOX_TIMEOUT_SECONDS", 30)),
-            output_limit=_env_int("SANDBOX_OUTPUT_LIMIT_BYTES", 131072),
-            tail_bytes=_env_int("SANDBOX_STREAM_TAIL_BYTES", 16384),
-            termination_log=os.environ.get("SANDBOX_TERMINATION_LOG", ""),
-            memory_events=os.environ.get("SANDBOX_MEMORY_EVENTS", "/sys/fs/cgroup/memory.events"),
-            relay_limit=_env_int("SANDBOX_RELAY_LIMIT_BYTES", 16 * 1024 * 1024),
-            warm_mode=warm.enabled(),
-        )
-
-
-class Stream:
-    """One of the child's output streams: relayed live, with a bounded tail kept."""
-
-    def __init__(self, fd: int, target: int, limit: int, relay_limit: int) -> None:
-        self.fd = fd
-        self.target = target
-        self.limit = limit
-        self.relay_limit = relay_limit
-        self.tail = bytearray()
-        self.total = 0
-        self.relayed = 0
-        self.relay_broken = False
-        self.last_byte = 10  # as if after a newline
-
-    def feed(self, data: bytes) -> None:
-        """Take a chunk of output: keep it in the tail and relay it, up to the relay limit."""
-        self.total += len(data)
-        self.tail += data
-        if len(self.tail) > 2 * self.limit:
-            del self.tail[: -self.limit]
-        if self.relay_broken:
-            return
-        room = self.relay_limit - self.relayed
-        chunk = data if len(data) <= room else data[:room]
-        if chunk and _write_all(self.target, chunk):
-            self.relayed += len(chunk)
-            self.last_byte = chunk[-1]
-        elif chunk:
-            self.relay_broken = True
-        if len(chunk) < len(data):
-            _write_all(self.target, b"\n[sandbox] output beyond the relay limit is not shown here\n")
-            self.relay_broken = True
-            self.last_byte = 10
-
-    def text(self) -> tuple[str, bool]:
-        """The tail as text, and whether it was cut (a cut never leaves half a UTF-8 character)."""
-        truncated = self.total > self.limit
-        data = bytes(self.tail[-self.limit :]) if truncated else bytes(self.tail)
-        if truncated:  # the cut may fall inside a UTF-8 character: drop its continuation bytes
-            skip = 0
-            while skip < min(3, len(data)) and data[skip] & 0xC0 == 0x80:
-                skip += 1
-            data = data[skip:]
-        return data.decode("utf-8", "replace"), truncated
-
-    def end_line(self) -> None:
-        """Make sure the next thing written to the target starts a new line."""
-        if self.last_byte != 10:
-            _write_all(self.target, b"\n")
-            self.last_byte = 10
-
-
-def _write_all(fd: int, data: bytes) -> bool:
-    view = memoryview(data)
-    try:
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-    except OSError:
-        return False
-    return True
-
-
-def _harden() -> None:
-    """Non-dumpable (the child cannot open /proc/<us>/fd/*) and a subreaper (orphans come to us)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
-        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _set_dumpable(flag: bool) -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, int(flag), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-def read_oom_kills(path: str) -> int | None:
-    """The cgroup's cumulative oom_kill counter, or None where it cannot be read."""
-    try:
-        with open(path, encoding="ascii") as fh:
-            for line in fh:
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
-                    return int(value)
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def _process_table() -> dict[int, int]:
-    """Map pid -> ppid for every visible process."""
-    table: dict[int, int] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return table
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1:
-            table[int(entry)] = int(fields[1])
-    return table
-
-
-def descendants(root: int) -> set[int]:
-    """Every live descendant of `root`, read from /proc: what the kill sweep must reach."""
-    table = _process_table()
-    children: dict[int, list[int]] = {}
-    for pid, ppid in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        for kid in children.get(todo.pop(), []):
-            if kid not in found:
-                found.add(kid)
-                todo.append(kid)
-    return found
-
-
-class Outcome:
-    """What the supervisor decided, before it is turned into the report."""
-
-    def __init__(
-        self,
-        success: bool,
-        exit_code: int | None,
-        error_type: str | None = None,
-        message: str = "",
-        exception_type: str | None = None,
-        details: str | None = None,
-        output: Any = None,
-        meta: dict[str, Any] | None = None,
-    ) -> None:
-        self.success = success
-        self.exit_code = exit_code
-        self.error_type = error_type
-        self.message = message
-        self.exception_type = exception_type
-        self.details = details
-        self.output = output
-        self.meta = meta if meta is not None else {}
 
 
 class Supervisor:
@@ -354,7 +154,7 @@ class Supervisor:
             _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
             _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
             _signal.signal(_signal.SIGINT, _signal.default_int_handler)
-            _set_dumpable(True)
+            set_dumpable(True)
             os.environ.clear()
             os.environ.update(env)
             sys.argv = ["<execution>"]
@@ -374,7 +174,7 @@ class Supervisor:
     # -- the run loop ------------------------------------------------------------------------
     def run(self) -> int:
         """Run the harness to the end and publish the report; returns the supervisor's own exit code."""
-        _harden()
+        harden()
         _signal.pthread_sigmask(_signal.SIG_BLOCK, _STOP_SIGNALS)
         oom_before = read_oom_kills(self.config.memory_events)
         supervisor_start = time.time()
@@ -417,8 +217,7 @@ class Supervisor:
             return STOPPED_EXIT
         oom_after = read_oom_kills(self.config.memory_events)
         oom_rose = oom_before is not None and oom_after is not None and oom_after > oom_before
-        outcome = self.decide(oom_rose)
-        return self.publish(outcome, out, err, supervisor_start)
+        return self.publish(self.decide(oom_rose), out, err, supervisor_start)
 
     def _on_inbox(self, inbox: warm.Inbox, fd: int, poller: select.poll) -> None:
         """A warm pod's stdin (fd 0) has data or ended, or the harness's payload pipe can take more."""
@@ -435,7 +234,7 @@ class Supervisor:
         self.config.timeout_seconds = warm.payload_timeout(bytes(inbox.data), self.config.timeout_seconds)
         self.spawned_mono = time.monotonic()
         if inbox.data:
-            _write_all(1, f"{warm.PAYLOAD_MARKER} {len(inbox.data)}\n".encode())
+            write_all(1, f"{warm.PAYLOAD_MARKER} {len(inbox.data)}\n".encode())
 
     def _wait_ms(self) -> int:
         # Bounded so stop signals (blocked, checked between waits) and deadlines are seen promptly.
@@ -577,95 +376,20 @@ class Supervisor:
 
     # -- deciding ------------------------------------------------------------------------------
     def decide(self, oom_rose: bool) -> Outcome:
-        """The outcome from the wait status, the timeout and whether the cgroup's OOM kill count rose."""
-        status = self.status if self.status is not None else 0
-        meta: dict[str, Any] = {}
-        if self.rusage is not None:
-            meta["peakMemoryKiB"] = int(self.rusage.ru_maxrss)
-        signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-        exited = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-        if self.started_mono is None:
-            meta.pop("peakMemoryKiB", None)
-            if self.setup_error:
-                reason = self.setup_error
-            elif self.startup_expired:
-                reason = f"the harness did not start the code within {STARTUP_LIMIT_SECONDS:.0f}s"
-            elif signum is not None:
-                reason = f"the harness was killed by signal {_signame(signum)} before the code started"
-            else:
-                reason = f"the harness exited with code {exited} before the code started"
-            return Outcome(False, None, r.INTERNAL_ERROR, f"The runner could not start the code: {reason}",
-                           meta=meta)
-        if self.timed_out:
-            limit = self.config.timeout_seconds
-            meta["timeoutSeconds"] = int(limit) if limit == int(limit) else limit
-            message = f"The code ran longer than its timeout of {meta['timeoutSeconds']}s and was stopped"
-            return Outcome(False, 137, r.TIMEOUT, message, meta=meta)
-        if signum is not None:
-            return self._signalled(signum, oom_rose, meta)
-        claimed = self._validated_frame(exited)
-        if claimed is not None:
-            claimed.meta = {**meta, **claimed.meta}
-            return claimed
-        if exited == 0:
-            message = "The code ended the interpreter directly (exit code 0) before its result was recorded"
-            return Outcome(False, 0, r.RUNTIME_ERROR, message, meta=meta)
-        return Outcome(False, exited, r.RUNTIME_ERROR, f"The code exited with code {exited}", meta=meta)
-
-    def _signalled(self, signum: int, oom_rose: bool, meta: dict[str, Any]) -> Outcome:
-        code = 128 + signum
-        name = _signame(signum)
-        meta["signal"] = name
-        if signum == _signal.SIGKILL and oom_rose:
-            message = "The code was killed for going over its memory limit (out of memory)"
-            return Outcome(False, code, r.OOM, message, meta=meta)
-        known = r.SIGNAL_ERROR_TYPES.get(signum)
-        if known is not None:
-            return Outcome(False, code, known[1],
-                           f"The code was killed by signal {name} (exit code {code}): {known[2]}", meta=meta)
-        message = f"The code was killed by signal {name} (exit code {code})"
-        return Outcome(False, code, r.RUNTIME_ERROR, message, meta=meta)
-
-    def _validated_frame(self, exited: int | None) -> Outcome | None:
-        """Accept the harness's claim only if it is one the code could make honestly and it matches."""
-        if self.result_frame is None:
-            return None
-        frame, body = self.result_frame
-        exit_code = frame.get("exitCode")
-        if not isinstance(exit_code, int) or isinstance(exit_code, bool) or exit_code != exited:
-            return None
-        meta: dict[str, Any] = {}
-        if frame.get("success") is True:
-            if exit_code != 0:
-                return None
-            limit = self.config.output_limit
-            if len(body) > limit:
-                return Outcome(False, 0, r.OUTPUT_TOO_LARGE,
-                               f"The output is {len(body)} bytes of JSON, over the limit of {limit} bytes")
-            try:
-                output = jsonc.loads(body) if body else None
-            except ValueError:
-                return Outcome(False, 0, r.OUTPUT_ERROR, "The output is not valid JSON")
-            return Outcome(True, 0, None, "", output=output)
-        error_type = frame.get("errorType")
-        if frame.get("success") is not False or error_type not in r.CHILD_CLAIMABLE_TYPES:
-            return None
-        exception_type = frame.get("exceptionType")
-        if not isinstance(exception_type, str):
-            exception_type = None
-        else:
-            exception_type = exception_type[: r.EXCEPTION_TYPE_LIMIT]
-            meta["exceptionType"] = exception_type
-        lineno = frame.get("lineno")
-        if isinstance(lineno, int) and not isinstance(lineno, bool):
-            meta["lineno"] = lineno
-        details = frame.get("details")
-        if not isinstance(details, str):
-            details = None
-        elif len(details) > r.DETAILS_LIMIT:
-            details = "...\n" + details[-r.DETAILS_LIMIT :]
-        message = r.one_line(str(frame.get("message") or error_type))
-        return Outcome(False, exit_code, error_type, message, exception_type, details, meta=meta)
+        """The outcome of what this run observed (see `outcome.decide`)."""
+        return decide(
+            self.status,
+            self.rusage,
+            code_started=self.started_mono is not None,
+            setup_error=self.setup_error,
+            startup_expired=self.startup_expired,
+            startup_limit=STARTUP_LIMIT_SECONDS,
+            timed_out=self.timed_out,
+            timeout_seconds=self.config.timeout_seconds,
+            result_frame=self.result_frame,
+            output_limit=self.config.output_limit,
+            oom_rose=oom_rose,
+        )
 
     # -- reporting -----------------------------------------------------------------------------
     def publish(self, outcome: Outcome, out: Stream, err: Stream, supervisor_start: float) -> int:
@@ -701,7 +425,7 @@ class Supervisor:
         err.end_line()
         out.end_line()
         lines, count = r.marker_lines(report)
-        if not _write_all(1, lines):
+        if not write_all(1, lines):
             return self.failure_exit()
         if self.config.termination_log:
             # The report line is already last in the log, which no other process can write after it:
@@ -710,15 +434,6 @@ class Supervisor:
             with contextlib.suppress(OSError), open(self.config.termination_log, "wb") as fh:
                 fh.write(r.encode_summary(report, report_lines=count))
         return 0 if outcome.success else 1
-
-
-def _signame(signum: int) -> str:
-    import signal  # only when the code died of a signal: its enum of names is not free to import
-
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 def main(config: Config | None = None) -> int:
