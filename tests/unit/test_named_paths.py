@@ -50,6 +50,8 @@ def _resolves(ref: str) -> bool:
 def test_every_named_path_exists() -> None:
     missing: list[str] = []
     for file in _tracked():
+        if file == Path(__file__).resolve():
+            continue  # its own example of a missing path
         try:
             text = file.read_text(encoding="utf-8")
         except (UnicodeDecodeError, FileNotFoundError):
