@@ -546,7 +546,7 @@ def sandbox_pod(name: str, code: str, *, timeout: int = 30, memory: str = "256Mi
 
 def _report(harness: Harness, pod: dict[str, Any], final: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(termination summary, full report) after checking that their nonces agree."""
-    from execution_operator.classify import parse_runner_report
+    from execution_operator.report_parsing import parse_runner_report
 
     summary = json.loads(terminated(final)["message"])
     log = "".join(ln["log"] for ln in harness.log_lines(pod))

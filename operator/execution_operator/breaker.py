@@ -16,8 +16,8 @@ The machine (held in the ExecutionClass's `status.circuitBreaker`):
   the breaker, any counted failure reopens it with a fresh `retryAt`. A probe that never reports
   back releases its slot after `probe_timeout_seconds`, so the breaker cannot wedge half-open.
 
-Manual control (annotations on the ExecutionClass, see `apply_control`) can force the breaker open
-or closed and reset it.
+Manual control (annotations on the ExecutionClass, `breaker_control.apply_control`) can force the
+breaker open or closed and reset it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_fiel
 
 from .api import (
     ANNOTATION_CIRCUIT_BREAKER,
-    ANNOTATION_CIRCUIT_BREAKER_RESET,
     ConditionReason,
     ConditionStatus,
     ConditionType,
@@ -40,24 +39,20 @@ from .api import (
 from .errors import ErrorType, flags
 from .timestamps import rfc3339 as format_time  # re-exported: the breaker writes times
 
-#: Annotation forcing the breaker: `force-open`, `force-closed` or `auto` (the default).
-MODE_ANNOTATION = ANNOTATION_CIRCUIT_BREAKER
-#: Annotation whose every new value resets the breaker once.
-RESET_ANNOTATION = ANNOTATION_CIRCUIT_BREAKER_RESET
 #: The condition type on the ExecutionClass.
 AVAILABLE = ConditionType.AVAILABLE
 
 _MESSAGE_LIMIT = 256
 
 
-def _utc(value: datetime) -> datetime:
+def as_utc(value: datetime) -> datetime:
     """Normalise to aware UTC so comparisons never mix naive and aware times (naive means UTC)."""
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
 
 
-UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 
 
 class CircuitState(StrEnum):
@@ -74,20 +69,6 @@ class ControlMode(StrEnum):
     AUTO = "auto"
     FORCE_OPEN = "force-open"
     FORCE_CLOSED = "force-closed"
-
-
-def parse_mode(value: str | None) -> ControlMode | None:
-    """Parse the annotation leniently (`Force_Open` works); `None` for a value we do not know.
-
-    An empty or absent annotation means `auto`.
-    """
-    if value is None or not value.strip():
-        return ControlMode.AUTO
-    normal = value.strip().lower().replace("_", "-")
-    try:
-        return ControlMode(normal)
-    except ValueError:
-        return None
 
 
 class LastFailure(BaseModel):
@@ -241,7 +222,7 @@ REASON_FORCED_CLOSED = "ForcedClosed"
 REASON_RESET = "Reset"
 
 
-def _move(
+def move_to(
     state: BreakerState, to: CircuitState, reason: str, now: datetime, **changes: Any
 ) -> tuple[BreakerState, Transition | None]:
     """Apply `changes`; if the state name changes, stamp the transition time and report it."""
@@ -251,7 +232,8 @@ def _move(
     return new, Transition(state.state, to, reason, now)
 
 
-def _closed_fields() -> dict[str, Any]:
+def closed_fields() -> dict[str, Any]:
+    """The counters, times and probe slots a closed breaker starts from (changes for `move_to`)."""
     return {
         "failure_count": 0,
         "success_count": 0,
@@ -306,7 +288,7 @@ def record_failure(
 
     Only types with the `trips_breaker` flag count; any other failure just frees its probe slot.
     """
-    now = _utc(now)
+    now = as_utc(now)
     kind = ErrorType(error_type)
     state = release_probe(state, now, holder)
     if not flags(kind).trips_breaker:
@@ -322,12 +304,12 @@ def record_failure(
         return state.model_copy(update=counted), None
     if state.state == CircuitState.CLOSED:
         if failures >= policy.failure_threshold:
-            return _move(
+            return move_to(
                 state, CircuitState.OPEN, REASON_THRESHOLD, now, **counted, **_open_fields(policy, now)
             )
         return state.model_copy(update=counted), None
     if state.state == CircuitState.HALF_OPEN:
-        return _move(
+        return move_to(
             state, CircuitState.OPEN, REASON_PROBE_FAILED, now, **counted, **_open_fields(policy, now)
         )
     # Open: a launch admitted before the breaker opened reports late; count it, keep retryAt.
@@ -338,7 +320,7 @@ def record_success(
     state: BreakerState, policy: BreakerPolicy, now: datetime, *, holder: str | None = None
 ) -> tuple[BreakerState, Transition | None]:
     """Record a launch that reached the user's code (whatever the code then did)."""
-    now = _utc(now)
+    now = as_utc(now)
     state = release_probe(state, now, holder)
     if state.state == CircuitState.CLOSED:
         if state.failure_count == 0:
@@ -347,7 +329,7 @@ def record_success(
     if state.state == CircuitState.HALF_OPEN and state.forced == ControlMode.AUTO:
         successes = state.success_count + 1
         if successes >= policy.success_threshold:
-            return _move(state, CircuitState.CLOSED, REASON_PROBES_SUCCEEDED, now, **_closed_fields())
+            return move_to(state, CircuitState.CLOSED, REASON_PROBES_SUCCEEDED, now, **closed_fields())
         return state.model_copy(update={"success_count": successes}), None
     # Open (or forced open): a late success proves little about the infrastructure now.
     return state, None
@@ -378,10 +360,10 @@ def advance(
 
     `admit` does this itself; a periodic timer can call it so `kubectl` shows half-open promptly.
     """
-    now = _utc(now)
+    now = as_utc(now)
     if state.state == CircuitState.OPEN and state.forced == ControlMode.AUTO:
         if state.retry_at is None or now >= state.retry_at:
-            return _move(state, CircuitState.HALF_OPEN, REASON_OPEN_ELAPSED, now, success_count=0, probes=())
+            return move_to(state, CircuitState.HALF_OPEN, REASON_OPEN_ELAPSED, now, success_count=0, probes=())
         return state, None
     if state.state == CircuitState.HALF_OPEN:
         return expire_probes(state, policy, now), None
@@ -396,7 +378,7 @@ def admit(
     A holder that already has a slot is admitted again without taking another, so a launch retried
     after an operator restart does not consume the half-open budget twice.
     """
-    now = _utc(now)
+    now = as_utc(now)
     recheck = now + timedelta(seconds=policy.open_seconds)
     if state.forced == ControlMode.FORCE_OPEN:
         return Admission(False, False, recheck, state)
@@ -418,93 +400,6 @@ def admit(
     return Admission(False, False, min(recheck, earliest_expiry), state, transition)
 
 
-def force_open(state: BreakerState, now: datetime) -> tuple[BreakerState, Transition | None]:
-    """Hold the breaker open until the mode goes back to `auto` (e.g. during maintenance)."""
-    now = _utc(now)
-    if state.forced == ControlMode.FORCE_OPEN:
-        return state, None
-    opened_at = state.opened_at if state.state == CircuitState.OPEN and state.opened_at else now
-    return _move(
-        state,
-        CircuitState.OPEN,
-        REASON_FORCED_OPEN,
-        now,
-        forced=ControlMode.FORCE_OPEN,
-        opened_at=opened_at,
-        retry_at=None,
-        success_count=0,
-        probes=(),
-    )
-
-
-def force_closed(state: BreakerState, now: datetime) -> tuple[BreakerState, Transition | None]:
-    """Admit everything and never trip until the mode goes back to `auto`."""
-    now = _utc(now)
-    if state.forced == ControlMode.FORCE_CLOSED:
-        return state, None
-    return _move(
-        state,
-        CircuitState.CLOSED,
-        REASON_FORCED_CLOSED,
-        now,
-        forced=ControlMode.FORCE_CLOSED,
-        **_closed_fields(),
-    )
-
-
-def set_auto(state: BreakerState, now: datetime) -> tuple[BreakerState, Transition | None]:
-    """Leave forced mode.
-
-    Leaving force-open makes the next launch a probe rather than closing outright, so a still-broken class
-    does not get a flood of launches.
-    """
-    now = _utc(now)
-    if state.forced == ControlMode.FORCE_OPEN:
-        return state.model_copy(update={"forced": ControlMode.AUTO, "retry_at": now}), None
-    if state.forced == ControlMode.FORCE_CLOSED:
-        return state.model_copy(update={"forced": ControlMode.AUTO, **_closed_fields()}), None
-    return state, None
-
-
-def reset(state: BreakerState, now: datetime) -> tuple[BreakerState, Transition | None]:
-    """Clear counters and probe slots and close the breaker; a forced-open breaker stays open.
-
-    `lastFailure` is kept as history.
-    """
-    now = _utc(now)
-    if state.forced == ControlMode.FORCE_OPEN:
-        return state.model_copy(update={"failure_count": 0, "success_count": 0, "probes": ()}), None
-    return _move(state, CircuitState.CLOSED, REASON_RESET, now, **_closed_fields())
-
-
-def apply_control(
-    state: BreakerState, annotations: Mapping[str, str] | None, now: datetime
-) -> tuple[BreakerState, list[Transition]]:
-    """Apply the ExecutionClass's control annotations; idempotent for unchanged annotations.
-
-    A new value of `sandbox.dev/circuit-breaker-reset` resets once (the value is kept in
-    `lastReset`); then `sandbox.dev/circuit-breaker` sets the mode. An unknown mode value leaves the
-    mode as it is rather than guessing.
-    """
-    annotations = annotations or {}
-    transitions: list[Transition] = []
-    reset_value = annotations.get(RESET_ANNOTATION)
-    if reset_value and reset_value != state.last_reset:
-        state, transition = reset(state, now)
-        state = state.model_copy(update={"last_reset": reset_value})
-        if transition:
-            transitions.append(transition)
-    mode = parse_mode(annotations.get(MODE_ANNOTATION))
-    if mode is not None and mode != state.forced:
-        step = {ControlMode.FORCE_OPEN: force_open, ControlMode.FORCE_CLOSED: force_closed}.get(
-            mode, set_auto
-        )
-        state, transition = step(state, now)
-        if transition:
-            transitions.append(transition)
-    return state, transitions
-
-
 def available_condition(
     state: BreakerState, now: datetime, observed_generation: int | None
 ) -> dict[str, Any]:
@@ -518,12 +413,12 @@ def available_condition(
         status, reason = ConditionStatus.TRUE, ConditionReason.CIRCUIT_CLOSED
         message = f"circuit closed; {state.failure_count} consecutive infrastructure failure(s){last}"
         if state.forced == ControlMode.FORCE_CLOSED:
-            message += f"; forced closed by annotation {MODE_ANNOTATION}"
+            message += f"; forced closed by annotation {ANNOTATION_CIRCUIT_BREAKER}"
     elif state.state == CircuitState.OPEN:
         status, reason = ConditionStatus.FALSE, ConditionReason.CIRCUIT_OPEN
         since = f" since {format_time(state.opened_at)}" if state.opened_at else ""
         if state.forced == ControlMode.FORCE_OPEN:
-            message = f"circuit forced open by annotation {MODE_ANNOTATION}{since}; {failures}{last}"
+            message = f"circuit forced open by annotation {ANNOTATION_CIRCUIT_BREAKER}{since}; {failures}{last}"
         else:
             after = f"; probes allowed after {format_time(state.retry_at)}" if state.retry_at else ""
             message = f"circuit open{since}; {failures}{last}{after}"

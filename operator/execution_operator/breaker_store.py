@@ -30,10 +30,10 @@ from .breaker import (
     Transition,
     admit,
     advance,
-    apply_control,
     available_condition,
     record_result,
 )
+from .breaker_control import apply_control
 from .errors import ErrorType
 from .retry import backoff_delay
 

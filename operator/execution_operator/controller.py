@@ -48,7 +48,6 @@ from execution_operator.classify import (
     classify_finished_pod,
     classify_stuck_pod,
     classify_vanished_pod,
-    log_holds_full_report,
     pod_finished,
     report_lines_expected,
 )
@@ -64,6 +63,7 @@ from execution_operator.models import (
     ExecutionSpec,
 )
 from execution_operator.pools import WarmPools
+from execution_operator.report_parsing import log_holds_full_report
 from execution_operator.retry import backoff_delay, decide_retry, delay_until
 from execution_operator.sandbox import (
     ExecutionRef,

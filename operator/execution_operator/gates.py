@@ -17,16 +17,8 @@ import structlog
 
 from execution_operator import metrics
 from execution_operator.api import API_VERSION, EXECUTION_CLASSES, EventReason, EventType, Kind
-from execution_operator.breaker import (
-    MODE_ANNOTATION,
-    RESET_ANNOTATION,
-    BreakerState,
-    CircuitState,
-    ControlMode,
-    Transition,
-    parse_mode,
-    state_gauge_value,
-)
+from execution_operator.breaker import BreakerState, CircuitState, ControlMode, Transition, state_gauge_value
+from execution_operator.breaker_control import MODE_ANNOTATION, RESET_ANNOTATION, parse_mode
 from execution_operator.breaker_store import admit_launch, breaker_of, record_launch, sync_breaker
 from execution_operator.errors import ErrorInfo, flags
 from execution_operator.k8s import MERGE_PATCH, ApiError, KubeClient, path_for, resource_version

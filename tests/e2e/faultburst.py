@@ -25,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from execution_operator.classify import parse_runner_report, sandbox_status
+from execution_operator.classify import sandbox_status
+from execution_operator.report_parsing import parse_runner_report
 from execution_operator.sandbox import label_value
 from tests.e2e.kube import Kube, execution, wait_until
 from tests.e2e.procs import OperatorProcess

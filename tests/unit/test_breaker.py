@@ -9,26 +9,28 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from execution_operator.breaker import (
-    MODE_ANNOTATION,
-    RESET_ANNOTATION,
     BreakerPolicy,
     BreakerState,
     CircuitState,
     ControlMode,
     admit,
     advance,
-    apply_control,
     available_condition,
-    force_closed,
-    force_open,
     format_time,
-    parse_mode,
     record_failure,
     record_result,
     record_success,
+    state_gauge_value,
+)
+from execution_operator.breaker_control import (
+    MODE_ANNOTATION,
+    RESET_ANNOTATION,
+    apply_control,
+    force_closed,
+    force_open,
+    parse_mode,
     reset,
     set_auto,
-    state_gauge_value,
 )
 from execution_operator.errors import ERROR_FLAGS, ErrorType
 

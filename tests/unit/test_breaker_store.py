@@ -18,18 +18,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from execution_operator.breaker import (
-    MODE_ANNOTATION,
-    RESET_ANNOTATION,
     BreakerPolicy,
     BreakerState,
     CircuitState,
     ControlMode,
     admit,
     advance,
-    apply_control,
     record_failure,
     record_success,
 )
+from execution_operator.breaker_control import MODE_ANNOTATION, RESET_ANNOTATION, apply_control
 from execution_operator.breaker_store import (
     BreakerConflictError,
     admit_launch,

@@ -18,7 +18,8 @@ import kopf
 import pytest
 import yaml
 
-from execution_operator.breaker import MODE_ANNOTATION, CircuitState
+from execution_operator.breaker import CircuitState
+from execution_operator.breaker_control import MODE_ANNOTATION
 from execution_operator.breaker_store import admit_launch, breaker_of, class_path, record_launch, sync_breaker
 from execution_operator.errors import ErrorType
 from execution_operator.k8s import KubeClient

@@ -13,11 +13,11 @@ from execution_operator.classify import (
     classify_finished_pod,
     classify_stuck_pod,
     classify_vanished_pod,
-    parse_runner_report,
     pod_finished,
 )
 from execution_operator.errors import ERROR_FLAGS, ErrorType
 from execution_operator.models import STREAM_TAIL_BYTES
+from execution_operator.report_parsing import parse_runner_report
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pods"
 

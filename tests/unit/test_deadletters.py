@@ -23,12 +23,11 @@ from typing import Any
 import pytest
 import yaml
 
-from execution_operator import deadletters, metrics, safejson
+from execution_operator import deadletter_build, metrics, safejson
 from execution_operator.api import ANNOTATION_REPLAY, ANNOTATION_REPLAY_OF, ANNOTATION_REPLAY_PENDING, LABEL_REPLAY_OF
-from execution_operator.deadletters import (
+from execution_operator.deadletter_build import (
     MAX_REQUEST_BYTES,
     MAX_STORED_BYTES,
-    DeadLetters,
     ReplayRefused,
     build_dead_letter,
     dead_letter_name,
@@ -40,6 +39,7 @@ from execution_operator.deadletters import (
     stored_size,
     wants_dead_letter,
 )
+from execution_operator.deadletters import DeadLetters
 from execution_operator.errors import INFRASTRUCTURE_TYPES, ErrorType
 from execution_operator.k8s import ApiError
 from execution_operator.models import (
@@ -555,7 +555,7 @@ def test_an_input_that_fits_next_to_maximal_code_and_streams_is_kept() -> None:
 
 def test_tails_give_way_last_and_keep_their_ends(monkeypatch: pytest.MonkeyPatch) -> None:
     """With a tighter bound the stream and details tails shrink, from the start, until the whole fits."""
-    monkeypatch.setattr(deadletters, "MAX_STORED_BYTES", 700 * 1024)
+    monkeypatch.setattr(deadletter_build, "MAX_STORED_BYTES", 700 * 1024)
     ex = maximal_execution("<", "<")
     for key in ("stdout", "stderr"):
         ex["status"][key] = "".join(chr(0x41 + i % 26) for i in range(STREAM_TAIL_BYTES))

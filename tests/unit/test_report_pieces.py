@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from execution_operator.classify import log_holds_full_report, parse_runner_report
+from execution_operator.report_parsing import log_holds_full_report, parse_runner_report
 from execution_operator.runner import report as r
 
 NONCE = "c0ffee" * 5 + "00"

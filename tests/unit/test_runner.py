@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from test_runner_support import run_runner
 
-from execution_operator.classify import parse_runner_report
 from execution_operator.errors import ErrorType
+from execution_operator.report_parsing import parse_runner_report
 from execution_operator.runner import report as r
 from execution_operator.runner.child import error_type_of
 

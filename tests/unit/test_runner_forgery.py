@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from test_runner_support import DROP_CAPS, run_runner
 
-from execution_operator.classify import classify_finished_pod, parse_runner_report
+from execution_operator.classify import classify_finished_pod
+from execution_operator.report_parsing import parse_runner_report
 
 FAKE_NONCE = "0123456789abcdef0123456789abcdef"
 FAKE_SUMMARY = {

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from execution_operator.classify import RunnerReport, parse_runner_report
+from execution_operator.report_parsing import RunnerReport, parse_runner_report
 
 #: Like the pod (capabilities drop ALL): without this, root could read the supervisor's /proc entries.
 DROP_CAPS: list[str] = (
