@@ -221,6 +221,15 @@ def error_dict(error: ErrorInfo | None) -> dict[str, Any] | None:
     return None if error is None else error.model_dump(mode="json", exclude_none=True)
 
 
+def terminal_phase(verdict: Verdict) -> Phase:
+    """The phase an Execution ends in when its last attempt produced `verdict`."""
+    if verdict.success:
+        return Phase.SUCCEEDED
+    if verdict.error is not None and verdict.error.type == ErrorType.CANCELLED:
+        return Phase.CANCELLED
+    return Phase.FAILED
+
+
 @_modelled
 def finished(
     status: Mapping[str, Any], *, verdict: Verdict, attempt: int, now: str, generation: int | None,
@@ -229,15 +238,17 @@ def finished(
     """The terminal status of an Execution whose last attempt produced `verdict`."""
     error = verdict.error
     reason: str
-    if verdict.success:
-        phase, cond_status = Phase.SUCCEEDED, ConditionStatus.TRUE
+    phase = terminal_phase(verdict)
+    if phase == Phase.SUCCEEDED:
+        cond_status = ConditionStatus.TRUE
         reason, message = ConditionReason.SUCCEEDED, f"Attempt {attempt} succeeded"
-    elif error is not None and error.type == ErrorType.CANCELLED:
-        phase, cond_status = Phase.CANCELLED, ConditionStatus.FALSE
+    elif phase == Phase.CANCELLED:
+        assert error is not None
+        cond_status = ConditionStatus.FALSE
         reason, message = ConditionReason.CANCELLED, error.message
     else:
         assert error is not None
-        phase, cond_status = Phase.FAILED, ConditionStatus.FALSE
+        cond_status = ConditionStatus.FALSE
         reason, message = condition_reason(error.type), error.message
     conditions = condition(status.get("conditions"), ConditionType.SUCCEEDED, cond_status, reason, message, now,
                            generation)
