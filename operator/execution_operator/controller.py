@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import dataclasses
 import random
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,10 +24,8 @@ import structlog
 from execution_operator import metrics, safejson
 from execution_operator import status as st
 from execution_operator.api import (
-    ANNOTATION_CORRELATION_ID,
     API_VERSION,
     EXECUTIONS,
-    GROUP,
     LABEL_ATTEMPT,
     LABEL_CLAIMED_FROM,
     LABEL_EXECUTION,
@@ -41,6 +38,16 @@ from execution_operator.api import (
     Kind,
     Launch,
     Phase,
+)
+from execution_operator.bodies import (
+    Key,
+    condition_reason,
+    container_started_at,
+    correlation_id,
+    duration_seconds,
+    execution_owner,
+    key_of,
+    slim_pod,
 )
 from execution_operator.classify import (
     Verdict,
@@ -56,7 +63,6 @@ from execution_operator.errors import ErrorInfo, ErrorType
 from execution_operator.gates import Gates
 from execution_operator.k8s import ApiError, KubeClient, path_for, post_event, resource_version
 from execution_operator.models import (
-    MAX_CORRELATION_ID_CHARS,
     MAX_INPUT_DEPTH,
     DeadLetterPolicy,
     ExecutionClassSpec,
@@ -79,7 +85,6 @@ from execution_operator.status import is_terminal, parse_time, rfc3339
 from execution_operator.validation import validate_execution
 from execution_operator.warmpool import PAYLOAD_MARKER, claimed_for, handed_over
 
-Key = tuple[str, str]
 log = structlog.get_logger("execution_operator.controller")
 
 LOG_TAIL_LINES = 32
@@ -97,63 +102,6 @@ LOG_READ_ROUNDS = 5
 def now_utc() -> datetime:
     """The controller's default clock (aware UTC)."""
     return datetime.now(UTC)
-
-
-def key_of(body: Mapping[str, Any]) -> Key:
-    """The (namespace, name) key of an object, as the caches and locks are keyed."""
-    meta = body["metadata"]
-    return meta.get("namespace", ""), meta["name"]
-
-
-def correlation_id(body: Mapping[str, Any]) -> str:
-    """spec.correlationId, else the annotation, else one derived from the uid (stable across restarts).
-
-    Cut to the length status.correlationId allows: the annotation has no bound of its own, and a
-    value the status schema refuses would leave the Execution without any status.
-    """
-    spec = body.get("spec") or {}
-    meta = body.get("metadata") or {}
-    return str(
-        spec.get("correlationId")
-        or (meta.get("annotations") or {}).get(ANNOTATION_CORRELATION_ID)
-        or (body.get("status") or {}).get("correlationId")
-        or f"ex-{str(meta.get('uid') or uuid.uuid4()).replace('-', '')[:16]}"
-    )[:MAX_CORRELATION_ID_CHARS]
-
-
-def _execution_owner(pod: Mapping[str, Any]) -> str | None:
-    for ref in pod.get("metadata", {}).get("ownerReferences") or []:
-        if ref.get("kind") == Kind.EXECUTION and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
-            return str(ref["name"])
-    return None
-
-
-def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """What the controller needs of a pod: identity, owner, images, status (not the payload annotations)."""
-    meta = pod.get("metadata") or {}
-    spec = pod.get("spec") or {}
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp",
-                                          "deletionTimestamp", "labels", "ownerReferences") if k in meta},
-        "spec": {
-            "nodeName": spec.get("nodeName"),
-            "containers": [{"name": c.get("name"), "image": c.get("image")} for c in spec.get("containers") or []],
-        },
-        "status": pod.get("status") or {},
-    }
-
-
-def container_started_at(pod: Mapping[str, Any]) -> str | None:
-    """When the sandbox container started (running or already terminated); None before it has."""
-    for cs in pod.get("status", {}).get("containerStatuses") or []:
-        state = cs.get("state") or {}
-        if "running" in state:
-            return str(state["running"].get("startedAt") or "") or None
-        if "terminated" in state and state["terminated"].get("startedAt"):
-            return str(state["terminated"]["startedAt"])
-    return None
 
 
 class Conflict(Exception):
@@ -221,7 +169,7 @@ class Controller:
             await self.pools.on_pod_event(body, event_type)
         meta = body.get("metadata", {})
         pkey = (meta.get("namespace", ""), meta.get("name", ""))
-        owner = _execution_owner(body)
+        owner = execution_owner(body)
         key = (pkey[0], owner or "")
         # Pods of finished Executions are not kept: the cache holds only what a decision may need.
         keep = owner is not None and key not in self.finished
@@ -494,7 +442,7 @@ class Controller:
                        f"{cls.max_concurrent} at once")
             patch = st.held(ctx.status, reason=ConditionReason.QUEUED, message=message, now=ctx.now,
                             generation=ctx.generation, correlation_id=ctx.correlation_id)
-            held_for = _cond_reason(ctx.status, ConditionType.LAUNCHED)
+            held_for = condition_reason(ctx.status, ConditionType.LAUNCHED)
             if _differs(ctx.status, patch, ("phase",)) or held_for != ConditionReason.QUEUED:
                 await self._patch_status(ctx.key, ctx.body, patch)
             self.queued.setdefault(ctx.class_name, set()).add(ctx.key)
@@ -754,7 +702,7 @@ class Controller:
             updated = await self._patch_status(ctx.key, ctx.body, patch)
             cancelled = patch["phase"] == Phase.CANCELLED
             outcome = "succeeded" if verdict.success else ("cancelled" if cancelled else "failed")
-            duration = _duration(updated)
+            duration = duration_seconds(updated)
             metrics.record_terminal(ctx.key[0], self.class_label(ctx.class_name), outcome,
                                     error.type if error else None, duration)
             self._track_phase(ctx.key, ctx.class_name, None)
@@ -888,7 +836,7 @@ class Controller:
             meta = pod.get("metadata", {})
             if (meta.get("labels") or {}).get(LABEL_EXECUTION_CLASS) != label:
                 continue
-            if (namespace, _execution_owner(pod)) == key or pod_finished(pod):
+            if (namespace, execution_owner(pod)) == key or pod_finished(pod):
                 continue
             count += 1
         return count
@@ -928,13 +876,6 @@ def _differs(status: Mapping[str, Any], patch: Mapping[str, Any], fields: tuple[
     return any(status.get(f) != patch.get(f) for f in fields)
 
 
-def _cond_reason(status: Mapping[str, Any], ctype: str) -> str | None:
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == ctype:
-            return str(cond.get("reason"))
-    return None
-
-
 def _unconfirmed_success(verdict: Verdict, exc: ApiError, pod: str, attempt: int) -> Verdict:
     """A success whose log stayed unreadable: its output is unknown, so it is not recorded as one."""
     error = ErrorInfo.of(
@@ -944,13 +885,6 @@ def _unconfirmed_success(verdict: Verdict, exc: ApiError, pod: str, attempt: int
         exc.message, podName=pod, attempt=attempt, httpStatus=exc.status,
     )
     return dataclasses.replace(verdict, success=False, error=error, output=None)
-
-
-def _duration(body: Mapping[str, Any]) -> float:
-    status = body.get("status") or {}
-    start = parse_time(body.get("metadata", {}).get("creationTimestamp"))
-    end = parse_time(status.get("completionTime"))
-    return max(0.0, (end - start).total_seconds()) if start and end else 0.0
 
 
 async def _create_or_get(client: KubeClient, collection: str, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -171,7 +171,7 @@ async def test_crash_between_pod_creation_and_status_write_adopts_the_pod(
     _, client = api
     body = await create_execution(client, "adopt")
     # The first operator created the pod and died before writing status: do the same by hand.
-    from execution_operator.controller import correlation_id
+    from execution_operator.bodies import correlation_id
     from execution_operator.models import ExecutionClassSpec, ExecutionSpec
     from execution_operator.sandbox import ExecutionRef, build_pod
 

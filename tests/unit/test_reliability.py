@@ -27,8 +27,9 @@ from test_controller import (
 
 from execution_operator import controller as controller_module
 from execution_operator import k8s, kopf_guard, metrics, safejson
+from execution_operator.bodies import correlation_id
 from execution_operator.classify import classify_create_error, classify_finished_pod
-from execution_operator.controller import Controller, correlation_id
+from execution_operator.controller import Controller
 from execution_operator.k8s import KubeClient, path_for
 from execution_operator.models import ExecutionClassSpec, ExecutionSpec
 from execution_operator.sandbox import ExecutionRef, build_pod
