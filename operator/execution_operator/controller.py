@@ -39,6 +39,7 @@ from execution_operator.api import (
     Launch,
     Phase,
 )
+from execution_operator.attempt_plan import EndPlan, RetryPlan, end_event, plan_after_attempt, retry_event
 from execution_operator.bodies import (
     Key,
     condition_reason,
@@ -70,7 +71,6 @@ from execution_operator.models import (
 )
 from execution_operator.pools import WarmPools
 from execution_operator.report_parsing import log_holds_full_report
-from execution_operator.retry import backoff_delay, decide_retry, delay_until
 from execution_operator.sandbox import (
     ExecutionRef,
     PayloadTooLarge,
@@ -656,69 +656,71 @@ class Controller:
         delete_pod: bool = False,
         not_before: datetime | None = None,
     ) -> None:
+        """Carry out what follows the attempt's verdict: a retry, or the end (then `pod` goes if asked).
+
+        `not_before` is the earliest next attempt of a launch the breaker refused (its retryAt).
+        """
         spec, _ = ctx.require()
-        error = verdict.error
         if not verdict.user_code_started_at:
             # A launch that never reached the user's code: a breaker failure if its type says so.
-            await self.gates.record(ctx.class_name, ctx.key, attempt, reached_user_code=False, error=error)
-        disruptions = int(ctx.status.get("disruptions") or 0)
-        decision = None
-        if not verdict.success and error is not None:
-            # Attempts lost to disruptions (eviction, node lost) do not count against the user's budget.
-            decision = decide_retry(error.type, attempt, spec.retry.max_attempts, disruptions)
-        if decision is not None and decision.retry:
-            if not decision.consumes_budget:
-                disruptions += 1
-            delay = backoff_delay(attempt, spec.retry.backoff_seconds, spec.retry.max_backoff_seconds, self.rng)
-            next_at = self.clock() + timedelta(seconds=delay)
-            if not_before is not None:
-                # Held by an open circuit: come back after retryAt, spread over a few seconds so the
-                # held Executions do not all return in the same instant (retry.delay_until).
-                now = self.clock()
-                next_at = max(next_at, now + timedelta(seconds=delay_until(not_before, now, self.rng)))
-            assert error is not None
-            patch = st.retrying(ctx.status, verdict=verdict, attempt=attempt, next_attempt_at=rfc3339(next_at),
-                                now=ctx.now, generation=ctx.generation, correlation_id=ctx.correlation_id,
-                                disruptions=disruptions)
-            updated = await self._patch_status(ctx.key, ctx.body, patch)
-            self._track_phase(ctx.key, ctx.class_name, Phase.RETRYING)
-            metrics.record_retry(self.class_label(ctx.class_name), error.type)
-            self._event(updated, EventType.WARNING, EventReason.RETRYING,
-                        f"Attempt {attempt} failed with {error.type}: {error.message}; retrying at {rfc3339(next_at)}")
-            log.info("retrying", namespace=ctx.key[0], execution=ctx.key[1], attempt=attempt,
-                     correlation_id=ctx.correlation_id, error_type=str(error.type), next_attempt_at=rfc3339(next_at))
-            self.wake_at(ctx.key, next_at)
+            await self.gates.record(ctx.class_name, ctx.key, attempt, reached_user_code=False, error=verdict.error)
+        plan = plan_after_attempt(verdict, spec.retry, attempt=attempt,
+                                  disruptions=int(ctx.status.get("disruptions") or 0), now=self.clock(),
+                                  rng=self.rng, not_before=not_before)
+        if isinstance(plan, RetryPlan):
+            await self._retry(ctx, attempt, verdict, plan)
         else:
-            patch = st.finished(ctx.status, verdict=verdict, attempt=attempt, now=ctx.now,
-                                generation=ctx.generation, correlation_id=ctx.correlation_id)
-            dead_letter = None
-            if patch["phase"] == Phase.FAILED:
-                # The DeadLetter first, so its name goes into the same (terminal) status write; after a
-                # crash in between, the same decision finds it again (its name comes from the uid).
-                ended = dict(ctx.body, status={**ctx.status, **{k: v for k, v in patch.items() if v is not None}})
-                dead_letter = await self._record_dead_letter(ended)
-                if dead_letter:
-                    patch["deadLetterName"] = dead_letter
-            updated = await self._patch_status(ctx.key, ctx.body, patch)
-            cancelled = patch["phase"] == Phase.CANCELLED
-            outcome = "succeeded" if verdict.success else ("cancelled" if cancelled else "failed")
-            duration = duration_seconds(updated)
-            metrics.record_terminal(ctx.key[0], self.class_label(ctx.class_name), outcome,
-                                    error.type if error else None, duration)
-            self._track_phase(ctx.key, ctx.class_name, None)
-            if verdict.success:
-                self._event(updated, EventType.NORMAL, EventReason.SUCCEEDED, f"Attempt {attempt} succeeded")
-            else:
-                assert error is not None
-                kept = f" (kept in DeadLetter {dead_letter})" if dead_letter else ""
-                self._event(updated, EventType.WARNING, EventReason(patch["phase"]),
-                            f"{error.type}: {error.message}{kept}")
-            log.info("finished", namespace=ctx.key[0], execution=ctx.key[1], attempt=attempt,
-                     correlation_id=ctx.correlation_id, phase=patch["phase"],
-                     error_type=str(error.type) if error else None)
-            await self._after_terminal(ctx.key, updated)
+            await self._end(ctx, attempt, verdict, plan)
         if delete_pod and pod is not None:
             await self._delete_pod(ctx.key[0], pod["metadata"]["name"])
+
+    async def _retry(self, ctx: _Ctx, attempt: int, verdict: Verdict, plan: RetryPlan) -> None:
+        """Write Retrying with nextAttemptAt, count the retry, say so, and wake then."""
+        error = verdict.error
+        assert error is not None
+        next_at = rfc3339(plan.next_attempt_at)
+        patch = st.retrying(ctx.status, verdict=verdict, attempt=attempt, next_attempt_at=next_at,
+                            now=ctx.now, generation=ctx.generation, correlation_id=ctx.correlation_id,
+                            disruptions=plan.disruptions)
+        updated = await self._patch_status(ctx.key, ctx.body, patch)
+        self._track_phase(ctx.key, ctx.class_name, Phase.RETRYING)
+        metrics.record_retry(self.class_label(ctx.class_name), error.type)
+        self._event(updated, *retry_event(attempt, error, plan.next_attempt_at))
+        log.info("retrying", namespace=ctx.key[0], execution=ctx.key[1], attempt=attempt,
+                 correlation_id=ctx.correlation_id, error_type=str(error.type), next_attempt_at=next_at)
+        self.wake_at(ctx.key, plan.next_attempt_at)
+
+    async def _end(self, ctx: _Ctx, attempt: int, verdict: Verdict, plan: EndPlan) -> None:
+        """Write the terminal status (naming the DeadLetter made first), count it, say so, then tidy up."""
+        patch = st.finished(ctx.status, verdict=verdict, attempt=attempt, now=ctx.now,
+                            generation=ctx.generation, correlation_id=ctx.correlation_id)
+        dead_letter = await self._dead_letter_first(ctx, patch) if plan.dead_letter else None
+        if dead_letter:
+            patch["deadLetterName"] = dead_letter
+        updated = await self._patch_status(ctx.key, ctx.body, patch)
+        self._count_end(ctx, verdict, plan, updated)
+        self._event(updated, *end_event(verdict, plan, attempt, dead_letter))
+        error = verdict.error
+        log.info("finished", namespace=ctx.key[0], execution=ctx.key[1], attempt=attempt,
+                 correlation_id=ctx.correlation_id, phase=patch["phase"],
+                 error_type=str(error.type) if error else None)
+        await self._after_terminal(ctx.key, updated)
+
+    async def _dead_letter_first(self, ctx: _Ctx, patch: Mapping[str, Any]) -> str | None:
+        """The DeadLetter of the Execution as the terminal `patch` leaves it, before that write.
+
+        So its name goes into the same (terminal) status write; after a crash in between, the same
+        decision finds it again (its name comes from the uid).
+        """
+        ended = dict(ctx.body, status={**ctx.status, **{k: v for k, v in patch.items() if v is not None}})
+        return await self._record_dead_letter(ended)
+
+    def _count_end(self, ctx: _Ctx, verdict: Verdict, plan: EndPlan, updated: Mapping[str, Any]) -> None:
+        """The terminal metrics, and the Execution leaves the in-flight gauge."""
+        error = verdict.error
+        metrics.record_terminal(ctx.key[0], self.class_label(ctx.class_name), plan.outcome,
+                                error.type if error else None, duration_seconds(updated))
+        self._track_phase(ctx.key, ctx.class_name, None)
 
     async def _cancel(self, ctx: _Ctx, attempt: int) -> None:
         stdout = stderr = ""
