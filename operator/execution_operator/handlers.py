@@ -118,4 +118,4 @@ def register(registry: kopf.OperatorRegistry) -> None:
     @kopf.on.probe(id="controller", registry=registry)
     def probe(memo: OperatorContext, **_: Any) -> dict[str, int]:
         controller = memo.require()
-        return {"inFlight": len(controller.executions), "timers": len(controller.timers)}
+        return {"inFlight": len(controller.state.executions), "timers": len(controller.state.timers)}

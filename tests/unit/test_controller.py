@@ -129,7 +129,7 @@ async def test_success_costs_at_most_six_writes_and_records_everything(
     assert status["stdout"] == "1\n"
     assert status["exitCode"] == 0
     assert status["exitCodeSource"] == "container"
-    for task in list(controller.tasks):
+    for task in list(controller.state.tasks):
         await task
     made = writes(server)
     assert made.count("create pods") == 1
@@ -264,13 +264,13 @@ async def test_finished_executions_leave_no_pods_in_memory(api: tuple[ApiServer,
     body = await create_execution(client, "forget")
     await controller.on_execution_event(body, "ADDED")
     (pod,) = await pods(client)
-    assert "sandbox.dev/code" not in controller.pods[(NS, pod["metadata"]["name"])]["metadata"].get(
+    assert "sandbox.dev/code" not in controller.state.pods[(NS, pod["metadata"]["name"])]["metadata"].get(
         "annotations", {}), "the cached pod is a slim view without the payload"
     finished = await finish_pod(server, client, pod, {"success": True, "exitCode": 0}, exit_code=0)
     await controller.on_pod_event(finished, "MODIFIED")
-    assert controller.pods == {}
-    assert controller.executions == {}
+    assert controller.state.pods == {}
+    assert controller.state.executions == {}
     await controller.on_pod_event(finished, "MODIFIED")  # a late event about the same pod
     await controller.on_pod_event(finished, "DELETED")
-    assert controller.pods == {}
-    assert controller.vanished == {}
+    assert controller.state.pods == {}
+    assert controller.state.vanished == {}

@@ -298,7 +298,7 @@ async def test_a_failed_wake_up_read_schedules_another(api: Api) -> None:
     await create_execution(client, "timer", ttlSecondsAfterFinished=0)
     server.faults.add(FaultRule(method="GET", resource="executions", name_pattern="timer", status=429, times=5))
     await controller._wake((NS, "timer"))  # must not raise: a raise here was a lost timer
-    assert (NS, "timer") in controller.timers
+    assert (NS, "timer") in controller.state.timers
     await eventually(lambda: pods(client))  # the next wake-up read the Execution and launched it
 
 
@@ -391,7 +391,7 @@ async def test_a_finished_execution_keeps_no_timer(api: Api) -> None:
     server, client = api
     controller = Controller(operator_client(client))
     pod = await run_to_pod(controller, client, "no-timer")
-    assert (NS, "no-timer") in controller.timers  # the pending timeout
+    assert (NS, "no-timer") in controller.state.timers  # the pending timeout
     await finish(server, client, controller, pod)
     await eventually(lambda: phase_of(client, "no-timer", "Succeeded"))
-    assert (NS, "no-timer") not in controller.timers
+    assert (NS, "no-timer") not in controller.state.timers
