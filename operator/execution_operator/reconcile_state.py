@@ -1,8 +1,8 @@
 """What the controller's steps share: caches, wake-up timers and the writes every step makes.
 
 The caches are fed by watch events; the shared writes are the guarded status patch, Events, the
-in-flight gauge and pod deletions. One `ReconcileState` per operator, owned by `controller.Controller`,
-which launches attempts on it; the attempt outcomes (`attempt_outcomes.Outcomes`) act on it too. A
+in-flight gauge and pod deletions. One `ReconcileState` per operator, owned by `controller.Controller`;
+the launch (`launch.Launcher`) and the attempt outcomes (`attempt_outcomes.Outcomes`) act on it. A
 `ReconcilePass` is what one reconcile pass knows about its Execution.
 """
 

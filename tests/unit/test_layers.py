@@ -34,7 +34,7 @@ def test_the_tree_keeps_every_contract() -> None:
     ("client/apicalls.py", "from execution_operator.client import aio", "Inside the client"),
     ("classify.py", "from execution_operator import k8s", "The pure core"),
     ("deadletters.py", "from execution_operator import controller", "The controller is imported by the handlers"),
-    ("attempt_outcomes.py", "from execution_operator import controller", "The controller is imported by the handlers"),
+    ("launch.py", "from execution_operator import controller", "The controller is imported by the handlers"),
     ("pools.py", "from execution_operator import attempt_outcomes", "The controller's steps"),
     ("attempt_plan.py", "from execution_operator import reconcile_state", "The pure core"),
     ("sandbox.py", "import localcluster", "The operator never imports the local cluster"),
