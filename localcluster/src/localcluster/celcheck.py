@@ -222,10 +222,13 @@ def _literal(tree: Any) -> Expr:
     tok = tree.children[0]
     t, text = tok.type, str(tok)
     col = int(getattr(tok, "column", 0) or 0)
-    if t == "INT_LIT":
-        return Expr("lit", col, ("int", int(text, 0)))
-    if t == "UINT_LIT":
-        return Expr("lit", col, ("uint", int(text[:-1], 0)))
+    if t in ("INT_LIT", "UINT_LIT"):
+        digits = text[:-1] if t == "UINT_LIT" else text
+        try:
+            value = int(digits, 0)
+        except ValueError:  # a decimal with a leading zero (01), which int() does not read
+            raise _Unsupported(text) from None
+        return Expr("lit", col, ("int" if t == "INT_LIT" else "uint", value))
     if t == "FLOAT_LIT":
         return Expr("lit", col, ("double", float(text)))
     if t in ("STRING_LIT", "MLSTRING_LIT", "BYTES_LIT"):
@@ -632,7 +635,9 @@ def check_rule(text: str, self_type: DeclType, *, string_result: bool = False) -
     try:
         tree = _PARSER_ENV.compile(text)
         expr = reduce_tree(tree)
-    except Exception:
+    except (celpy.CELParseError, _Unsupported, RecursionError):
+        # A parse error is the caller's to word; a construct the reduction does not know, or a nesting too
+        # deep to reduce, leaves the rule unchecked.
         return RuleCheck(None, 0, "oldSelf" in text)
     checker = _Checker(self_type, old_self=True)
     try:
