@@ -61,7 +61,8 @@ PODS = "/api/v1/namespaces/default/pods"
 # ---------------------------------------------------------------------------------------------- discovery
 async def test_discovery_documents(api: Api) -> None:
     status, body = await api.get("/api")
-    assert status == 200 and body["versions"] == ["v1"]
+    assert status == 200
+    assert body["versions"] == ["v1"]
     _, v1 = await api.get("/api/v1")
     by_name = {r["name"]: r for r in v1["resources"]}
     assert by_name["pods"]["shortNames"] == ["po"]
@@ -105,9 +106,11 @@ async def test_crd_install_serves_resource_with_established_conditions(api: Api)
     assert "widgets/status" in by_name
     status, created = await api.post(W, widget("a"))
     assert status == 201
-    assert created["kind"] == "Widget" and created["apiVersion"] == "test.dev/v1"
+    assert created["kind"] == "Widget"
+    assert created["apiVersion"] == "test.dev/v1"
     status, lst = await api.get(W)
-    assert lst["kind"] == "WidgetList" and lst["apiVersion"] == "test.dev/v1"
+    assert lst["kind"] == "WidgetList"
+    assert lst["apiVersion"] == "test.dev/v1"
     assert [i["metadata"]["name"] for i in lst["items"]] == ["a"]
 
 
@@ -127,9 +130,12 @@ async def test_create_sets_server_fields_and_rv_increases(api: Api) -> None:
     _, b = await api.post(CM, cm("b", x="1"))
     for o in (a, b):
         meta = o["metadata"]
-        assert meta["uid"] and meta["creationTimestamp"].endswith("Z") and meta["namespace"] == "default"
+        assert meta["uid"]
+        assert meta["creationTimestamp"].endswith("Z")
+        assert meta["namespace"] == "default"
         [entry] = meta["managedFields"]
-        assert entry["operation"] == "Update" and entry["fieldsV1"] == {"f:data": {".": {}, "f:x": {}}}
+        assert entry["operation"] == "Update"
+        assert entry["fieldsV1"] == {"f:data": {".": {}, "f:x": {}}}
     assert int(b["metadata"]["resourceVersion"]) > int(a["metadata"]["resourceVersion"])
 
 
@@ -137,10 +143,12 @@ async def test_values_json_cannot_carry(api: Api) -> None:
     """NaN is refused like the real decoder refuses it; huge integers and odd text still round-trip."""
     status, body = await api.post(CM, '{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "n"}, '
                                       '"data": {"x": NaN}}')
-    assert status == 400 and "invalid character 'N'" in body["message"]
+    assert status == 400
+    assert "invalid character 'N'" in body["message"]
     status, _ = await api.post(CM, {**cm("text"), "data": {"s": "caf\u00e9 \U0001f600"}})
     _, got = await api.get(f"{CM}/text")
-    assert status == 201 and got["data"] == {"s": "caf\u00e9 \U0001f600"}
+    assert status == 201
+    assert got["data"] == {"s": "caf\u00e9 \U0001f600"}
     assert json.loads(store_dumps({"n": 2**70, "f": 0.1})) == {"n": 2**70, "f": 0.1}
 
 
@@ -148,7 +156,8 @@ async def test_generate_name(api: Api) -> None:
     status, o = await api.post(CM, {"metadata": {"generateName": "job-"}, "data": {}})
     assert status == 201
     name = o["metadata"]["name"]
-    assert name.startswith("job-") and len(name) == len("job-") + 5
+    assert name.startswith("job-")
+    assert len(name) == len("job-") + 5
     assert (await api.get(f"{CM}/{name}"))[0] == 200
 
 
@@ -156,14 +165,18 @@ async def test_already_exists_is_a_status_409(api: Api) -> None:
     await api.post(CM, cm("a"))
     status, body = await api.post(CM, cm("a"))
     assert status == 409
-    assert body["kind"] == "Status" and body["reason"] == "AlreadyExists" and body["code"] == 409
+    assert body["kind"] == "Status"
+    assert body["reason"] == "AlreadyExists"
+    assert body["code"] == 409
     assert body["message"] == 'configmaps "a" already exists'
     assert body["details"] == {"name": "a", "kind": "configmaps"}
 
 
 async def test_not_found_status(api: Api) -> None:
     status, body = await api.get(f"{CM}/nope")
-    assert status == 404 and body["reason"] == "NotFound" and body["message"] == 'configmaps "nope" not found'
+    assert status == 404
+    assert body["reason"] == "NotFound"
+    assert body["message"] == 'configmaps "nope" not found'
 
 
 async def test_put_with_stale_resource_version_conflicts(api: Api) -> None:
@@ -171,11 +184,13 @@ async def test_put_with_stale_resource_version_conflicts(api: Api) -> None:
     stale = a["metadata"]["resourceVersion"]
     a["data"]["x"] = "2"
     status, updated = await api.put(f"{CM}/a", a)
-    assert status == 200 and updated["data"]["x"] == "2"
+    assert status == 200
+    assert updated["data"]["x"] == "2"
     a["data"]["x"] = "3"
     a["metadata"]["resourceVersion"] = stale
     status, body = await api.put(f"{CM}/a", a)
-    assert status == 409 and body["reason"] == "Conflict"
+    assert status == 409
+    assert body["reason"] == "Conflict"
     assert "the object has been modified" in body["message"]
 
 
@@ -183,11 +198,14 @@ async def test_merge_patch_guarded_by_resource_version(api: Api) -> None:
     _, a = await api.post(CM, cm("a", x="1"))
     rv = a["metadata"]["resourceVersion"]
     status, p = await api.patch(f"{CM}/a", {"metadata": {"resourceVersion": rv}, "data": {"y": "2"}})
-    assert status == 200 and p["data"] == {"x": "1", "y": "2"}
+    assert status == 200
+    assert p["data"] == {"x": "1", "y": "2"}
     status, body = await api.patch(f"{CM}/a", {"metadata": {"resourceVersion": rv}, "data": {"z": "3"}})
-    assert status == 409 and body["reason"] == "Conflict"
+    assert status == 409
+    assert body["reason"] == "Conflict"
     status, p = await api.patch(f"{CM}/a", {"data": {"x": None}})
-    assert status == 200 and p["data"] == {"y": "2"}
+    assert status == 200
+    assert p["data"] == {"y": "2"}
 
 
 async def test_json_patch_and_failed_test_is_422(api: Api) -> None:
@@ -197,9 +215,13 @@ async def test_json_patch_and_failed_test_is_422(api: Api) -> None:
            {"op": "add", "path": "/metadata/finalizers", "value": ["x/y"]},
            {"op": "replace", "path": "/data/x", "value": "2"}]
     status, p = await api.patch(f"{CM}/a", ops, JSONPATCH)
-    assert status == 200 and p["metadata"]["finalizers"] == ["x/y"] and p["data"]["x"] == "2"
+    assert status == 200
+    assert p["metadata"]["finalizers"] == ["x/y"]
+    assert p["data"]["x"] == "2"
     status, body = await api.patch(f"{CM}/a", ops, JSONPATCH)
-    assert status == 422 and body["reason"] == "Invalid" and body["kind"] == "Status"
+    assert status == 422
+    assert body["reason"] == "Invalid"
+    assert body["kind"] == "Status"
     status, body = await api.patch(f"{CM}/a", [{"op": "remove", "path": "/data/missing"}], JSONPATCH)
     assert status == 422
 
@@ -208,7 +230,8 @@ async def test_noop_update_keeps_resource_version(api: Api, server: ApiServer) -
     _, a = await api.post(CM, cm("a", x="1"))
     before = server.store.rv
     status, p = await api.patch(f"{CM}/a", {"data": {"x": "1"}})
-    assert status == 200 and p["metadata"]["resourceVersion"] == a["metadata"]["resourceVersion"]
+    assert status == 200
+    assert p["metadata"]["resourceVersion"] == a["metadata"]["resourceVersion"]
     assert server.store.rv == before
 
 
@@ -225,7 +248,8 @@ async def test_strategic_merge_for_core_kinds(api: Api) -> None:
     status, d = await api.patch(f"{deploy}/d", patch, STRATEGIC)
     assert status == 200, d
     cs = {c["name"]: c for c in d["spec"]["template"]["spec"]["containers"]}
-    assert cs["b"]["image"] == "img:2" and cs["a"]["image"] == "img:1"
+    assert cs["b"]["image"] == "img:2"
+    assert cs["a"]["image"] == "img:1"
     assert cs["a"]["env"] == [{"name": "X", "value": "1"}]
     assert d["metadata"]["labels"] == {"l": "v"}
     assert d["metadata"]["generation"] == 2
@@ -233,7 +257,8 @@ async def test_strategic_merge_for_core_kinds(api: Api) -> None:
     await api.post(PODS, pod("p"))
     status, p = await api.patch(f"{PODS}/p", {"spec": {"containers": [{"name": "main", "image": "busybox:2"}]}},
                                 STRATEGIC)
-    assert status == 200 and p["spec"]["containers"][0]["image"] == "busybox:2"
+    assert status == 200
+    assert p["spec"]["containers"][0]["image"] == "busybox:2"
     assert p["spec"]["containers"][0]["terminationMessagePolicy"] == "File"
 
 
@@ -241,52 +266,62 @@ async def test_strategic_merge_on_custom_resource_is_415(api: Api) -> None:
     await install_widgets(api)
     await api.post(W, widget("a"))
     status, body = await api.patch(f"{W}/a", {"spec": {"size": 4}}, STRATEGIC)
-    assert status == 415 and body["reason"] == "UnsupportedMediaType"
+    assert status == 415
+    assert body["reason"] == "UnsupportedMediaType"
 
 
 async def test_server_side_apply_creates_then_merges(api: Api) -> None:
     path = f"{CM}/ssa?fieldManager=test"
     status, o = await api.patch(path, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"},
                                        "data": {"a": "1"}}, APPLY)
-    assert status == 201 and o["data"] == {"a": "1"}
+    assert status == 201
+    assert o["data"] == {"a": "1"}
     status, o = await api.patch(path, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"},
                                        "data": {"b": "2"}}, APPLY)
     # the manager no longer applies "a" and nobody else owns it: removed
-    assert status == 200 and o["data"] == {"b": "2"}
+    assert status == 200
+    assert o["data"] == {"b": "2"}
     status, o = await api.patch(f"{CM}/ssa?fieldManager=other", {"apiVersion": "v1", "kind": "ConfigMap",
                                                                  "metadata": {"name": "ssa"}, "data": {"c": "3"}},
                                 APPLY)
-    assert status == 200 and o["data"] == {"b": "2", "c": "3"}
+    assert status == 200
+    assert o["data"] == {"b": "2", "c": "3"}
     owners = {e["manager"]: e["fieldsV1"] for e in o["metadata"]["managedFields"]}
     assert owners == {"test": {"f:data": {"f:b": {}}}, "other": {"f:data": {"f:c": {}}}}
     status, body = await api.patch(f"{CM}/ssa", {"metadata": {"name": "ssa"}}, APPLY)
-    assert status == 422 and body["details"]["kind"] == "PatchOptions"
+    assert status == 422
+    assert body["details"]["kind"] == "PatchOptions"
     assert body["message"] == ('PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: '
                                "is required for apply patch")
 
 
 async def test_dry_run_does_not_persist(api: Api, server: ApiServer) -> None:
     status, o = await api.post(f"{CM}?dryRun=All", cm("dry"))
-    assert status == 201 and o["metadata"]["name"] == "dry"
+    assert status == 201
+    assert o["metadata"]["name"] == "dry"
     assert (await api.get(f"{CM}/dry"))[0] == 404
     await api.post(CM, cm("a", x="1"))
     status, o = await api.patch(f"{CM}/a?dryRun=All", {"data": {"x": "2"}})
-    assert status == 200 and o["data"]["x"] == "2"
+    assert status == 200
+    assert o["data"]["x"] == "2"
     assert (await api.get(f"{CM}/a"))[1]["data"]["x"] == "1"
 
 
 async def test_invalid_metadata_name_is_422(api: Api) -> None:
     status, body = await api.post(CM, cm("Bad_Name"))
-    assert status == 422 and body["reason"] == "Invalid"
+    assert status == 422
+    assert body["reason"] == "Invalid"
     assert body["details"]["causes"][0]["field"] == "metadata.name"
     assert "RFC 1123 subdomain" in body["message"]
     status, body = await api.post(CM, {"metadata": {}})
-    assert status == 422 and "name or generateName is required" in body["message"]
+    assert status == 422
+    assert "name or generateName is required" in body["message"]
 
 
 async def test_create_in_missing_namespace_is_404(api: Api) -> None:
     status, body = await api.post("/api/v1/namespaces/nope/configmaps", cm("a"))
-    assert status == 404 and body["message"] == 'namespaces "nope" not found'
+    assert status == 404
+    assert body["message"] == 'namespaces "nope" not found'
 
 
 # ---------------------------------------------------------------------------------------------- generation / status
@@ -295,20 +330,26 @@ async def test_generation_and_status_subresource(api: Api) -> None:
     body = widget("a")
     body["status"] = {"phase": "ignored on create"}
     _, o = await api.post(W, body)
-    assert o["metadata"]["generation"] == 1 and "status" not in o
+    assert o["metadata"]["generation"] == 1
+    assert "status" not in o
     status, o = await api.patch(f"{W}/a/status", {"status": {"phase": "Running"}, "spec": {"size": 99}})
-    assert status == 200 and o["status"] == {"phase": "Running"} and o["spec"]["size"] == 3
+    assert status == 200
+    assert o["status"] == {"phase": "Running"}
+    assert o["spec"]["size"] == 3
     assert o["metadata"]["generation"] == 1
     status, o = await api.patch(f"{W}/a", {"spec": {"size": 5}, "status": {"phase": "ignored"}})
-    assert o["metadata"]["generation"] == 2 and o["status"] == {"phase": "Running"}
+    assert o["metadata"]["generation"] == 2
+    assert o["status"] == {"phase": "Running"}
     status, o = await api.patch(f"{W}/a", {"metadata": {"labels": {"x": "y"}}})
     assert o["metadata"]["generation"] == 2
     o["status"] = {"phase": "Done"}
     status, o = await api.put(f"{W}/a/status", o)
-    assert status == 200 and o["status"] == {"phase": "Done"}
+    assert status == 200
+    assert o["status"] == {"phase": "Done"}
     del o["metadata"]["resourceVersion"]
     status, body = await api.put(f"{W}/a", o)  # custom resources allow no unconditional update
-    assert status == 422 and body["details"]["causes"][0]["field"] == "metadata.resourceVersion"
+    assert status == 422
+    assert body["details"]["causes"][0]["field"] == "metadata.resourceVersion"
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -316,11 +357,13 @@ async def test_generation_and_status_subresource(api: Api) -> None:
 async def test_custom_resource_validation_422_with_causes(api: Api) -> None:
     await install_widgets(api)
     status, body = await api.post(W, widget("a", size=301))
-    assert status == 422 and body["reason"] == "Invalid"
+    assert status == 422
+    assert body["reason"] == "Invalid"
     assert body["message"] == ('Widget.test.dev "a" is invalid: spec.size: Invalid value: 301: spec.size in body '
                                "should be less than or equal to 300")
     assert body["details"]["causes"][0]["field"] == "spec.size"
-    assert body["details"]["name"] == "a" and body["details"]["group"] == "test.dev"
+    assert body["details"]["name"] == "a"
+    assert body["details"]["group"] == "test.dev"
 
 
 @needs_schema
@@ -330,7 +373,8 @@ async def test_defaults_pruning_and_transition_rules(api: Api) -> None:
     assert status == 201
     assert o["spec"] == {"size": 3, "color": "blue", "frozen": "x"}
     status, body = await api.patch(f"{W}/a", {"spec": {"frozen": "y"}})
-    assert status == 422 and "frozen is immutable" in body["message"]
+    assert status == 422
+    assert "frozen is immutable" in body["message"]
     status, o = await api.patch(f"{W}/a", {"spec": {"size": 4}})
     assert status == 200
 
@@ -347,9 +391,11 @@ async def test_field_validation_strict_warn_ignore(api: Api, server: ApiServer) 
     status, _ = await api.post(f"{W}?fieldValidation=Ignore", widget("c", bogus=1))
     assert status == 201
     status, body = await api.patch(f"{W}/c?fieldValidation=Strict", {"spec": {"other": 2}})
-    assert status == 400 and 'unknown field "spec.other"' in body["message"]
+    assert status == 400
+    assert 'unknown field "spec.other"' in body["message"]
     status, o = await api.patch(f"{W}/c", {"spec": {"other": 2}})  # pruned without complaint
-    assert status == 200 and "other" not in o["spec"]
+    assert status == 200
+    assert "other" not in o["spec"]
 
 
 # ---------------------------------------------------------------------------------------------- deletion
@@ -358,7 +404,8 @@ async def test_finalizers_hold_deletion(api: Api) -> None:
     o["metadata"]["finalizers"] = ["test/hold"]
     await api.post(CM, o)
     status, d = await api.delete(f"{CM}/a")
-    assert status == 200 and d["metadata"]["deletionTimestamp"]
+    assert status == 200
+    assert d["metadata"]["deletionTimestamp"]
     assert d["metadata"]["deletionGracePeriodSeconds"] == 0
     assert (await api.get(f"{CM}/a"))[0] == 200
     status, _body = await api.patch(f"{CM}/a", {"metadata": {"finalizers": ["test/hold", "test/other"]}})
@@ -393,7 +440,8 @@ async def test_gc_foreground_waits_for_dependents(api: Api) -> None:
     status, o = await api.delete(f"{CM}/owner", {"propagationPolicy": "Foreground"})
     assert status == 200
     _, o = await api.get(f"{CM}/owner")
-    assert "foregroundDeletion" in o["metadata"]["finalizers"] and o["metadata"]["deletionTimestamp"]
+    assert "foregroundDeletion" in o["metadata"]["finalizers"]
+    assert o["metadata"]["deletionTimestamp"]
     _, d = await api.get(f"{CM}/dep")
     assert d["metadata"]["deletionTimestamp"]
     await api.patch(f"{CM}/dep", {"metadata": {"finalizers": None}})
@@ -406,7 +454,8 @@ async def test_gc_orphan_removes_owner_references(api: Api) -> None:
     await api.post(CM, owned("dep", owner))
     await api.delete(f"{CM}/owner?propagationPolicy=Orphan")
     status, d = await api.get(f"{CM}/dep")
-    assert status == 200 and "ownerReferences" not in d["metadata"]
+    assert status == 200
+    assert "ownerReferences" not in d["metadata"]
 
 
 async def test_gc_deletes_dependents_created_after_their_owner_is_gone(api: Api, server: ApiServer) -> None:
@@ -437,7 +486,8 @@ async def test_delete_preconditions(api: Api) -> None:
 
 async def test_namespace_lifecycle_default_sa_and_cascade(api: Api) -> None:
     status, ns = await api.post("/api/v1/namespaces", {"metadata": {"name": "team"}})
-    assert status == 201 and ns["status"]["phase"] == "Active"
+    assert status == 201
+    assert ns["status"]["phase"] == "Active"
     _, sa = await api.get("/api/v1/namespaces/team/serviceaccounts/default")
     assert sa["metadata"]["name"] == "default"
     await api.post("/api/v1/namespaces/team/configmaps", cm("a"))
@@ -449,7 +499,8 @@ async def test_namespace_lifecycle_default_sa_and_cascade(api: Api) -> None:
     assert ns["status"]["phase"] == "Terminating"
     assert (await api.get("/api/v1/namespaces/team/configmaps/a"))[0] == 404
     status, body = await api.post("/api/v1/namespaces/team/configmaps", cm("new"))
-    assert status == 403 and "being terminated" in body["message"]
+    assert status == 403
+    assert "being terminated" in body["message"]
     await api.patch("/api/v1/namespaces/team", {"metadata": {"labels": {"x": "y"}}})
     assert (await api.get("/api/v1/namespaces/team"))[0] == 200  # still terminating: content remains
     await api.patch("/api/v1/namespaces/team/configmaps/held", {"metadata": {"finalizers": None}})
@@ -462,10 +513,13 @@ async def test_namespace_lifecycle_default_sa_and_cascade(api: Api) -> None:
 async def test_pod_defaults_and_pending_status(api: Api) -> None:
     status, p = await api.post(PODS, pod("p"))
     assert status == 201
-    assert p["status"]["phase"] == "Pending" and p["status"]["qosClass"] == "BestEffort"
+    assert p["status"]["phase"] == "Pending"
+    assert p["status"]["qosClass"] == "BestEffort"
     c = p["spec"]["containers"][0]
-    assert c["terminationMessagePath"] == "/dev/termination-log" and c["terminationMessagePolicy"] == "File"
-    assert p["spec"]["restartPolicy"] == "Always" and p["spec"]["terminationGracePeriodSeconds"] == 30
+    assert c["terminationMessagePath"] == "/dev/termination-log"
+    assert c["terminationMessagePolicy"] == "File"
+    assert p["spec"]["restartPolicy"] == "Always"
+    assert p["spec"]["terminationGracePeriodSeconds"] == 30
     assert "nodeName" not in p["spec"]
 
 
@@ -486,7 +540,8 @@ async def test_scheduled_pod_graceful_deletion_waits_for_node(api: Api) -> None:
     await api.post(PODS, pod("p", nodeName="local-node"))
     status, p = await api.delete(f"{PODS}/p")
     assert status == 200
-    assert p["metadata"]["deletionGracePeriodSeconds"] == 30 and p["metadata"]["deletionTimestamp"]
+    assert p["metadata"]["deletionGracePeriodSeconds"] == 30
+    assert p["metadata"]["deletionTimestamp"]
     assert (await api.get(f"{PODS}/p"))[0] == 200
     await api.delete(f"{PODS}/p", {"gracePeriodSeconds": 0})
     assert (await api.get(f"{PODS}/p"))[0] == 404
@@ -505,7 +560,8 @@ async def test_unscheduled_or_finished_pod_deleted_at_once(api: Api) -> None:
 async def test_pod_spec_is_immutable(api: Api) -> None:
     await api.post(PODS, pod("p"))
     status, body = await api.patch(f"{PODS}/p", {"spec": {"restartPolicy": "Never"}})
-    assert status == 422 and "pod updates may not change fields" in body["message"]
+    assert status == 422
+    assert "pod updates may not change fields" in body["message"]
 
 
 async def test_resource_quota_pods_limit(api: Api) -> None:
@@ -514,21 +570,24 @@ async def test_resource_quota_pods_limit(api: Api) -> None:
     assert (await api.post(PODS, pod("a")))[0] == 201
     assert (await api.post(PODS, pod("b")))[0] == 201
     status, body = await api.post(PODS, pod("c"))
-    assert status == 403 and body["reason"] == "Forbidden"
+    assert status == 403
+    assert body["reason"] == "Forbidden"
     assert body["message"] == ('pods "c" is forbidden: exceeded quota: q, requested: count/pods=1, '
                                "used: count/pods=2, limited: count/pods=2")
 
 
 async def test_service_account_must_exist(api: Api) -> None:
     status, body = await api.post(PODS, pod("p", serviceAccountName="robot"))
-    assert status == 403 and 'serviceaccount "robot" not found' in body["message"]
+    assert status == 403
+    assert 'serviceaccount "robot" not found' in body["message"]
     await api.post("/api/v1/namespaces/default/serviceaccounts", {"metadata": {"name": "robot"}})
     assert (await api.post(PODS, pod("p", serviceAccountName="robot")))[0] == 201
 
 
 async def test_runtime_class_must_exist(api: Api) -> None:
     status, body = await api.post(PODS, pod("p", runtimeClassName="gvisor"))
-    assert status == 403 and body["message"] == 'pods "p" is forbidden: pod rejected: RuntimeClass "gvisor" not found'
+    assert status == 403
+    assert body["message"] == 'pods "p" is forbidden: pod rejected: RuntimeClass "gvisor" not found'
     await api.post("/apis/node.k8s.io/v1/runtimeclasses", {"metadata": {"name": "gvisor"}, "handler": "runsc"})
     assert (await api.post(PODS, pod("p", runtimeClassName="gvisor")))[0] == 201
 
@@ -573,10 +632,14 @@ async def test_cluster_scoped_and_other_builtin_kinds(api: Api) -> None:
         assert (await api.get(f"{path}/{o['metadata']['name']}"))[0] == 200
     status, svc = await api.post("/api/v1/namespaces/default/services",
                                  {"metadata": {"name": "svc"}, "spec": {"ports": [{"port": 80}]}})
-    assert status == 201 and svc["spec"]["clusterIP"].startswith("10.96.") and svc["spec"]["type"] == "ClusterIP"
+    assert status == 201
+    assert svc["spec"]["clusterIP"].startswith("10.96.")
+    assert svc["spec"]["type"] == "ClusterIP"
     assert svc["spec"]["ports"][0]["targetPort"] == 80
     _, s = await api.get("/api/v1/namespaces/default/secrets/s")
-    assert s["data"] == {"k": "dg=="} and s["type"] == "Opaque" and "stringData" not in s
+    assert s["data"] == {"k": "dg=="}
+    assert s["type"] == "Opaque"
+    assert "stringData" not in s
 
 
 async def test_multi_version_crd_serves_each_version(api: Api) -> None:
@@ -595,7 +658,8 @@ async def test_multi_version_crd_serves_each_version(api: Api) -> None:
     _, g = await api.get("/apis/test.dev/v1/namespaces/default/gadgets/g")
     assert g["apiVersion"] == "test.dev/v1"
     _, lst = await api.get("/apis/test.dev/v1/namespaces/default/gadgets")
-    assert lst["apiVersion"] == "test.dev/v1" and lst["items"][0]["apiVersion"] == "test.dev/v1"
+    assert lst["apiVersion"] == "test.dev/v1"
+    assert lst["items"][0]["apiVersion"] == "test.dev/v1"
 
 
 @needs_schema
@@ -609,7 +673,9 @@ async def test_unknown_and_duplicate_fields_of_a_custom_resource_warn_and_are_dr
         assert resp.headers.getall("Warning") == ['299 - "duplicate field \\"spec.size\\""',
                                                   '299 - "unknown field \\"metadata.bogus\\""',
                                                   '299 - "unknown field \\"spec.foo\\""']
-    assert "bogus" not in got["metadata"] and got["spec"]["size"] == 2 and "foo" not in got["spec"]
+    assert "bogus" not in got["metadata"]
+    assert got["spec"]["size"] == 2
+    assert "foo" not in got["spec"]
     async with api.session.post(api.url + W + "?fieldValidation=Strict", data=body.replace('"w"', '"s"'),
                                 headers={"Content-Type": "application/json"}) as resp:
         assert resp.status == 400
@@ -621,12 +687,14 @@ async def test_unknown_and_duplicate_fields_of_a_custom_resource_warn_and_are_dr
 async def test_an_update_naming_another_uid_is_a_409_precondition_failure(api: Api) -> None:
     _, a = await api.post(CM, cm("u", x="1"))
     status, body = await api.put(f"{CM}/u", {**a, "metadata": {**a["metadata"], "uid": "other"}, "data": {"x": "2"}})
-    assert status == 409 and body["reason"] == "Conflict"
+    assert status == 409
+    assert body["reason"] == "Conflict"
     assert body["message"].endswith(f"Precondition failed: UID in precondition: other, UID in object meta: "
                                     f"{a['metadata']['uid']}")
     assert "Key: /registry/configmaps/default/u," in body["message"]
     status, same = await api.put(f"{CM}/u", {**a, "data": {"x": "2"}})
-    assert status == 200 and same["data"] == {"x": "2"}
+    assert status == 200
+    assert same["data"] == {"x": "2"}
 
 
 # ---------------------------------------------------------------------------------------------- real-server limits
@@ -642,43 +710,58 @@ async def test_annotations_are_limited_to_256_kib_of_keys_and_values(api: Api) -
 async def test_size_limits_answer_by_layer(api: Api) -> None:
     await install_widgets(api)
     status, body = await api.post(CM, cm("huge", big="x" * (3 * 1024 * 1024)))
-    assert status == 413 and body["message"] == "Request entity too large: limit is 3145728"
+    assert status == 413
+    assert body["message"] == "Request entity too large: limit is 3145728"
     status, body = await api.post(CM, cm("toobig", a="x" * 524288, b="x" * 524289))
-    assert status == 422 and body["details"]["causes"][0]["field"] == "[]"
+    assert status == 422
+    assert body["details"]["causes"][0]["field"] == "[]"
     status, body = await api.post(W, widget("w-etcd", frozen="x" * 1572864))
-    assert status == 500 and body["message"] == "etcdserver: request is too large" and "reason" not in body
+    assert status == 500
+    assert body["message"] == "etcdserver: request is too large"
+    assert "reason" not in body
     status, body = await api.post(W, widget("w-grpc", frozen="x" * 2097152))
-    assert status == 500 and body["message"].startswith(
+    assert status == 500
+    assert body["message"].startswith(
         "rpc error: code = ResourceExhausted desc = trying to send message larger than max (")
     assert (await api.get(f"{W}/w-etcd"))[0] == 404
 
 
 async def test_names_labels_and_finalizers_follow_the_real_rules(api: Api) -> None:
     status, body = await api.post(CM, cm("n" * 254))
-    assert status == 422 and body["details"]["causes"][0]["message"].endswith("must be no more than 253 characters")
+    assert status == 422
+    assert body["details"]["causes"][0]["message"].endswith("must be no more than 253 characters")
     status, body = await api.post(CM, cm("l", labels={"k": "bad value"}))
-    assert status == 422 and body["details"]["causes"][0]["field"] == "metadata.labels"
+    assert status == 422
+    assert body["details"]["causes"][0]["field"] == "metadata.labels"
     status, body = await api.post(CM, {"metadata": {"name": "f", "finalizers": ["hold"]}})
-    assert status == 422 and body["details"]["causes"][0]["field"] == "metadata.finalizers[0]"
+    assert status == 422
+    assert body["details"]["causes"][0]["field"] == "metadata.finalizers[0]"
     status, body = await api.post(CM, {"metadata": {"generateName": "g" * 70}})
-    assert status == 201 and len(body["metadata"]["name"]) == 63
+    assert status == 201
+    assert len(body["metadata"]["name"]) == 63
 
 
 async def test_delete_answers_a_status_unless_finalizers_keep_the_object(api: Api) -> None:
     await api.post(CM, cm("plain"))
     status, body = await api.delete(f"{CM}/plain")
-    assert status == 200 and body["kind"] == "Status" and body["details"]["kind"] == "configmaps"
+    assert status == 200
+    assert body["kind"] == "Status"
+    assert body["details"]["kind"] == "configmaps"
     await api.post(CM, {"metadata": {"name": "held", "finalizers": ["example.com/hold"]}})
     status, body = await api.delete(f"{CM}/held")
-    assert status == 200 and body["kind"] == "ConfigMap" and body["metadata"]["deletionGracePeriodSeconds"] == 0
+    assert status == 200
+    assert body["kind"] == "ConfigMap"
+    assert body["metadata"]["deletionGracePeriodSeconds"] == 0
     status, owner = await api.post(CM, cm("owner"))
     dep = {"metadata": {"name": "dep", "ownerReferences": [
         {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}]}}
     await api.post(CM, dep)
     status, body = await api.delete(f"{CM}/owner", {"propagationPolicy": "Orphan"})
-    assert status == 200 and body["metadata"]["finalizers"] == ["orphan"]
+    assert status == 200
+    assert body["metadata"]["finalizers"] == ["orphan"]
     status, kept = await api.get(f"{CM}/dep")
-    assert status == 200 and "ownerReferences" not in kept["metadata"]
+    assert status == 200
+    assert "ownerReferences" not in kept["metadata"]
     assert (await api.get(f"{CM}/owner"))[0] == 404
 
 
@@ -691,16 +774,20 @@ async def test_pods_mount_the_service_account_token_unless_they_opt_out(api: Api
         {"name": volume["name"], "readOnly": True, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]
     assert (await api.get(f"{CM}/kube-root-ca.crt"))[0] == 200
     status, p = await api.post(PODS, pod("no-token", automountServiceAccountToken=False))
-    assert status == 201 and "volumes" not in p["spec"]
+    assert status == 201
+    assert "volumes" not in p["spec"]
 
 
 async def test_values_of_the_wrong_json_type_are_a_400_not_a_crash(api: Api) -> None:
     status, body = await api.post(PODS, {"metadata": {"name": "p"}, "spec": {"containers": "sandbox"}})
-    assert status == 400 and body["message"].startswith('Pod in version "v1" cannot be handled as a Pod: json: ')
+    assert status == 400
+    assert body["message"].startswith('Pod in version "v1" cannot be handled as a Pod: json: ')
     status, body = await api.post(CM, {"metadata": {"name": "c"}, "data": {"n": 1}})
-    assert status == 400 and "ConfigMap.data of type string" in body["message"]
+    assert status == 400
+    assert "ConfigMap.data of type string" in body["message"]
     status, body = await api.post(PODS, {"metadata": {"name": "p"}, "spec": None})
-    assert status == 422 and body["details"]["causes"][0]["field"] == "spec.containers"  # null is unset
+    assert status == 422
+    assert body["details"]["causes"][0]["field"] == "spec.containers"  # null is unset
 
 
 async def test_an_event_is_one_object_read_through_both_event_apis(api: Api) -> None:
@@ -708,7 +795,9 @@ async def test_an_event_is_one_object_read_through_both_event_apis(api: Api) -> 
             "reason": "Started", "message": "hi", "type": "Normal", "reportingComponent": "op",
             "reportingInstance": "op-0", "count": 1}
     status, created = await api.post("/api/v1/namespaces/default/events", core)
-    assert status == 201 and created["eventTime"] is None and created["source"] == {}
+    assert status == 201
+    assert created["eventTime"] is None
+    assert created["source"] == {}
     status, v1 = await api.get("/apis/events.k8s.io/v1/namespaces/default/events/ev1")
     assert status == 200
     assert (v1["note"], v1["regarding"]["name"], v1["reportingController"], v1["deprecatedCount"]) == \
@@ -721,21 +810,26 @@ async def test_an_event_is_one_object_read_through_both_event_apis(api: Api) -> 
 async def test_pod_updates_follow_the_real_rules(api: Api) -> None:
     await api.post(PODS, pod("u", activeDeadlineSeconds=100))
     status, body = await api.patch(f"{PODS}/u", {"spec": {"containers": []}})
-    assert status == 422 and [c["message"] for c in body["details"]["causes"]] == [
+    assert status == 422
+    assert [c["message"] for c in body["details"]["causes"]] == [
         "Required value", "Forbidden: pod updates may not add or remove containers"]
     status, body = await api.patch(f"{PODS}/u", {"spec": {"activeDeadlineSeconds": 200}})
-    assert status == 422 and body["details"]["causes"][0]["message"] == \
-        "Invalid value: 200: must be less than or equal to previous value"
+    assert status == 422
+    assert body["details"]["causes"][0]["message"] == (
+        "Invalid value: 200: must be less than or equal to previous value")
     status, body = await api.patch(f"{PODS}/u", {"spec": {"activeDeadlineSeconds": 50}})
-    assert status == 200 and body["metadata"]["generation"] == 2
+    assert status == 200
+    assert body["metadata"]["generation"] == 2
 
 
 async def test_an_immutable_configmap_keeps_its_data_and_its_flag(api: Api) -> None:
     await api.post(CM, {"metadata": {"name": "frozen"}, "immutable": True, "data": {"a": "1"}})
     status, body = await api.patch(f"{CM}/frozen", {"data": {"a": "2"}})
-    assert status == 422 and body["details"]["causes"][0]["field"] == "data"
+    assert status == 422
+    assert body["details"]["causes"][0]["field"] == "data"
     status, body = await api.patch(f"{CM}/frozen", {"immutable": False})
-    assert status == 422 and body["details"]["causes"][0]["field"] == "immutable"
+    assert status == 422
+    assert body["details"]["causes"][0]["field"] == "immutable"
 
 
 @needs_schema
@@ -746,4 +840,5 @@ async def test_a_custom_resource_lists_its_metadata_errors_before_its_schema_err
     status, answer = await api.post(W, body)
     assert status == 422
     fields = [c["field"] for c in answer["details"]["causes"]]
-    assert fields[0] == "metadata.labels" and "spec.size" in fields
+    assert fields[0] == "metadata.labels"
+    assert "spec.size" in fields

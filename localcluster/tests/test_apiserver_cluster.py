@@ -51,7 +51,8 @@ def test_up_command_prints_ready_line_writes_kubeconfig_and_stops_on_sigterm(tmp
         server = config["clusters"][0]["cluster"]["server"]
         assert server.startswith("http://127.0.0.1:")
         status, version = http(server + "/version")
-        assert status == 200 and version["gitVersion"].startswith("v1.")
+        assert status == 200
+        assert version["gitVersion"].startswith("v1.")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     finally:

@@ -155,7 +155,8 @@ def test_apply_rejects_invalid_and_unknown_fields(kubectl: Kubectl) -> None:
     assert "spec.timeoutSeconds: Invalid value: 301" in proc.stderr
     unknown = EXECUTION.format(name="bad") + "  bogus: 1\n"
     proc = kubectl("apply", "-f", "-", stdin=unknown, check=False)
-    assert proc.returncode != 0 and 'unknown field "spec.bogus"' in proc.stderr
+    assert proc.returncode != 0
+    assert 'unknown field "spec.bogus"' in proc.stderr
 
 
 def read_lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
@@ -188,10 +189,12 @@ def test_get_watch_streams_changes(kubectl: Kubectl, cluster: LocalCluster) -> N
         header = next_line(lines, proc)
         assert header.split()[:3] == ["EVENT", "NAME", "PHASE"]
         first = next_line(lines, proc)
-        assert "ADDED" in first and "watched" in first
+        assert "ADDED" in first
+        assert "watched" in first
         api(cluster, "PATCH", f"{EX}/watched/status", {"status": {"phase": "Running"}})
         line = next_line(lines, proc)
-        assert "MODIFIED" in line and "Running" in line
+        assert "MODIFIED" in line
+        assert "Running" in line
     finally:
         proc.kill()
         proc.wait()
@@ -248,7 +251,8 @@ def test_describe_shows_fields_and_events(kubectl: Kubectl, cluster: LocalCluste
     )
     out = kubectl("describe", "ex", "described").stdout
     assert "Name:         described" in out
-    assert "Launched" in out and "pod described-1 created" in out
+    assert "Launched" in out
+    assert "pod described-1 created" in out
 
 
 def test_label_annotate_patch_and_delete(kubectl: Kubectl) -> None:
@@ -269,7 +273,8 @@ def test_label_annotate_patch_and_delete(kubectl: Kubectl) -> None:
     assert ex["metadata"]["annotations"]["sandbox.dev/note"] == "x"
     assert ex["metadata"]["annotations"]["json"] == "yes"
     proc = kubectl("patch", "ex", "edited", "-p", '{"metadata":{"labels":{"s":"1"}}}', check=False)
-    assert proc.returncode != 0 and "strategic-merge-patch" in proc.stderr
+    assert proc.returncode != 0
+    assert "strategic-merge-patch" in proc.stderr
     kubectl("delete", "ex", "edited")
     assert kubectl("get", "ex", "edited", check=False).returncode != 0
 
@@ -299,7 +304,8 @@ spec:
     kubectl("apply", "-f", "-", stdin=deploy.replace('name: b, image: "img:1"', 'name: b, image: "img:2"'))
     d = kubectl.json("-n", "kubectl-ns", "get", "deploy", "d")
     images = {c["name"]: c["image"] for c in d["spec"]["template"]["spec"]["containers"]}
-    assert images == {"a": "img:1", "b": "img:2"} and d["metadata"]["generation"] == 2
+    assert images == {"a": "img:1", "b": "img:2"}
+    assert d["metadata"]["generation"] == 2
     kubectl(
         "apply",
         "--server-side",
@@ -318,7 +324,8 @@ def test_auth_can_i_is_always_yes(kubectl: Kubectl) -> None:
 
 def test_explain_uses_crd_schema(kubectl: Kubectl) -> None:
     out = kubectl("explain", "execution.spec").stdout
-    assert "KIND:       Execution" in out and "timeoutSeconds" in out
+    assert "KIND:       Execution" in out
+    assert "timeoutSeconds" in out
     assert "code" in kubectl("explain", "ex.spec.code").stdout
 
 

@@ -17,7 +17,8 @@ from localcluster.apiserver.status import ApiError
 REG = Registry()
 PODS = REG.get("", "v1", "pods")
 CMS = REG.get("", "v1", "configmaps")
-assert PODS is not None and CMS is not None
+assert PODS is not None
+assert CMS is not None
 
 
 def labelled(**labels: str) -> dict[str, Any]:
@@ -39,7 +40,8 @@ def refused(fn: Any, *args: Any) -> ApiError:
 ])
 def test_label_selector_semantics(selector: str, labels: dict[str, str], matches: bool) -> None:
     m = parse_label_selector(selector)
-    assert m is not None and m(labelled(**labels)) is matches
+    assert m is not None
+    assert m(labelled(**labels)) is matches
 
 
 @pytest.mark.parametrize(("selector", "message"), [
@@ -71,7 +73,8 @@ def test_field_selector_labels_per_kind() -> None:
                               ("spec.hostNetwork=true", True), ("spec.host=x", False),
                               ("metadata.name!=p", False), ("metadata.name==p,spec.schedulerName=s", True)]:
         m = parse_field_selector(selector, PODS)
-        assert m is not None and m(pod) is matches, selector
+        assert m is not None, selector
+        assert m(pod) is matches, selector
     assert refused(parse_field_selector, "spec.foo=bar", PODS).message == "field label not supported: spec.foo"
     assert refused(parse_field_selector, "data.x=1", CMS).message == (
         '"data.x" is not a known field selector: only "metadata.name", "metadata.namespace"')
@@ -85,7 +88,8 @@ def test_custom_resources_select_by_metadata_and_their_selectable_fields() -> No
                                   "selectableFields": [{"jsonPath": ".spec.color"}]}]}}
     info = resources_from_crd(crd)[0]
     m = parse_field_selector("spec.color=red", info)
-    assert m is not None and m({"metadata": {"name": "w"}, "spec": {"color": "red"}})
+    assert m is not None
+    assert m({"metadata": {"name": "w"}, "spec": {"color": "red"}})
     assert refused(parse_field_selector, "spec.size=1", info).message == "field label not supported: spec.size"
 
 
@@ -128,9 +132,11 @@ def test_option_errors_come_in_the_real_order() -> None:
 
 def test_continue_tokens_round_trip_and_bad_ones_are_refused_as_the_real_server_does() -> None:
     token = encode_continue(42, "fid/le-2")
-    assert "=" not in token and decode_continue(token) == (42, "fid/le-2")
+    assert "=" not in token
+    assert decode_continue(token) == (42, "fid/le-2")
     e = refused(decode_continue, "not-a-token")
-    assert e.code == 400 and e.message.startswith("invalid continue token: continue key is not valid: ")
+    assert e.code == 400
+    assert e.message.startswith("invalid continue token: continue key is not valid: ")
     assert refused(decode_continue, "a%b").message.endswith("illegal base64 data at input byte 1")
     assert "encoded start key empty" in refused(decode_continue, _token(rv=3)).message
     assert "incorrect encoded start resourceVersion" in refused(decode_continue, _token(rv=0, start="a")).message
@@ -162,7 +168,8 @@ def test_accept_negotiation() -> None:
     assert negotiate(table, True, "create") == Output()  # a write answers with the object
     with pytest.raises(NotAcceptable) as e:
         negotiate("application/vnd.kubernetes.protobuf", True, "list")
-    assert e.value.code == 406 and e.value.protobuf_body
+    assert e.value.code == 406
+    assert e.value.protobuf_body
     assert e.value.message == ("only the following media types are accepted: application/json, application/yaml, "
                                "application/vnd.kubernetes.protobuf")
     with pytest.raises(NotAcceptable) as e:

@@ -66,7 +66,8 @@ def test_scale_reads_and_writes_the_replicas(cluster: LocalCluster, tmp_path: Pa
     out = kubectl(cluster, tmp_path, "scale", "warmpool/wp", "--replicas=5")
     assert "scaled" in out.stdout
     code, body = call(cluster, "GET", POOL)
-    assert body["spec"]["replicas"] == 5 and body["metadata"]["generation"] == 2
+    assert body["spec"]["replicas"] == 5
+    assert body["metadata"]["generation"] == 2
     # The object's schema still applies: 0..100.
     code, status = call(cluster, "PATCH", POOL + "/scale", {"spec": {"replicas": 101}})
     assert code == 422, status

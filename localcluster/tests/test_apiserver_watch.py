@@ -69,9 +69,11 @@ async def test_list_pagination_and_metadata(api: Api, server: ApiServer) -> None
     for i in range(5):
         await api.post(CM, cm(f"c{i}"))
     _, page = await api.get(f"{CM}?limit=2")
-    assert page["kind"] == "ConfigMapList" and page["apiVersion"] == "v1"
+    assert page["kind"] == "ConfigMapList"
+    assert page["apiVersion"] == "v1"
     assert page["metadata"]["resourceVersion"] == str(server.store.rv)
-    assert names(page["items"]) == ["c0", "c1"] and page["metadata"]["remainingItemCount"] == 3
+    assert names(page["items"]) == ["c0", "c1"]
+    assert page["metadata"]["remainingItemCount"] == 3
     seen = names(page["items"])
     while page["metadata"].get("continue"):
         _, page = await api.get(f"{CM}?limit=2&continue={page['metadata']['continue']}")
@@ -83,13 +85,15 @@ async def test_list_pages_with_a_selector_have_no_remaining_count(api: Api) -> N
     for i in range(4):
         await api.post(CM, cm(f"c{i}", {"set": "p" if i < 3 else "q"}))
     _, page = await api.get(f"{CM}?limit=2&labelSelector=set%3Dp")
-    assert names(page["items"]) == ["c0", "c1"] and "remainingItemCount" not in page["metadata"]
+    assert names(page["items"]) == ["c0", "c1"]
+    assert "remainingItemCount" not in page["metadata"]
     assert "kind" not in page["items"][0]  # items of a built-in kind's list carry no kind/apiVersion
     _, page = await api.get(f"{CM}?limit=1&labelSelector=set%3Dp&continue={page['metadata']['continue']}")
     assert names(page["items"]) == ["c2"]
     assert page["metadata"].get("continue")  # c3 follows (not matching): the real server still hands a token
     _, page = await api.get(f"{CM}?limit=1&labelSelector=set%3Dp&continue={page['metadata']['continue']}")
-    assert page["items"] == [] and "continue" not in page["metadata"]
+    assert page["items"] == []
+    assert "continue" not in page["metadata"]
 
 
 async def test_list_at_an_exact_past_resource_version(api: Api, server: ApiServer) -> None:
@@ -98,13 +102,15 @@ async def test_list_at_an_exact_past_resource_version(api: Api, server: ApiServe
     await api.patch(f"{CM}/a", {"data": {"k": "2"}})
     await api.post(CM, cm("b"))
     status, old = await api.get(f"{CM}?resourceVersion={rv}&resourceVersionMatch=Exact")
-    assert status == 200 and old["metadata"]["resourceVersion"] == rv
+    assert status == 200
+    assert old["metadata"]["resourceVersion"] == rv
     assert [(i["metadata"]["name"], i["data"]) for i in old["items"]] == [("a", {"k": "1"})]
     status, body = await api.get(f"{CM}?resourceVersion=1&resourceVersionMatch=Exact")  # before the server was up
     assert (status, body["reason"], body["message"]) == (410, "Expired",
                                                          "The resourceVersion for the provided list is too old.")
     status, body = await api.get(f"{CM}?resourceVersion={server.store.rv + 1000}")
-    assert (status, body["reason"]) == (504, "Timeout") and body["details"]["retryAfterSeconds"] == 1
+    assert (status, body["reason"]) == (504, "Timeout")
+    assert body["details"]["retryAfterSeconds"] == 1
 
 
 async def test_media_types_partial_metadata_and_406(api: Api) -> None:
@@ -114,13 +120,18 @@ async def test_media_types_partial_metadata_and_406(api: Api) -> None:
     _, meta = await api.get(path, headers={"Accept": "application/json;as=PartialObjectMetadataList;v=v1;"
                                                      "g=meta.k8s.io"})
     assert (meta["kind"], meta["apiVersion"]) == ("PartialObjectMetadataList", "meta.k8s.io/v1")
-    assert meta["items"][0]["kind"] == "PartialObjectMetadata" and "spec" not in meta["items"][0]
+    assert meta["items"][0]["kind"] == "PartialObjectMetadata"
+    assert "spec" not in meta["items"][0]
     status, body = await api.get(path, headers={"Accept": "application/vnd.kubernetes.protobuf"}, raw=True)
-    assert status == 406 and body.startswith(b"k8s\x00") and b"NotAcceptable" in body  # a protobuf Status
+    assert status == 406
+    assert body.startswith(b"k8s\x00")
+    assert b"NotAcceptable" in body  # a protobuf Status
     status, body = await api.get(path, headers={"Accept": "text/html"})
     assert (status, body["reason"]) == (406, "NotAcceptable")
     status, lst = await api.get(path, headers={"Accept": "application/vnd.kubernetes.protobuf, application/json"})
-    assert status == 200 and lst["kind"] == "WidgetList" and lst["metadata"]["continue"] == ""
+    assert status == 200
+    assert lst["kind"] == "WidgetList"
+    assert lst["metadata"]["continue"] == ""
     _, table = await api.get(path, headers={"Accept": "application/json;as=Table;v=v1beta1;g=meta.k8s.io"})
     assert table["apiVersion"] == "meta.k8s.io/v1beta1"
     assert table["rows"][0]["object"]["apiVersion"] == "meta.k8s.io/v1beta1"
@@ -151,7 +162,8 @@ async def test_watch_without_resource_version_sends_current_state_then_live(api:
     await api.post(CM, cm("a"))
     stream = api.watch(f"{CM}?watch=1")
     first = await collect(stream, 1)
-    assert first[0]["type"] == "ADDED" and first[0]["object"]["metadata"]["name"] == "a"
+    assert first[0]["type"] == "ADDED"
+    assert first[0]["object"]["metadata"]["name"] == "a"
 
     async def later() -> None:
         await api.post(CM, cm("b"))
@@ -159,7 +171,8 @@ async def test_watch_without_resource_version_sends_current_state_then_live(api:
     task = asyncio.create_task(later())
     nxt = await collect(stream, 1)
     await task
-    assert nxt[0]["type"] == "ADDED" and nxt[0]["object"]["metadata"]["name"] == "b"
+    assert nxt[0]["type"] == "ADDED"
+    assert nxt[0]["object"]["metadata"]["name"] == "b"
 
 
 async def test_watch_burst_arrives_whole_and_in_order(api: Api) -> None:
@@ -170,7 +183,8 @@ async def test_watch_burst_arrives_whole_and_in_order(api: Api) -> None:
     await asyncio.gather(*(api.post(CM, cm(f"b{i:03d}")) for i in range(60)))
     events = await collect(stream, 60)
     rvs = [int(e["object"]["metadata"]["resourceVersion"]) for e in events]
-    assert rvs == sorted(rvs) and len(set(rvs)) == 60
+    assert rvs == sorted(rvs)
+    assert len(set(rvs)) == 60
     assert sorted(e["object"]["metadata"]["name"] for e in events) == [f"b{i:03d}" for i in range(60)]
 
 
@@ -183,7 +197,9 @@ async def test_watch_too_old_resource_version_is_410(api: Api, server: ApiServer
     events = await collect(api.watch(f"{CM}?watch=true&resourceVersion={old_rv}"), 1)
     assert events[0]["type"] == "ERROR"
     status = events[0]["object"]
-    assert status["kind"] == "Status" and status["code"] == 410 and status["reason"] == "Expired"
+    assert status["kind"] == "Status"
+    assert status["code"] == 410
+    assert status["reason"] == "Expired"
     assert "too old resource version" in status["message"]
 
 
@@ -225,7 +241,8 @@ async def test_watch_bookmarks_and_initial_events(api: Api, server: ApiServer) -
     # A change this watch does not see (another namespace) makes the next periodic bookmark carry its version.
     _, hidden = await api.post("/api/v1/namespaces/other/configmaps", cm("x"))
     events = await collect(stream, 1)
-    assert events[0]["type"] == "BOOKMARK" and events[0]["object"]["kind"] == "ConfigMap"
+    assert events[0]["type"] == "BOOKMARK"
+    assert events[0]["object"]["kind"] == "ConfigMap"
     assert events[0]["object"]["metadata"] == {"resourceVersion": hidden["metadata"]["resourceVersion"]}
 
 
@@ -284,12 +301,14 @@ async def test_table_for_custom_resource_printer_columns(api: Api) -> None:
     await api.patch(f"{path}/w/status", {"status": {"conditions": [{"type": "Other", "status": "False"},
                                                                    {"type": "Ready", "status": "True"}]}})
     _, table = await api.get(path, headers={"Accept": TABLE})
-    assert table["kind"] == "Table" and table["apiVersion"] == "meta.k8s.io/v1"
+    assert table["kind"] == "Table"
+    assert table["apiVersion"] == "meta.k8s.io/v1"
     assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Size", "Ready", "Age"]
     row = table["rows"][0]
     assert row["cells"][:3] == ["w", 7, "True"]
     assert row["cells"][3].endswith("s")
-    assert row["object"]["kind"] == "PartialObjectMetadata" and row["object"]["metadata"]["name"] == "w"
+    assert row["object"]["kind"] == "PartialObjectMetadata"
+    assert row["object"]["metadata"]["name"] == "w"
     _, one = await api.get(f"{path}/w", headers={"Accept": TABLE})
     assert one["rows"][0]["cells"][0] == "w"
 
@@ -314,10 +333,12 @@ async def test_table_watch_events(api: Api, server: ApiServer) -> None:
                                headers={"Accept": TABLE}) as resp:
         lines = [await asyncio.wait_for(resp.content.readline(), 5) for _ in range(2)]
     first, second = (json.loads(line) for line in lines)
-    assert first["type"] == "ADDED" and first["object"]["kind"] == "Table"
+    assert first["type"] == "ADDED"
+    assert first["object"]["kind"] == "Table"
     assert first["object"]["rows"][0]["cells"][:2] == ["a", 1]
     # the column definitions come with the first event only, as the real server sends them
-    assert first["object"]["columnDefinitions"] and second["object"]["columnDefinitions"] is None
+    assert first["object"]["columnDefinitions"]
+    assert second["object"]["columnDefinitions"] is None
     assert second["object"]["rows"][0]["cells"][0] == "b"
 
 
@@ -336,10 +357,12 @@ def write_log(state_dir: Path, p: dict[str, Any], lines: list[tuple[str, str]]) 
 async def test_pod_logs(api: Api, tmp_path: Path) -> None:
     _, p = await api.post(PODS, pod("p", nodeName="local-node"))
     status, body = await api.get(f"{PODS}/p/log")
-    assert status == 400 and 'is waiting to start: ContainerCreating' in body["message"]
+    assert status == 400
+    assert 'is waiting to start: ContainerCreating' in body["message"]
     write_log(tmp_path, p, [("stdout", "one\n"), ("stderr", "two\n"), ("stdout", "three\n")])
     status, text = await api.get(f"{PODS}/p/log", raw=True)
-    assert status == 200 and text == b"one\ntwo\nthree\n"
+    assert status == 200
+    assert text == b"one\ntwo\nthree\n"
     _, text = await api.get(f"{PODS}/p/log?tailLines=2", raw=True)
     assert text == b"two\nthree\n"
     _, text = await api.get(f"{PODS}/p/log?limitBytes=5", raw=True)
@@ -349,7 +372,8 @@ async def test_pod_logs(api: Api, tmp_path: Path) -> None:
     status, body = await api.get(f"{PODS}/p/log?container=nope")
     assert status == 400
     status, body = await api.get(f"{PODS}/p/log?previous=true")
-    assert status == 400 and "previous terminated container" in body["message"]
+    assert status == 400
+    assert "previous terminated container" in body["message"]
 
 
 async def test_pod_logs_follow_until_container_terminates(api: Api, server: ApiServer, tmp_path: Path) -> None:
@@ -365,7 +389,8 @@ async def test_pod_logs_follow_until_container_terminates(api: Api, server: ApiS
         await api.patch(f"{PODS}/p/status", {"status": {"phase": "Succeeded", "containerStatuses": [
             {"name": "main", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]}})
         rest = await asyncio.wait_for(resp.content.read(), 5)
-    assert chunks == [b"first\n", b"second\n"] and rest == b""
+    assert chunks == [b"first\n", b"second\n"]
+    assert rest == b""
 
 
 # ---------------------------------------------------------------------------------------------- log, counters, faults
@@ -380,7 +405,8 @@ async def test_request_log_and_counters(api: Api, server: ApiServer) -> None:
     assert server.count(verb="create", resource="configmaps", user_agent="bench") == 1
     assert server.count(verb="patch", resource="configmaps") == 1
     _, log = await api.get(f"/debug/requests?since={before}")
-    assert log["items"][0]["user_agent"] == "bench/1.0" and log["items"][0]["verb"] == "create"
+    assert log["items"][0]["user_agent"] == "bench/1.0"
+    assert log["items"][0]["verb"] == "create"
 
 
 async def test_fault_injection_429_with_retry_after_and_times(api: Api, server: ApiServer) -> None:
@@ -388,8 +414,10 @@ async def test_fault_injection_429_with_retry_after_and_times(api: Api, server: 
                                 times=1))
     async with api.session.post(f"{server.url}{CM}", json=cm("a")) as resp:
         body = await resp.json()
-        assert resp.status == 429 and resp.headers["Retry-After"] == "2"
-        assert body["reason"] == "TooManyRequests" and body["details"]["retryAfterSeconds"] == 2
+        assert resp.status == 429
+        assert resp.headers["Retry-After"] == "2"
+        assert body["reason"] == "TooManyRequests"
+        assert body["details"]["retryAfterSeconds"] == 2
     assert (await api.post(CM, cm("a")))[0] == 201
 
 
@@ -403,7 +431,8 @@ async def test_fault_injection_by_name_and_delay_over_http(api: Api, server: Api
     assert (await api.post("/debug/faults", {"bogus": 1}))[0] == 400
     assert (await api.patch(f"{CM}/a", {"data": {"x": "1"}}))[0] == 200
     status, body = await api.patch(f"{CM}/b", {"data": {"x": "1"}})
-    assert status == 500 and body["reason"] == "InternalError"
+    assert status == 500
+    assert body["reason"] == "InternalError"
     started = time.monotonic()
     assert (await api.get(f"{CM}/a"))[0] == 200
     assert time.monotonic() - started >= 0.3
@@ -415,7 +444,8 @@ async def test_drop_watches_over_http(api: Api, server: ApiServer) -> None:
     task = asyncio.create_task(collect(api.watch(f"{CM}?watch=true&resourceVersion={server.store.rv}"), 1))
     await eventually(lambda: server.store.watchers.get(("", "configmaps")))
     status, body = await api.post("/debug/drop-watches", {})
-    assert status == 200 and body["dropped"] >= 1
+    assert status == 200
+    assert body["dropped"] >= 1
     assert await asyncio.wait_for(task, 5) == []  # the stream ended without events
 
 
@@ -439,16 +469,19 @@ async def test_fault_drops_one_clients_watch_and_then_answers_410(api: Api, serv
     await eventually(lambda: len(server.store.watchers.get(("", "configmaps"), ())) == 2)
     await api.post(CM, cm("a"))
     code, seen = await asyncio.wait_for(victim, 5)  # closed by the fault, after the event it was sent
-    assert code == 200 and [e["object"]["metadata"]["name"] for e in seen] == ["a"]
+    assert code == 200
+    assert [e["object"]["metadata"]["name"] for e in seen] == ["a"]
     assert not bystander.done()
     async with api.session.get(url, headers={"User-Agent": "victim/1.0"}) as resp:
-        assert resp.status == 410 and (await resp.json())["reason"] == "Expired"
+        assert resp.status == 410
+        assert (await resp.json())["reason"] == "Expired"
     async with api.session.get(f"{url}&timeoutSeconds=1",
                                headers={"User-Agent": "victim/1.0"}, timeout=no_timeout) as resp:
         assert resp.status == 200  # both rules are used up
     assert (await api.post("/debug/drop-watches", {}))[0] == 200
     code, seen = await asyncio.wait_for(bystander, 5)
-    assert code == 200 and [e["object"]["metadata"]["name"] for e in seen] == ["a"]
+    assert code == 200
+    assert [e["object"]["metadata"]["name"] for e in seen] == ["a"]
 
 
 async def test_request_log_is_bounded(tmp_path: Path) -> None:
@@ -461,7 +494,8 @@ async def test_request_log_is_bounded(tmp_path: Path) -> None:
                 await api.get("/api/v1/namespaces/default")
             assert len(s.request_log) <= 10
             _, log = await api.get("/debug/requests?since=24")
-            assert log["total"] == 25 and len(log["items"]) == 1  # this request is logged once answered
+            assert log["total"] == 25
+            assert len(log["items"]) == 1  # this request is logged once answered
     finally:
         await s.stop()
 
@@ -490,8 +524,10 @@ async def test_history_is_bounded_by_bytes(tmp_path: Path) -> None:
             for i in range(60):
                 await api.patch(f"{CM}/big", {"data": {"i": str(i)}})
             held = sum(len(e.obj_bytes) for e in s.store.history)
-            assert held <= 20_000 and s.store.compacted_rv > 0
+            assert held <= 20_000
+            assert s.store.compacted_rv > 0
             events = await collect(api.watch(f"{CM}?watch=true&resourceVersion=1"), 1)
-            assert events[0]["type"] == "ERROR" and events[0]["object"]["code"] == 410
+            assert events[0]["type"] == "ERROR"
+            assert events[0]["object"]["code"] == 410
     finally:
         await s.stop()

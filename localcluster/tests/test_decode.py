@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from localcluster.apiserver import decode
@@ -16,7 +18,7 @@ def test_duplicate_keys_are_reported_by_path_and_the_last_one_wins() -> None:
 
 
 def test_truncated_json_is_worded_as_go_words_it() -> None:
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(json.JSONDecodeError) as err:
         decode.loads(b'{"apiVersion": ')
     assert decode.json_error_text(err.value, b'{"apiVersion": ') == "unexpected end of JSON input"
 
@@ -40,9 +42,12 @@ def test_bad_request_options_are_422_on_the_options_object(kind: str, query: dic
                                                            ctype: str, message: str) -> None:
     with pytest.raises(ApiError) as err:
         decode.check_write_options(kind, query, dry_run, ctype)
-    assert err.value.code == 422 and err.value.message == message
-    assert err.value.details is not None and "name" not in err.value.details
-    assert err.value.details["group"] == "meta.k8s.io" and err.value.details["kind"] == kind
+    assert err.value.code == 422
+    assert err.value.message == message
+    assert err.value.details is not None
+    assert "name" not in err.value.details
+    assert err.value.details["group"] == "meta.k8s.io"
+    assert err.value.details["kind"] == kind
 
 
 def test_good_options_pass_and_bad_propagation_is_refused() -> None:

@@ -9,7 +9,8 @@ def test_probability_hits_about_that_share_and_counts_only_hits() -> None:
     faults = Faults(seed=7)
     rule = faults.add(FaultRule(method="GET", status=500, probability=0.1))
     hits = sum(faults.match("GET", "get", "pods", "", "ns", "p") is not None for _ in range(5000))
-    assert 400 <= hits <= 600 and rule.hits == hits
+    assert 400 <= hits <= 600
+    assert rule.hits == hits
 
 
 def test_user_agent_prefix_picks_one_client() -> None:

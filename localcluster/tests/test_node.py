@@ -208,7 +208,8 @@ def test_graceful_deletion_sigterm_grace_sigkill(cluster: Any, api: Api) -> None
     api.wait_pod("stubborn", phase_is("Running"))
     t0 = time.monotonic()
     code, body = api.call("DELETE", "/api/v1/namespaces/default/pods/stubborn")
-    assert code == 200 and body["metadata"]["deletionTimestamp"]
+    assert code == 200
+    assert body["metadata"]["deletionTimestamp"]
     api.wait_gone("stubborn")
     elapsed = time.monotonic() - t0
     assert 0.8 < elapsed < 10
@@ -217,7 +218,8 @@ def test_graceful_deletion_sigterm_grace_sigkill(cluster: Any, api: Api) -> None
         for r in cluster.apiserver.request_log
         if r.method == "DELETE" and "/pods/stubborn" in r.path and "kubelet" in r.user_agent
     ]
-    assert confirms and "gracePeriodSeconds=0" in confirms[-1].path
+    assert confirms
+    assert "gracePeriodSeconds=0" in confirms[-1].path
 
 
 def test_active_deadline_exceeded(api: Api) -> None:
@@ -356,7 +358,8 @@ def test_warning_events_recorded(api: Api) -> None:
         time.sleep(0.1)
     assert {"Failed", "BackOff"} <= reasons, reasons
     failed = next(e for e in events if e["reason"] == "Failed" and e["message"].startswith("Failed to pull image"))
-    assert failed["type"] == "Warning" and failed["source"]["component"] == "kubelet"
+    assert failed["type"] == "Warning"
+    assert failed["source"]["component"] == "kubelet"
     assert failed["involvedObject"]["fieldPath"] == "spec.containers{main}"
     api.create("/api/v1/namespaces/default/pods", pod_manifest("evsched", ["true"], nodeSelector={"zone": "mars"}))
     deadline = time.monotonic() + 10

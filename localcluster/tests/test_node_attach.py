@@ -59,7 +59,8 @@ def test_stdin_reaches_the_container_and_closes_after_the_first_session(cluster:
     api.create("/api/v1/namespaces/default/pods", stdin_pod("once", "cat; echo end"))
     api.wait_pod("once", running)
     frames = asyncio.run(attach(cluster.url, "once", [b"\x00hello ", b"\x00world\n", b"\xff\x00"]))
-    assert frames[-1][:1] == b"\x03" and json.loads(frames[-1][1:])["status"] == "Success"
+    assert frames[-1][:1] == b"\x03"
+    assert json.loads(frames[-1][1:])["status"] == "Success"
     pod = api.wait_pod("once", phase_is("Succeeded", "Failed"))
     assert pod["status"]["phase"] == "Succeeded"
     assert api.log("once") == "hello world\nend\n"
@@ -82,11 +83,14 @@ def test_attach_is_refused_before_the_upgrade_when_it_cannot_work(cluster: Any, 
     api.create("/api/v1/namespaces/default/pods", pod_manifest("nostdin", ["sh", "-c", "sleep 30"]))
     api.wait_pod("nostdin", running)
     code, body = api.call("GET", "/api/v1/namespaces/default/pods/nostdin/attach?container=main&stdin=true")
-    assert code == 400 and "stdin is not enabled" in body["message"]
+    assert code == 400
+    assert "stdin is not enabled" in body["message"]
     code, body = api.call("GET", "/api/v1/namespaces/default/pods/nostdin/attach?container=main")
-    assert code == 400 and "at least 1 of stdin, stdout, stderr" in body["message"]
+    assert code == 400
+    assert "at least 1 of stdin, stdout, stderr" in body["message"]
     code, body = api.call("GET", "/api/v1/namespaces/default/pods/nostdin/attach?container=main&stdout=true")
-    assert code == 400 and body["message"] == "Upgrade request required"
+    assert code == 400
+    assert body["message"] == "Upgrade request required"
     api.call("DELETE", "/api/v1/namespaces/default/pods/nostdin", {"gracePeriodSeconds": 0})
 
 

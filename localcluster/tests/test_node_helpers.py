@@ -52,8 +52,10 @@ def test_image_table_patterns() -> None:
     table.add_command_image("busybox", ["sh"])
     table.add("example.test/pinned:1", entrypoint=["true"])
     sandbox = table.resolve(parse_image("ghcr.io/execution-operator/sandbox-data:2.0"))
-    assert sandbox is not None and sandbox[0].entrypoint == ["python", "-m", "execution_operator.runner"]
-    assert sandbox[0].user == 65532 and sandbox[1] is True
+    assert sandbox is not None
+    assert sandbox[0].entrypoint == ["python", "-m", "execution_operator.runner"]
+    assert sandbox[0].user == 65532
+    assert sandbox[1] is True
     assert table.resolve(parse_image("docker.io/library/busybox:1.2")) is not None
     assert table.resolve(parse_image("example.test/pinned:1")) is not None
     assert table.resolve(parse_image("example.test/pinned:2")) is None
@@ -88,7 +90,7 @@ def test_parse_quantity(text: Any, value: Any) -> None:
 
 
 def test_parse_quantity_rejects_garbage() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a quantity: '12 bananas'"):
         parse_quantity("12 bananas")
 
 
@@ -266,7 +268,8 @@ def test_capabilities() -> None:
     assert _capabilities({"capabilities": {"drop": ["ALL"]}}) == []
     assert _capabilities({"capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}}) == ["CAP_NET_BIND_SERVICE"]
     default = _capabilities({})
-    assert "CAP_CHOWN" in default and "CAP_SYS_ADMIN" not in default
+    assert "CAP_CHOWN" in default
+    assert "CAP_SYS_ADMIN" not in default
     assert "CAP_KILL" not in _capabilities({"capabilities": {"drop": ["KILL"]}})
     assert _capabilities({"privileged": True}) == ["ALL"]
 
@@ -303,7 +306,8 @@ def test_status_events_only_on_warning_transitions() -> None:
 
 def test_sandbox_interpreter_choice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     chosen = sandbox_interpreter()
-    assert os.access(chosen, os.X_OK) and os.path.basename(chosen).startswith(f"python{sys.version_info.major}.")
+    assert os.access(chosen, os.X_OK)
+    assert os.path.basename(chosen).startswith(f"python{sys.version_info.major}.")
     link = tmp_path / "python"
     link.symlink_to(sys.executable)
     monkeypatch.setenv("LOCALCLUSTER_SANDBOX_PYTHON", str(link))

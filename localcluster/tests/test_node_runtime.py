@@ -122,14 +122,20 @@ async def test_success_logs_and_transitions(harness: Harness) -> None:
     final = await harness.run(pod)
     assert final["phase"] == "Succeeded"
     term = terminated(final)
-    assert term["exitCode"] == 0 and term["reason"] == "Completed"
+    assert term["exitCode"] == 0
+    assert term["reason"] == "Completed"
     assert term["containerID"].startswith("local://")
-    assert cond(final, "Ready")["status"] == "False" and cond(final, "Ready")["reason"] == "PodCompleted"
+    assert cond(final, "Ready")["status"] == "False"
+    assert cond(final, "Ready")["reason"] == "PodCompleted"
     phases = [s["phase"] for s in harness.statuses]
-    assert phases[0] == "Pending" and "Running" in phases and phases[-1] == "Succeeded"
+    assert phases[0] == "Pending"
+    assert "Running" in phases
+    assert phases[-1] == "Succeeded"
     first = harness.statuses[0]
     assert waiting(first) == {"reason": "ContainerCreating"}
-    assert first["hostIP"] == "127.0.0.1" and first["podIP"] == "127.0.0.1" and first["startTime"]
+    assert first["hostIP"] == "127.0.0.1"
+    assert first["podIP"] == "127.0.0.1"
+    assert first["startTime"]
     lines = harness.log_lines(pod)
     by_stream = {(ln["stream"], ln["log"]) for ln in lines}
     assert by_stream == {("stdout", "out1\n"), ("stderr", "err1\n"), ("stdout", "out2\n")}
@@ -551,7 +557,9 @@ def _report(harness: Harness, pod: dict[str, Any], final: dict[str, Any]) -> tup
     summary = json.loads(terminated(final)["message"])
     log = "".join(ln["log"] for ln in harness.log_lines(pod))
     report = parse_runner_report(terminated(final)["message"], log, terminated(final)["exitCode"])
-    assert report is not None and report.full and report.nonce == summary["nonce"]
+    assert report is not None
+    assert report.full
+    assert report.nonce == summary["nonce"]
     return summary, {"output": report.output, "stdout": report.stdout}
 
 
@@ -560,7 +568,8 @@ async def test_runner_success_end_to_end(harness: Harness) -> None:
     final = await harness.run(pod, limit=60)
     assert final["phase"] == "Succeeded", harness.log_lines(pod)
     summary, report = _report(harness, pod, final)
-    assert summary["success"] is True and summary["exitCode"] == 0
+    assert summary["success"] is True
+    assert summary["exitCode"] == 0
     assert report["output"] == {"double": 4}
     assert "hello 2" in report["stdout"]
     assert any(ln["log"] == "hello 2\n" and ln["stream"] == "stdout" for ln in harness.log_lines(pod))
@@ -630,7 +639,8 @@ async def test_memory_monitor_sees_trees_spawned_before_their_watch() -> None:
             monitor.check()
             monitor.unwatch(proc.pid)
             await asyncio.sleep(0.05)
-        assert fired and fired[0] > 32 << 20
+        assert fired
+        assert fired[0] > 32 << 20
     finally:
         proc.kill()
         await proc.wait()

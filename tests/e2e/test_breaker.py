@@ -262,8 +262,10 @@ def test_broken_image_opens_the_circuit_fails_fast_and_probes_close_it(
         assert datetime.now(UTC) < retry_at, "the open-state checks overran openSeconds; raise it"
         assert fast["status"]["phase"] == "Failed"
         error = fast["status"]["error"]
-        assert error["type"] == "service_unavailable" and error["retryable"] is True
-        assert "circuit is open" in error["message"] and error["meta"]["executionClass"] == cls
+        assert error["type"] == "service_unavailable"
+        assert error["retryable"] is True
+        assert "circuit is open" in error["message"]
+        assert error["meta"]["executionClass"] == cls
         assert "podName" not in fast["status"]
         assert condition(fast, "Succeeded")["reason"] == "ServiceUnavailable"  # type: ignore[index]
 
@@ -280,14 +282,18 @@ def test_broken_image_opens_the_circuit_fails_fast_and_probes_close_it(
 
         # kubectl shows it all: the printer columns, the Available condition, an Event on the class.
         row = exc_row(kube, cls)
-        assert row["CIRCUIT"] == "open" and row["FAILURES"] == "3", row
+        assert row["CIRCUIT"] == "open", row
+        assert row["FAILURES"] == "3", row
         avail = available(kube, cls)
-        assert avail["status"] == "False" and avail["reason"] == "CircuitOpen"
+        assert avail["status"] == "False"
+        assert avail["reason"] == "CircuitOpen"
         assert "image_pull_error" in avail["message"]
-        assert opened["failureCount"] == 3 and opened["lastFailure"]["type"] == "image_pull_error"
+        assert opened["failureCount"] == 3
+        assert opened["lastFailure"]["type"] == "image_pull_error"
         events = wait_until(lambda: [e for e in class_events(kube, cls) if e[1] == "CircuitOpen"], timeout=30,
                             what="a CircuitOpen Event on the class")
-        assert events[0][0] == "Warning" and "closed -> open" in events[0][2]
+        assert events[0][0] == "Warning"
+        assert "closed -> open" in events[0][2]
         if operator:
             during = operator.metrics_text()
             assert metric(during, "sandbox_circuit_breaker_state", **{"class": cls}) == 2
@@ -296,19 +302,23 @@ def test_broken_image_opens_the_circuit_fails_fast_and_probes_close_it(
 
         # Another class is unaffected: its Execution launched and succeeded while this circuit was open.
         other = kube.wait_terminal("elsewhere", timeout=60)
-        assert other["status"]["phase"] == "Succeeded" and other["status"]["output"] == "unaffected"
+        assert other["status"]["phase"] == "Succeeded"
+        assert other["status"]["output"] == "unaffected"
         assert parse_time(other["status"]["startTime"]) < retry_at
 
         # After openSeconds the held Execution is the probe; its success closes the circuit.
         kube.run("wait", f"exc/{cls}", "--for=condition=Available", "--timeout=90s", namespaced=False,
                  timeout=120)
         probe = kube.wait_terminal("waits", timeout=60)
-        assert probe["status"]["phase"] == "Succeeded" and probe["status"]["output"] == "probe"
+        assert probe["status"]["phase"] == "Succeeded"
+        assert probe["status"]["output"] == "probe"
         assert probe["status"]["attempt"] >= 2
         closed = breaker(kube, cls)
-        assert closed["state"] == "closed" and closed["failureCount"] == 0
+        assert closed["state"] == "closed"
+        assert closed["failureCount"] == 0
         row = exc_row(kube, cls)
-        assert row["CIRCUIT"] == "closed" and row["FAILURES"] == "0", row
+        assert row["CIRCUIT"] == "closed", row
+        assert row["FAILURES"] == "0", row
         assert available(kube, cls)["reason"] == "CircuitClosed"
         wait_until(lambda: {"CircuitHalfOpen", "CircuitClosed"} <= {e[1] for e in class_events(kube, cls)},
                    timeout=30, what="half-open and closed Events on the class")
@@ -355,13 +365,16 @@ def test_an_operator_restart_while_open_keeps_it_open_and_a_reset_closes_it(
         kube.run("annotate", "exc", cls, "sandbox.dev/circuit-breaker-reset=e2e-1", "--overwrite", namespaced=False)
         kube.run("wait", f"exc/{cls}", "--for=condition=Available", "--timeout=60s", namespaced=False, timeout=90)
         state = breaker(kube, cls)
-        assert state["state"] == "closed" and state["failureCount"] == 0 and state["lastReset"] == "e2e-1"
+        assert state["state"] == "closed"
+        assert state["failureCount"] == 0
+        assert state["lastReset"] == "e2e-1"
         assert state["lastFailure"]["type"] == "image_pull_error", "lastFailure stays as history"
         wait_until(lambda: ("Normal", "CircuitClosed") in {e[:2] for e in class_events(kube, cls)}, timeout=30,
                    what="a CircuitClosed Event after the reset")
 
         pods.assert_alive()
-        assert len(pods.pods()) == 3 and not pods.pods_of("after-restart"), pods.pods()
+        assert len(pods.pods()) == 3, pods.pods()
+        assert not pods.pods_of("after-restart"), pods.pods()
     finally:
         pods.close()
 
@@ -393,14 +406,16 @@ def test_manual_control_force_open_auto_and_force_closed(kube: Kube, make_class:
                  namespaced=False)
         trip(kube, cls, 3)
         state = breaker(kube, cls)
-        assert state["state"] == "closed" and state["failureCount"] == 3, state
+        assert state["state"] == "closed", state
+        assert state["failureCount"] == 3, state
         assert available(kube, cls)["status"] == "True"
         kube.run("annotate", "exc", cls, "sandbox.dev/circuit-breaker-", namespaced=False)
         wait_until(lambda: breaker(kube, cls).get("forced") == "auto", timeout=30, what="the mode back to auto")
         assert breaker(kube, cls)["failureCount"] == 0
 
         pods.assert_alive()
-        assert not pods.pods_of("held") and len(pods.pods_of("probe")) == 1, pods.pods()
+        assert not pods.pods_of("held"), pods.pods()
+        assert len(pods.pods_of("probe")) == 1, pods.pods()
     finally:
         pods.close()
 
@@ -426,7 +441,8 @@ def test_a_storm_on_an_open_circuit_creates_no_more_pods_than_threshold_plus_pro
         healthy = [f"healthy-{i}" for i in range(3)]
         create_many(kube, [execution(n, f"result = {i}") for i, n in enumerate(healthy)])
         for i, (name, body) in enumerate(sorted(terminal(kube, healthy, timeout=60).items())):
-            assert body["status"]["phase"] == "Succeeded" and body["status"]["output"] == i, (name, body["status"])
+            assert body["status"]["phase"] == "Succeeded", (name, body["status"])
+            assert body["status"]["output"] == i, (name, body["status"])
         healthy_done = time.monotonic() - started
 
         # Every storm Execution is refused once, comes back after openSeconds, and (but for the

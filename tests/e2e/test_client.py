@@ -47,10 +47,17 @@ def phase(kube: Kube, name: str) -> str | None:
 def test_success_with_input_and_output(client: Client) -> None:
     result = client.run("print('summing')\nresult = {'sum': sum(input_data['numbers'])}\n",
                         {"numbers": [1, 2, 3]}, correlation_id="order-17")
-    assert result.success and result.phase == "Succeeded" and result.output == {"sum": 6}
-    assert result.stdout == "summing\n" and result.exit_code == 0 and result.exit_code_source == "container"
-    assert result.error is None and result.attempts == 1 and result.correlation_id == "order-17"
-    assert result.execution_time is not None and result.name.startswith("run-")
+    assert result.success
+    assert result.phase == "Succeeded"
+    assert result.output == {"sum": 6}
+    assert result.stdout == "summing\n"
+    assert result.exit_code == 0
+    assert result.exit_code_source == "container"
+    assert result.error is None
+    assert result.attempts == 1
+    assert result.correlation_id == "order-17"
+    assert result.execution_time is not None
+    assert result.name.startswith("run-")
     assert client.get(result.name).output == {"sum": 6}
 
 
@@ -58,22 +65,28 @@ def test_user_code_error_carries_the_result_and_the_stderr_tail(client: Client) 
     with pytest.raises(UserCodeError) as raised:
         client.run("def ratio(a, b):\n    return a / b\nratio(1, 0)\n")
     exc = raised.value
-    assert exc.error_type == "division_error" and exc.exit_code == 1 and exc.retryable is False
-    assert exc.result.error is not None and exc.result.error.meta["exceptionType"] == "ZeroDivisionError"
-    assert "ZeroDivisionError: division by zero" in str(exc) and "return a / b" in str(exc)
+    assert exc.error_type == "division_error"
+    assert exc.exit_code == 1
+    assert exc.retryable is False
+    assert exc.result.error is not None
+    assert exc.result.error.meta["exceptionType"] == "ZeroDivisionError"
+    assert "ZeroDivisionError: division by zero" in str(exc)
+    assert "return a / b" in str(exc)
     assert exc.result.dead_letter_name
 
 
 def test_resource_limit(client: Client) -> None:
     with pytest.raises(ResourceLimitExceeded) as raised:
         client.run("while True:\n    pass\n", timeout_seconds=1)
-    assert raised.value.error_type == "timeout" and raised.value.exit_code == 137
+    assert raised.value.error_type == "timeout"
+    assert raised.value.exit_code == 137
 
 
 def test_invalid_request(client: Client) -> None:
     with pytest.raises(InvalidExecution) as raised:
         client.run("result = 1", execution_class="small", timeout_seconds=20)  # over small's maxTimeoutSeconds 10
-    assert raised.value.error_type == "validation_error" and 'ExecutionClass "small"' in str(raised.value)
+    assert raised.value.error_type == "validation_error"
+    assert 'ExecutionClass "small"' in str(raised.value)
 
 
 def test_cancelled(client: Client, kube: Kube) -> None:
@@ -81,14 +94,16 @@ def test_cancelled(client: Client, kube: Kube) -> None:
     handle.cancel()
     with pytest.raises(ExecutionCancelled) as raised:
         handle.wait()
-    assert raised.value.result.phase == "Cancelled" and phase(kube, handle.name) == "Cancelled"
+    assert raised.value.result.phase == "Cancelled"
+    assert phase(kube, handle.name) == "Cancelled"
 
 
 def test_infrastructure_error(client: Client, make_class: Callable[..., str]) -> None:  # noqa: F811
     broken = make_class()
     with pytest.raises(InfrastructureError) as raised:
         client.run("result = 1", execution_class=broken, retry={"maxAttempts": 1})
-    assert raised.value.error_type in ("image_pull_error", "internal_error") and raised.value.retryable is True
+    assert raised.value.error_type in ("image_pull_error", "internal_error")
+    assert raised.value.retryable is True
 
 
 def test_unavailable_while_the_circuit_is_open(client: Client, kube: Kube,
@@ -98,21 +113,29 @@ def test_unavailable_while_the_circuit_is_open(client: Client, kube: Kube,
     kube.run("wait", f"exc/{cls}", "--for=condition=Available=False", "--timeout=60s", namespaced=False, timeout=90)
     with pytest.raises(ExecutionUnavailable) as raised:
         client.run("result = 1", execution_class=cls, retry={"maxAttempts": 1})
-    assert raised.value.error_type == "service_unavailable" and raised.value.retryable is True
+    assert raised.value.error_type == "service_unavailable"
+    assert raised.value.retryable is True
 
 
 def test_raise_on_failure_false_returns_the_failed_result(client: Client) -> None:
     result = client.run("import sys\nprint('giving up')\nsys.exit(3)\n", raise_on_failure=False)
-    assert not result.success and result.phase == "Failed" and result.exit_code == 3
-    assert result.error is not None and result.error.type == "runtime_error" and result.stdout == "giving up\n"
+    assert not result.success
+    assert result.phase == "Failed"
+    assert result.exit_code == 3
+    assert result.error is not None
+    assert result.error.type == "runtime_error"
+    assert result.stdout == "giving up\n"
 
 
 def test_wait_timeout_cancels_by_default(client: Client, kube: Kube) -> None:
     with pytest.raises(WaitTimeout) as raised:
         client.run("import time\ntime.sleep(120)\n", wait_timeout=2)
     exc = raised.value
-    assert exc.cancelled and exc.name in str(exc) and "it was cancelled" in str(exc)
-    assert exc.result is not None and exc.result.phase == "Cancelled"
+    assert exc.cancelled
+    assert exc.name in str(exc)
+    assert "it was cancelled" in str(exc)
+    assert exc.result is not None
+    assert exc.result.phase == "Cancelled"
     assert phase(kube, exc.name) == "Cancelled"
 
 
@@ -120,9 +143,12 @@ def test_wait_timeout_without_cancel_leaves_it_running(client: Client, kube: Kub
     handle = client.submit("import time\ntime.sleep(120)\n")
     with pytest.raises(WaitTimeout) as raised:
         handle.wait(wait_timeout=2, cancel_on_timeout=False)
-    assert not raised.value.cancelled and "left running" in str(raised.value)
+    assert not raised.value.cancelled
+    assert "left running" in str(raised.value)
     body = kube.get("execution", handle.name)
-    assert body is not None and not body["spec"].get("cancel") and phase(kube, handle.name) not in TERMINAL
+    assert body is not None
+    assert not body["spec"].get("cancel")
+    assert phase(kube, handle.name) not in TERMINAL
     handle.cancel()
     with pytest.raises(ExecutionCancelled):
         handle.wait()
@@ -130,7 +156,8 @@ def test_wait_timeout_without_cancel_leaves_it_running(client: Client, kube: Kub
 
 def test_run_many_of_50(client: Client) -> None:
     results = list(client.run_many([("result = input_data * 2", i) for i in range(50)]))
-    assert len(results) == 50 and len({r.name for r in results}) == 50
+    assert len(results) == 50
+    assert len({r.name for r in results}) == 50
     assert all(r.success for r in results), [r.error for r in results if not r.success]
     assert sorted(r.output for r in results) == [2 * i for i in range(50)]
 
@@ -150,9 +177,12 @@ def test_on_output_is_live_and_has_no_report_lines(client: Client, kube: Kube) -
     result = handle.wait(on_output=on_output)
     assert result.output == "done"
     assert lines == ["first", "to stderr", "last"]
-    assert phase_at_first and phase_at_first[0] not in TERMINAL  # the first line came while it ran
+    assert phase_at_first
+    assert phase_at_first[0] not in TERMINAL  # the first line came while it ran
     logs = handle.logs()  # the pod is gone by now: the recorded streams
-    assert "first\n" in logs and "to stderr\n" in logs and "SANDBOX-REPORT" not in logs
+    assert "first\n" in logs
+    assert "to stderr\n" in logs
+    assert "SANDBOX-REPORT" not in logs
 
 
 def test_a_watch_dropped_mid_wait_and_a_410_still_return_the_result(cluster: ClusterHandle, kube: Kube,
@@ -196,8 +226,10 @@ def test_command_success(cluster: ClusterHandle, kube: Kube) -> None:
 
 def test_command_user_exception(cluster: ClusterHandle, kube: Kube) -> None:
     proc = run_command(cluster, kube, "print('about to fail')\nraise KeyError('name')\n")
-    assert proc.returncode == 1 and proc.stdout == ""
-    assert "about to fail" in proc.stderr and "KeyError: 'name'" in proc.stderr
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert "about to fail" in proc.stderr
+    assert "KeyError: 'name'" in proc.stderr
     assert "failed: key_error" in proc.stderr.splitlines()[-1]
 
 
@@ -205,15 +237,19 @@ def test_command_sys_exit_3_and_json_output(cluster: ClusterHandle, kube: Kube) 
     proc = run_command(cluster, kube, "import sys\nsys.exit(3)\n", "-o", "json")
     assert proc.returncode == 3
     result: dict[str, Any] = json.loads(proc.stdout)
-    assert result["exit_code"] == 3 and result["error"]["type"] == "runtime_error" and result["success"] is False
+    assert result["exit_code"] == 3
+    assert result["error"]["type"] == "runtime_error"
+    assert result["success"] is False
 
 
 def test_command_timeouts(cluster: ClusterHandle, kube: Kube) -> None:
     proc = run_command(cluster, kube, "while True:\n    pass\n", "--timeout", "1")
-    assert proc.returncode == 66 and proc.stdout == ""
+    assert proc.returncode == 66
+    assert proc.stdout == ""
     assert "timeout: The code ran longer than its timeout of 1s" in proc.stderr
     proc = run_command(cluster, kube, "import time\ntime.sleep(120)\n", "--wait-timeout", "2")
-    assert proc.returncode == 124 and "it was cancelled" in proc.stderr
+    assert proc.returncode == 124
+    assert "it was cancelled" in proc.stderr
 
 
 def test_command_ctrl_c_cancels_and_waits(cluster: ClusterHandle, kube: Kube, tmp_path: Path) -> None:
@@ -232,5 +268,6 @@ def test_command_ctrl_c_cancels_and_waits(cluster: ClusterHandle, kube: Kube, tm
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err
-    assert phase(kube, running[0]["metadata"]["name"]) == "Cancelled" and "cancelling Execution" in err
+    assert phase(kube, running[0]["metadata"]["name"]) == "Cancelled"
+    assert "cancelling Execution" in err
     assert out == ""

@@ -113,12 +113,15 @@ def test_a_failed_execution_yields_one_complete_dead_letter_that_outlives_it(
     assert spec["executionSpec"]["ttlSecondsAfterFinished"] == 3600
     assert spec["executionSpec"]["correlationId"] == "req-etl-1"
     assert spec["error"] == status["error"]
-    assert spec["attempts"] == 1 and len(spec["attemptHistory"]) == 1
+    assert spec["attempts"] == 1
+    assert len(spec["attemptHistory"]) == 1
     assert spec["attemptHistory"][0]["errorType"] == "division_error"
     assert spec["exitCode"] == status["exitCode"] == 1
     assert spec["exitCodeSource"] == status["exitCodeSource"]
-    assert "loading the batch" in spec["stdout"] and spec["stdout"] == status["stdout"]
-    assert "row 3 looks odd" in spec["stderr"] and spec["stderr"] == status["stderr"]
+    assert "loading the batch" in spec["stdout"]
+    assert spec["stdout"] == status["stdout"]
+    assert "row 3 looks odd" in spec["stderr"]
+    assert spec["stderr"] == status["stderr"]
     assert spec["podName"] == status["podName"]
     assert spec["failedAt"] == status["completionTime"]
     assert spec["correlationId"] == "req-etl-1"
@@ -144,7 +147,8 @@ def test_a_failed_execution_yields_one_complete_dead_letter_that_outlives_it(
     kube.run("delete", "execution", "etl-batch", "--wait=true", "--timeout=60s")
     wait_until(lambda: kube.get("execution", "etl-batch", check=False) is None, timeout=60, what="the deletion")
     kept = kube.get("deadletter", name)
-    assert kept is not None and kept["metadata"]["uid"] == meta["uid"]
+    assert kept is not None
+    assert kept["metadata"]["uid"] == meta["uid"]
 
 
 def test_replay_after_the_cause_is_fixed_succeeds_and_each_annotation_replays_once(
@@ -253,7 +257,8 @@ def test_an_operator_restart_between_failure_and_dead_letter_still_yields_one(
             what="the pod to fail",
         )
         before = kube.get("execution", "slow-fail")
-        assert before is not None and not before["status"].get("deadLetterName")
+        assert before is not None
+        assert not before["status"].get("deadLetterName")
         assert dead_letters_of(kube, "slow-fail") == []
     finally:
         operator.start()
@@ -265,7 +270,8 @@ def test_an_operator_restart_between_failure_and_dead_letter_still_yields_one(
     wait_dead_letter(kube, "after-restart")
     assert [d["metadata"]["name"] for d in dead_letters_of(kube, "slow-fail")] == [dl["metadata"]["name"]]
     failed = kube.get("execution", "slow-fail")
-    assert failed is not None and condition(failed, "Succeeded")["status"] == "False"  # type: ignore[index]
+    assert failed is not None
+    assert condition(failed, "Succeeded")["status"] == "False"  # type: ignore[index]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -382,7 +388,8 @@ def test_a_maximal_execution_makes_a_dead_letter_under_one_mebibyte_and_replays_
     code = body + "<" * (102400 - len(body))
     big_input = {"blob": "a" * (1024 * 1024 - 64)}
     ex = fail_and_wait(kube, "maximal", code, input=big_input)
-    assert ex["status"]["error"]["type"] == "value_error" and ex["status"]["stdoutTruncated"] is True
+    assert ex["status"]["error"]["type"] == "value_error"
+    assert ex["status"]["stdoutTruncated"] is True
     dl = wait_dead_letter(kube, "maximal")
     name = dl["metadata"]["name"]
     raw = kube.run("get", "deadletter", name, "-o", "json").stdout
@@ -395,7 +402,8 @@ def test_a_maximal_execution_makes_a_dead_letter_under_one_mebibyte_and_replays_
         "originalBytes": len('{"blob":""}') + len(big_input["blob"]),
     }
     assert spec["error"] == ex["status"]["error"]
-    assert spec["stdout"] == ex["status"]["stdout"] and spec["stderr"] == ex["status"]["stderr"]
+    assert spec["stdout"] == ex["status"]["stdout"]
+    assert spec["stderr"] == ex["status"]["stderr"]
 
     # While the original exists, a replay takes the input from it.
     kube.run("annotate", f"dl/{name}", f"{REPLAY}=true")

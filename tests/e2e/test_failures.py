@@ -215,12 +215,14 @@ def assert_outcome(body: dict[str, Any], case: Case) -> dict[str, Any]:
     assert succeeded is not None
     if case.error_type is None:
         assert not status.get("error"), status["error"]
-        assert succeeded["status"] == "True" and succeeded["reason"] == "Succeeded"
+        assert succeeded["status"] == "True"
+        assert succeeded["reason"] == "Succeeded"
     else:
         error = status["error"]
         assert error["type"] == case.error_type, shown
         assert error["retryable"] is case.retryable
-        assert error["message"] and "\n" not in error["message"]
+        assert error["message"]
+        assert "\n" not in error["message"]
         assert succeeded["status"] == "False"
         assert succeeded["reason"] == ("Cancelled" if case.phase == "Cancelled" else reason_of(case.error_type))
         if case.exception_type:
@@ -245,7 +247,8 @@ def assert_outcome(body: dict[str, Any], case: Case) -> dict[str, Any]:
 def test_python_exception_types(batch: Batch, name: str) -> None:
     case = CASES[name]
     status = assert_outcome(batch.body(name), case)
-    assert case.exception_type and case.exception_type in status["error"]["details"], "the traceback tail"
+    assert case.exception_type, "the traceback tail"
+    assert case.exception_type in status["error"]["details"], "the traceback tail"
     assert status["attempts"][0]["errorType"] == case.error_type
     assert status["attempts"][0]["exitCode"] == 1
 
@@ -280,8 +283,10 @@ def test_transient_failure_succeeds_on_retry(batch: Batch) -> None:
     status = assert_outcome(batch.body("transient-then-ok"), CASES["transient-then-ok"])
     assert status["output"] == {"attempt": 2}
     first, second = status["attempts"]
-    assert first["errorType"] == "network_error" and first["exitCode"] == 1
-    assert second.get("errorType") is None and second["exitCode"] == 0
+    assert first["errorType"] == "network_error"
+    assert first["exitCode"] == 1
+    assert second.get("errorType") is None
+    assert second["exitCode"] == 0
     assert first["completionTime"] <= second["startTime"]
 
 
@@ -295,12 +300,18 @@ def test_transient_failure_exhausts_its_attempts(batch: Batch) -> None:
 def test_stdout_and_stderr_are_kept_apart_as_bounded_tails(batch: Batch) -> None:
     status = assert_outcome(batch.body("huge-prints"), CASES["huge-prints"])
     out, err = status["stdout"], status["stderr"]
-    assert out.rstrip().endswith("STDOUT-TAIL") and err.rstrip().endswith("STDERR-TAIL")
-    assert "STDOUT-HEAD" not in out and "STDERR-HEAD" not in err, "the tail is kept, not the head"
-    assert "err line" not in out and "out line" not in err, "the streams are not mixed"
-    assert "out line 019999" in out and "err line 019999" in err
-    assert len(out.encode()) <= STREAM_TAIL_BYTES + 256 and len(err.encode()) <= STREAM_TAIL_BYTES + 256
-    assert status["stdoutTruncated"] is True and status["stderrTruncated"] is True
+    assert out.rstrip().endswith("STDOUT-TAIL")
+    assert err.rstrip().endswith("STDERR-TAIL")
+    assert "STDOUT-HEAD" not in out, "the tail is kept, not the head"
+    assert "STDERR-HEAD" not in err, "the tail is kept, not the head"
+    assert "err line" not in out, "the streams are not mixed"
+    assert "out line" not in err, "the streams are not mixed"
+    assert "out line 019999" in out
+    assert "err line 019999" in err
+    assert len(out.encode()) <= STREAM_TAIL_BYTES + 256
+    assert len(err.encode()) <= STREAM_TAIL_BYTES + 256
+    assert status["stdoutTruncated"] is True
+    assert status["stderrTruncated"] is True
     assert status["output"] == "done"
 
 
@@ -355,7 +366,8 @@ def test_memory_hog_over_its_limit_is_oom_and_stdout_kept_after_oom(kube: Kube) 
     assert "all allocated" not in status.get("stdout", ""), "stopped at the limit, long before 2 GiB"
     # What the code printed before the kill stays in the streams (whether the runner or only the log told it).
     streams = status.get("stdout", "") + status.get("stderr", "")
-    assert "allocating" in status.get("stdout", "") and "warned" in streams, status
+    assert "allocating" in status.get("stdout", ""), status
+    assert "warned" in streams, status
     assert "allocating" not in (status["error"].get("details") or "")
     assert status["error"]["meta"]["signal"] == "SIGKILL"
 
@@ -407,8 +419,10 @@ def test_pod_deleted_mid_run_is_retried_and_succeeds(kube: Kube) -> None:
     status = assert_outcome(body, Case(code="", error_type=None, exit_code=0, attempts=2, phase="Succeeded"))
     assert status["output"] == {"attempt": 2}
     first, second = status["attempts"]
-    assert first["podName"] == first_pod and first["errorType"] == "pod_deleted"
-    assert second["podName"] != first_pod and second.get("errorType") is None
+    assert first["podName"] == first_pod
+    assert first["errorType"] == "pod_deleted"
+    assert second["podName"] != first_pod
+    assert second.get("errorType") is None
     wait_until(lambda: [p["metadata"]["name"] for p in pods_of(kube, "lose-pod")] == [second["podName"]],
                timeout=60, what="only the second attempt's pod to remain")
 
@@ -419,7 +433,8 @@ def test_deleting_an_execution_mid_run_removes_its_pod(kube: Kube) -> None:
     pod = kube.get("pod", body["status"]["podName"])
     assert pod is not None
     owner = pod["metadata"]["ownerReferences"][0]
-    assert owner["uid"] == body["metadata"]["uid"] and owner["controller"] is True
+    assert owner["uid"] == body["metadata"]["uid"]
+    assert owner["controller"] is True
     kube.run("delete", "execution", "delete-me", "--wait=false")
     wait_until(lambda: not pods_of(kube, "delete-me"), timeout=60, what="the pod to be garbage-collected")
     wait_until(lambda: kube.get("execution", "delete-me", check=False) is None, timeout=60,

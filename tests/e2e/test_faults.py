@@ -55,9 +55,11 @@ def _served_after(kube: Kube, op: OperatorProcess | None = None) -> None:
     name = f"after-{uuid.uuid4().hex[:6]}"
     kube.create(execution(name, "result = 1 + 1"))
     body = kube.wait_terminal(name, timeout=90)
-    assert body["status"]["phase"] == "Succeeded" and body["status"]["output"] == 2
+    assert body["status"]["phase"] == "Succeeded"
+    assert body["status"]["output"] == 2
     if op is not None:
-        assert op.process is not None and op.process.poll() is None, "the operator exited"
+        assert op.process is not None, "the operator exited"
+        assert op.process.poll() is None, "the operator exited"
 
 
 def _error(body: dict[str, Any]) -> tuple[str, str, str]:
@@ -94,7 +96,8 @@ def test_huge_annotations_and_the_longest_name(kube: Kube) -> None:
     body["metadata"]["annotations"] = {"example.com/blob": "x" * 200_000, "sandbox.dev/correlation-id": "c" * 303}
     kube.run("create", "-f", "-", input=json.dumps(body))
     done = kube.wait_terminal(name, timeout=90)
-    assert done["status"]["phase"] == "Succeeded" and done["status"]["output"] == "long"
+    assert done["status"]["phase"] == "Succeeded"
+    assert done["status"]["output"] == "long"
     assert done["status"]["correlationId"] == "c" * 128
 
     def events() -> list[dict[str, Any]] | None:
@@ -109,7 +112,8 @@ def test_negative_or_zero_resources_are_a_validation_error(kube: Kube, resources
     name = f"res-{uuid.uuid4().hex[:6]}"
     kube.create(execution(name, "result = 1", resources=resources))
     phase, error_type, message = _error(kube.wait_terminal(name, timeout=60))
-    assert (phase, error_type) == ("Failed", "validation_error") and "more than zero" in message
+    assert (phase, error_type) == ("Failed", "validation_error")
+    assert "more than zero" in message
     assert not kube.items("pods", "-l", f"sandbox.dev/execution={name}")
 
 
@@ -125,9 +129,11 @@ def test_code_that_makes_the_termination_log_unwritable_cannot_open_the_circuit(
         kube.create(execution(name, code, executionClassName=class_name, retry={"maxAttempts": 1}))
     for name in names:
         body = kube.wait_terminal(name, timeout=90)
-        assert body["status"]["phase"] == "Succeeded" and body["status"]["output"] == 7, body["status"]
+        assert body["status"]["phase"] == "Succeeded", body["status"]
+        assert body["status"]["output"] == 7, body["status"]
     innocent = "innocent"
     kube.create(execution(innocent, "result = 'fine'", executionClassName=class_name))
     assert kube.wait_terminal(innocent, timeout=90)["status"]["output"] == "fine"
     breaker = (kube.get("executionclass", class_name) or {}).get("status", {}).get("circuitBreaker") or {}
-    assert breaker.get("state", "closed") == "closed" and not breaker.get("failureCount"), breaker
+    assert breaker.get("state", "closed") == "closed", breaker
+    assert not breaker.get("failureCount"), breaker

@@ -36,10 +36,13 @@ def test_hello_succeeds_and_kubectl_wait_returns(kube: Kube) -> None:
     assert status["attempt"] == 1
     assert status["observedGeneration"] == body["metadata"]["generation"]
     succeeded, launched = condition(body, "Succeeded"), condition(body, "Launched")
-    assert succeeded and succeeded["status"] == "True"
-    assert launched and launched["status"] == "True"
+    assert succeeded
+    assert succeeded["status"] == "True"
+    assert launched
+    assert launched["status"] == "True"
     assert status["correlationId"]
-    assert status["completionTime"] and status["startTime"]
+    assert status["completionTime"]
+    assert status["startTime"]
     # The pod follows the sandbox rules and belongs to the Execution.
     pod = kube.get("pod", status["podName"])
     assert pod is not None
@@ -51,7 +54,8 @@ def test_hello_succeeds_and_kubectl_wait_returns(kube: Kube) -> None:
     assert container["resources"]["requests"] == container["resources"]["limits"]
     # kubectl get shows the printer columns.
     table = kube.run("get", "ex", "hello").stdout
-    assert "PHASE" in table and "Succeeded" in table
+    assert "PHASE" in table
+    assert "Succeeded" in table
 
 
 def test_reading_input(kube: Kube) -> None:
@@ -86,7 +90,8 @@ def test_failing_examples(kube: Kube, example: str, error_type: str, exit_code: 
     assert stdout_part in status.get("stdout", "")
     assert status["attempt"] == 1, "user errors are never retried"
     succeeded = condition(body, "Succeeded")
-    assert succeeded and succeeded["status"] == "False"
+    assert succeeded
+    assert succeeded["status"] == "False"
     assert succeeded["reason"] == "".join(p.capitalize() for p in error_type.split("_"))
     if error_type == "division_error":
         assert "ZeroDivisionError" in status["error"]["details"]
@@ -131,7 +136,9 @@ def test_operator_refuses_what_the_schema_cannot(kube: Kube, spec: dict[str, Any
     assert status["error"]["type"] == "validation_error"
     assert message_part in status["error"]["message"]
     launched = condition(body, "Launched")
-    assert launched and launched["status"] == "False" and launched["reason"] == "Invalid"
+    assert launched
+    assert launched["status"] == "False"
+    assert launched["reason"] == "Invalid"
     assert not kube.items("pods"), "an invalid Execution launches nothing"
 
 

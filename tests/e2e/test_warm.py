@@ -75,7 +75,8 @@ def test_warm_success_reports_as_a_cold_pod_does(kube: Kube) -> None:
     assert status["podName"] in idle
     assert status["output"] == {"x": 42, "attempt": "1", "ex": "warm-ok"}
     assert status["stdout"].strip() == "out"
-    assert status["exitCode"] == 0 and status["exitCodeSource"] == "container"
+    assert status["exitCode"] == 0
+    assert status["exitCodeSource"] == "container"
     assert status["attempts"][0]["launch"] == "warm"
     assert (condition(body, "Launched") or {}).get("reason") == "WarmPodClaimed"
     # The claimed pod now belongs to the Execution, carries its labels, and left the pool.
@@ -86,7 +87,8 @@ def test_warm_success_reports_as_a_cold_pod_does(kube: Kube) -> None:
     assert meta["labels"]["sandbox.dev/execution"] == "warm-ok"
     assert meta["labels"]["sandbox.dev/attempt"] == "1"
     assert meta["labels"]["sandbox.dev/correlation-id"] == "corr-warm-1"
-    assert POOL_LABEL not in meta["labels"] and meta["labels"]["sandbox.dev/claimed-from"] == "wp"
+    assert POOL_LABEL not in meta["labels"]
+    assert meta["labels"]["sandbox.dev/claimed-from"] == "wp"
     assert pod["spec"]["activeDeadlineSeconds"] > 0
     assert pod["spec"]["automountServiceAccountToken"] is False
     # Refill: the pool is back to two ready pods, neither of them the claimed one.
@@ -97,7 +99,9 @@ def test_warm_success_reports_as_a_cold_pod_does(kube: Kube) -> None:
                timeout=30, what="status.claimed to count the claim")
     assert wp_body["status"]["selector"] == f"{POOL_LABEL}=wp"
     table = kube.run("get", "wp", "wp").stdout
-    assert "CLASS" in table and "DESIRED" in table and "READY" in table
+    assert "CLASS" in table
+    assert "DESIRED" in table
+    assert "READY" in table
 
 
 @pytest.mark.parametrize(
@@ -131,7 +135,8 @@ def test_cancel_a_claimed_pod(kube: Kube) -> None:
     pod_name = kube.get("execution", "warm-cancel")["status"]["podName"]  # type: ignore[index]
     kube.run("patch", "execution", "warm-cancel", "--type=merge", "-p", '{"spec":{"cancel":true}}')
     body = kube.wait_terminal("warm-cancel", timeout=60)
-    assert body["status"]["phase"] == "Cancelled" and body["status"]["error"]["type"] == "cancelled"
+    assert body["status"]["phase"] == "Cancelled"
+    assert body["status"]["error"]["type"] == "cancelled"
     wait_until(lambda: (kube.get("pod", pod_name, check=False) or {}).get("metadata", {}).get("deletionTimestamp")
                or kube.get("pod", pod_name, check=False) is None, timeout=60, what="the claimed pod to be deleted")
 
@@ -142,7 +147,8 @@ def test_retry_claims_a_second_warm_pod(kube: Kube) -> None:
             "result = os.environ['SANDBOX_ATTEMPT']\n")
     body = run(kube, "warm-retry", code, retry={"maxAttempts": 2, "backoffSeconds": 0, "maxBackoffSeconds": 1})
     status = body["status"]
-    assert status["phase"] == "Succeeded" and status["output"] == "2"
+    assert status["phase"] == "Succeeded"
+    assert status["output"] == "2"
     assert [a["launch"] for a in status["attempts"]] == ["warm", "warm"]
     assert len({a["podName"] for a in status["attempts"]}) == 2
 
@@ -157,7 +163,8 @@ def test_pool_empty_falls_back_to_cold(kube: Kube) -> None:
 def test_spec_that_needs_another_pod_launches_cold(kube: Kube) -> None:
     make_pool(kube, "wp", replicas=1)
     body = run(kube, "warm-big", "result = 1\n", resources={"memory": "512Mi"})
-    assert body["status"]["launch"] == "cold" and body["status"]["phase"] == "Succeeded"
+    assert body["status"]["launch"] == "cold"
+    assert body["status"]["phase"] == "Succeeded"
     assert len(ready_pods(kube, "wp")) == 1  # untouched
 
 
@@ -175,8 +182,10 @@ def test_handover_failure_deletes_the_pod_and_launches_cold(kube: Kube, cluster:
     body = run(kube, "warm-handover", "result = 'ran'\n")
     status = body["status"]
     # The claimed pod could not take the payload: deleted (never back in the pool), the attempt cold.
-    assert status["phase"] == "Succeeded" and status["output"] == "ran"
-    assert status["launch"] == "cold" and status["podName"] != victim["metadata"]["name"]
+    assert status["phase"] == "Succeeded"
+    assert status["output"] == "ran"
+    assert status["launch"] == "cold"
+    assert status["podName"] != victim["metadata"]["name"]
     wait_until(lambda: (kube.get("pod", victim["metadata"]["name"], check=False) or {}).get("metadata", {}).get(
         "deletionTimestamp") or kube.get("pod", victim["metadata"]["name"], check=False) is None,
         timeout=60, what="the pod whose handover failed to be deleted")
@@ -193,7 +202,8 @@ def test_a_warm_pod_takes_one_payload_and_one_execution_cannot_read_anothers(kub
     payload = json.dumps({"v": 1, "code": "result = 'second'\n", "input": None, "timeoutSeconds": 5})
     kube.run("attach", "-i", first_pod, "-c", "sandbox", input=payload, check=False, timeout=60)
     logs = kube.run("logs", first_pod, "-c", "sandbox").stdout
-    assert "second" not in logs and logs.count("SANDBOX-PAYLOAD-RECEIVED") == 1
+    assert "second" not in logs
+    assert logs.count("SANDBOX-PAYLOAD-RECEIVED") == 1
     assert (kube.get("execution", "warm-secret") or {})["status"]["output"] == "done"
     # Another Execution gets another pod, and nothing of the first one's input.
     probe = ("import os, glob\nseen = []\nfor p in glob.glob('/input/*') + glob.glob('/tmp/*') + "
@@ -240,7 +250,8 @@ def test_class_change_replaces_the_pools_pods(kube: Kube, make_class: Callable[.
 
     wait_until(replaced, timeout=90, what="the pool pod of the old class spec to be replaced")
     body = run(kube, "warm-new-spec", "import os\nresult = os.environ.get('CHANGED')\n", executionClassName=name)
-    assert body["status"]["launch"] == "warm" and body["status"]["output"] == "1"
+    assert body["status"]["launch"] == "warm"
+    assert body["status"]["output"] == "1"
 
 
 def test_deleting_the_pool_removes_its_pods(kube: Kube) -> None:
@@ -284,7 +295,8 @@ def test_sigkill_between_claim_and_handover(kube: Kube, op: OperatorProcess) -> 
     op.start()
     body = kube.wait_terminal("mid-claim", timeout=90)
     status = body["status"]
-    assert status["phase"] == "Succeeded" and status["output"] == "once"
+    assert status["phase"] == "Succeeded"
+    assert status["output"] == "once"
     # Handed its payload, or deleted and launched cold: either way one pod ran the attempt, once.
     pods = [p for p in kube.items("pods", "-l", "sandbox.dev/execution=mid-claim")
             if not p["metadata"].get("deletionTimestamp")]
@@ -301,8 +313,10 @@ def test_sigkill_after_handover_before_the_status_write(kube: Kube, op: Operator
     body = kube.wait_terminal("mid-handover", timeout=90)
     status = body["status"]
     # Adopted: the pod that already ran the code is the attempt's pod; nothing ran it a second time.
-    assert status["phase"] == "Succeeded" and status["output"] == "adopted"
-    assert status["podName"] == pod["metadata"]["name"] and status["launch"] == "warm"
+    assert status["phase"] == "Succeeded"
+    assert status["output"] == "adopted"
+    assert status["podName"] == pod["metadata"]["name"]
+    assert status["launch"] == "warm"
     pods = kube.items("pods", "-l", "sandbox.dev/execution=mid-handover")
     assert [p["metadata"]["name"] for p in pods] == [pod["metadata"]["name"]]
 

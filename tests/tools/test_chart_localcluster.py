@@ -65,7 +65,7 @@ def _kubectl_binary() -> str:
     return found
 
 
-@pytest.fixture()
+@pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Any]:
     testing = pytest.importorskip("localcluster.testing")
     if find_tool("bwrap") is None:
@@ -216,7 +216,8 @@ def _run_executions(
         # Log lines about an Execution carry its identity.
         lines = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
         about = [x for x in lines if x.get("execution") == "hello-1"]
-        assert about and all(x.get("namespace") == USER_NS for x in about)
+        assert about
+        assert all(x.get("namespace") == USER_NS for x in about)
         assert any("correlation_id" in x and "attempt" in x for x in about)
 
         if prom_ctx is not None:

@@ -32,13 +32,17 @@ def test_chart_dashboard_matches_code() -> None:
 
 def test_structure() -> None:
     board = json.loads(CHART_JSON.read_text())
-    assert board["uid"] and board["title"] and board["schemaVersion"] >= 36
+    assert board["uid"]
+    assert board["title"]
+    assert board["schemaVersion"] >= 36
     ids = [p["id"] for p in board["panels"]]
-    assert len(ids) == len(set(ids)) and all(isinstance(i, int) for i in ids)
+    assert len(ids) == len(set(ids))
+    assert all(isinstance(i, int) for i in ids)
     occupied: set[tuple[int, int]] = set()
     for p in board["panels"]:
         g = p["gridPos"]
-        assert g["x"] >= 0 and g["x"] + g["w"] <= 24, p["title"]
+        assert g["x"] >= 0, p["title"]
+        assert g["x"] + g["w"] <= 24, p["title"]
         cells = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
         assert not cells & occupied, f"{p['title']} overlaps another panel"
         occupied |= cells
@@ -61,7 +65,8 @@ def test_datasource_variable_used_everywhere() -> None:
 
 def test_panels_have_title_description_unit() -> None:
     for p in _panels(dashboard.build_dashboard()):
-        assert p["title"] and p["description"], p
+        assert p["title"], p
+        assert p["description"], p
         assert p["fieldConfig"]["defaults"].get("unit"), p["title"]
 
 
@@ -114,7 +119,7 @@ def test_queries_parse_and_use_existing_metrics() -> None:
 def test_lint_catches_a_bad_query() -> None:
     """The parser step is not a no-op: an unbalanced query is rejected."""
     promql_parser = pytest.importorskip("promql_parser")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unclosed left parenthesis"):
         promql_parser.parse("sum(rate(sandbox_executions_total[5m])")
 
 

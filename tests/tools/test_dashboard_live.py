@@ -18,7 +18,7 @@ pytestmark = pytest.mark.tools
 QUERY_DEADLINE_S = 60.0
 
 
-@pytest.fixture()
+@pytest.fixture
 def rule_file(render: Render, tmp_path: Path) -> Path:
     (rule,) = by_kind(render(["prometheusRule.enabled=true"], monitoring=True), "PrometheusRule")
     path = tmp_path / "rules.yaml"

@@ -75,10 +75,12 @@ def test_deployment_shape(render: Render) -> None:
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"metrics": 8080, "health": 8081}
-    assert c["resources"]["limits"]["memory"] and c["resources"]["requests"]["cpu"]
+    assert c["resources"]["limits"]["memory"]
+    assert c["resources"]["requests"]["cpu"]
     # Pod Security Standard "restricted".
     psc = pod["securityContext"]
-    assert psc["runAsNonRoot"] is True and psc["runAsUser"] == 65532
+    assert psc["runAsNonRoot"] is True
+    assert psc["runAsUser"] == 65532
     assert psc["seccompProfile"]["type"] == "RuntimeDefault"
     sc = c["securityContext"]
     assert sc["allowPrivilegeEscalation"] is False
@@ -89,7 +91,8 @@ def test_deployment_shape(render: Render) -> None:
 def test_namespaces_and_digest_values(render: Render) -> None:
     (dep,) = by_kind(render(["watchNamespaces={team-a,team-b}", "image.digest=sha256:" + "a" * 64]), "Deployment")
     (c,) = dep["spec"]["template"]["spec"]["containers"]
-    assert "--namespace=team-a" in c["args"] and "--namespace=team-b" in c["args"]
+    assert "--namespace=team-a" in c["args"]
+    assert "--namespace=team-b" in c["args"]
     assert "--all-namespaces" not in c["args"]
     assert c["image"] == "ghcr.io/execution-operator/operator@sha256:" + "a" * 64
 
@@ -173,20 +176,25 @@ def test_watch_namespaces_accepts_what_the_operator_accepts(run_helm: HelmRun) -
     assert [a.removeprefix("--namespace=") for a in args if a.startswith("--namespace=")] == GLOBS
     # ... and means what the operator makes of it.
     assert parse_args([f"--namespace={g}" for g in GLOBS]).namespace == GLOBS
-    assert match_namespace("team-a", "team-*") and not match_namespace("kube-system", "*,!kube-system")
-    assert match_namespace("ns-b", "ns-[abc]") and not match_namespace("kube-x", "[!k]*")
+    assert match_namespace("team-a", "team-*")
+    assert not match_namespace("kube-system", "*,!kube-system")
+    assert match_namespace("ns-b", "ns-[abc]")
+    assert not match_namespace("kube-x", "[!k]*")
 
 
 @pytest.mark.parametrize("bad", ["Team-A", "bad_ns", "", "team a", "!", "a,,b"])
 def test_watch_namespaces_refuses_what_is_no_namespace_pattern(run_helm: HelmRun, bad: str) -> None:
     proc = run_helm(*template_args(), "--set-json", f"watchNamespaces={json.dumps([bad])}", check=False)
-    assert proc.returncode != 0 and "watchNamespaces" in proc.stderr
+    assert proc.returncode != 0
+    assert "watchNamespaces" in proc.stderr
 
 
 def test_rbac_grants_only_what_the_code_uses(render: Render) -> None:
     role = operator_role(render())
     for rule in role["rules"]:
-        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+        assert "*" not in rule["verbs"]
+        assert "*" not in rule["resources"]
+        assert "*" not in rule["apiGroups"]
     granted = _granted(role)
     assert granted - set(NEEDED_PERMISSIONS) == set(), "granted, but no code path needs it"
     assert set(NEEDED_PERMISSIONS) - granted == set(), "needed by the code, but not granted"
@@ -203,7 +211,8 @@ def test_user_roles_aggregate_into_the_built_in_roles(render: Render) -> None:
         "rbac.authorization.k8s.io/aggregate-to-admin", "rbac.authorization.k8s.io/aggregate-to-edit"}
     assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
     edits, views = _granted(edit), _granted(view)
-    assert ("sandbox.dev", "executions", "create") in edits and ("sandbox.dev", "warmpools/scale", "update") in edits
+    assert ("sandbox.dev", "executions", "create") in edits
+    assert ("sandbox.dev", "warmpools/scale", "update") in edits
     assert ("sandbox.dev", "deadletters", "patch") in edits, "a replay is an annotation"
     # DeadLetters are the operator's records; status is the operator's; pods are not these roles' business.
     assert not {p for p in edits if p[1] == "deadletters" and p[2] in ("create", "update")}
@@ -225,18 +234,21 @@ def test_peering_option(render: Render, run_helm: HelmRun) -> None:
     assert any("clusterkopfpeerings" in r["resources"] for r in operator_role(objs)["rules"])
     # Two replicas without peering would run two active operators.
     proc = run_helm(*template_args(["replicaCount=2"]), check=False)
-    assert proc.returncode != 0 and "peering.enabled" in proc.stderr
+    assert proc.returncode != 0
+    assert "peering.enabled" in proc.stderr
 
 
 def test_monitoring_gated_on_api(render: Render) -> None:
     values = ["metrics.serviceMonitor.enabled=true", "prometheusRule.enabled=true"]
     without_api = render(values)
-    assert not by_kind(without_api, "ServiceMonitor") and not by_kind(without_api, "PrometheusRule")
+    assert not by_kind(without_api, "ServiceMonitor")
+    assert not by_kind(without_api, "PrometheusRule")
     objs = render(values, monitoring=True)
     (sm,) = by_kind(objs, "ServiceMonitor")
     (svc,) = by_kind(objs, "Service")
     endpoint = sm["spec"]["endpoints"][0]
-    assert endpoint["port"] == "metrics" and isinstance(endpoint["port"], str)
+    assert endpoint["port"] == "metrics"
+    assert isinstance(endpoint["port"], str)
     assert endpoint["honorLabels"] is True
     assert any(p["name"] == "metrics" for p in svc["spec"]["ports"])
     labels = svc["metadata"]["labels"]
@@ -275,7 +287,8 @@ def test_sandbox_network_policies(render: Render) -> None:
         assert p["spec"] == deny_all_network_policy(p["metadata"]["namespace"])["spec"]
         assert p["spec"]["podSelector"] == {"matchLabels": {"sandbox.dev/network": "deny"}}
         assert p["spec"]["policyTypes"] == ["Ingress", "Egress"]
-        assert "ingress" not in p["spec"] and "egress" not in p["spec"]
+        assert "ingress" not in p["spec"]
+        assert "egress" not in p["spec"]
     default_ns = [p for p in by_kind(render(), "NetworkPolicy") if p["metadata"]["name"] == NETWORK_POLICY_NAME]
     assert [p["metadata"]["namespace"] for p in default_ns] == [NAMESPACE]
 
@@ -305,7 +318,8 @@ def test_schema_rejects_bad_values(run_helm: HelmRun, values: list[str], message
 
 def test_kube_version_constraint(run_helm: HelmRun) -> None:
     proc = run_helm(*template_args(), "--kube-version", "1.27.0", check=False)
-    assert proc.returncode != 0 and "kubeVersion" in proc.stderr
+    assert proc.returncode != 0
+    assert "kubeVersion" in proc.stderr
     run_helm(*template_args(), "--kube-version", "1.28.0")
 
 
@@ -331,7 +345,8 @@ def _validate_custom(obj: dict[str, Any], schemas: dict[tuple[str, str], dict[st
     elif obj["kind"] == "PrometheusRule":
         for group in obj["spec"]["groups"]:
             for rule in group["rules"]:
-                assert rule["expr"] and ("alert" in rule or "record" in rule)
+                assert rule["expr"]
+                assert "alert" in rule or "record" in rule
     else:
         pytest.fail(f"no schema for {key}")
 

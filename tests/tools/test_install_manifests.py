@@ -32,7 +32,8 @@ def test_manifests_match_chart(helm: str, helm_env: dict[str, str], tmp_path: Pa
 
 def test_install_order_and_namespace() -> None:
     crds = [d for d in yaml.safe_load_all((INSTALL / "00-crds.yaml").read_text()) if d]
-    assert crds and all(d["kind"] == "CustomResourceDefinition" for d in crds)
+    assert crds
+    assert all(d["kind"] == "CustomResourceDefinition" for d in crds)
     (ns,) = [d for d in yaml.safe_load_all((INSTALL / "01-namespace.yaml").read_text()) if d]
     assert ns["kind"] == "Namespace"
     objs = [d for d in yaml.safe_load_all((INSTALL / "02-operator.yaml").read_text()) if d]

@@ -51,14 +51,14 @@ def _start(tmp_path: Path, command: str, helm_args: str = "") -> Iterator[tuple[
         assert down.returncode == 0, down.stderr
 
 
-@pytest.fixture()
+@pytest.fixture
 def up(tmp_path: Path) -> Iterator[dict[str, str]]:
     values = f"--set watchNamespaces={{{TEAM}}} --set executionClasses.default.spec.maxTimeoutSeconds=42"
     for env, _ in _start(tmp_path, "up", values):
         yield env
 
 
-@pytest.fixture()
+@pytest.fixture
 def demo(tmp_path: Path) -> Iterator[str]:
     for _, output in _start(tmp_path, "demo"):
         yield output
@@ -111,7 +111,8 @@ def test_make_up_installs_the_chart_and_its_operator_runs_executions(up: dict[st
     status = json.loads(k("get", "-n", TEAM, "execution", "sum", "-o", "json"))["status"]
     assert status["output"] == {"sum": 6}, status
     error = json.loads(k("get", "-n", TEAM, "execution", "too-long", "-o", "jsonpath={.status.error}"))
-    assert error["type"] == "validation_error" and "42" in error["message"], error
+    assert error["type"] == "validation_error", error
+    assert "42" in error["message"], error
 
 
 def _readme_tour() -> list[tuple[str, str]]:
@@ -125,7 +126,8 @@ def test_the_readme_tour_runs_literally_after_make_demo(demo: str, tmp_path: Pat
     exports = [line.strip() for line in demo.splitlines() if line.strip().startswith("export ")]
     assert [e.split("=", 1)[0] for e in exports] == ["export KUBECONFIG", "export PATH"]
     blocks = _readme_tour()
-    assert [lang for lang, _ in blocks].count("sh") >= 1 and any("kubectl logs" in b for _, b in blocks)
+    assert [lang for lang, _ in blocks].count("sh") >= 1
+    assert any("kubectl logs" in b for _, b in blocks)
     lines = ["set -euo pipefail", *exports]
     for n, (lang, block) in enumerate(blocks):
         if lang == "python":

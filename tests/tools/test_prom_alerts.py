@@ -23,7 +23,7 @@ def render_rules(render: Render, values: list[str] | None = None) -> dict[str, A
     return spec
 
 
-@pytest.fixture()
+@pytest.fixture
 def rules_dir(render: Render, tmp_path: Path) -> Path:
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(render_rules(render), sort_keys=False))
     shutil.copy(TESTS, tmp_path / TESTS.name)

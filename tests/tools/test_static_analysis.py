@@ -81,13 +81,15 @@ def test_dockerfile_targets_and_user() -> None:
     stages = re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", text, flags=re.M)
     assert {"operator", "sandbox", "sandbox-data"} <= set(stages)
     base = re.search(r"^ARG PYTHON_IMAGE=(\S+)", text, flags=re.M)
-    assert base and re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base.group(1))
+    assert base
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base.group(1))
     finals = re.split(r"^FROM ", text, flags=re.M)[1:]
     for block in finals:
         name = block.split()[2] if len(block.split()) > 2 else ""
         if name in {"operator", "sandbox", "sandbox-data"}:
             assert "USER 65532:65532" in block, name
-            assert "pip install" not in block and "apt-get" not in block, name
+            assert "pip install" not in block, name
+            assert "apt-get" not in block, name
     assert 'ENTRYPOINT ["python", "-m", "execution_operator.runner"]' in text
 
 
@@ -100,7 +102,9 @@ def test_kind_e2e_wiring() -> None:
     assert "REGISTRY=ghcr.io/execution-operator" in text
     assert "images=(operator sandbox sandbox-data)" in text
     assert 'docker build --target "$target"' in text
-    assert "kind load docker-image" in text and "helm upgrade --install" in text and "E2E_KUBECONFIG" in text
+    assert "kind load docker-image" in text
+    assert "helm upgrade --install" in text
+    assert "E2E_KUBECONFIG" in text
     assert "bench/latency.py --kubeconfig" in text, "warm against cold is measured where a cold start is real"
     workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "e2e-kind.yaml").read_text())
     steps = [s.get("run", "") for job in workflow["jobs"].values() for s in job["steps"]]

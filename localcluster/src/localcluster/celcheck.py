@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import celpy
 
@@ -222,10 +222,13 @@ def _literal(tree: Any) -> Expr:
     tok = tree.children[0]
     t, text = tok.type, str(tok)
     col = int(getattr(tok, "column", 0) or 0)
-    if t == "INT_LIT":
-        return Expr("lit", col, ("int", int(text, 0)))
-    if t == "UINT_LIT":
-        return Expr("lit", col, ("uint", int(text[:-1], 0)))
+    if t in ("INT_LIT", "UINT_LIT"):
+        digits = text[:-1] if t == "UINT_LIT" else text
+        try:
+            value = int(digits, 0)
+        except ValueError:  # a decimal with a leading zero (01), which int() does not read
+            raise _Unsupported(text) from None
+        return Expr("lit", col, ("int" if t == "INT_LIT" else "uint", value))
     if t == "FLOAT_LIT":
         return Expr("lit", col, ("double", float(text)))
     if t in ("STRING_LIT", "MLSTRING_LIT", "BYTES_LIT"):
@@ -335,6 +338,11 @@ _INT_FUNCS = {"size", "int", "indexOf", "lastIndexOf", "compareTo", "asInteger",
               "getDayOfYear", "getFullYear", "getMonth"}
 
 
+# What visiting an expression gives: its type, its largest cost, its largest size and its schema path (the
+# last two None where unknown).
+Visit: TypeAlias = tuple[DeclType, int, int | None, list[str] | None]
+
+
 class _Checker:
     """Types and costs one rule; `path` of a value is its schema path (for size estimates)."""
 
@@ -351,8 +359,7 @@ class _Checker:
                 return scope[name]
         return None
 
-    # Each visit returns (type, cost_max, size_max or None, path or None).
-    def visit(self, e: Expr) -> tuple[DeclType, int, int | None, list[str] | None]:
+    def visit(self, e: Expr) -> Visit:
         if e.op == "lit":
             kind, v = e.value
             t = {"int": INT, "uint": UINT, "double": DOUBLE, "string": STRING, "bytes": BYTES, "bool": BOOL,
@@ -421,7 +428,7 @@ class _Checker:
             return DYN
         raise CheckError(col, f"type '{t.name()}' does not support field selection")
 
-    def comprehension(self, e: Expr) -> tuple[DeclType, int, int | None, list[str] | None]:
+    def comprehension(self, e: Expr) -> Visit:
         assert e.target is not None
         rt, rcost, rsize, rpath = self.visit(e.target)
         if rt.kind == "list":
@@ -464,72 +471,90 @@ class _Checker:
         size = rsize if macro in ("map", "filter") else 1
         return out, cost, size, None
 
-    def call(self, e: Expr) -> tuple[DeclType, int, int | None, list[str] | None]:  # noqa: C901
-        # one branch per CEL function or operator family, as the checker's overload table lists them
-        fn = e.value
+    def call(self, e: Expr) -> Visit:
+        """An operator goes to its method in _OPERATORS; a function to sized_function, else to _function."""
         target = self.visit(e.target) if e.target is not None else None
         args = [self.visit(a) for a in e.args]
-        arg_cost = sum(a[1] for a in args) + (target[1] if target else 0)
-        types = [a[0] for a in args]
-        if fn in ("_&&_", "_||_"):
-            for t in types:
-                if t.kind not in ("bool", "dyn"):
-                    raise CheckError(e.col, f"found no matching overload for '{fn}' applied to "
-                                            f"'({', '.join(x.name() for x in types)})'")
-            return BOOL, args[0][1] + args[1][1], 1, None
-        if fn == "_?_:_":
-            return (types[1] if types[1].kind == types[2].kind else DYN,
-                    args[0][1] + max(args[1][1], args[2][1]), None, None)
-        if fn == "!_":
-            if types[0].kind not in ("bool", "dyn"):
-                raise CheckError(e.col, f"found no matching overload for '!_' applied to '({types[0].name()})'")
-            return BOOL, 1 + arg_cost, 1, None
-        if fn == "-_":
-            return types[0], 1 + arg_cost, 1, None
-        if fn in ("_==_", "_!=_"):
-            a, b = types
-            if _certain(a) and _certain(b) and not _same(a, b):
-                raise CheckError(e.col, f"found no matching overload for '{fn}' applied to '({a.name()}, {b.name()})'")
-            sizes = [x[2] if x[2] is not None else _U64 for x in args]
-            return BOOL, _ceil_mul(min(sizes), _STRING_TRAVERSAL) + arg_cost, 1, None
-        if fn in ("_<_", "_<=_", "_>_", "_>=_"):
-            a, b = types
-            if _certain(a) and _certain(b) and not (_same(a, b) or (a.kind in _NUMERIC and b.kind in _NUMERIC)):
-                raise CheckError(e.col, f"found no matching overload for '{fn}' applied to '({a.name()}, {b.name()})'")
-            if a.kind in ("string", "bytes"):
-                sizes = [x[2] if x[2] is not None else _U64 for x in args]
-                return BOOL, _ceil_mul(min(sizes), _STRING_TRAVERSAL) + arg_cost, 1, None
-            return BOOL, 1 + arg_cost, 1, None
-        if fn in ("_+_", "_-_", "_*_", "_/_", "_%_"):
-            a, b = types
-            ok = not (_certain(a) and _certain(b)) or _same(a, b) or (
-                {a.kind, b.kind} <= {"timestamp", "duration"} and fn in ("_+_", "_-_"))
-            if not ok:
-                raise CheckError(e.col, f"found no matching overload for '{fn}' applied to '({a.name()}, {b.name()})'")
-            if fn == "_+_" and a.kind in ("string", "bytes"):
-                size = _add(args[0][2], args[1][2])
-                return a, _ceil_mul(size if size is not None else _U64, _STRING_TRAVERSAL) + arg_cost, size, None
-            if fn == "_+_" and a.kind == "list":
-                return a, 1 + arg_cost, _add(args[0][2], args[1][2]), None
-            out = a if a.kind != "dyn" else b
-            if fn == "_-_" and a.kind == "timestamp" and b.kind == "timestamp":
-                out = DURATION
-            return out, 1 + arg_cost, 1, None
-        if fn == "@in":
-            return BOOL, (args[1][2] if args[1][2] is not None else _U64) + arg_cost, 1, None
-        if fn == "_[_]":
-            ct = types[0]
-            path = args[0][3]
-            if ct.kind == "list":
-                et = ct.elem or DYN
-                sub = [*path, "@items"] if path is not None else None
-            elif ct.kind == "map":
-                et = ct.elem or DYN
-                sub = [*path, "@values"] if path is not None else None
-            else:
-                et, sub = DYN, None
-            return et, 1 + arg_cost, self.size_of(et, sub), sub
-        recv = target
+        c = _Call(e.value, e.col, target, args, [a[0] for a in args],
+                  sum(a[1] for a in args) + (target[1] if target else 0))
+        operator = _OPERATORS.get(c.fn)
+        if operator is not None:
+            return operator(self, c)
+        return self.sized_function(c) or _function(c)
+
+    # One method per CEL operator family and function group, as the checker's overload table lists them.
+    def logical(self, c: _Call) -> Visit:
+        for t in c.types:
+            if t.kind not in ("bool", "dyn"):
+                raise CheckError(c.col, f"found no matching overload for '{c.fn}' applied to "
+                                        f"'({', '.join(x.name() for x in c.types)})'")
+        return BOOL, c.args[0][1] + c.args[1][1], 1, None
+
+    def conditional(self, c: _Call) -> Visit:
+        types, args = c.types, c.args
+        return (types[1] if types[1].kind == types[2].kind else DYN,
+                args[0][1] + max(args[1][1], args[2][1]), None, None)
+
+    def logical_not(self, c: _Call) -> Visit:
+        if c.types[0].kind not in ("bool", "dyn"):
+            raise CheckError(c.col, f"found no matching overload for '!_' applied to '({c.types[0].name()})'")
+        return BOOL, 1 + c.arg_cost, 1, None
+
+    def negative(self, c: _Call) -> Visit:
+        return c.types[0], 1 + c.arg_cost, 1, None
+
+    def equality(self, c: _Call) -> Visit:
+        a, b = c.types
+        if _certain(a) and _certain(b) and not _same(a, b):
+            raise CheckError(c.col, f"found no matching overload for '{c.fn}' applied to '({a.name()}, {b.name()})'")
+        sizes = [x[2] if x[2] is not None else _U64 for x in c.args]
+        return BOOL, _ceil_mul(min(sizes), _STRING_TRAVERSAL) + c.arg_cost, 1, None
+
+    def ordering(self, c: _Call) -> Visit:
+        a, b = c.types
+        if _certain(a) and _certain(b) and not (_same(a, b) or (a.kind in _NUMERIC and b.kind in _NUMERIC)):
+            raise CheckError(c.col, f"found no matching overload for '{c.fn}' applied to '({a.name()}, {b.name()})'")
+        if a.kind in ("string", "bytes"):
+            sizes = [x[2] if x[2] is not None else _U64 for x in c.args]
+            return BOOL, _ceil_mul(min(sizes), _STRING_TRAVERSAL) + c.arg_cost, 1, None
+        return BOOL, 1 + c.arg_cost, 1, None
+
+    def arithmetic(self, c: _Call) -> Visit:
+        fn, args, arg_cost = c.fn, c.args, c.arg_cost
+        a, b = c.types
+        ok = not (_certain(a) and _certain(b)) or _same(a, b) or (
+            {a.kind, b.kind} <= {"timestamp", "duration"} and fn in ("_+_", "_-_"))
+        if not ok:
+            raise CheckError(c.col, f"found no matching overload for '{fn}' applied to '({a.name()}, {b.name()})'")
+        if fn == "_+_" and a.kind in ("string", "bytes"):
+            size = _add(args[0][2], args[1][2])
+            return a, _ceil_mul(size if size is not None else _U64, _STRING_TRAVERSAL) + arg_cost, size, None
+        if fn == "_+_" and a.kind == "list":
+            return a, 1 + arg_cost, _add(args[0][2], args[1][2]), None
+        out = a if a.kind != "dyn" else b
+        if fn == "_-_" and a.kind == "timestamp" and b.kind == "timestamp":
+            out = DURATION
+        return out, 1 + arg_cost, 1, None
+
+    def membership(self, c: _Call) -> Visit:
+        return BOOL, (c.args[1][2] if c.args[1][2] is not None else _U64) + c.arg_cost, 1, None
+
+    def index(self, c: _Call) -> Visit:
+        ct = c.types[0]
+        path = c.args[0][3]
+        if ct.kind == "list":
+            et = ct.elem or DYN
+            sub = [*path, "@items"] if path is not None else None
+        elif ct.kind == "map":
+            et = ct.elem or DYN
+            sub = [*path, "@values"] if path is not None else None
+        else:
+            et, sub = DYN, None
+        return et, 1 + c.arg_cost, self.size_of(et, sub), sub
+
+    def sized_function(self, c: _Call) -> Visit | None:
+        """The functions whose cost grows with the size of their receiver or arguments (None for others)."""
+        fn, recv, args, arg_cost = c.fn, c.target, c.args, c.arg_cost
         tsize = recv[2] if recv is not None and recv[2] is not None else _U64
         if fn in ("matches", "find", "findAll") and (recv is not None and args):
             rsize = args[0][2] if args[0][2] is not None else _U64
@@ -565,19 +590,50 @@ class _Checker:
         if fn in ("url",) and args:
             asize = args[0][2] if args[0][2] is not None else _U64
             return DYN, _ceil_mul(asize, _STRING_TRAVERSAL) + arg_cost, asize, None
-        if fn == "size":
-            return INT, 1 + arg_cost, 1, None
-        if fn in _BOOL_FUNCS:
-            return BOOL, 1 + arg_cost, 1, None
-        if fn in _INT_FUNCS:
-            return INT, 1 + arg_cost, 1, None
-        if fn in _STRING_FUNCS:
-            return STRING, 1 + arg_cost, None, None
-        if fn in _CONVERSIONS:
-            return _CONVERSIONS[fn], 1 + arg_cost, 1, None
-        if fn == "dyn" and args:
-            return DYN, 1 + args[0][1], args[0][2], args[0][3]
-        return DYN, 1 + arg_cost, None, None
+        return None
+
+
+@dataclass
+class _Call:
+    """A call once its receiver and arguments are visited: what `_Checker`'s operator and function methods take."""
+
+    fn: str
+    col: int
+    target: Visit | None
+    args: list[Visit]
+    types: list[DeclType]
+    arg_cost: int
+
+
+_OPERATORS: dict[str, Callable[[_Checker, _Call], Visit]] = {
+    "_&&_": _Checker.logical, "_||_": _Checker.logical,
+    "_?_:_": _Checker.conditional,
+    "!_": _Checker.logical_not,
+    "-_": _Checker.negative,
+    "_==_": _Checker.equality, "_!=_": _Checker.equality,
+    "_<_": _Checker.ordering, "_<=_": _Checker.ordering, "_>_": _Checker.ordering, "_>=_": _Checker.ordering,
+    "_+_": _Checker.arithmetic, "_-_": _Checker.arithmetic, "_*_": _Checker.arithmetic, "_/_": _Checker.arithmetic,
+    "_%_": _Checker.arithmetic,
+    "@in": _Checker.membership,
+    "_[_]": _Checker.index,
+}
+
+
+def _function(c: _Call) -> Visit:
+    """The other functions: a cost of 1 plus the arguments, and the type they return."""
+    if c.fn == "size":
+        return INT, 1 + c.arg_cost, 1, None
+    if c.fn in _BOOL_FUNCS:
+        return BOOL, 1 + c.arg_cost, 1, None
+    if c.fn in _INT_FUNCS:
+        return INT, 1 + c.arg_cost, 1, None
+    if c.fn in _STRING_FUNCS:
+        return STRING, 1 + c.arg_cost, None, None
+    if c.fn in _CONVERSIONS:
+        return _CONVERSIONS[c.fn], 1 + c.arg_cost, 1, None
+    if c.fn == "dyn" and c.args:
+        return DYN, 1 + c.args[0][1], c.args[0][2], c.args[0][3]
+    return DYN, 1 + c.arg_cost, None, None
 
 
 def _certain(t: DeclType) -> bool:
@@ -632,7 +688,9 @@ def check_rule(text: str, self_type: DeclType, *, string_result: bool = False) -
     try:
         tree = _PARSER_ENV.compile(text)
         expr = reduce_tree(tree)
-    except Exception:
+    except (celpy.CELParseError, _Unsupported, RecursionError):
+        # A parse error is the caller's to word; a construct the reduction does not know, or a nesting too
+        # deep to reduce, leaves the rule unchecked.
         return RuleCheck(None, 0, "oldSelf" in text)
     checker = _Checker(self_type, old_self=True)
     try:

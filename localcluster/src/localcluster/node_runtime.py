@@ -263,7 +263,8 @@ class ContainerProcess:
         self.oom_killed = False
         self._tail: deque[str] = deque(maxlen=FALLBACK_LOG_LINES)
         self._log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in wait()
-        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout is not None
+        assert proc.stderr is not None
         self._pumps = [
             asyncio.create_task(self._pump(proc.stdout, "stdout")),
             asyncio.create_task(self._pump(proc.stderr, "stderr")),

@@ -1209,7 +1209,7 @@ class _CompiledExpr:
         self.true_if_unchanged = self.is_self_equals_old
         try:
             ast = _CEL_ENV.compile(text)
-        except Exception as exc:
+        except celpy.CELParseError as exc:
             self.error = _parse_error_text(exc)
             return
         idents: set[str] = set()
@@ -1557,7 +1557,11 @@ def _run(compiled: _CompiledExpr, activation: dict[str, Any]) -> tuple[Any, str 
         result = compiled.program.evaluate(activation)
     except CELEvalError as exc:
         return None, _eval_error_text(exc)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever a rule's evaluation raises is that rule's error
+        # cel-go returns every failure of an evaluation as an error value, which the server reports as the
+        # rule's error. celpy (an interpreter of user-written rules over user data) also leaks Python errors
+        # of its own (TypeError, RecursionError...): those too are this rule's failed evaluation, not a
+        # failed request.
         return None, f"internal error: {type(exc).__name__}"
     if isinstance(result, CELEvalError):
         return None, _eval_error_text(result)
@@ -1592,6 +1596,12 @@ def _resource_root_view(obj: Any) -> Any:
     return view
 
 
+# What celpy raises for a string that is no timestamp, duration or base64 text: ValueError (pendulum's
+# ParserError, a bad duration, binascii.Error, non-ASCII base64) and, from pendulum - which also reads
+# times, durations and intervals, and dates past 9999 - TypeError, AttributeError and OverflowError.
+_NOT_OF_ITS_FORMAT = (ValueError, TypeError, AttributeError, OverflowError)
+
+
 def _to_cel(v: Any, node: _Node | None) -> Any:
     """Convert a JSON value to CEL, typed by its schema node as the server does."""
     if v is None:
@@ -1615,7 +1625,7 @@ def _to_cel(v: Any, node: _Node | None) -> Any:
                     return ct.DurationType(v)
                 if node.format == "byte":
                     return ct.BytesType(base64.b64decode(v))
-            except Exception:
+            except _NOT_OF_ITS_FORMAT:
                 return ct.StringType(v)
         return ct.StringType(v)
     if isinstance(v, list):

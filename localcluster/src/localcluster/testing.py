@@ -49,7 +49,7 @@ class ClusterThread:
         self._stop = asyncio.Event()
         try:
             await self.cluster.start()
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - handed to the thread waiting in start(), which raises it
             self._error = e
             self._ready.set()
             return

@@ -15,9 +15,12 @@ import binascii
 import json
 import re
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localcluster.quantity import parse_quantity
+
+if TYPE_CHECKING:
+    import jsonschema
 
 Cause = dict[str, Any]
 
@@ -368,24 +371,42 @@ _JSON_TYPES = {"string": "string", "integer": "number", "number": "number", "boo
                "object": "object"}
 
 
-def shape_error(obj: Any) -> str | None:
-    """The first value of a built-in object whose JSON type its published schema does not allow, worded like
-    Go's JSON decoder (None when kubernetes-validate is not installed or finds no such value)."""
+def published_schema_error(obj: dict[str, Any], *, strict: bool) -> jsonschema.ValidationError | None:
+    """The first error kubernetes-validate finds in a built-in object against the published schemas of
+    Kubernetes 1.35 (`strict`: unknown fields are errors too).
+
+    None when it finds none, is not installed, or cannot judge the object: no schema for its kind (or for
+    1.35), a broken or unresolvable schema, or an object nested deeper than jsonschema's recursion reaches.
+    """
     try:
         import kubernetes_validate  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return None
+    import referencing.exceptions  # kubernetes-validate's own dependency, as jsonschema is
+
     try:
-        kubernetes_validate.validate(obj, "1.35", strict=False)
-    except Exception as e:  # jsonschema ValidationErrors, or a schema that cannot be found
-        if getattr(e, "validator", None) != "type":
-            return None
-        path = ".".join(str(p) for p in getattr(e, "absolute_path", []) if not isinstance(p, int))
-        wanted = getattr(e, "validator_value", "")
-        wanted = next((w for w in wanted if w != "null"), "") if isinstance(wanted, list) else wanted
-        return (f"json: cannot unmarshal {_go_type(getattr(e, 'instance', None))} into Go struct field {path} of "
-                f"type {_JSON_TYPES.get(str(wanted), wanted)}")
+        kubernetes_validate.validate(obj, "1.35", strict=strict)
+    except kubernetes_validate.ValidationError as e:  # a jsonschema ValidationError
+        return e
+    except (kubernetes_validate.SchemaNotFoundError, kubernetes_validate.utils.VersionNotSupportedError,
+            kubernetes_validate.InvalidSchemaError, referencing.exceptions.Unresolvable, RecursionError):
+        return None
     return None
+
+
+def shape_error(obj: Any) -> str | None:
+    """The first value of a built-in object whose JSON type its published schema does not allow, worded like
+    Go's JSON decoder (None when kubernetes-validate is not installed or finds no such value)."""
+    if not isinstance(obj, dict):  # no object for a schema to judge; the caller reports the body as it is
+        return None
+    e = published_schema_error(obj, strict=False)
+    if e is None or e.validator != "type":
+        return None
+    path = ".".join(str(p) for p in e.absolute_path if not isinstance(p, int))
+    wanted = e.validator_value
+    wanted = next((w for w in wanted if w != "null"), "") if isinstance(wanted, list) else wanted
+    return (f"json: cannot unmarshal {_go_type(e.instance)} into Go struct field {path} of "
+            f"type {_JSON_TYPES.get(str(wanted), wanted)}")
 
 
 def drop_nulls(value: Any) -> Any:
