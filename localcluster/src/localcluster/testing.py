@@ -165,7 +165,16 @@ def start_cluster_process(state: Path, manifests: Sequence[Path] = (), cwd: Path
             raise AssertionError(f"local cluster exited with {proc.returncode}: {log_path.read_text()}")
         return "localcluster ready" in log_path.read_text()
 
-    wait_until(ready, timeout=60, what="the local cluster")
+    try:
+        wait_until(ready, timeout=60, what="the local cluster")
+        _apply_in_order(kubeconfig, manifests)
+    except BaseException:
+        stop_process(proc)  # a cluster that failed to come up is not left running
+        raise
+    return ClusterProcess(kubeconfig=str(kubeconfig), state_dir=state, process=proc)
+
+
+def _apply_in_order(kubeconfig: Path, manifests: Sequence[Path]) -> None:
     kubectl = kubectl_binary()
     env = dict(os.environ, KUBECONFIG=str(kubeconfig))
     for manifest in manifests:
@@ -177,7 +186,6 @@ def start_cluster_process(state: Path, manifests: Sequence[Path] = (), cwd: Path
         # Before the next manifest, which may hold objects of these CRDs (none: kubectl says so, harmlessly).
         subprocess.run([kubectl, "wait", "crd", "--all", "--for=condition=Established", "--timeout=30s"],
                        env=env, check=False, capture_output=True, text=True, timeout=60)
-    return ClusterProcess(kubeconfig=str(kubeconfig), state_dir=state, process=proc)
 
 
 def kubectl_binary() -> str:
