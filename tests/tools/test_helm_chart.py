@@ -135,13 +135,13 @@ NEEDED_PERMISSIONS: dict[tuple[str, str, str], tuple[str, str]] = {
     # The attach's WebSocket upgrade is a GET; Kubernetes 1.35+ also checks create for it.
     ("", "pods/attach", "get"): ("operator", r'write_stdin\(path_for\("v1", "pods", .*"attach"\)'),
     ("", "pods/attach", "create"): ("operator", r'write_stdin\(path_for\("v1", "pods", .*"attach"\)'),
-    ("", "pods", "create"): ("operator", r'_create_or_get\(self\.client, path_for\("v1", "pods"'),
+    ("", "pods", "create"): ("operator", r'create_or_get\(self\.client, path_for\("v1", "pods"'),
     ("", "pods", "get"): ("operator", r'client\.get\(path_for\("v1", "pods"'),
     ("", "pods", "delete"): ("operator", r'client\.delete\(path_for\("v1", "pods"'),
     ("", "pods/log", "get"): ("operator", r'get_text\(\s*path_for\("v1", "pods", namespace, pod, "log"\)'),
-    ("", "configmaps", "create"): ("operator", r'_create_or_get\(self\.client, path_for\("v1", "configmaps"'),
+    ("", "configmaps", "create"): ("operator", r'create_or_get\(self\.client, path_for\("v1", "configmaps"'),
     ("", "configmaps", "get"): ("operator", r"return await client\.get\(f\"\{collection\}/"),
-    ("networking.k8s.io", "networkpolicies", "create"): ("operator", r'_create_or_get\(self\.client, path_for\('
+    ("networking.k8s.io", "networkpolicies", "create"): ("operator", r'create_or_get\(self\.client, path_for\('
                                                                      r'"networking\.k8s\.io/v1", "networkpolicies"'),
     ("networking.k8s.io", "networkpolicies", "get"): ("operator", r"return await client\.get\(f\"\{collection\}/"),
     ("", "events", "create"): ("operator", r'client\.post\(path_for\("v1", "events"'),
