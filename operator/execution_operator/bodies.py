@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from execution_operator.api import ANNOTATION_CORRELATION_ID, GROUP, Kind
-from execution_operator.models import MAX_CORRELATION_ID_CHARS
+from execution_operator.bounds import MAX_CORRELATION_ID_CHARS
 from execution_operator.status import parse_time
 
 Key = tuple[str, str]

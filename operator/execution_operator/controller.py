@@ -26,12 +26,13 @@ from execution_operator import metrics, safejson
 from execution_operator.api import API_VERSION, EXECUTIONS, LABEL_EXECUTION_CLASS, Kind, Phase
 from execution_operator.attempt_outcomes import Outcomes
 from execution_operator.bodies import Key, class_name_of, execution_owner, key_of, slim_pod
+from execution_operator.bounds import MAX_INPUT_DEPTH
 from execution_operator.classify import classify_vanished_pod, pod_finished
 from execution_operator.deadletters import DeadLetters
 from execution_operator.gates import Gates
 from execution_operator.k8s import ApiError, KubeClient, path_for, resource_version
 from execution_operator.launch import Launcher, NetworkPolicies
-from execution_operator.models import MAX_INPUT_DEPTH, ExecutionClassSpec, ExecutionSpec
+from execution_operator.models import ExecutionClassSpec, ExecutionSpec
 from execution_operator.pools import WarmPools
 from execution_operator.reconcile_state import Conflict, ReconcilePass, ReconcileState, now_utc
 from execution_operator.sandbox import pod_name

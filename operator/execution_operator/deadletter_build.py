@@ -27,15 +27,9 @@ from execution_operator.api import (
     Kind,
     Phase,
 )
+from execution_operator.bounds import MAX_CORRELATION_ID_CHARS, STREAM_TAIL_BYTES, json_size
 from execution_operator.errors import INFRASTRUCTURE_TYPES, ErrorInfo, ErrorType
-from execution_operator.models import (
-    MAX_CORRELATION_ID_CHARS,
-    STREAM_TAIL_BYTES,
-    DeadLetterPolicy,
-    DeadLetterSpec,
-    input_snapshot,
-    json_size,
-)
+from execution_operator.models import DeadLetterPolicy, DeadLetterSpec, input_snapshot
 from execution_operator.sandbox import dns_prefix, is_label_safe, label_value, short_hash
 
 #: Bound on a DeadLetter as the API server stores it (Go JSON: UTF-8, `<>&` escaped as \\u003c).

@@ -11,10 +11,9 @@ validation because something grew.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Final, Self
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import (
     BaseModel,
@@ -35,6 +34,22 @@ from execution_operator.api import (
     Launch,
     Phase,
 )
+from execution_operator.bounds import (
+    CONDITION_REASON_PATTERN,
+    DEAD_LETTER_MAX_INPUT_BYTES,
+    MAX_ATTEMPT_RECORDS,
+    MAX_CODE_CHARS,
+    MAX_CONDITIONS,
+    MAX_CORRELATION_ID_CHARS,
+    MAX_ERROR_DETAILS_CHARS,
+    MAX_ERROR_MESSAGE_CHARS,
+    MAX_REPLAY_RECORDS,
+    MAX_TIMEOUT_SECONDS,
+    MAX_WARM_POOL_REPLICAS,
+    MODULE_NAME_PATTERN,
+    STREAM_TAIL_BYTES,
+    json_size,
+)
 from execution_operator.breaker import BreakerState
 from execution_operator.breaker import CircuitState as CircuitState  # re-exported
 from execution_operator.breaker import LastFailure as LastFailure  # re-exported
@@ -42,63 +57,6 @@ from execution_operator.breaker import ProbeLease as ProbeLease  # re-exported
 from execution_operator.errors import ErrorInfo, ErrorType
 from execution_operator.quantity import QUANTITY_PATTERN, is_quantity
 from execution_operator.timestamps import rfc3339 as rfc3339  # re-exported: models write times
-
-# ---------------------------------------------------------------------------------------------------
-# API coordinates and limits
-# ---------------------------------------------------------------------------------------------------
-
-
-#: `spec.code` length in characters.
-MAX_CODE_CHARS: Final = 102400
-#: `spec.input` serialised as compact JSON (checked by the operator: the schema cannot measure it).
-MAX_INPUT_BYTES: Final = 1048576
-#: `spec.input` nesting depth (checked by the operator: deeper input cannot be encoded or decoded safely).
-MAX_INPUT_DEPTH: Final = 100
-#: `status.output` serialised as compact JSON; larger is `output_too_large`.
-OUTPUT_LIMIT_BYTES: Final = 131072
-#: The tail kept of each of stdout and stderr.
-STREAM_TAIL_BYTES: Final = 16384
-#: `status.attempts` keeps the last this many records.
-MAX_ATTEMPT_RECORDS: Final = 20
-#: `status.conditions` holds at most this many types.
-MAX_CONDITIONS: Final = 16
-#: `status.error.message` is one line of at most this many characters.
-MAX_ERROR_MESSAGE_CHARS: Final = 1024
-#: `status.error.details` keeps the tail of at most this many characters.
-MAX_ERROR_DETAILS_CHARS: Final = 16384
-#: `DeadLetter.spec.executionSpec.input` larger than this (compact JSON) is replaced by a marker.
-DEAD_LETTER_MAX_INPUT_BYTES: Final = 262144
-#: `DeadLetter.status.replays` keeps the last this many entries.
-MAX_REPLAY_RECORDS: Final = 50
-
-MAX_TIMEOUT_SECONDS: Final = 300
-#: A dotted Python module name (ExecutionClass.spec.warmImports).
-MODULE_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
-#: Most ready pods a WarmPool may ask for.
-MAX_WARM_POOL_REPLICAS: Final = 100
-#: metav1.Condition's reason pattern.
-CONDITION_REASON_PATTERN: Final = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
-MAX_CORRELATION_ID_CHARS: Final = 128
-
-
-def json_depth(value: Any, stop_at: int = MAX_INPUT_DEPTH + 1) -> int:
-    """How deeply `value` nests arrays and objects (a scalar is 0), counted without recursion up to `stop_at`."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            depth += 1
-            deepest = max(deepest, depth)
-            if deepest >= stop_at:
-                return deepest
-            stack.extend((child, depth) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
-
-
-def json_size(value: Any) -> int:
-    """Bytes of `value` as compact UTF-8 JSON: the measure behind the input/output bounds."""
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 def _tail(text: str, limit: int) -> str:

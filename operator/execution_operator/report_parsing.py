@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from execution_operator.models import STREAM_TAIL_BYTES
+from execution_operator.bounds import STREAM_TAIL_BYTES
 from execution_operator.runner import report as runner_report
 
 _MARKER_PREFIX = runner_report.MARKER + " "

@@ -24,9 +24,10 @@ from execution_operator.api import (
     Launch,
     Phase,
 )
+from execution_operator.bounds import MAX_ATTEMPT_RECORDS
 from execution_operator.classify import Verdict
 from execution_operator.errors import ErrorInfo, ErrorType, condition_reason
-from execution_operator.models import MAX_ATTEMPT_RECORDS, ExecutionStatus
+from execution_operator.models import ExecutionStatus
 from execution_operator.timestamps import parse_time as parse_time
 from execution_operator.timestamps import rfc3339 as rfc3339
 

@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-from execution_operator.models import (
-    MAX_INPUT_BYTES,
-    MAX_INPUT_DEPTH,
-    ExecutionClassSpec,
-    ExecutionSpec,
-    ResourceList,
-    json_depth,
-    json_size,
-)
+from execution_operator.bounds import MAX_INPUT_BYTES, MAX_INPUT_DEPTH, json_depth, json_size
+from execution_operator.models import ExecutionClassSpec, ExecutionSpec, ResourceList
 from execution_operator.quantity import QuantityError, cpu_millicores, memory_bytes
 from execution_operator.sandbox import effective_resources
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from execution_operator.bounds import STREAM_TAIL_BYTES
 from execution_operator.classify import (
     classify_create_error,
     classify_finished_pod,
@@ -16,7 +17,6 @@ from execution_operator.classify import (
     pod_finished,
 )
 from execution_operator.errors import ERROR_FLAGS, ErrorType
-from execution_operator.models import STREAM_TAIL_BYTES
 from execution_operator.report_parsing import parse_runner_report
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pods"

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from execution_operator import api, models
+from execution_operator import api, bounds, models
 from execution_operator.errors import ErrorType
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
@@ -432,7 +432,7 @@ def test_dead_letter_snapshot_is_immutable() -> None:
 REFUSED_EXECUTIONS: dict[str, tuple[dict[str, Any], str]] = {
     "no code": ({"timeoutSeconds": 5}, "code"),
     "empty code": ({"code": ""}, "code"),
-    "code too long": ({"code": "x" * (models.MAX_CODE_CHARS + 1)}, "code"),
+    "code too long": ({"code": "x" * (bounds.MAX_CODE_CHARS + 1)}, "code"),
     "timeout 0": ({"code": "1", "timeoutSeconds": 0}, "timeoutSeconds"),
     "timeout 301": ({"code": "1", "timeoutSeconds": 301}, "timeoutSeconds"),
     "maxAttempts 11": ({"code": "1", "retry": {"maxAttempts": 11}}, "maxAttempts"),
@@ -464,7 +464,7 @@ def test_bad_executions_are_refused_naming_the_field(case: str) -> None:
 
 
 ACCEPTED_SPECS: list[dict[str, Any]] = [
-    {"code": "x" * models.MAX_CODE_CHARS},
+    {"code": "x" * bounds.MAX_CODE_CHARS},
     {"code": "1", "timeoutSeconds": 300, "input": None},
     {"code": "1", "timeoutSeconds": 1, "input": [1, "a", None, {"b": [True]}]},
     {"code": "1", "input": "just a string"},

@@ -25,6 +25,14 @@ import yaml
 
 from execution_operator import deadletter_build, metrics, safejson
 from execution_operator.api import ANNOTATION_REPLAY, ANNOTATION_REPLAY_OF, ANNOTATION_REPLAY_PENDING, LABEL_REPLAY_OF
+from execution_operator.bounds import (
+    DEAD_LETTER_MAX_INPUT_BYTES,
+    MAX_CODE_CHARS,
+    MAX_ERROR_DETAILS_CHARS,
+    MAX_INPUT_BYTES,
+    STREAM_TAIL_BYTES,
+    json_size,
+)
 from execution_operator.deadletter_build import (
     MAX_REQUEST_BYTES,
     MAX_STORED_BYTES,
@@ -42,17 +50,7 @@ from execution_operator.deadletter_build import (
 from execution_operator.deadletters import DeadLetters
 from execution_operator.errors import INFRASTRUCTURE_TYPES, ErrorType
 from execution_operator.k8s import ApiError
-from execution_operator.models import (
-    DEAD_LETTER_MAX_INPUT_BYTES,
-    MAX_CODE_CHARS,
-    MAX_ERROR_DETAILS_CHARS,
-    MAX_INPUT_BYTES,
-    STREAM_TAIL_BYTES,
-    DeadLetter,
-    DeadLetterPolicy,
-    Execution,
-    json_size,
-)
+from execution_operator.models import DeadLetter, DeadLetterPolicy, Execution
 from localcluster.schema import default_and_prune, validate
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from execution_operator import api, models
+from execution_operator import api, bounds, models
 from execution_operator.errors import ErrorInfo, ErrorType
 from execution_operator.models import (
     TERMINAL_PHASES,
@@ -42,10 +42,10 @@ T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 
 
 def test_limits_match_the_contract() -> None:
-    assert models.MAX_CODE_CHARS == 102400
-    assert models.MAX_INPUT_BYTES == 1048576
-    assert models.OUTPUT_LIMIT_BYTES == 131072
-    assert models.STREAM_TAIL_BYTES == 16384
+    assert bounds.MAX_CODE_CHARS == 102400
+    assert bounds.MAX_INPUT_BYTES == 1048576
+    assert bounds.OUTPUT_LIMIT_BYTES == 131072
+    assert bounds.STREAM_TAIL_BYTES == 16384
     assert api.API_VERSION == "sandbox.dev/v1alpha1"
 
 
@@ -127,9 +127,9 @@ def test_to_body_round_trips() -> None:
 
 
 def test_spec_bounds() -> None:
-    ExecutionSpec(code="x" * models.MAX_CODE_CHARS)
+    ExecutionSpec(code="x" * bounds.MAX_CODE_CHARS)
     with pytest.raises(ValidationError):
-        ExecutionSpec(code="x" * (models.MAX_CODE_CHARS + 1))
+        ExecutionSpec(code="x" * (bounds.MAX_CODE_CHARS + 1))
     with pytest.raises(ValidationError):
         ExecutionSpec(code="")
     with pytest.raises(ValidationError):
@@ -148,10 +148,10 @@ def test_attempt_history_keeps_the_newest_records() -> None:
 
 
 def test_stream_tails_keep_the_end_and_say_so() -> None:
-    text = "head" + "x" * models.STREAM_TAIL_BYTES + "END"
+    text = "head" + "x" * bounds.STREAM_TAIL_BYTES + "END"
     status = ExecutionStatus(stdout=text, stderr="short")
     assert status.stdout is not None
-    assert len(status.stdout) == models.STREAM_TAIL_BYTES
+    assert len(status.stdout) == bounds.STREAM_TAIL_BYTES
     assert status.stdout.endswith("END")
     assert status.stdout_truncated is True
     assert status.stderr == "short"
@@ -164,10 +164,10 @@ def test_error_envelope_is_clamped_not_refused() -> None:
     error = ErrorInfo(type=ErrorType.RUNTIME_ERROR, message="m" * 5000, details="d" * 40000 + "LAST", retryable=False)
     status = ExecutionStatus(error=error)
     assert status.error is not None
-    assert len(status.error.message) == models.MAX_ERROR_MESSAGE_CHARS
+    assert len(status.error.message) == bounds.MAX_ERROR_MESSAGE_CHARS
     assert status.error.details is not None
     assert status.error.details.endswith("LAST")
-    assert len(status.error.details) == models.MAX_ERROR_DETAILS_CHARS
+    assert len(status.error.details) == bounds.MAX_ERROR_DETAILS_CHARS
     assert status.error.type is ErrorType.RUNTIME_ERROR
 
 
@@ -230,12 +230,12 @@ def test_input_snapshot_replaces_large_inputs_with_a_marker() -> None:
     big = {"blob": "x" * 1000}
     marker, truncated = models.input_snapshot(big, limit_bytes=100)
     assert truncated is True
-    assert marker == {"truncated": True, "originalBytes": models.json_size(big)}
+    assert marker == {"truncated": True, "originalBytes": bounds.json_size(big)}
 
 
 def test_json_size_is_compact_utf8() -> None:
-    assert models.json_size({"a": [1, 2]}) == len('{"a":[1,2]}')
-    assert models.json_size("é") == 4  # quotes + two bytes
+    assert bounds.json_size({"a": [1, 2]}) == len('{"a":[1,2]}')
+    assert bounds.json_size("é") == 4  # quotes + two bytes
 
 
 def test_dead_letter_parses_and_clamps() -> None:
@@ -245,13 +245,13 @@ def test_dead_letter_parses_and_clamps() -> None:
         "error": {"type": "division_error", "message": "x", "retryable": False},
         "attempts": 25,
         "attemptHistory": [{"attempt": i} for i in range(1, 26)],
-        "stdout": "y" * (models.STREAM_TAIL_BYTES + 5),
+        "stdout": "y" * (bounds.STREAM_TAIL_BYTES + 5),
     }
     dead = DeadLetter.from_body({"metadata": {"name": "dl-1"}, "spec": spec})
     assert dead.spec.attempts == 25
     assert [r.attempt for r in dead.spec.attempt_history] == list(range(6, 26))
     assert dead.spec.stdout is not None
-    assert len(dead.spec.stdout) == models.STREAM_TAIL_BYTES
+    assert len(dead.spec.stdout) == bounds.STREAM_TAIL_BYTES
     assert dead.spec.input_truncated is False
     with pytest.raises(ValidationError):
         DeadLetterSpec.model_validate({**spec, "error": {"type": "not_a_type", "message": "", "retryable": True}})

@@ -133,7 +133,7 @@ def test_attempt_history_is_bounded() -> None:
 
 
 def test_every_patch_is_shaped_by_the_status_model() -> None:
-    from execution_operator.models import STREAM_TAIL_BYTES
+    from execution_operator.bounds import STREAM_TAIL_BYTES
 
     verdict = Verdict(success=True, error=None, exit_code=0, exit_code_source="container", output={"a": 1},
                       stdout="x" * (STREAM_TAIL_BYTES + 100) + "END", stderr="")
