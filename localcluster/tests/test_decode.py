@@ -57,3 +57,22 @@ def test_good_options_pass_and_bad_propagation_is_refused() -> None:
         decode.check_delete_options({"propagationPolicy": "Sometimes"}, [])
     assert err.value.message == ('DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: Unsupported value: '
                                  '"Sometimes": supported values: "Foreground", "Background", "Orphan", "nil"')
+
+
+@pytest.mark.parametrize("opening", ["[", '{"a":'])
+def test_nesting_is_taken_to_go_s_bound_and_refused_beyond_it_as_go_words_it(opening: str) -> None:
+    closing = "]" if opening == "[" else "}"
+    deepest = (opening * 10000 + "1" + closing * 10000).encode()
+    value, _ = decode.loads(deepest)
+    assert decode.loads_plain(deepest) == value
+    too_deep = (opening * 10001 + "1" + closing * 10001).encode()
+    bracket = opening[0]
+    for parse in (decode.loads, decode.loads_plain):
+        with pytest.raises(ValueError, match=f"^invalid character '\\{bracket}' exceeded max depth$"):
+            parse(too_deep)
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    text = json.dumps({"s": "[" * 20000 + '\\"{' * 100}).encode()
+    value, _ = decode.loads(text)
+    assert value["s"].startswith("[[[")

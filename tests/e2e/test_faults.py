@@ -67,10 +67,24 @@ def _error(body: dict[str, Any]) -> tuple[str, str, str]:
     return status["phase"], (status.get("error") or {}).get("type", ""), (status.get("error") or {}).get("message", "")
 
 
-def test_input_nested_1200_levels_is_refused_and_the_operator_keeps_serving(
+#: Nesting levels of the deepest input the API server stores: its JSON decoder takes 10000 levels, and
+#: the Execution's own object and its spec are two of them.
+DEEPEST_INPUT = 9998
+
+
+def test_input_nested_deeper_than_the_api_server_takes_is_refused_at_create(kube: Kube) -> None:
+    deep = "[" * (DEEPEST_INPUT + 1) + "]" * (DEEPEST_INPUT + 1)
+    manifest = ('{"apiVersion":"sandbox.dev/v1alpha1","kind":"Execution","metadata":{"name":"too-deep"},'
+                '"spec":{"code":"result = 1","input":' + deep + "}}")
+    refused = kube.run("create", "-f", "-", input=manifest, check=False)
+    assert refused.returncode != 0
+    assert "exceeded max depth" in refused.stderr
+
+
+def test_input_nested_as_deep_as_the_api_server_takes_is_refused_and_the_operator_keeps_serving(
     kube: Kube, op: OperatorProcess,
 ) -> None:
-    deep = "[" * 1200 + "]" * 1200  # built as text: encoding it with json would itself recurse too deep
+    deep = "[" * DEEPEST_INPUT + "]" * DEEPEST_INPUT  # built as text: encoding it with json would recurse
     manifest = ('{"apiVersion":"sandbox.dev/v1alpha1","kind":"Execution","metadata":{"name":"deep"},'
                 '"spec":{"code":"result = 1","input":' + deep + "}}")
     kube.run("create", "-f", "-", input=manifest)

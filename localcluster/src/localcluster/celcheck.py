@@ -33,6 +33,8 @@ from typing import Any, TypeAlias
 
 import celpy
 
+from localcluster import nesting
+
 __all__ = ["DeclType", "Expr", "RuleCheck", "check_rule", "decl_type", "max_cardinality"]
 
 MAX_REQUEST_SIZE = 3 * 1024 * 1024
@@ -664,6 +666,7 @@ def _ceil_mul(x: int, factor: float) -> int:
 
 # ------------------------------------------------------------------------------------------------ API
 _PARSER_ENV = celpy.Environment()
+nesting.ensure_recursion_room()  # celpy.Environment() lowers the limit to 2500
 
 
 @dataclass

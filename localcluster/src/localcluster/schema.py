@@ -96,7 +96,7 @@ import celpy.celtypes as ct
 import celpy.evaluation
 from celpy.evaluation import CELEvalError
 
-from localcluster import celcheck
+from localcluster import celcheck, nesting
 from localcluster.quantity import quantity_value
 
 __all__ = [
@@ -1192,6 +1192,7 @@ def _validate_list_map(node: _Node, data: list[Any], path: str) -> list[FieldErr
 # CEL: x-kubernetes-validations.
 
 _CEL_ENV = celpy.Environment()
+nesting.ensure_recursion_room()  # celpy.Environment() lowers the limit to 2500
 _CEL_LOCK = threading.Lock()
 _CEL_CACHE: dict[str, _CompiledExpr] = {}
 

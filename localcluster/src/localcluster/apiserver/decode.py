@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from localcluster import nesting
 from localcluster.apiserver.status import options_invalid
 
 #: the fields of metav1.ObjectMeta; anything else under `metadata` is an unknown field
@@ -44,12 +45,23 @@ def loads(raw: bytes) -> tuple[Any, list[str]]:
         duplicated = duplicated or len(d) != len(pairs)
         return d
 
+    deep = nesting.too_deep(raw)
+    if deep:
+        raise ValueError(deep)
     value = json.loads(raw, object_pairs_hook=hook, parse_constant=not_json_number)
     if not duplicated:
         return value, []
     paths: list[str] = []
     _duplicates(json.loads(raw, object_pairs_hook=_Pairs), "", paths)
     return value, paths
+
+
+def loads_plain(raw: bytes) -> Any:
+    """Parse JSON as the API server's decoder does (NaN refused, at most MAX_NESTING_DEPTH deep)."""
+    deep = nesting.too_deep(raw)
+    if deep:
+        raise ValueError(deep)
+    return json.loads(raw, parse_constant=not_json_number)
 
 
 def _duplicates(node: Any, path: str, out: list[str]) -> None:

@@ -493,7 +493,7 @@ class ApiServer:
         if ctype in ("application/merge-patch+json", "application/json-patch+json",
                      "application/strategic-merge-patch+json"):
             try:
-                body = json.loads(raw, parse_constant=decode.not_json_number) if raw else None
+                body = decode.loads_plain(raw) if raw else None
             except ValueError as e:
                 raise ApiError(400, f"error decoding patch: {decode.json_error_text(e, raw)}", "BadRequest") from None
             if ctype != "application/json-patch+json" and not isinstance(body, dict):
@@ -524,7 +524,7 @@ class ApiServer:
         try:
             if "yaml" in ctype:
                 return yaml.safe_load(raw)
-            return json.loads(raw, parse_constant=decode.not_json_number)
+            return decode.loads_plain(raw)
         except (ValueError, yaml.YAMLError) as e:
             raise ApiError(400, f"the body of the request was in an unknown format: {e}", "BadRequest") from None
 
