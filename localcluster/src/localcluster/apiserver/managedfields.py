@@ -170,6 +170,22 @@ def _entries(meta: Mapping[str, Any]) -> dict[tuple[str, str, str], tuple[dict[s
     return out
 
 
+def entries(meta: Mapping[str, Any]) -> dict[tuple[str, str, str], tuple[dict[str, Any], FieldSet]]:
+    """The managedFields entries of an object's metadata by (manager, operation, subresource), with their fields."""
+    return _entries(meta)
+
+
+def release(meta: Mapping[str, Any], path: Path, api_version: str) -> list[dict[str, Any]]:
+    """The managedFields with `path` owned by nobody: taken out of every entry of `api_version` (an entry
+    left with no fields goes). What a custom resource's scale write leaves (ScaleHandler.ToParent given a
+    Scale without managedFields: the replicas path is taken from every manager, none is recorded)."""
+    out = _entries(meta)
+    for key, (entry, fields) in list(out.items()):
+        if entry.get("apiVersion") == api_version and path in fields:
+            out[key] = (entry, fields - {path})
+    return _render(out)
+
+
 def _render(entries: dict[tuple[str, str, str], tuple[dict[str, Any], FieldSet]]) -> list[dict[str, Any]]:
     out = []
     for entry, fields in entries.values():
