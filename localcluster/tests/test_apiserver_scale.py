@@ -224,13 +224,22 @@ def test_scale_generation_dry_run_and_field_ownership(cluster: LocalCluster, tmp
     assert (code, scale["spec"]) == (200, {"replicas": 9})
     _, got = call(cluster, "GET", f"{WARMPOOLS}/wp-gen")
     assert (got["spec"]["replicas"], got["metadata"]["resourceVersion"]) == (2, obj["metadata"]["resourceVersion"])
-    # the spec changes: generation 2 (the object's own strategy); the same replicas again: no change
-    call(cluster, "PATCH", url + "?fieldManager=scaler", {"spec": {"replicas": 3}})
+    # the spec changes: generation 2 (the object's own strategy)
     call(cluster, "PATCH", url + "?fieldManager=scaler", {"spec": {"replicas": 3}})
     _, got = call(cluster, "GET", f"{WARMPOOLS}/wp-gen")
     assert (got["spec"]["replicas"], got["metadata"]["generation"]) == (3, 2)
-    # ScaleHandler.ToParent gets a Scale without managedFields (its field manager cannot type a Scale):
-    # the replicas field is taken from every manager and nobody, not the scaler, is recorded
+    # The Scale's field manager cannot type a Scale: the scaler is not recorded, and ScaleHandler.ToParent,
+    # given the live Scale's entries back (relabelled autoscaling/v1), splits the creator's replicas off
+    # into a second entry without a time, sorted first
+    entries = got["metadata"]["managedFields"]
+    assert [(e["manager"], e["operation"], e["fieldsV1"]["f:spec"], "time" in e) for e in entries] == [
+        ("creator", "Update", {"f:replicas": {}}, False),
+        ("creator", "Update", {".": {}, "f:executionClassName": {}}, True)]
+    assert not any(e.get("subresource") for e in entries)
+    # the next write decodes one entry per manager (the last): nobody owns the replicas any more
+    call(cluster, "PATCH", url + "?fieldManager=scaler", {"spec": {"replicas": 3}})
+    _, got = call(cluster, "GET", f"{WARMPOOLS}/wp-gen")
+    assert got["metadata"]["generation"] == 2
     assert [(e["manager"], e["fieldsV1"]["f:spec"]) for e in got["metadata"]["managedFields"]] == [
         ("creator", {".": {}, "f:executionClassName": {}})]
     # with nobody owning the replicas, apply fails earlier, recording the live Scale's fields first

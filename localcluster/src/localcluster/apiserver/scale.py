@@ -15,9 +15,9 @@ As the apiextensions server (staging/src/k8s.io/apiextensions-apiserver/pkg/regi
 - patch types: JSON patch, merge patch and apply, as for the object (strategic merge is 415). Server-side
   apply on the Scale fails with 500: the field manager of a custom resource's scale scope types objects
   with the resource's own schema, which has no Scale (kubernetes/kubernetes#116311).
-- field ownership: for the same reason the Scale's field manager fails on every update and leaves the
-  Scale without managedFields; `ScaleHandler.ToParent` then takes the replicas field away from every
-  manager of the object and records no entry for the writer (kubernetes/kubernetes#131892).
+- field ownership: for the same reason the Scale's field manager fails on every update, so the writer is
+  never recorded (kubernetes/kubernetes#131892) and `ScaleHandler.ToParent` reshuffles the replicas'
+  owners (managedfields.after_scale_write).
 """
 
 from __future__ import annotations
@@ -352,7 +352,8 @@ async def serve_scale(server: ApiServer, request: web.Request, info: ResourceInf
     rv = (wanted.get("metadata") or {}).get("resourceVersion")
     if rv:
         new["metadata"]["resourceVersion"] = rv  # the client's precondition
-    new["metadata"]["managedFields"] = managedfields.release(obj["metadata"], _field_path(path), info.api_version)
+    new["metadata"]["managedFields"] = managedfields.after_scale_write(obj["metadata"], _field_path(path),
+                                                                         info.api_version)
     # the managedFields are set above (no entry for the writer): applied=True keeps them as they are
     updated = server.update_object(info, ns, name, new, "scale", dry_run="All" in dry_run, applied=True)
     return web.json_response(to_scale(info, updated)[0])
