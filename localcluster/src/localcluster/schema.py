@@ -86,7 +86,7 @@ import re
 import threading
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -652,20 +652,24 @@ def _unknown_skip(node: _Node | None, x: Any, path: str, out: list[str]) -> None
 # OpenAPI value validation (kube-openapi's SchemaValidator, as apiextensions converts it).
 
 
-def validate(schema: Mapping[str, Any], obj: Any, old: Any | None = None, path: str = "") -> list[FieldError]:
+def validate(schema: Mapping[str, Any], obj: Any, old: Any | None = None, path: str = "",
+             after_schema: Sequence[FieldError] = ()) -> list[FieldError]:
     """Validate ``obj`` (already pruned and defaulted) against ``schema``; ``old`` on update.
 
     Returns the causes the real server would return, in the order it produces them: schema
     errors, list-type uniqueness errors, then CEL rule errors (or one "rules were not checked"
     cause when an earlier error is blocking). ``path`` prefixes field paths, for validating a
     sub-tree (``validate(spec_schema, spec, path="spec")``). On update, list-type errors are
-    reported only if the old object had none (the server ratchets them).
+    reported only if the old object had none (the server ratchets them). ``after_schema`` are the
+    causes the resource's validator adds right after the schema's (the scale subresource's checks,
+    customResourceValidator.ValidateScaleSpec/ValidateScaleStatus), never ratcheted.
     """
     node = compile_schema(schema)
     errs: list[FieldError] = []
     _validate_node(node, obj, path, errs)
     if old is not None and errs and not path:
         errs = _ratchet(errs, obj, old)
+    errs.extend(after_schema)
     if node.has_embedded_below:
         _validate_embedded(node, obj, path, errs)
     _validate_lists_ratcheted(node, obj, old, path, errs)
@@ -673,7 +677,8 @@ def validate(schema: Mapping[str, Any], obj: Any, old: Any | None = None, path: 
     return errs
 
 
-def validate_status(schema: Mapping[str, Any], obj: Any, old: Any) -> list[FieldError]:
+def validate_status(schema: Mapping[str, Any], obj: Any, old: Any,
+                    after_schema: Sequence[FieldError] = ()) -> list[FieldError]:
     """Validate a write to the ``/status`` subresource as the server does.
 
     The status schema alone validates ``obj["status"]``: messages name paths relative to it
@@ -688,6 +693,7 @@ def validate_status(schema: Mapping[str, Any], obj: Any, old: Any) -> list[Field
         _validate_node(status_node, obj["status"], "", sub)
         sub = [FieldError(e.type, "status" if e.field == _NIL_PATH else f"status.{e.field}", e.message) for e in sub]
         errs.extend(_ratchet(sub, obj, old))
+    errs.extend(after_schema)
     _validate_lists_ratcheted(node, obj, old, "", errs)
     _validate_rules(node, obj, old, "", errs)
     return errs

@@ -170,6 +170,48 @@ def _entries(meta: Mapping[str, Any]) -> dict[tuple[str, str, str], tuple[dict[s
     return out
 
 
+def entries(meta: Mapping[str, Any]) -> dict[tuple[str, str, str], tuple[dict[str, Any], FieldSet]]:
+    """The managedFields entries of an object's metadata by (manager, operation, subresource), with their fields."""
+    return _entries(meta)
+
+
+def after_scale_write(meta: Mapping[str, Any], path: Path, api_version: str) -> list[dict[str, Any]]:
+    """The managedFields a write through a custom resource's `scale` subresource leaves (`path` is the
+    spec replicas field).
+
+    The scale scope's field manager types objects with the resource's own schema, which has no Scale, so
+    its update fails; FieldManager.UpdateNoErrors then keeps the live Scale's managedFields
+    (kubernetes/kubernetes#136949): the entries that own the replicas, relabelled autoscaling/v1. For an
+    Update entry that relabelling changes its identity (the apiVersion is part of it), so
+    ScaleHandler.ToParent takes the replicas from the object's entry (dropping it if nothing is left)
+    and adds a second entry of the same manager owning only the replicas, without a time; Apply entries
+    keep theirs. No entry is recorded for the writer. The entries are decoded first (one per identity,
+    the last one winning) and encoded sorted, as the server does.
+    """
+    decoded: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for e in meta.get("managedFields") or []:
+        if isinstance(e, Mapping):
+            op = str(e.get("operation", ""))
+            key = (str(e.get("manager", "")), op, str(e.get("apiVersion", "")) if op == UPDATE else "",
+                   str(e.get("subresource", "")))
+            decoded[key] = dict(e)
+    out: list[dict[str, Any]] = []
+    for e in decoded.values():
+        fields = from_fields_v1(e.get("fieldsV1") or {})
+        if e.get("operation") != UPDATE or e.get("apiVersion") != api_version or path not in fields:
+            out.append(e)
+            continue
+        rest = fields - {path}
+        if rest:
+            out.append({**e, "fieldsV1": to_fields_v1(rest)})
+        out.append({**{k: e[k] for k in ("manager", "operation", "apiVersion", "subresource") if k in e},
+                    "fieldsType": "FieldsV1", "fieldsV1": to_fields_v1({path})})
+    # sortEncodedManagedFields: operation, time (none first), manager, apiVersion, subresource
+    out.sort(key=lambda e: (str(e.get("operation", "")), str(e.get("time") or ""), str(e.get("manager", "")),
+                            str(e.get("apiVersion", "")), str(e.get("subresource", ""))))
+    return out
+
+
 def _render(entries: dict[tuple[str, str, str], tuple[dict[str, Any], FieldSet]]) -> list[dict[str, Any]]:
     out = []
     for entry, fields in entries.values():

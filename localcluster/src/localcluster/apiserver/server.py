@@ -48,7 +48,7 @@ from localcluster.apiserver.listopts import (
 from localcluster.apiserver.logs import serve_pod_log
 from localcluster.apiserver.patch import json_copy, json_patch, merge_patch, strategic_merge
 from localcluster.apiserver.resources import Registry, ResourceInfo, resources_from_crd
-from localcluster.apiserver.scale import serve_scale
+from localcluster.apiserver.scale import serve_scale, validate_scale
 from localcluster.apiserver.selectors import combine, parse_field_selector, parse_label_selector
 from localcluster.apiserver.status import (
     ApiError,
@@ -1394,10 +1394,13 @@ class ApiServer:
             obj["metadata"] = meta
             obj["apiVersion"] = obj.get("apiVersion") or info.api_version
             obj["kind"] = obj.get("kind") or info.kind
+        # the scale subresource's checks follow the schema's (customResourceValidator.Validate*)
+        scale_errors = [mod.FieldError(c["reason"], c["field"], c["message"])
+                        for c in validate_scale(info.scale, obj, spec=sub != "status")]
         if sub == "status" and old is not None:
-            errors = mod.validate_status(info.schema, obj, old)
+            errors = mod.validate_status(info.schema, obj, old, after_schema=scale_errors)
         else:
-            errors = mod.validate(info.schema, obj, old)
+            errors = mod.validate(info.schema, obj, old, after_schema=scale_errors)
         if errors:
             causes = [{"reason": e.type, "message": e.message, "field": e.field} for e in errors]
             raise invalid(info.kind_group, info.group, info.kind, (meta or {}).get("name", ""), causes)
