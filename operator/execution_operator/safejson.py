@@ -2,10 +2,11 @@
 
 The API server accepts custom resources nested thousands of levels deep (its own limit is 10,000);
 Python's decoder recurses and raises RecursionError near 1,000. One such object in a watch stream or
-a list would end the operator for every tenant. `loads` decodes as usual and, only when that fails
-for depth, decodes again with every value nested deeper than `MAX_DEPTH` replaced by `TOO_DEEP`; the
-Kubernetes object holding it is marked with `QUARANTINE_KEY` (the path of the first clipped value),
-so the controller can refuse it with a clear status instead of acting on a clipped copy.
+a list would end the operator for every tenant. `loads` decodes as usual and, only for a document
+nested deeper than `DECODE_DEPTH`, decodes it with every value nested deeper than `MAX_DEPTH`
+replaced by `TOO_DEEP`; the Kubernetes object holding it is marked with `QUARANTINE_KEY` (the path
+of the first clipped value), so the controller can refuse it with a clear status instead of acting on
+a clipped copy.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from execution_operator.api import GROUP
 
 #: Values nested deeper than this (counted from the document's root) are replaced when decoding fails.
 MAX_DEPTH: Final = 100
+#: Documents nested deeper than this are decoded clipped. Python's decoder recurses once a level, and
+#: what decodes must not depend on the process's recursion limit (any library may change it).
+DECODE_DEPTH: Final = 500
 #: What a clipped value decodes to.
 TOO_DEEP: Final = f"\x00{GROUP}/nested-too-deep"
 #: Set on an object (a dict with `metadata`) whose body was clipped: the path of its first clipped value.
@@ -28,14 +32,37 @@ _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 
 def loads(text: str | bytes) -> Any:
     """`json.loads`, except that depth never raises: too-deep values are clipped and marked."""
-    try:
-        return json.loads(text)
-    except RecursionError:
-        pass
+    if not _nests_deeper_than(text, DECODE_DEPTH):
+        try:
+            return json.loads(text)
+        except RecursionError:  # a thread started with little stack: clipped as if deeper
+            pass
     raw = text.decode("utf-8") if isinstance(text, bytes) else text
     value = json.loads(clip(raw, MAX_DEPTH))
     _mark(value)
     return value
+
+
+def _nests_deeper_than(text: str | bytes, limit: int) -> bool:
+    """Whether the document opens more than `limit` arrays or objects inside one another.
+
+    Cheap for ordinary documents: only one with more brackets than `limit` in all is scanned.
+    """
+    if isinstance(text, bytes):
+        if text.count(b"[") + text.count(b"{") <= limit:
+            return False
+        text = text.decode("utf-8", errors="replace")
+    elif text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for match in _TOKEN.finditer(text):
+        token = match.group()
+        if token[0] == '"':
+            continue
+        depth += 1 if token in "[{" else -1
+        if depth > limit:
+            return True
+    return False
 
 
 def clip(text: str, max_depth: int) -> str:

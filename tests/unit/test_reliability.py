@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -395,3 +396,17 @@ async def test_a_finished_execution_keeps_no_timer(api: Api) -> None:
     await finish(server, client, controller, pod)
     await eventually(lambda: phase_of(client, "no-timer", "Succeeded"))
     assert (NS, "no-timer") not in controller.state.timers
+
+
+def test_what_decodes_does_not_depend_on_the_recursion_limit() -> None:
+    """A library (cel-python, for one) may raise or lower the limit; safejson decides by depth alone."""
+    deep = ('{"metadata":{"name":"x"},"spec":{"input":' + "[" * 600 + "]" * 600 + "}}").encode()
+    shallow = ('{"metadata":{"name":"y"},"spec":{"input":' + "[" * 400 + "]" * 400 + "}}").encode()
+    before = sys.getrecursionlimit()
+    try:
+        for limit in (1500, 40000):
+            sys.setrecursionlimit(limit)
+            assert safejson.quarantined(safejson.loads(deep)) is not None
+            assert safejson.quarantined(safejson.loads(shallow)) is None
+    finally:
+        sys.setrecursionlimit(before)

@@ -665,8 +665,7 @@ def _ceil_mul(x: int, factor: float) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ API
-_PARSER_ENV = celpy.Environment()
-nesting.ensure_recursion_room()  # celpy.Environment() lowers the limit to 2500
+_PARSER_ENV = nesting.celpy_environment()
 
 
 @dataclass

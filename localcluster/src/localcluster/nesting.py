@@ -5,7 +5,8 @@ arrays and objects deep with `invalid character '{' exceeded max depth`; anythin
 valid object, stored and served like any other. The emulator's own code walks objects recursively
 (copies, diffs, field sets: two to three Python frames a level), so it needs more recursion room than
 Python's default of 1000 frames, and cel-python lowers the limit to 2500 whenever an Environment is
-made. `ensure_recursion_room` restores enough for the deepest admitted body.
+made (`celpy_environment` keeps it from lowering it). `too_deep` makes enough room, for the rest of the
+process, as soon as a body that may nest deeply arrives.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import re
 import sys
 from itertools import accumulate
+
+import celpy
 
 #: Go's encoding/json maxNestingDepth.
 MAX_NESTING_DEPTH = 10000
@@ -23,6 +26,14 @@ _BASELINE_FRAMES = 2000
 _DEFAULT_ROOM = 200
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
 _BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def celpy_environment() -> celpy.Environment:
+    """A cel-python Environment, without letting it lower the recursion room already made."""
+    before = sys.getrecursionlimit()
+    environment = celpy.Environment()  # sets the limit to 2500, whatever it was
+    sys.setrecursionlimit(max(before, sys.getrecursionlimit()))
+    return environment
 
 
 def ensure_recursion_room() -> None:

@@ -1197,8 +1197,7 @@ def _validate_list_map(node: _Node, data: list[Any], path: str) -> list[FieldErr
 # ---------------------------------------------------------------------------------------------
 # CEL: x-kubernetes-validations.
 
-_CEL_ENV = celpy.Environment()
-nesting.ensure_recursion_room()  # celpy.Environment() lowers the limit to 2500
+_CEL_ENV = nesting.celpy_environment()
 _CEL_LOCK = threading.Lock()
 _CEL_CACHE: dict[str, _CompiledExpr] = {}
 
