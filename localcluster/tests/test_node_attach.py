@@ -120,6 +120,19 @@ def test_what_the_api_server_refuses_before_the_upgrade(cluster: Any, api: Api) 
     api.call("DELETE", "/api/v1/namespaces/default/pods/plain", {"gracePeriodSeconds": 0})
 
 
+def test_a_pod_of_several_containers_needs_the_container_named(cluster: Any, api: Api) -> None:
+    # validateContainer (pkg/registry/core/pod/strategy.go) lists every container, init ones first.
+    manifest = pod_manifest("several", ["sh", "-c", "sleep 30"])
+    manifest["spec"]["initContainers"] = [{"name": "setup", "image": manifest["spec"]["containers"][0]["image"],
+                                           "command": ["true"]}]
+    manifest["spec"]["containers"].append({**manifest["spec"]["containers"][0], "name": "side"})
+    api.create("/api/v1/namespaces/default/pods", manifest)
+    code, body = api.call("GET", "/api/v1/namespaces/default/pods/several/attach?stdin=true")
+    assert (code, body["message"]) == (
+        400, "a container name must be specified for pod several, choose one of: [setup main side]")
+    api.call("DELETE", "/api/v1/namespaces/default/pods/several", {"gracePeriodSeconds": 0})
+
+
 def test_what_the_kubelet_refuses_arrives_on_the_error_channel_in_v5(cluster: Any, api: Api) -> None:
     # With v5 the stream translator upgrades first, then dials the kubelet over SPDY; the kubelet's
     # refusal (remotecommand NewOptions: no stream; Kubelet.GetAttach: no running container of that
