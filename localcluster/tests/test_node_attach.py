@@ -182,3 +182,14 @@ def test_kubectl_attach_sends_stdin_and_shows_output(cluster: Any, api: Api, tmp
     assert proc.returncode == 0, proc.stderr
     assert "got:over websocket" in proc.stdout
     assert api.wait_pod("bykubectl", phase_is("Succeeded", "Failed"))["status"]["phase"] == "Succeeded"
+
+
+def test_an_unsupported_subprotocol_is_refused_403(cluster: Any, api: Api) -> None:
+    # Without v5 the kubelet answers the upgrade; wsstream's handshake finds none of its subprotocols
+    # offered and golang.org/x/net/websocket's Server answers 403 Forbidden.
+    api.create("/api/v1/namespaces/default/pods", stdin_pod("subproto", "cat"))
+    api.wait_pod("subproto", running)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        asyncio.run(attach(cluster.url, "subproto", [], protocol="v9.channel.example"))
+    assert refused.value.status == 403
+    api.call("DELETE", "/api/v1/namespaces/default/pods/subproto", {"gracePeriodSeconds": 0})
