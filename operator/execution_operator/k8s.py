@@ -333,8 +333,11 @@ class KubeClient:
         """Write `data` to a container's stdin through `pods/NAME/attach`, then close it.
 
         The Kubernetes remote-command WebSocket protocol: `v5.channel.k8s.io` closes stdin with a
-        `[255, 0]` frame; with `v4.channel.k8s.io` closing the connection ends stdin. Raises ApiError
-        when the server refuses the attach, or OSError/aiohttp errors when the connection breaks.
+        `[255, 0]` frame, after which the server ends the session with a metav1.Status on the error
+        channel (3) and closes; a Failure there (the kubelet refused: the container is not running)
+        raises ApiError, as does a refused upgrade. With `v4.channel.k8s.io` only closing the
+        connection ends stdin, so no Status can be read. OSError/aiohttp errors when the connection
+        breaks, TimeoutError when the session outlasts `limit_seconds`.
         """
         started = time.monotonic()
         status = 0
@@ -350,12 +353,46 @@ class KubeClient:
                     await ws.send_bytes(b"\x00" + data)
                     if ws.protocol == "v5.channel.k8s.io":
                         await ws.send_bytes(b"\xff\x00")
+                        _raise_for_attach_status(await _attach_status(ws))
         except aiohttp.WSServerHandshakeError as exc:
             status = exc.status
             raise ApiError(exc.status, None, text=exc.message) from exc
         finally:
             if self._observer is not None:
                 self._observer("get", status, time.monotonic() - started)  # a WebSocket upgrade is a GET
+
+
+async def _attach_status(ws: aiohttp.ClientWebSocketResponse) -> bytes:
+    """The error channel's content, read until the server closes the session.
+
+    Empty frames count for nothing: the server's first message, empty, on the lowest channel it
+    writes, only says the session is up.
+    """
+    received = b""
+    async for msg in ws:
+        if msg.type == aiohttp.WSMsgType.BINARY and msg.data[:1] == b"\x03":
+            received += msg.data[1:]
+        elif msg.type == aiohttp.WSMsgType.ERROR:
+            raise ConnectionError(f"the attach session broke: {ws.exception()}")
+    return received
+
+
+def _raise_for_attach_status(raw: bytes) -> None:
+    """Raise ApiError for a Failure Status on the error channel.
+
+    No Status at all means the session was cut before it ended: ConnectionError.
+    """
+    if not raw.strip():
+        raise ConnectionError("the attach session ended without a status")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise ApiError(500, None, text=raw.decode(errors="replace")) from None
+    if not isinstance(body, dict):
+        raise ApiError(500, None, text=raw.decode(errors="replace"))
+    if body.get("status") != "Success":
+        code = body.get("code")
+        raise ApiError(code if isinstance(code, int) and code >= 400 else 500, body)
 
 
 def _seconds(header: str | None) -> float | None:

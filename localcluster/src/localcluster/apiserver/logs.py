@@ -63,16 +63,24 @@ def _since(q: Any) -> dt.datetime | None:
 
 
 def container_of(pod: dict[str, Any], requested: str | None) -> str:
-    """The container a log or attach request means: the one named, or the pod's only one."""
+    """The container a log or attach request means: the one named, or the pod's only one.
+
+    As validateContainer in pkg/registry/core/pod/strategy.go: with no name, a pod of one container
+    means it; otherwise the error lists every container (init, regular, then ephemeral ones). A
+    name must be one of them.
+    """
     name = pod["metadata"]["name"]
     spec = pod.get("spec") or {}
-    names = [c.get("name") for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])]
+    names = [c.get("name") for kind in ("initContainers", "containers", "ephemeralContainers")
+             for c in spec.get(kind) or []]
     main_names = [c.get("name") for c in spec.get("containers") or []]
     container = requested
     if not container:
+        if not main_names:
+            raise ApiError(400, f"a container name must be specified for pod {name}", "BadRequest")
         if len(main_names) != 1:
             raise ApiError(400, f"a container name must be specified for pod {name}, choose one of: "
-                                f"[{' '.join(str(n) for n in main_names)}]", "BadRequest")
+                                f"[{' '.join(str(n) for n in names)}]", "BadRequest")
         container = str(main_names[0])
     if container not in names:
         raise ApiError(400, f"container {container} is not valid for pod {name}", "BadRequest")
