@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from localcluster.apiserver import decode, managedfields
-from localcluster.apiserver.patch import json_copy, json_patch, merge_patch
+from localcluster.apiserver.patch import go_json_kind, json_copy, json_patch, merge_patch
 from localcluster.apiserver.resources import ResourceInfo
 from localcluster.apiserver.status import ApiError
 
@@ -216,28 +216,17 @@ def _type_error(path: tuple[str, ...], value: Any) -> str | None:
         if isinstance(value, int) and not isinstance(value, bool) and _INT32[0] <= value <= _INT32[1]:
             return None
         got = f"number {value}" if isinstance(value, int | float) and not isinstance(value, bool) \
-            else _json_kind(value)
+            else go_json_kind(value)
     elif go_type == "string":
         if isinstance(value, str):
             return None
-        got = _json_kind(value)
+        got = go_json_kind(value)
     else:
         if isinstance(value, Mapping):
             return None
-        got = _json_kind(value)
+        got = go_json_kind(value)
     return f"json: cannot unmarshal {got} into Go struct field {struct}.{'.'.join(path)} of type {go_type}"
 
-
-def _json_kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
 
 
 _HTML = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
