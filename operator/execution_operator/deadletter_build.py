@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, Final
 
 from execution_operator.api import (
@@ -248,14 +247,3 @@ def replay_execution(dead_letter: Mapping[str, Any], replay_number: int, origina
     if meta.get("namespace"):
         metadata["namespace"] = meta["namespace"]
     return {"apiVersion": API_VERSION, "kind": Kind.EXECUTION, "metadata": metadata, "spec": ex_spec}
-
-
-def parse_timestamp(value: Any) -> datetime | None:
-    """An API timestamp (e.g. `creationTimestamp`) as an aware datetime; None if absent or not one."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

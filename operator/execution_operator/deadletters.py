@@ -46,13 +46,13 @@ from execution_operator.deadletter_build import (
     ReplayRefused,
     build_dead_letter,
     next_replay_number,
-    parse_timestamp,
     replay_execution,
     replay_name,
     wants_dead_letter,
 )
 from execution_operator.k8s import ApiError, KubeClient, path_for, post_event
 from execution_operator.models import DeadLetterPolicy, DeadLetterStatus, Replay, rfc3339
+from execution_operator.timestamps import parse_time
 
 log = structlog.get_logger("execution_operator.deadletters")
 
@@ -317,7 +317,7 @@ class DeadLetters:
         if known is not None:  # the same name, a new object: the old timer is not its timer
             self._forget(namespace, name)
             entries = self._index.setdefault(namespace, {})
-        created = parse_timestamp(meta.get("creationTimestamp")) or self.clock()
+        created = parse_time(meta.get("creationTimestamp")) or self.clock()
         entry = _Entry(uid=str(uid) if uid else None, created=created)
         entries[name] = entry
         delay = (created + self.max_age - self.clock()).total_seconds()

@@ -17,12 +17,12 @@ def rfc3339(moment: datetime | None = None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_time(value: str | None) -> datetime | None:
+def parse_time(value: object) -> datetime | None:
     """An RFC 3339 time as written by the API server, this operator or the runner; None if absent or not one."""
     if not value:
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
