@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from execution_operator.errors import ErrorInfo, ErrorType
-from execution_operator.report_parsing import RunnerReport, log_streams, parse_runner_report, report_lines
+from execution_operator.report_parsing import RunnerReport, is_json_int, log_streams, parse_runner_report, report_lines
 from execution_operator.runner import report as runner_report
 
 ExitCodeSource = Literal["container", "lastState", "logMarker", "unknown"]
@@ -42,10 +42,6 @@ _ADMISSION_CONFIG = frozenset({"SysctlForbidden", "PodOSNotSupported", "InvalidN
 _ADMISSION_TRANSIENT_PREFIXES = ("OutOf", "UnexpectedAdmissionError", "NodeAffinity", "TopologyAffinityError")
 _NODE_LOST_DISRUPTIONS = frozenset({"DeletionByTaintManager", "DeletionByPodGC"})
 _STORAGE_EVICTION_HINTS = ("ephemeral local storage", "ephemeral storage", "EmptyDir volume")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # -- verdicts -----------------------------------------------------------------------------------
@@ -220,7 +216,7 @@ def _from_report(report: RunnerReport, terminated: Mapping[str, Any], source: Ex
 def _from_exit_code(terminated: Mapping[str, Any], cancel_requested: bool, meta: dict[str, Any]) -> ErrorInfo:
     """No trusted report: classify from what the kubelet recorded about the container."""
     raw_code = terminated.get("exitCode")
-    code: int | None = raw_code if _is_int(raw_code) else None
+    code: int | None = raw_code if is_json_int(raw_code) else None
     reason = terminated.get("reason") or ""
     kubelet_message = terminated.get("message") or None
     if isinstance(kubelet_message, str) and kubelet_message.lstrip().startswith("{"):
@@ -296,7 +292,7 @@ def classify_finished_pod(
     if report is not None and terminated is not None:
         return _from_report(report, terminated, source, meta)
     exit_code = terminated.get("exitCode") if terminated is not None else None
-    if not _is_int(exit_code):
+    if not is_json_int(exit_code):
         exit_code, source = None, "unknown"
     finished_at = terminated.get("finishedAt") if terminated is not None else None
     verdict: dict[str, Any] = {
@@ -420,7 +416,7 @@ def classify_vanished_pod(last_seen: Mapping[str, Any] | None, *, cancel_request
     status = sandbox_status(last_seen) if last_seen is not None else None
     terminated, source = _exit_chain(status)
     exit_code = terminated.get("exitCode") if terminated is not None else None
-    if not _is_int(exit_code):
+    if not is_json_int(exit_code):
         exit_code, source = None, "unknown"
     meta = {"podName": _dig(last_seen, "metadata", "name"), "exitCode": exit_code}
     if cancel_requested:

@@ -48,7 +48,8 @@ class RunnerReport:
     source: Literal["terminationMessage", "logMarker"] = "terminationMessage"
 
 
-def _is_int(value: Any) -> bool:
+def is_json_int(value: Any) -> bool:
+    """A JSON integer (Python's bool is an int, JSON's true is not)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -61,7 +62,7 @@ def _valid_report_dict(data: Any) -> bool:
     nonce, success, exit_code, error_type = data["nonce"], data["success"], data["exitCode"], data["errorType"]
     if not isinstance(nonce, str) or not nonce or " " in nonce or not isinstance(success, bool):
         return False
-    if exit_code is not None and not _is_int(exit_code):
+    if exit_code is not None and not is_json_int(exit_code):
         return False
     if not isinstance(data["userCodeStarted"], bool):
         return False
